@@ -1,0 +1,113 @@
+"""The denoising step of DDS: sigma -> timestep rule and the one-shot x0 estimate.
+
+docs/method.md, section 3. Pixels live in [0, 1]; the diffusion model works in [-1, 1], so a
+pixel-space noise std sigma is a diffusion-space std 2*sigma. A DDPM sample at timestep t is
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, so scaling a noisy image by sqrt(abar_t) gives a
+valid x_t exactly when sqrt((1 - abar_t) / abar_t) = 2*sigma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .models import Denoiser
+
+
+def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
+    """t* = the first timestep t with sqrt((1 - abar_t) / abar_t) >= 2*sigma (0-based).
+
+    For the linear 1000-step schedule (beta 1e-4 .. 0.02): sigma 0.25 -> 145, 0.5 -> 259,
+    1.0 -> 396. Raises ValueError when sigma is not positive or exceeds the schedule's range.
+    """
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
+    abar = alphas_cumprod.to(torch.float64)
+    ratio = torch.sqrt((1.0 - abar) / abar)
+    hits = torch.nonzero(ratio >= 2.0 * sigma)
+    if hits.numel() == 0:
+        largest = float(ratio[-1]) / 2.0
+        raise ValueError(f"sigma={sigma} exceeds the denoiser's noise range (largest sigma {largest:.3g})")
+    return int(hits[0, 0])
+
+
+def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic, antialiased resize of pixel images (B, 3, H, W), clamped back to [0, 1]."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+
+
+def one_shot_denoise(
+    denoiser: Denoiser,
+    x_noisy: torch.Tensor,
+    t_star: int,
+    *,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One-shot x0 estimate of noisy pixels ``x_noisy = x + delta`` (B, 3, H, W).
+
+    x_t = sqrt(abar) * (2 x_noisy - 1); x0_hat = (x_t - sqrt(1 - abar) eps_theta(x_t, t*)) /
+    sqrt(abar), clipped to [-1, 1] and mapped back to [0, 1] pixels. Images are resized to the
+    denoiser's sample size and back to ``out_size`` (default: the input size). Differentiable
+    (the adaptive attack back-propagates through it).
+    """
+    in_size = tuple(x_noisy.shape[-2:])
+    den_size = (denoiser.sample_size, denoiser.sample_size)
+    abar = float(denoiser.alphas_cumprod[t_star])
+    x = x_noisy if in_size == den_size else F.interpolate(
+        x_noisy, size=den_size, mode="bicubic", antialias=True, align_corners=False)
+    x_t = math.sqrt(abar) * (2.0 * x - 1.0)
+    timesteps = torch.full((x_t.shape[0],), t_star, device=x_t.device, dtype=torch.long)
+    eps = denoiser.unet(x_t, timesteps).sample
+    x0 = ((x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)).clamp(-1.0, 1.0)
+    pixels = (x0 + 1.0) / 2.0
+    target = out_size or in_size
+    if tuple(pixels.shape[-2:]) != tuple(target):
+        pixels = F.interpolate(pixels, size=target, mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    return pixels
+
+
+def multistep_denoise(
+    denoiser: Denoiser,
+    x_noisy: torch.Tensor,
+    t_star: int,
+    *,
+    n_steps: int = 10,
+    generator: torch.Generator | None = None,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Multi-step DDPM ancestral denoising from t* down to 0 on ``n_steps`` evenly spaced steps.
+
+    Slower than :func:`one_shot_denoise`; Carlini et al. found one-shot as good or better for
+    smoothing. Noise for the stochastic steps comes from ``generator`` (seeded by the caller).
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    in_size = tuple(x_noisy.shape[-2:])
+    den_size = (denoiser.sample_size, denoiser.sample_size)
+    abar_all = denoiser.alphas_cumprod.to(x_noisy.device, torch.float32)
+    x = x_noisy if in_size == den_size else F.interpolate(
+        x_noisy, size=den_size, mode="bicubic", antialias=True, align_corners=False)
+    x_t = math.sqrt(float(abar_all[t_star])) * (2.0 * x - 1.0)
+    steps = torch.linspace(t_star, 0, n_steps + 1).round().long().tolist()
+    for t, t_prev in zip(steps[:-1], steps[1:]):
+        abar_t = float(abar_all[t])
+        eps = denoiser.unet(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)).sample
+        x0 = ((x_t - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1, 1)
+        if t_prev == t or t == 0:
+            x_t = x0
+            continue
+        abar_prev = float(abar_all[t_prev]) if t_prev > 0 else 1.0
+        # DDPM posterior q(x_{t_prev} | x_t, x0) for a respaced pair of steps.
+        beta = 1.0 - abar_t / abar_prev
+        mean = (math.sqrt(abar_prev) * beta / (1 - abar_t)) * x0 + (
+            math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)) * x_t
+        var = beta * (1 - abar_prev) / (1 - abar_t)
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        x_t = mean + math.sqrt(max(var, 0.0)) * noise if t_prev > 0 else x0
+    pixels = (x_t.clamp(-1, 1) + 1.0) / 2.0
+    target = out_size or in_size
+    return resize_pixels(pixels, target) if tuple(pixels.shape[-2:]) != tuple(target) else pixels

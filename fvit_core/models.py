@@ -1,0 +1,430 @@
+"""Model loading: a timm Vision Transformer that takes [0, 1] pixels, and a diffusers DDPM denoiser.
+
+Conventions (docs/method.md, section 2): every model here takes images as float tensors in
+[0, 1] pixel space, shape (B, 3, H, W). The classifier's normalisation (mean/std of its
+checkpoint) is its first layer, so attacks, noise and certified radii all live in pixel space.
+
+Loaders stay real:
+- classifiers come from timm, by registry name (``pretrained=True`` downloads from the hub, only
+  when the caller asks for it) or from a local folder saved with ``timm.models.save_for_hf``
+  (``config.json`` + ``model.safetensors``), loaded through ``timm.create_model("local-dir:...")``;
+- denoisers come from diffusers ``from_pretrained`` (a hub id or a local folder with ``unet/`` and
+  ``scheduler/`` sub-folders, or a flat folder as ``google/ddpm-cifar10-32`` is laid out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+MODELS_DIR = ASSETS_DIR / "models"
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what to fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier
+# --------------------------------------------------------------------------------------------
+
+
+class PixelViT(nn.Module):
+    """A timm VisionTransformer whose first layer normalises [0, 1] pixels.
+
+    ``forward(x)`` maps pixels ``x`` of shape (B, 3, H, W) in [0, 1] to logits (B, num_classes).
+    The wrapped ``vit`` is in eval mode with fused attention switched off in every block, so the
+    attention weights are materialised and can be captured (docs/method.md, section 4).
+    """
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+            raise ModelLoadError(
+                f"{type(vit).__name__} is not a timm VisionTransformer (no blocks / patch_embed); "
+                "pick a ViT architecture such as 'vit_tiny_patch16_224'."
+            )
+        self.vit = vit
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        n = int(vit.num_classes)
+        self.class_names: tuple[str, ...] = (
+            tuple(class_names) if class_names is not None and len(class_names) == n
+            else tuple(f"class {i}" for i in range(n))
+        )
+        disable_fused_attention(vit)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit((x - self.mean) / self.std)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.vit.num_classes)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """Input (H, W) in pixels the ViT was built for."""
+        return tuple(int(s) for s in self.vit.patch_embed.img_size)  # type: ignore[return-value]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (rows, cols); the number of focal patches P is rows * cols."""
+        return tuple(int(s) for s in self.vit.patch_embed.grid_size)  # type: ignore[return-value]
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid_size
+        return rows * cols
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens ([CLS], registers); attention columns to drop."""
+        return int(getattr(self.vit, "num_prefix_tokens", 1))
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.vit.blocks[0].attn.num_heads)
+
+
+def disable_fused_attention(vit: nn.Module) -> int:
+    """Switch timm's fused scaled-dot-product attention off in every block.
+
+    Fused attention never materialises the attention matrix, so hooks on ``attn_drop`` would
+    fire zero times. Returns the number of attention modules changed.
+    """
+    changed = 0
+    for module in vit.modules():
+        if hasattr(module, "fused_attn") and hasattr(module, "attn_drop"):
+            module.fused_attn = False
+            changed += 1
+    if changed == 0:
+        raise ModelLoadError("no timm attention module found: attention cannot be captured")
+    return changed
+
+
+def create_vit(
+    architecture: str,
+    *,
+    num_classes: int,
+    img_size: int | tuple[int, int] | None = None,
+    model_args: dict | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Build a timm VisionTransformer by registry name, optionally with hub weights.
+
+    timm silently re-initialises the classification head when ``num_classes`` differs from the
+    pretrained checkpoint's; that would give a model with random predictions and plausible
+    attention. We refuse it instead, with a message, so nobody analyses an untrained head.
+    """
+    import timm
+
+    if not timm.is_model(architecture):
+        raise ModelLoadError(f"unknown timm model {architecture!r}; see timm.list_models('vit_*')")
+    kwargs = dict(model_args or {})
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if pretrained:
+        cfg = timm.models.get_pretrained_cfg(architecture)
+        hub_classes = getattr(cfg, "num_classes", None) if cfg is not None else None
+        if hub_classes is not None and hub_classes != num_classes:
+            raise ModelLoadError(
+                f"{architecture} was pretrained with {hub_classes} classes but num_classes="
+                f"{num_classes} was asked: timm would re-initialise the head at random. Use "
+                f"num_classes={hub_classes}, or fine-tune and load a local checkpoint."
+            )
+    try:
+        return timm.create_model(architecture, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except Exception as exc:  # timm raises RuntimeError / OSError / HF errors for hub problems
+        raise ModelLoadError(f"could not create {architecture!r}: {exc}") from exc
+
+
+def save_classifier(model: PixelViT, folder: str | os.PathLike, *, model_args: dict) -> Path:
+    """Save a classifier as timm does for the hub: ``config.json`` + ``model.safetensors``.
+
+    The folder then loads with ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and
+    with :func:`load_classifier`. Mean, std and class names go into ``pretrained_cfg``.
+    """
+    from timm.models import save_for_hf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols = model.img_size
+    model_config = {
+        "num_classes": model.num_classes,
+        "pretrained_cfg": {
+            "mean": [float(v) for v in model.mean.flatten()],
+            "std": [float(v) for v in model.std.flatten()],
+            "input_size": [3, rows, cols],
+            "num_classes": model.num_classes,
+            "label_names": list(model.class_names),
+        },
+    }
+    save_for_hf(model.vit, folder, model_config=model_config, model_args=model_args, safe_serialization=True)
+    return folder
+
+
+def load_classifier(
+    source: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> PixelViT:
+    """Load a ViT classifier from a local folder, a local safetensors file or a timm name.
+
+    Args:
+        source: a folder saved by :func:`save_classifier` (config.json + model.safetensors), a
+            ``.safetensors`` file (architecture then read from a config.json beside it), or a
+            timm registry name such as ``vit_base_patch16_224`` (hub weights only with
+            ``pretrained=True``; random weights otherwise).
+        num_classes, img_size: override the architecture (registry names only).
+        pretrained: download weights from the hub for a registry name.
+        class_names: labels for the classes (default: from the checkpoint, else "class i").
+    """
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ModelLoadError(f"weights file not found: {path}")
+        path = path.parent
+    if path.is_dir():
+        return _load_classifier_folder(path, class_names=class_names)
+    if os.sep in str(source) or str(source).startswith("."):
+        raise ModelLoadError(f"classifier folder not found: {source}")
+    import timm
+
+    vit = create_vit(str(source), num_classes=num_classes or 1000, img_size=img_size, pretrained=pretrained)
+    data_cfg = timm.data.resolve_data_config({}, model=vit)
+    return PixelViT(vit, mean=data_cfg["mean"], std=data_cfg["std"], class_names=class_names)
+
+
+def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) -> PixelViT:
+    import timm
+
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    for needed in (config_file, weights_file):
+        if not needed.is_file():
+            raise ModelLoadError(
+                f"{folder} is not a classifier folder: {needed.name} is missing "
+                "(expected config.json + model.safetensors, as written by timm's save_for_hf)"
+            )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
+    _check_safetensors(weights_file)
+    try:
+        # timm's own local-folder path: reads config.json (architecture, model_args) and the
+        # safetensors weights; strict loading, so a mismatched file fails loudly.
+        vit = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load classifier from {folder}: {exc}") from exc
+    pcfg = config.get("pretrained_cfg", {})
+    names = class_names or pcfg.get("label_names") or config.get("label_names")
+    if names is None and vit.num_classes == len(CIFAR10_CLASSES):
+        names = None
+    return PixelViT(
+        vit,
+        mean=pcfg.get("mean", (0.5, 0.5, 0.5)),
+        std=pcfg.get("std", (0.5, 0.5, 0.5)),
+        class_names=names,
+    )
+
+
+def _check_safetensors(path: Path) -> None:
+    """Fail with a clear message if ``path`` is not a readable safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a valid safetensors file (truncated or corrupted?): {exc}") from exc
+    if not keys:
+        raise ModelLoadError(f"{path} holds no tensors")
+
+
+# --------------------------------------------------------------------------------------------
+# Denoiser
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Denoiser:
+    """A DDPM noise-prediction network with its scheduler.
+
+    ``unet(x_t, t).sample`` predicts the noise eps in diffusion space [-1, 1];
+    ``alphas_cumprod[t]`` is abar_t, the cumulative product of (1 - beta_s) for s <= t.
+    """
+
+    unet: nn.Module
+    alphas_cumprod: torch.Tensor
+    num_train_timesteps: int
+    sample_size: int
+    source: str = ""
+    scheduler_config: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Denoiser":
+        self.unet.to(device)
+        return self
+
+
+def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) -> Denoiser:
+    """Load a diffusers UNet2DModel + DDPMScheduler with ``from_pretrained``.
+
+    Args:
+        source: a local folder (``unet/`` + ``scheduler/`` sub-folders as written by
+            ``save_pretrained``, or a flat folder with the UNet's config.json and
+            scheduler_config.json) or a hub id such as ``google/ddpm-cifar10-32``.
+        allow_download: hub ids are fetched only when this is True (and HF_HUB_OFFLINE is unset).
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    path = Path(source).expanduser()
+    local = path.is_dir()
+    if not local and not allow_download:
+        raise ModelLoadError(
+            f"denoiser folder not found: {source}. To download a hub model such as "
+            "google/ddpm-cifar10-32, allow downloads (CLI: --allow-download)."
+        )
+    where = str(path) if local else str(source)
+    unet_sub = "unet" if (not local or (path / "unet").is_dir()) else None
+    sched_sub = "scheduler" if (not local or (path / "scheduler").is_dir()) else None
+    kwargs = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
+    try:
+        unet = UNet2DModel.from_pretrained(where, subfolder=unet_sub, use_safetensors=local or None, **kwargs)
+        scheduler = DDPMScheduler.from_pretrained(where, subfolder=sched_sub, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load denoiser from {where}: {exc}") from exc
+    unet.eval()
+    return Denoiser(
+        unet=unet,
+        alphas_cumprod=scheduler.alphas_cumprod.to(torch.float64),
+        num_train_timesteps=int(scheduler.config.num_train_timesteps),
+        sample_size=int(unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]),
+        source=where,
+        scheduler_config=dict(scheduler.config),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Default architectures (the shipped CIFAR-10 pair) and the registry of named pairs
+# --------------------------------------------------------------------------------------------
+
+# The shipped classifier: a ViT built through timm's registry with CIFAR-sized arguments.
+# Depth 6, width 192, 3 heads, patch 4 -> 64 focal patches, 1.8M parameters, 0.23 GFLOP/image.
+DEFAULT_VIT_ARCH = "vit_tiny_patch16_224"
+DEFAULT_VIT_ARGS: dict = {
+    "img_size": 32, "patch_size": 4, "embed_dim": 192, "depth": 6, "num_heads": 3, "mlp_ratio": 2.0,
+}
+
+# The shipped denoiser: a 4-level UNet (2.7M parameters, 0.25 GFLOP/image) chosen for CPU speed;
+# wider first levels doubled the cost for little gain (docs in the model card).
+DEFAULT_UNET_ARGS: dict = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+    "block_out_channels": (16, 32, 64, 128),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8, "attention_head_dim": 32,
+}
+
+
+def build_default_vit(num_classes: int = 10, class_names: Sequence[str] | None = CIFAR10_CLASSES) -> PixelViT:
+    """A randomly initialised ViT of the shipped architecture (for training)."""
+    vit = create_vit(DEFAULT_VIT_ARCH, num_classes=num_classes, model_args=DEFAULT_VIT_ARGS)
+    return PixelViT(vit, mean=CIFAR10_MEAN, std=CIFAR10_STD, class_names=class_names)
+
+
+def build_default_unet(**overrides) -> nn.Module:
+    """A randomly initialised UNet2DModel of the shipped architecture (for training)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**{**DEFAULT_UNET_ARGS, **overrides})
+
+
+@dataclass(frozen=True)
+class ModelPairSpec:
+    """Where a named (classifier, denoiser) pair comes from."""
+
+    name: str
+    classifier: str
+    denoiser: str
+    description: str = ""
+
+
+MODEL_PAIRS: dict[str, ModelPairSpec] = {
+    "default": ModelPairSpec(
+        name="default",
+        classifier=str(MODELS_DIR / "cifar10-vit"),
+        denoiser=str(MODELS_DIR / "cifar10-ddpm"),
+        description="Shipped CIFAR-10 pair: ViT (patch 4, 64 patches) + DDPM UNet, trained by this project.",
+    ),
+}
+
+
+@dataclass
+class ModelPair:
+    """A loaded classifier and denoiser that DDS composes."""
+
+    classifier: PixelViT
+    denoiser: Denoiser | None
+    name: str = "custom"
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.mean.device
+
+    def to(self, device: torch.device | str) -> "ModelPair":
+        self.classifier.to(device)
+        if self.denoiser is not None:
+            self.denoiser.to(device)
+        return self
+
+
+def load_pair(
+    name: str = "default",
+    *,
+    classifier: str | None = None,
+    denoiser: str | None = None,
+    device: str | torch.device = "cpu",
+    allow_download: bool = False,
+) -> ModelPair:
+    """Load a named pair from :data:`MODEL_PAIRS`, with either model optionally replaced.
+
+    ``classifier`` and ``denoiser`` accept anything :func:`load_classifier` and
+    :func:`load_denoiser` accept; hub downloads happen only with ``allow_download``.
+    """
+    if name not in MODEL_PAIRS and (classifier is None or denoiser is None):
+        raise ModelLoadError(f"unknown model pair {name!r}; known: {', '.join(MODEL_PAIRS)}")
+    spec = MODEL_PAIRS.get(name)
+    clf_source = classifier or spec.classifier  # type: ignore[union-attr]
+    den_source = denoiser or spec.denoiser  # type: ignore[union-attr]
+    clf = load_classifier(clf_source, pretrained=allow_download and not Path(clf_source).exists())
+    den = load_denoiser(den_source, allow_download=allow_download)
+    label = name if classifier is None and denoiser is None else "custom"
+    return ModelPair(classifier=clf, denoiser=den, name=label).to(device)
