@@ -1,0 +1,35 @@
+"""The ``fvit`` command line: one parser, one sub-command per job, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fvit",
+        description="Explanation faithfulness of Vision Transformers: vanilla ViT vs Faithful ViT (DDS).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    from .training.cli import register as register_training
+
+    register_training(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return int(ns.handler(ns) or 0)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"fvit {ns.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fvit {ns.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

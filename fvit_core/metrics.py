@@ -1,0 +1,166 @@
+"""Top-k overlap of explanations and divergences of prediction distributions (docs/method.md, 1).
+
+Numpy first: every function accepts numpy arrays, torch tensors (detached and moved to the CPU)
+or nested sequences, computes in float64 and returns numpy values or Python floats.
+
+- T_k(w) = indices of the k largest entries of w, ties broken by the lower index.
+- V_k(w, w') = |T_k(w) ∩ T_k(w')| / k in [0, 1] (explanation stability).
+- Divergences D(p || q) of two class distributions (prediction stability), natural logarithm.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+from scipy.special import logsumexp, rel_entr
+
+ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence[float]]  # noqa: F821  (torch is optional here)
+
+# Zero probabilities make KL and Renyi (order > 1) infinite; they are raised to this floor and
+# the vector renormalised, which caps KL(p || q) near log(1 / floor) ~ 27.6 nats.
+PROBABILITY_FLOOR = 1e-12
+# Tolerance on sum(p) = 1 (float32 softmax over 1000 classes is off by about 1e-6).
+_SUM_TOLERANCE = 1e-4
+
+
+def _as_array(values: ArrayLike, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch.Tensor, without importing torch
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape (P,) or (B, P) with P >= 1, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def _check_k(k: int, size: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= size:
+        raise ValueError(f"k must be an integer in 1..{size} (the number of patches), got {k!r}")
+    return int(k)
+
+
+def _pair(w1: ArrayLike, w2: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_array(w1, "w1"), _as_array(w2, "w2")
+    if a.shape != b.shape:
+        raise ValueError(f"attention maps must have the same shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def _ranks(w: np.ndarray) -> np.ndarray:
+    """Rank of each entry (0 = largest), ties by lower index: the inverse of the stable order."""
+    order = np.argsort(-w, axis=-1, kind="stable")
+    return np.argsort(order, axis=-1, kind="stable")
+
+
+def topk_indices(w: ArrayLike, k: int) -> np.ndarray:
+    """T_k(w): indices of the k largest entries, largest first, ties broken by the lower index.
+
+    w: (P,) or (B, P). Returns int64 (k,) or (B, k).
+    """
+    w = _as_array(w, "w")
+    k = _check_k(k, w.shape[-1])
+    return np.argsort(-w, axis=-1, kind="stable")[..., :k]
+
+
+def topk_overlap(w1: ArrayLike, w2: ArrayLike, k: int) -> float | np.ndarray:
+    """V_k(w1, w2) = |T_k(w1) ∩ T_k(w2)| / k in [0, 1].
+
+    (P,) inputs give a float; (B, P) inputs give a (B,) array, one overlap per row.
+    """
+    a, b = _pair(w1, w2)
+    k = _check_k(k, a.shape[-1])
+    shared = ((_ranks(a) < k) & (_ranks(b) < k)).sum(axis=-1) / k
+    return float(shared) if a.ndim == 1 else shared
+
+
+def overlap_curve(w1: ArrayLike, w2: ArrayLike, ks: Sequence[int] | None = None) -> np.ndarray:
+    """V_k(w1, w2) for every k in ``ks`` (default 1..P): (K,) or (B, K) for (B, P) inputs.
+
+    Patch j is in both top-k sets exactly when max(rank1_j, rank2_j) < k, so one ranking serves
+    every k.
+    """
+    a, b = _pair(w1, w2)
+    size = a.shape[-1]
+    ks_array = np.arange(1, size + 1) if ks is None else np.array([_check_k(k, size) for k in ks], dtype=np.int64)
+    if ks_array.size == 0:
+        raise ValueError("ks is empty; pass at least one k in 1..P or None for all")
+    worst_rank = np.maximum(_ranks(a), _ranks(b))  # (..., P)
+    shared = (worst_rank[..., None, :] < ks_array[:, None]).sum(axis=-1)  # (..., K)
+    return shared / ks_array
+
+
+def _check_distribution(values: ArrayLike, name: str) -> np.ndarray:
+    p = _as_array(values, name)
+    if np.any(p < 0):
+        raise ValueError(f"{name} has negative entries; pass probabilities (softmax of logits), not logits")
+    totals = p.sum(axis=-1)
+    if np.any(np.abs(totals - 1.0) > _SUM_TOLERANCE):
+        raise ValueError(f"{name} must sum to 1 along the last axis (got sums {np.round(totals, 6)}); apply softmax")
+    return p / totals[..., None]
+
+
+def _floored(p: np.ndarray) -> np.ndarray:
+    p = np.maximum(p, PROBABILITY_FLOOR)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def renyi_divergence(p: np.ndarray, q: np.ndarray, alpha: float) -> np.ndarray:
+    """D_alpha(p || q) = log(sum p^alpha q^(1-alpha)) / (alpha - 1); alpha = 1 gives KL.
+
+    Expects validated, floored distributions (last axis); computed in log space so large alpha
+    does not overflow.
+    """
+    if alpha == 1.0:
+        return rel_entr(p, q).sum(axis=-1)
+    log_terms = alpha * np.log(p) + (1.0 - alpha) * np.log(q)
+    return logsumexp(log_terms, axis=-1) / (alpha - 1.0)
+
+
+def divergences(p: ArrayLike, q: ArrayLike, *, renyi_alpha: float = 2.0) -> dict[str, float | np.ndarray]:
+    """Divergences between class distributions p and q ((C,) or (B, C)), in nats.
+
+    Keys:
+        kl: KL(p || q) = sum p log(p / q).
+        js: Jensen-Shannon, 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2; symmetric, <= ln 2.
+        tv: total variation, 0.5 * sum |p - q|, in [0, 1].
+        hellinger: sqrt(0.5 * sum (sqrt p - sqrt q)^2), in [0, 1].
+        renyi: D_alpha(p || q) of order ``renyi_alpha`` (> 0; 1 gives KL), the divergence of the
+            prediction-stability bound (method.md 5.2).
+
+    Zeros: for kl and renyi, entries below PROBABILITY_FLOOR (1e-12) are raised to it and both
+    vectors renormalised, so a class with q = 0 < p gives a large finite value instead of inf.
+    js, tv and hellinger are finite with zeros and use p and q as given. Inputs must be
+    non-negative, finite and sum to 1 (within 1e-4; they are renormalised exactly).
+    Returns floats for (C,) inputs, (B,) arrays for (B, C).
+    """
+    if not (np.isfinite(renyi_alpha) and renyi_alpha > 0):
+        raise ValueError(f"renyi_alpha must be a finite number > 0 (e.g. 2.0), got {renyi_alpha!r}")
+    p, q = _check_distribution(p, "p"), _check_distribution(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    mid = 0.5 * (p + q)
+    p_floor, q_floor = _floored(p), _floored(q)
+    values = {
+        "kl": rel_entr(p_floor, q_floor).sum(axis=-1),
+        "js": 0.5 * rel_entr(p, mid).sum(axis=-1) + 0.5 * rel_entr(q, mid).sum(axis=-1),
+        "tv": 0.5 * np.abs(p - q).sum(axis=-1),
+        "hellinger": np.sqrt(0.5 * ((np.sqrt(p) - np.sqrt(q)) ** 2).sum(axis=-1)),
+        "renyi": renyi_divergence(p_floor, q_floor, float(renyi_alpha)),
+    }
+    if p.ndim == 1:
+        return {name: float(value) for name, value in values.items()}
+    return values
+
+
+def label_flip(p: ArrayLike, q: ArrayLike) -> bool | np.ndarray:
+    """Whether the predicted class (argmax, ties to the lower index) differs between p and q.
+
+    Accepts probabilities or logits, (C,) -> bool or (B, C) -> (B,) bool array.
+    """
+    a, b = _as_array(p, "p"), _as_array(q, "q")
+    if a.shape != b.shape:
+        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
+    flipped = np.argmax(a, axis=-1) != np.argmax(b, axis=-1)
+    return bool(flipped) if a.ndim == 1 else flipped

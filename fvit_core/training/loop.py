@@ -1,0 +1,149 @@
+"""Shared training machinery: device/precision choice, resumable checkpoints (safetensors, no
+pickle), a step budget fitted to a wall-clock budget, and the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, amp: str):
+    """bfloat16 autocast on CUDA when asked; float32 otherwise (CPU bf16 training is slower here)."""
+    if amp == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup: int, min_ratio: float = 0.01) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_ratio * base_lr``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{idx}.{name}"] = value
+    return tensors, meta
+
+
+def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    folder: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int, total_steps: int, extra: dict
+) -> None:
+    """Write model, EMA and optimizer state atomically to folder/checkpoint.safetensors."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    meta = {"step": step, "total_steps": total_steps, "optimizer": opt_meta, "extra": extra,
+            "rng": torch.get_rng_state().tolist()}
+    tmp = folder / (CHECKPOINT + ".tmp")
+    save_file(tensors, str(tmp), metadata={"fvit": json.dumps(meta)})
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def load_checkpoint(folder: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+    """Restore from folder/checkpoint.safetensors if present; returns its metadata or None."""
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["fvit"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    _unflatten_optimizer(opt, tensors, meta["optimizer"])
+    torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
+    return meta
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a model's weights (decay warmed up as in timm's ModelEmaV3)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm-up keeps early EMA weights from being dominated by the random initialisation.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        ema_params = [p for p in self.module.parameters()]
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused op, not one per tensor
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def fit_steps_to_budget(step_fn: Callable[[int], float], *, probe_steps: int, budget_s: float, reserve_s: float = 0.0) -> int:
+    """Run ``probe_steps`` warm steps and return how many steps fit in ``budget_s`` seconds in all.
+
+    The first few steps (kernel selection, allocator warm-up) are excluded from the rate.
+    """
+    start = time.perf_counter()
+    skip = min(5, probe_steps // 2)
+    for i in range(probe_steps):
+        if i == skip:
+            _sync()
+            timed_start = time.perf_counter()
+        step_fn(i)
+    _sync()  # CUDA runs asynchronously: time the work, not the launches
+    per_step = (time.perf_counter() - timed_start) / max(1, probe_steps - skip)
+    remaining = budget_s - (time.perf_counter() - start) - reserve_s
+    return probe_steps + max(0, int(remaining / per_step))
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

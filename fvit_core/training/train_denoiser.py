@@ -1,0 +1,117 @@
+"""Train the shipped DDPM denoiser: a diffusers UNet2DModel with the noise-prediction objective.
+
+The scheduler is diffusers' standard linear 1000-step DDPMScheduler (beta 1e-4 .. 0.02). DDS only
+ever denoises from t* = timestep_for_sigma(sigma); sigma from about 0.03 to 1.0 maps to t* up to
+about 400, so training samples t uniformly from [0, t_max] (default 450) and spends no capacity on
+the generative high-noise range. Saved with save_pretrained (unet/ + scheduler/, safetensors), so
+loading it is the same code as loading a hub model such as google/ddpm-cifar10-32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models import DEFAULT_UNET_ARGS, build_default_unet
+from .data import augment_batch, load_training_data
+from .loop import EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device, write_json
+from .train_classifier import _run_steps
+
+
+@dataclass
+class DenoiserTrainConfig:
+    """Everything that determines a denoiser training run (written to train_config.json)."""
+
+    data: str
+    out: str
+    unet_args: dict = field(default_factory=lambda: dict(DEFAULT_UNET_ARGS))
+    epochs: float = 100.0
+    steps: int | None = None
+    time_budget_s: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    t_max: int = 450
+    ema_decay: float = 0.9995
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "bf16"
+    checkpoint_every_s: float = 120.0
+
+
+def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
+    """Train (or resume) a denoiser; returns the output folder (unet/ + scheduler/ of the EMA)."""
+    from diffusers import DDPMScheduler
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    images, _, classes = load_training_data(cfg.data, size=int(cfg.unet_args.get("sample_size", 32)))
+    images = images.to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    sqrt_abar = scheduler.alphas_cumprod.sqrt().to(device)
+    sqrt_1m_abar = (1 - scheduler.alphas_cumprod).sqrt().to(device)
+    unet = build_default_unet(**cfg.unet_args).to(device).train()
+    ema = EMA(unet, cfg.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(images) // cfg.batch_size)
+    meta = load_checkpoint(out, model=unet, ema=ema, opt=opt)
+    start = meta["step"] if meta else 0
+    total = meta["total_steps"] if meta else (cfg.steps or int(cfg.epochs * steps_per_epoch))
+    write_json(out / "train_config.json", {**asdict(cfg), "classes": classes, "n_train": len(images)})
+    state = {"total": total}
+
+    def train_step(step: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable batch choice
+        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g).to(device)
+        x0 = augment_batch(images[idx], pad=0) * 2.0 - 1.0
+        t = torch.randint(0, cfg.t_max + 1, (x0.shape[0],), device=device)
+        noise = torch.randn_like(x0)
+        x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, state["total"], cfg.lr, cfg.warmup_steps)
+        with autocast(device, cfg.amp):
+            pred = unet(x_t, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update(unet, step)
+        return loss
+
+    if cfg.time_budget_s and not meta and not cfg.steps:
+        total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
+        state["total"], start = total, min(60, total)
+    _run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser")
+    ema.module.eval().save_pretrained(out / "unet", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    write_json(out / "train_summary.json", {"steps": total, "epochs": total / steps_per_epoch})
+    return out
+
+
+@torch.no_grad()
+def denoiser_psnr(denoiser, images: torch.Tensor, sigma: float, *, seed: int = 0, batch_size: int = 500) -> tuple[float, float]:
+    """Mean PSNR (dB) of the one-shot estimate and of the noisy input against clean images.
+
+    ``images`` are uint8 (N, 3, H, W). Noise is N(0, sigma^2) in pixel units, seeded.
+    """
+    from ..denoise import one_shot_denoise, timestep_for_sigma
+
+    t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma)
+    g = torch.Generator().manual_seed(seed)
+    device = next(denoiser.unet.parameters()).device
+    psnr_out, psnr_in = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].float().div(255.0)
+        noisy = x + sigma * torch.randn(x.shape, generator=g)
+        est = one_shot_denoise(denoiser, noisy.to(device), t_star).cpu()
+        for ref, cand, bucket in ((x, est, psnr_out), (x, noisy.clamp(0, 1), psnr_in)):
+            mse = ((ref - cand) ** 2).flatten(1).mean(1)
+            bucket.append(10 * torch.log10(1.0 / mse))
+    return float(torch.cat(psnr_out).mean()), float(torch.cat(psnr_in).mean())
