@@ -15,7 +15,8 @@ Our attacks:
 - ``topk``: the explanation attack of Ghorbani et al. 2019 ("Interpretation of neural networks is
   fragile"): Linf PGD that minimises the attention mass on the clean top-k patches while a
   cross-entropy penalty keeps the label; returns, per image, the iterate with the least mass among
-  those that kept the label.
+  those that kept the label. The explanation and its gradient come from
+  ``attention.explain(..., differentiable=True)``, so any explanation method can be attacked.
 - ``eot_dds``: the adaptive attack on the FViT: Linf PGD on the expectation over DDS noise
   (Athalye et al. 2018, EOT) of the cross-entropy of classifier(one_shot_denoise(x + delta)).
 """
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from .denoise import one_shot_denoise, timestep_for_sigma
+from .metrics import topk_indices
 from .models import Denoiser
 
 ParamKind = Literal["float", "int", "choice", "bool"]
@@ -169,6 +171,8 @@ class AttackSpec:
 
     def resolve(self, params: Mapping[str, object] | None) -> dict[str, ParamValue]:
         """Defaults overridden by ``params``, each validated against its ParamSpec."""
+        if params is not None and not isinstance(params, Mapping):
+            raise ValueError(f"params must be a mapping of name -> value, got {type(params).__name__}")
         resolved = self.defaults()
         for name, value in (params or {}).items():
             resolved[name] = self.param(name).validate(value)
@@ -312,8 +316,8 @@ def _build_eot_dds(ctx: AttackContext) -> AttackFn:
 
 
 def topk_mask(weights: Tensor, k: int) -> Tensor:
-    """(B, P) float mask of T_k(w): the k largest entries per row, ties to the lower index."""
-    order = torch.sort(weights, dim=-1, descending=True, stable=True).indices[:, :k]
+    """(B, P) float mask of T_k(w) (metrics.topk_indices: k largest per row, ties to the lower index)."""
+    order = torch.from_numpy(topk_indices(weights.detach().cpu().numpy(), k)).to(weights.device)
     return torch.zeros_like(weights).scatter_(1, order, 1.0)
 
 

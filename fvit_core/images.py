@@ -157,7 +157,8 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode in _ALPHA_MODES or "transparency" in image.info:
+    # A tRNS colour key (info["transparency"]) only matters for 8-bit modes; 16-bit grey keeps its scale.
+    if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
         return _composite_over_white(image)
     if mode.startswith("I;16"):
         return _grey(np.asarray(image).astype(np.float32) / 65535.0)
@@ -183,7 +184,7 @@ def _grey(values: np.ndarray) -> np.ndarray:
 
 def _scale_integer(values: np.ndarray) -> np.ndarray:
     """32-bit integer grey: infer the bit depth from the range (8, 16, else by the maximum)."""
-    values = np.clip(values.astype(np.float64), 0.0, None)
+    values = np.clip(values.astype(np.float32), 0.0, None)  # exact below 2**24
     peak = float(values.max()) if values.size else 0.0
     scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
     return (values / scale).astype(np.float32)
@@ -191,7 +192,7 @@ def _scale_integer(values: np.ndarray) -> np.ndarray:
 
 def _scale_float(values: np.ndarray) -> np.ndarray:
     """Float grey: taken as [0, 1] when its maximum is <= 1, else divided by its maximum."""
-    values = values.astype(np.float64)
+    values = values.astype(np.float32)
     if not np.isfinite(values).all():
         raise ImageError("floating-point image holds NaN or infinite values; save it as 8- or 16-bit")
     peak = float(values.max()) if values.size else 0.0

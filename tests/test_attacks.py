@@ -45,25 +45,12 @@ RANDOM_ATTACKS = ("pgd", "pgdl2", "gn", "eotpgd", "square", "eot_dds")
 
 @pytest.fixture(scope="module")
 def model() -> models.PixelViT:
+    """timm's random init: near-uniform attention, but a fragile classifier (attacks succeed)."""
     torch.manual_seed(0)
     vit = models.create_vit(
         "vit_tiny_patch16_224", num_classes=10,
         model_args=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
     )
-    return models.PixelViT(vit, mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-@pytest.fixture(scope="module")
-def peaked_model() -> models.PixelViT:
-    """A tiny ViT whose attention is far from uniform (random init gives near-uniform rows)."""
-    torch.manual_seed(0)
-    vit = models.create_vit(
-        "vit_tiny_patch16_224", num_classes=10,
-        model_args=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
-    )
-    with torch.no_grad():
-        for block in vit.blocks:
-            block.attn.qkv.weight.mul_(5.0)
     return models.PixelViT(vit, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
@@ -167,8 +154,8 @@ def test_pgd_reduces_accuracy_and_increases_loss(model) -> None:
     assert accuracy < 0.5  # clean accuracy against the model's own predictions is 1
 
 
-def test_topk_attack_moves_attention_off_the_clean_topk(peaked_model, images) -> None:
-    model, k = peaked_model, 4
+def test_topk_attack_moves_attention_off_the_clean_topk(tiny_vit, images) -> None:
+    model, k = tiny_vit, 4  # conftest's ViT: attention far from uniform
     clean = explain(model, images)
     mask = topk_mask(clean.attention, k)
     x_adv = run_attack("topk", model, images, params={"k": k, "steps": 10}, seed=0)
@@ -176,7 +163,7 @@ def test_topk_attack_moves_attention_off_the_clean_topk(peaked_model, images) ->
     clean_mass = (clean.attention * mask).sum(dim=1)
     adv_mass = (adv.attention * mask).sum(dim=1)
     assert bool((adv_mass <= clean_mass + 1e-6).all())
-    assert float(adv_mass.mean()) < float(clean_mass.mean()) - 0.05  # measured: 0.32 -> 0.23
+    assert float(adv_mass.mean()) < float(clean_mass.mean()) - 0.2  # measured: 0.57 -> 0.16
     assert torch.equal(adv.logits.argmax(1), clean.logits.argmax(1))  # the label is kept
 
 
