@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -12,8 +13,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explanation faithfulness of Vision Transformers: vanilla ViT vs Faithful ViT (DDS).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .analyze_cli import register as register_analyze
     from .training.cli import register as register_training
 
+    register_analyze(sub)
     register_training(sub)
     return parser
 
@@ -21,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    # Offline by default: nothing may reach a model hub unless the user asks (--allow-download).
+    if not getattr(ns, "allow_download", False):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return int(ns.handler(ns) or 0)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:
         print(f"fvit {ns.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

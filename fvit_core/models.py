@@ -317,7 +317,8 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
     sched_sub = "scheduler" if (not local or (path / "scheduler").is_dir()) else None
     kwargs = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
     try:
-        unet = UNet2DModel.from_pretrained(where, subfolder=unet_sub, use_safetensors=local or None, **kwargs)
+        unet = UNet2DModel.from_pretrained(where, subfolder=unet_sub, use_safetensors=local or None,
+                                           low_cpu_mem_usage=False, **kwargs)
         scheduler = DDPMScheduler.from_pretrained(where, subfolder=sched_sub, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load denoiser from {where}: {exc}") from exc

@@ -1,0 +1,148 @@
+"""``fvit analyze IMAGE``: one image, vanilla ViT vs FViT, JSON (and figures) out."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+
+def parse_number(text: str) -> float:
+    """A float that may be written as a fraction: '8/255' -> 0.03137..."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (examples: 0.03, 8/255)") from exc
+
+
+# flag -> (AnalysisConfig field, type, help). Flag names are part of the interface: keep them.
+ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
+    "--model": ("model", str, "named model pair (default: the shipped CIFAR-10 pair)"),
+    "--classifier": ("classifier", str, "classifier: a folder (config.json + model.safetensors) or a timm name"),
+    "--denoiser": ("denoiser", str, "denoiser: a folder (unet/ + scheduler/) or a hub id such as google/ddpm-cifar10-32"),
+    "--attack": ("attack", str, "attack name from the registry (fvit attacks lists them) or 'none'"),
+    "--eps": ("eps", parse_number, "attack budget in pixel units, e.g. 8/255 (Linf) or 0.5 (L2)"),
+    "--steps": ("steps", int, "attack iterations"),
+    "--method": ("method", str, "explanation: raw | rollout | grad_rollout | gradcam"),
+    "--head-fusion": ("head_fusion", str, "mean | max | min over heads"),
+    "--sigma": ("sigma", parse_number, "smoothing noise std in pixel units (e.g. 0.25)"),
+    "--n-samples": ("n_samples", int, "noise samples per image for the FViT"),
+    "--k": ("k", int, "number of top-k focal patches"),
+    "--beta": ("beta", float, "required top-k overlap for the top-k certificate, in (0, 1]"),
+    "--mode": ("mode", str, "smoothing: dds | rs | denoise-only | multistep"),
+    "--seed": ("seed", int, "random seed (same seed, same JSON)"),
+    "--device": ("device", str, "cpu, cuda, cuda:1, ..."),
+    "--batch-size": ("batch_size", int, "samples per forward pass"),
+    "--image-mode": ("image_mode", str, "resize | center_crop to the classifier's input size"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="attack one image and compare the vanilla ViT with the FViT",
+                       description="Attack one image and compare the vanilla ViT with the Faithful ViT (DDS).")
+    p.add_argument("image", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF)")
+    for flag, (dest, kind, help_text) in ANALYZE_FLAGS.items():
+        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other attack parameter, e.g. --attack-param alpha=2/255 (repeatable)")
+    p.add_argument("--shared-noise", dest="shared_noise", action="store_true", default=argparse.SUPPRESS,
+                   help="reuse the clean image's noise draws for the attacked image (labelled option)")
+    p.add_argument("--no-noise-floor", dest="noise_floor", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the second clean estimate (faster; no noise floor)")
+    p.add_argument("--config", help="settings JSON (as exported by the dashboard); explicit flags override it")
+    p.add_argument("--allow-download", action="store_true", help="allow hub downloads for named hub models")
+    p.add_argument("--json", help="write the result JSON here ('-' for standard output)")
+    p.add_argument("--out", help="folder for the key figures (PNG) and the settings file")
+    p.set_defaults(handler=run_analyze)
+    a = sub.add_parser("attacks", help="list the attacks and their parameters")
+    a.set_defaults(handler=_list_attacks)
+
+
+def config_from_args(ns: argparse.Namespace):
+    from .pipeline import AnalysisConfig
+
+    base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
+    names = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    base.update({k: v for k, v in vars(ns).items() if k in names})
+    params = dict(base.get("attack_params") or {})
+    for item in ns.attack_param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--attack-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = _param_value(value)
+    base["attack_params"] = params
+    return AnalysisConfig.from_dict(base)
+
+
+def _param_value(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text) if text.strip().lstrip("-").isdigit() else parse_number(text)
+    except argparse.ArgumentTypeError:
+        return text.strip()
+
+
+def run_analyze(ns: argparse.Namespace) -> int:
+    from .images import load_image
+    from .models import load_pair
+    from .pipeline import analyze
+
+    cfg = config_from_args(ns)
+    image = load_image(ns.image)
+    if ns.allow_download:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    pair = load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device,
+                     allow_download=ns.allow_download)
+    result = analyze(image, cfg, pair=pair)
+    text = result.dumps()
+    if ns.json == "-":
+        print(text)
+    elif ns.json:
+        _atomic_write(Path(ns.json), text)
+    if ns.out:
+        from .figures import save_key_figures
+
+        out = Path(ns.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "settings.json", json.dumps(cfg.to_dict(), indent=2))
+        save_key_figures(result, out)
+    if ns.json != "-":
+        print(_summary(result))
+    return 0
+
+
+def _summary(result) -> str:
+    v, f, d = result.vanilla, result.fvit, result.faithful
+    floor = f"{d.topk_overlap_floor:.2f}" if d.topk_overlap_floor is not None else "n/a"
+    return "\n".join([
+        f"attack {result.attack['name']}: Linf {result.attack['linf'] * 255:.2f}/255, L2 {result.attack['l2']:.3f}",
+        f"vanilla ViT: {v.clean.label_name} ({v.clean.confidence:.2f}) -> {v.attacked.label_name} "
+        f"({v.attacked.confidence:.2f}); top-{result.config.k} overlap {v.topk_overlap:.2f}",
+        f"FViT ({d.mode}, sigma {d.sigma:g}, {d.n_samples} samples): {f.clean.label_name} ({f.clean.confidence:.2f}) -> "
+        f"{f.attacked.label_name} ({f.attacked.confidence:.2f}); top-{result.config.k} overlap {f.topk_overlap:.2f} "
+        f"(noise floor {floor})",
+        f"certified: class radius {d.certified.class_radius:.3f} (L2), top-k radius {d.certified.topk_radius_l2:.4f} (L2)",
+        f"time {result.timing['total']:.2f} s",
+    ])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _list_attacks(ns: argparse.Namespace) -> int:
+    from .attacks import ATTACKS
+
+    for spec in ATTACKS.values():
+        params = ", ".join(f"{p.name}={p.default}" for p in spec.params)
+        print(f"{spec.name:12s} {spec.norm:5s} {params}")
+    return 0
+
