@@ -27,6 +27,7 @@ import contextlib
 import math
 import numbers
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
@@ -48,6 +49,7 @@ AttackFn = Callable[[Tensor, Tensor], Tensor]
 # After projection the budget holds up to float32 rounding of x + delta (about 6e-8 at 1.0);
 # anything larger means an attack or projection bug.
 BUDGET_ATOL = 1e-6
+_ATTACK_LOCK = threading.RLock()
 _BOUND_RTOL = 1e-9  # lets 64/255 computed two ways pass a max of 64/255
 
 
@@ -615,7 +617,10 @@ def run_attack(
     with torch.inference_mode(False), torch.enable_grad():
         x_clean = _check_images(x)
         unet = denoiser.unet if denoiser is not None else None
-        with _eval_mode(model, unet), _keep_param_grads(model, unet), _seeded(seed):
+        # One attack at a time per process: torchattacks draws from torch's global RNG (seeded
+        # here), and train flags / parameter grads of the shared model are saved and restored, so
+        # two threads attacking at once would see each other's RNG state and gradients.
+        with _ATTACK_LOCK, _eval_mode(model, unet), _keep_param_grads(model, unet), _seeded(seed):
             labels = _resolve_labels(model, x_clean, labels)
             if eps == 0.0:
                 x_adv = x_clean.clone()

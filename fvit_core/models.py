@@ -355,6 +355,14 @@ DEFAULT_UNET_ARGS: dict = {
 }
 
 
+# A tiny UNet of the same family, for tests and quick experiments (0.1M parameters).
+TINY_UNET_ARGS: dict = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 1,
+    "block_out_channels": (8, 16), "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"), "norm_num_groups": 4,
+}
+
+
 def build_default_vit(num_classes: int = 10, class_names: Sequence[str] | None = CIFAR10_CLASSES) -> PixelViT:
     """A randomly initialised ViT of the shipped architecture (for training)."""
     vit = create_vit(DEFAULT_VIT_ARCH, num_classes=num_classes, model_args=DEFAULT_VIT_ARGS)

@@ -34,3 +34,21 @@ def make_tiny_vit(seed: int = 0) -> PixelViT:
 @pytest.fixture
 def tiny_vit() -> PixelViT:
     return make_tiny_vit(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_dir(tmp_path_factory):
+    """Folder with classifier/ and denoiser/ of a tiny pair, saved through the real savers."""
+    from tiny_pair import save_tiny_pair
+
+    folder = tmp_path_factory.mktemp("tiny_pair")
+    save_tiny_pair(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_pair_dir):
+    """The tiny pair loaded back through load_pair (timm local-dir + diffusers from_pretrained)."""
+    from tiny_pair import load_tiny_pair
+
+    return load_tiny_pair(tiny_pair_dir)

@@ -1,0 +1,534 @@
+"""``fvit eval``: the evaluation protocols of docs/method.md, section 7, over an image folder.
+
+A run evaluates a grid of *settings* (attack, eps, mode, sigma, method) on every selected
+image and appends one JSON row per (image, setting) to ``OUT/rows.jsonl`` as it goes; at the
+end it writes the summary tables and figures (:mod:`.report`).
+
+Reuse. Per image, intermediate results (*units*) are computed once and shared by every setting
+that needs them:
+- the attack on (attack, eps): shared by all sigmas, modes and methods; except ``eot_dds``,
+  which attacks the FViT at one sigma, and ``topk``, which attacks the explanation method (and
+  k) being evaluated;
+- the vanilla ViT's explanation per (image, method), clean and per attacked image;
+- the smoothed clean estimate and its independent second estimate (the noise floor) per
+  (mode, sigma, method): shared by every attack and budget;
+- the perturbation test per (mode, sigma, method), on the clean image.
+A row's ``seconds`` is its share of the units it used (each unit's time divided by the number
+of rows of this run that use it), so the seconds of an image's rows add up to its cost.
+
+Randomness. Every unit draws from its own generator, seeded from (seed, image index, unit):
+results do not depend on the order of images, on which rank evaluates them, on how many rows a
+resumed run still had to compute, or on the batch size (noise is drawn on the CPU).
+
+Transfer setting: attacks are crafted on the vanilla ViT against the true label (``topk``
+keeps the model's own prediction, as Ghorbani et al.), and the same attacked image is fed to
+the vanilla ViT and to the smoothed models; ``eot_dds`` is the adaptive attack on the FViT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .. import certify, distributed, metrics
+from ..attacks import ATTACKS, get_attack, run_attack
+from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from ..images import load_image, prepare_image
+from ..models import ModelPair, load_pair
+from ..smoothing import SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
+from .data import ImageItem, list_items, read_label_map, select
+from .perturbation import FILLS, FRACTIONS, perturbation_auc, perturbed_batch, split_hits
+from .store import RowFiles, atomic_write_text, json_line
+
+MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
+CONFIG_FILE = "eval_config.json"
+
+
+@dataclass
+class EvalConfig:
+    """Every setting of one ``fvit eval`` run. Units: eps and sigma in [0, 1] pixel units.
+
+    The grid is attacks x eps x modes x sigmas x methods (``vanilla`` is evaluated once per
+    attack and budget, without sigma, except under ``eot_dds``, whose attack depends on sigma).
+    """
+
+    data: str
+    out: str
+    model: str = "default"
+    classifier: str | None = None
+    denoiser: str | None = None
+    label_map: str | None = None
+    limit: int | None = None
+    subset_seed: int = 0
+    attacks: tuple[str, ...] = ("pgd",)
+    eps: tuple[float, ...] = (8 / 255,)
+    steps: int | None = None
+    attack_params: dict = field(default_factory=dict)
+    sigmas: tuple[float, ...] = (0.25,)
+    modes: tuple[str, ...] = ("vanilla", "dds")
+    methods: tuple[str, ...] = ("raw",)
+    head_fusion: str = "mean"
+    k: int = 8
+    beta: float = 0.5
+    renyi_alpha: float = 2.0
+    n_samples: int = 32
+    shared_noise: bool = False
+    noise_floor: bool = True
+    perturbation_test: bool = True
+    pt_samples: int = 16
+    pt_fill: str = "mean"
+    multistep_steps: int = 10
+    image_mode: str = "resize"
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    allow_download: bool = False
+    dist_backend: str = "gloo"
+    progress: bool = True
+
+    # Fields that may change between a run and its resumption: where things are, how fast,
+    # and the grid and image selection (rows are keyed by image and setting). Every other field
+    # changes the numbers, so a folder holding rows made with other values is refused.
+    FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
+                             "batch_size", "device", "allow_download", "dist_backend", "progress"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """ValueError with an actionable message for any invalid setting (before models load)."""
+        _choices(self.attacks, ATTACKS, "attack")
+        _choices(self.modes, MODES, "mode")
+        _choices(self.methods, EXPLANATION_METHODS, "method")
+        _choices((self.head_fusion,), HEAD_FUSIONS, "head fusion")
+        _choices((self.pt_fill,), FILLS, "perturbation-test fill")
+        for value in self.sigmas:
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {value!r}")
+        for value in self.eps:
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"eps must be >= 0 (pixel units, e.g. 8/255), got {value!r}")
+        for name, low in (("n_samples", 2 if self.noise_floor else 1), ("pt_samples", 1), ("k", 1),
+                          ("batch_size", 1), ("multistep_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
+        if not self.renyi_alpha > 1.0:
+            raise ValueError(f"renyi_alpha must be > 1, got {self.renyi_alpha!r}")
+        if any(mode != "vanilla" for mode in self.modes) and not self.sigmas:
+            raise ValueError("smoothed modes need at least one sigma")
+        known = {p.name for a in self.attacks for p in get_attack(a).params}
+        unknown = sorted(set(self.attack_params) - known)
+        if unknown:
+            raise ValueError(f"attack parameter(s) {', '.join(unknown)} belong to none of the attacks "
+                             f"{', '.join(self.attacks)}")
+        for setting in settings_grid(self):
+            get_attack(setting.attack).resolve(attack_arguments(self, setting))
+
+
+def _choices(values: Sequence[str], allowed: Sequence[str] | dict, what: str) -> None:
+    if not values:
+        raise ValueError(f"give at least one {what}")
+    for value in values:
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One evaluated combination; ``eps`` is None for attacks without a budget, ``sigma`` None
+    for the vanilla ViT (except under eot_dds, where it is the attacked FViT's sigma)."""
+
+    attack: str
+    eps: float | None
+    mode: str
+    sigma: float | None
+    method: str
+
+    @property
+    def smoothed(self) -> bool:
+        return self.mode != "vanilla"
+
+
+def settings_grid(cfg: EvalConfig) -> list[Setting]:
+    """The settings of a run, in evaluation order."""
+    grid = []
+    for attack in cfg.attacks:
+        has_eps = any(p.name == "eps" for p in get_attack(attack).params)
+        for eps in (cfg.eps if has_eps else (None,)):
+            for mode in cfg.modes:
+                sigmas = (None,) if mode == "vanilla" and attack != "eot_dds" else cfg.sigmas
+                for sigma in sigmas:
+                    grid += [Setting(attack, eps, mode, sigma, method) for method in cfg.methods]
+    return grid
+
+
+def row_key(image: str, setting: Setting) -> tuple:
+    return (image, setting.attack, setting.eps, setting.mode, setting.sigma, setting.method)
+
+
+def key_of_row(row: dict) -> tuple:
+    return (row["image"], row["attack"], row["eps"], row["mode"], row["sigma"], row["method"])
+
+
+def _num(value: float | None) -> float:
+    return -1.0 if value is None else float(value)
+
+
+def row_order(row: dict) -> tuple:
+    return (row["index"], row["attack"], _num(row["eps"]), MODES.index(row["mode"]), _num(row["sigma"]), row["method"])
+
+
+def eval_row_files(out: str | Path) -> RowFiles:
+    return RowFiles(out, "rows", "jsonl", encode=json_line, decode=json.loads, key=key_of_row, sort_key=row_order)
+
+
+def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
+    """The attack's parameters for a setting: ``--attack-param`` values it has, eps and steps,
+    step eps/5 for Linf PGD-type attacks (pipeline.AnalysisConfig's rule), the sigma of the FViT
+    for eot_dds, and k and the evaluated method for the top-k explanation attack."""
+    from ..pipeline import AnalysisConfig
+
+    names = {p.name for p in get_attack(setting.attack).params}
+    params = {k: v for k, v in cfg.attack_params.items() if k in names}
+    analysis = AnalysisConfig(attack=setting.attack, eps=setting.eps if "eps" in names else None,
+                              steps=cfg.steps if "steps" in names else None, attack_params=params,
+                              sigma=setting.sigma if setting.sigma is not None else 0.25)
+    resolved = analysis.attack_arguments()
+    if setting.attack == "topk":
+        resolved.setdefault("k", cfg.k)
+        resolved.setdefault("method", setting.method)
+        resolved.setdefault("head_fusion", cfg.head_fusion)
+    return resolved
+
+
+def attack_key(setting: Setting) -> tuple:
+    """What the attacked image depends on: eot_dds also on sigma, topk also on the method."""
+    return (setting.attack, setting.eps, setting.sigma if setting.attack == "eot_dds" else None,
+            setting.method if setting.attack == "topk" else None)
+
+
+# --------------------------------------------------------------------------------------------
+# One image
+# --------------------------------------------------------------------------------------------
+
+
+class _Units:
+    """Timed, lazily computed intermediate results of one image, shared by its settings."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple, Any] = {}
+        self.seconds: dict[tuple, float] = {}
+        self.uses: Counter = Counter()
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key not in self.values:
+            start = time.perf_counter()
+            self.values[key] = compute()
+            self.seconds[key] = time.perf_counter() - start
+        return self.values[key]
+
+    def share(self, keys: Sequence[tuple]) -> float:
+        return float(sum(self.seconds[k] / max(self.uses[k], 1) for k in keys))
+
+
+class ImageEvaluation:
+    """The rows of one image for a list of settings (only those still missing on a resume)."""
+
+    def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path):
+        self.cfg, self.pair, self.item = cfg, pair, item
+        clf = pair.classifier
+        pixels = prepare_image(load_image(root / item.path), clf.img_size, mode=cfg.image_mode)
+        self.x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None].to(pair.device)
+        self.units = _Units()
+
+    # -- units ------------------------------------------------------------------------------
+
+    def _generator(self, *parts: Any) -> torch.Generator:
+        return distributed.generator_for(self.cfg.seed, "eval", self.item.index, *parts)
+
+    def _unit_keys(self, s: Setting) -> list[tuple]:
+        akey = attack_key(s)
+        keys = [("attack", akey), ("vanilla", None, s.method)]
+        if s.smoothed:
+            keys += [("clean", s.mode, s.sigma, s.method), ("attacked", akey, s.mode, s.sigma, s.method)]
+        else:
+            keys.append(("vanilla", akey, s.method))
+        if self.cfg.perturbation_test:
+            keys.append(("pt", s.mode, s.sigma, s.method))
+        return keys
+
+    def _attack(self, s: Setting) -> torch.Tensor:
+        cfg = self.cfg
+        labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.x.device)
+        seed = distributed.derive_seed(cfg.seed, "attack", self.item.index, *attack_key(s))
+        return run_attack(s.attack, self.pair.classifier, self.x, labels, attack_arguments(cfg, s),
+                          denoiser=self.pair.denoiser, seed=seed)
+
+    def _vanilla(self, image: torch.Tensor, method: str) -> tuple[np.ndarray, np.ndarray]:
+        att, probs = vanilla(self.pair, image, method=method, head_fusion=self.cfg.head_fusion)
+        return att[0], probs[0]
+
+    def _smooth(self, images: torch.Tensor, s: Setting, generator: torch.Generator, *, n_samples: int | None = None,
+                method: str | None = None, noise: torch.Tensor | None = None) -> list[SmoothedOutput]:
+        cfg = self.cfg
+        return smooth(self.pair, images, sigma=s.sigma, n_samples=n_samples or cfg.n_samples, mode=s.mode,
+                      method=method or s.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
+                      generator=generator, noise=noise, multistep_steps=cfg.multistep_steps)
+
+    def _shared_noise(self, s: Setting) -> torch.Tensor | None:
+        if not self.cfg.shared_noise or s.mode == "denoise-only":
+            return None
+        g = self._generator("noise", s.mode, s.sigma, s.method)
+        return torch.randn((self.cfg.n_samples, *self.x.shape[1:]), generator=g) * s.sigma
+
+    def _clean(self, s: Setting) -> tuple[SmoothedOutput, SmoothedOutput | None, torch.Tensor | None]:
+        """(clean estimate, independent second estimate or None, shared noise or None)."""
+        g = self._generator("clean", s.mode, s.sigma, s.method)
+        noise = self._shared_noise(s)
+        if noise is None:
+            batch = torch.cat([self.x, self.x]) if self.cfg.noise_floor else self.x
+            outs = self._smooth(batch, s, g)
+            return outs[0], (outs[1] if self.cfg.noise_floor else None), None
+        clean = self._smooth(self.x, s, g, noise=noise)[0]
+        floor = None
+        if self.cfg.noise_floor:
+            floor = self._smooth(self.x, s, self._generator("floor", s.mode, s.sigma, s.method))[0]
+        return clean, floor, noise
+
+    def _attacked(self, s: Setting) -> SmoothedOutput:
+        x_adv = self.units.values[("attack", attack_key(s))]
+        noise = self.units.values[("clean", s.mode, s.sigma, s.method)][2]
+        g = self._generator("attacked", *attack_key(s), s.mode, s.sigma, s.method)
+        return self._smooth(x_adv, s, g, noise=noise)[0]
+
+    def _perturbation_test(self, s: Setting) -> tuple[list[int], list[int]]:
+        clf = self.pair.classifier
+        if s.smoothed:
+            attention = self.units.values[("clean", s.mode, s.sigma, s.method)][0].attention
+        else:
+            attention = self.units.values[("vanilla", None, s.method)][0]
+        batch = perturbed_batch(self.x[0], attention, clf.grid_size, fill=self.cfg.pt_fill)
+        if s.smoothed:
+            # The smoothed prediction with pt_samples draws; the explanation computed alongside
+            # is not used, so the cheapest method is asked for.
+            g = self._generator("pt", s.mode, s.sigma, s.method)
+            outs = self._smooth(batch, s, g, n_samples=self.cfg.pt_samples, method="raw")
+            predictions = [out.label for out in outs]
+        else:
+            with torch.no_grad():
+                predictions = clf(batch.to(self.pair.device)).argmax(-1).tolist()
+        return split_hits(predictions, self.item.label)
+
+    def _compute(self, key: tuple, s: Setting) -> Any:
+        kind = key[0]
+        if kind == "attack":
+            return self._attack(s)
+        if kind == "vanilla":
+            image = self.x if key[1] is None else self.units.values[("attack", key[1])]
+            return self._vanilla(image, s.method)
+        if kind == "clean":
+            return self._clean(s)
+        if kind == "attacked":
+            return self._attacked(s)
+        return self._perturbation_test(s)
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def rows(self, settings: Sequence[Setting]) -> Iterator[dict]:
+        """One row per setting, yielded as soon as its units are computed."""
+        plans = [(s, self._unit_keys(s)) for s in settings]
+        for _, keys in plans:
+            self.units.uses.update(keys)
+        for s, keys in plans:
+            for key in keys:  # listed in dependency order
+                self.units.get(key, lambda key=key: self._compute(key, s))
+            yield self._row(s, keys)
+
+    def _row(self, s: Setting, keys: list[tuple]) -> dict:
+        cfg, v = self.cfg, self.units.values
+        akey = attack_key(s)
+        x_adv = v[("attack", akey)]
+        vanilla_clean = v[("vanilla", None, s.method)]
+        floor = agreement = radius = None
+        n_samples = None
+        if s.smoothed:
+            clean_out, floor_out, _ = v[("clean", s.mode, s.sigma, s.method)]
+            adv_out = v[("attacked", akey, s.mode, s.sigma, s.method)]
+            clean = (clean_out.attention, clean_out.probs)
+            attacked = (adv_out.attention, adv_out.probs)
+            n_samples = clean_out.n_samples
+            if floor_out is not None:
+                floor = float(metrics.topk_overlap(clean_out.attention, floor_out.attention, cfg.k))
+            agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, cfg.k))
+            radius = self._topk_radius(clean_out.attention, s)
+        else:
+            clean, attacked = vanilla_clean, v[("vanilla", akey, s.method)]
+        pred_clean, pred_attacked = int(np.argmax(clean[1])), int(np.argmax(attacked[1]))
+        delta = (x_adv - self.x).flatten()
+        row = {
+            "image": self.item.path, "index": self.item.index, "label": self.item.label,
+            "mode": s.mode, "attack": s.attack, "eps": s.eps, "sigma": s.sigma, "method": s.method, "k": cfg.k,
+            "n_samples": n_samples,
+            "pred_clean": pred_clean, "pred_attacked": pred_attacked,
+            "correct_clean": pred_clean == self.item.label, "correct_attacked": pred_attacked == self.item.label,
+            "label_flip": pred_clean != pred_attacked,
+            "topk_overlap": float(metrics.topk_overlap(clean[0], attacked[0], cfg.k)),
+            "topk_overlap_floor": floor, "topk_overlap_vanilla": agreement,
+            "divergence": {name: float(value) for name, value in
+                           metrics.divergences(clean[1], attacked[1], renyi_alpha=cfg.renyi_alpha).items()},
+            "topk_radius": radius,
+            "perturbation_linf": float(delta.abs().max()), "perturbation_l2": float(delta.norm()),
+        }
+        row.update(self._pt_fields(s))
+        row["seconds"] = self.units.share(keys)
+        return row
+
+    def _pt_fields(self, s: Setting) -> dict:
+        if not self.cfg.perturbation_test:
+            return {"pt_auc_positive": None, "pt_auc_negative": None, "pt_positive": None, "pt_negative": None}
+        positive, negative = self.units.values[("pt", s.mode, s.sigma, s.method)]
+        return {"pt_auc_positive": perturbation_auc(positive), "pt_auc_negative": perturbation_auc(negative),
+                "pt_positive": positive, "pt_negative": negative}
+
+    def _topk_radius(self, attention: np.ndarray, s: Setting) -> float | None:
+        if s.mode == "denoise-only":
+            return None  # no noise, no certificate
+        try:
+            return float(certify.topk_certified_radius(attention, self.cfg.k, self.cfg.beta, s.sigma))
+        except ValueError:  # k too large for the bound (k + k0 > P)
+            return None
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalReport:
+    """What a run did on this rank (and, on rank 0, the merged totals)."""
+
+    out: Path
+    rows_written: int
+    rows_total: int | None
+    rows_missing: int | None
+    seconds: float
+    rank: int
+    world_size: int
+
+
+def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> None:
+    """Refuse a folder whose rows were made with settings that change the numbers; record ours."""
+    out = Path(cfg.out)
+    path = out / config_file
+    current = cfg.to_dict()
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
+        fixed = [f.name for f in dataclasses.fields(cfg) if f.name not in cfg.FREE_FIELDS]
+        changed = [f"{name} {_jsonable(stored.get(name))!r} -> {_jsonable(current[name])!r}"
+                   for name in fixed if _jsonable(stored.get(name)) != _jsonable(current[name])]
+        if changed:
+            raise ValueError(f"{out} holds rows made with other settings ({'; '.join(changed)}); "
+                             "use a new --out, or the same settings to resume")
+    elif files.merged.exists() or files.shard_paths():
+        raise ValueError(f"{out} holds row files but no {config_file}; use a new --out")
+    atomic_write_text(path, json.dumps(_jsonable(current), indent=2) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def load_models(cfg: Any, device: str) -> ModelPair:
+    if cfg.allow_download:
+        import os
+
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    return load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=device,
+                     allow_download=cfg.allow_download)
+
+
+def selected_items(cfg: Any, pair: ModelPair) -> list[ImageItem]:
+    label_map = read_label_map(cfg.label_map) if cfg.label_map else None
+    items = list_items(cfg.data, pair.classifier.class_names, label_map)
+    return select(items, limit=cfg.limit, subset_seed=cfg.subset_seed)
+
+
+def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files: RowFiles) -> None:
+    """Rank 0 checks and records the output folder; every rank gets its verdict."""
+    problem = None
+    if ctx.is_main:
+        try:
+            check_output_folder(cfg, config_file, files)
+        except (ValueError, OSError) as exc:
+            problem = str(exc)
+    problem = distributed.broadcast(ctx, problem)
+    if problem:
+        raise ValueError(problem)
+
+
+def progress_bar(total: int, ctx: distributed.DistContext, what: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    desc = f"{what} rank {ctx.rank}/{ctx.world_size}" if ctx.is_distributed else what
+    return tqdm(total=total, desc=desc, unit="row", position=ctx.rank, disable=not enabled, dynamic_ncols=True,
+                smoothing=0.05)
+
+
+def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> EvalReport:
+    """Evaluate this rank's shard of the images, append rows, and (rank 0) merge and summarise.
+
+    Resumable: rows already in the output folder are skipped; see the module docstring.
+    """
+    start = time.perf_counter()
+    cfg.validate()
+    ctx = ctx or distributed.init(cfg.dist_backend)
+    files = eval_row_files(cfg.out)
+    prepare_run(cfg, ctx, CONFIG_FILE, files)
+    pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    if cfg.k > pair.classifier.num_patches:
+        raise ValueError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
+    items = selected_items(cfg, pair)
+    grid = settings_grid(cfg)
+    done = files.done_keys()
+    work = [(item, [s for s in grid if row_key(item.path, s) not in done]) for item in distributed.shard(items, ctx)]
+    total = sum(len(settings) for _, settings in work)
+    written = 0
+    root = Path(cfg.data).expanduser()
+    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", cfg.progress) as bar:
+        for item, settings in work:
+            if not settings:
+                continue
+            for row in ImageEvaluation(cfg, pair, item, root).rows(settings):
+                log.append(json_line(row))
+                written += 1
+                bar.update(1)
+    distributed.barrier(ctx)
+    report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,
+                        seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
+    if ctx.is_main:
+        from .report import finish_eval
+
+        planned = {row_key(item.path, s) for item in items for s in grid}
+        report.rows_total, report.rows_missing = finish_eval(cfg, files, planned, ctx, report.seconds)
+    return report

@@ -1,0 +1,133 @@
+"""What rank 0 writes at the end of a batch run: merged rows, summary tables, figures, run info.
+
+Everything is written atomically (temporary file + os.replace), so an interrupted summary never
+leaves a half-written table; rerunning the same command (all rows done) writes it again.
+The summary covers the rows of the current command's grid and image selection; rows of
+earlier, different grids stay in the merged row file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import distributed
+from .store import RowFiles, atomic_write_text
+from .summary import Estimate, Metric, summarise, to_csv, to_markdown
+
+EVAL_GROUP = ("attack", "eps", "mode", "sigma", "method")
+
+
+def _div(name: str):
+    return lambda row: (row.get("divergence") or {}).get(name)
+
+
+EVAL_METRICS: tuple[Metric, ...] = (
+    Metric("topk_overlap", lambda r: r["topk_overlap"], "mean", "V_k clean/attacked"),
+    Metric("topk_overlap_floor", lambda r: r["topk_overlap_floor"], "mean", "noise floor"),
+    Metric("topk_overlap_vanilla", lambda r: r["topk_overlap_vanilla"], "mean", "V_k vanilla/FViT (clean)"),
+    Metric("clean_accuracy", lambda r: r["correct_clean"], "rate", "clean acc."),
+    Metric("attacked_accuracy", lambda r: r["correct_attacked"], "rate", "acc. under attack"),
+    Metric("label_flip_rate", lambda r: r["label_flip"], "rate", "label flips"),
+    Metric("pt_auc_positive", lambda r: r["pt_auc_positive"], "mean", "pert. AUC pos. (lower better)"),
+    Metric("pt_auc_negative", lambda r: r["pt_auc_negative"], "mean", "pert. AUC neg. (higher better)"),
+    Metric("kl", _div("kl"), "mean", "KL"),
+    Metric("js", _div("js"), "mean", "JS"),
+    Metric("tv", _div("tv"), "mean", "TV"),
+    Metric("hellinger", _div("hellinger"), "mean", "Hellinger"),
+    Metric("renyi", _div("renyi"), "mean", "Renyi"),
+    Metric("topk_radius", lambda r: r["topk_radius"], "mean", "top-k radius (L2)"),
+    Metric("seconds", lambda r: r["seconds"], "mean", "s / image"),
+)
+_MAIN_TABLE = ("topk_overlap", "topk_overlap_floor", "topk_overlap_vanilla", "clean_accuracy", "attacked_accuracy",
+               "label_flip_rate", "seconds")
+_SECOND_TABLE = ("pt_auc_positive", "pt_auc_negative", "kl", "js", "tv", "hellinger", "renyi", "topk_radius")
+
+
+def fmt_eps(eps: float | None) -> str:
+    """8/255 for budgets on the /255 grid, else the number."""
+    if eps is None:
+        return "-"
+    scaled = eps * 255
+    return f"{round(scaled):g}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:.4g}"
+
+
+def fmt_sigma(sigma: float | None) -> str:
+    return "-" if sigma is None else f"{sigma:g}"
+
+
+def _group_order(modes: Sequence[str]):
+    def order(key: tuple) -> tuple:
+        attack, eps, mode, sigma, method = key
+        return (attack, -1.0 if eps is None else eps, modes.index(mode) if mode in modes else 99,
+                -1.0 if sigma is None else sigma, method)
+
+    return order
+
+
+def hardware() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _estimate_json(value: Any) -> Any:
+    if isinstance(value, Estimate):
+        clean = (lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+        return {"mean": clean(value.mean), "low": clean(value.low), "high": clean(value.high), "n": value.n}
+    return value
+
+
+def eval_markdown(records: list[dict], k: int) -> str:
+    by_name = {m.name: m for m in EVAL_METRICS}
+    columns = [("attack", lambda r: r["attack"]), ("eps", lambda r: fmt_eps(r["eps"])), ("mode", lambda r: r["mode"]),
+               ("sigma", lambda r: fmt_sigma(r["sigma"])), ("method", lambda r: r["method"]), ("n", lambda r: str(r["n"]))]
+    return "\n".join([
+        f"# Evaluation summary\n\nMeans with 95% confidence intervals over images (Student t for means, Wilson for "
+        f"rates). V_k: top-{k} overlap of the clean and attacked explanations; noise floor: V_k of two independent "
+        "clean estimates; perturbation-test AUCs by the trapezoid rule over removal fractions 0.1..0.9 (range 0..0.8).\n",
+        "## Explanation stability, accuracy, cost\n",
+        to_markdown(records, columns, [by_name[n] for n in _MAIN_TABLE]),
+        "## Perturbation test, prediction divergences (nats), certified top-k radius\n",
+        to_markdown(records, columns, [by_name[n] for n in _SECOND_TABLE]),
+    ])
+
+
+def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistContext, seconds: float) -> tuple[int, int]:
+    """Merge the row files, write the summary (CSV, Markdown, JSON), figures and run info.
+
+    Returns (rows of this command's grid present, rows of it missing).
+    """
+    from .evaluate import MODES, key_of_row
+
+    out = Path(cfg.out)
+    rows, counts = files.merge()
+    current = [row for row in rows if key_of_row(row) in planned]
+    records = summarise(current, EVAL_GROUP, EVAL_METRICS, order=_group_order(MODES))
+    atomic_write_text(out / "summary.csv", to_csv(records, EVAL_GROUP, EVAL_METRICS))
+    atomic_write_text(out / "summary.md", eval_markdown(records, cfg.k))
+    atomic_write_text(out / "summary.json", json.dumps(
+        [{k: _estimate_json(v) for k, v in r.items()} for r in records], indent=1) + "\n")
+    from .plots import overlap_vs_eps, overlap_vs_sigma
+
+    overlap_vs_eps(records, out / "overlap_vs_eps.png", k=cfg.k)
+    overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=cfg.k)
+    missing = len(planned) - len(current)
+    info = {"command": "eval", "rows": len(current), "rows_missing": missing, "rows_in_folder": len(rows),
+            "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
+            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser},
+            "device": cfg.device}
+    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+    return len(current), missing

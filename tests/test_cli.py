@@ -1,0 +1,74 @@
+"""`fvit analyze` end to end through the console entry point, offline, on a locally saved pair."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FAST = ["--n-samples", "4", "--steps", "2", "--k", "4", "--batch-size", "32"]
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, "-m", "fvit_core.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"small.png": (32, 32), "photo.jpg": (480, 640)}.items():
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(folder / name)
+    (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["small.png", "photo.jpg"])
+def test_analyze_writes_the_documented_json(tiny_pair_dir, images, tmp_path, name):
+    out = tmp_path / "r.json"
+    res = _run(["analyze", str(images / name), "--classifier", str(tiny_pair_dir / "classifier"),
+                "--denoiser", str(tiny_pair_dir / "denoiser"), "--eps", "8/255", *FAST, "--json", str(out)], tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["config"]["eps"] == pytest.approx(8 / 255)
+    assert data["attack"]["linf"] <= 8 / 255 + 1e-6
+    assert data["fvit"]["n_samples"] == 4 and len(data["vanilla"]["clean"]["attention"]) == 16
+    assert "total" in data["timing"]
+
+
+def test_config_file_is_reproduced_and_flags_override_it(tiny_pair_dir, images, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"sigma": 0.5, "k": 3, "seed": 7, "n_samples": 4, "steps": 2, "attack": "pgd",
+                                    "eps": 2 / 255, "classifier": str(tiny_pair_dir / "classifier"),
+                                    "denoiser": str(tiny_pair_dir / "denoiser")}))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _run(["analyze", str(images / "small.png"), "--config", str(settings), "--json", str(a)], tmp_path).returncode == 0
+    assert _run(["analyze", str(images / "small.png"), "--config", str(settings), "--k", "2", "--json", str(b)],
+                tmp_path).returncode == 0
+    ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ja["config"]["sigma"] == 0.5 and ja["config"]["k"] == 3 and jb["config"]["k"] == 2
+    assert ja["fvit"]["clean"] == jb["fvit"]["clean"]  # same seed and settings: same estimates
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "{img}/notes.png"], "not a readable image"),
+    (["analyze", "{img}/missing.png"], "cannot read"),
+    (["analyze", "{img}/small.png", "--sigma", "-1"], "sigma"),
+    (["analyze", "{img}/small.png", "--attack", "nope"], "unknown attack"),
+    (["analyze", "{img}/small.png", "--k", "999"], "exceeds"),
+])
+def test_errors_are_one_line_without_traceback(tiny_pair_dir, images, tmp_path, args, message):
+    args = [a.replace("{img}", str(images)) for a in args]
+    res = _run([*args[:2], *FAST, *args[2:], "--classifier", str(tiny_pair_dir / "classifier"),
+                "--denoiser", str(tiny_pair_dir / "denoiser")], tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bad_flag_value_exits_non_zero(tmp_path):
+    res = _run(["analyze", "x.png", "--eps", "eight"], tmp_path)
+    assert res.returncode == 2 and "not a number" in res.stderr

@@ -1,0 +1,125 @@
+"""analyze(): the one call the app and the CLI share."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from fvit_core.pipeline import AnalysisConfig, analyze
+
+FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
+
+
+def _image(h=32, w=32, seed=0):
+    return np.random.default_rng(seed).random((3, h, w), dtype=np.float32)
+
+
+def test_result_json_has_the_documented_fields(tiny_pair):
+    result = analyze(_image(), AnalysisConfig(**FAST), pair=tiny_pair)
+    data = json.loads(result.dumps())
+    assert set(data) >= {"config", "attack", "vanilla", "fvit", "timing"}
+    assert {"name", "linf", "l2"} <= set(data["attack"])
+    for model in ("vanilla", "fvit"):
+        for side in ("clean", "attacked"):
+            view = data[model][side]
+            assert {"label", "probs", "attention"} <= set(view)
+            assert len(view["attention"]) == 16 and abs(sum(view["attention"]) - 1) < 1e-6
+            assert abs(sum(view["probs"]) - 1) < 1e-6
+        assert 0 <= data[model]["topk_overlap"] <= 1
+        assert set(data[model]["divergences"]) == {"kl", "js", "tv", "hellinger", "renyi"}
+    assert {"class_radius", "topk_radius_l2", "topk_radius_linf"} <= set(data["fvit"]["certified"])
+    assert data["fvit"]["n_samples"] == 6 and 0 <= data["fvit"]["topk_overlap_floor"] <= 1
+    assert data["timing"]["total"] >= data["timing"]["smoothing"] > 0
+
+
+def test_attack_stays_within_budget_and_is_reported(tiny_pair):
+    result = analyze(_image(), AnalysisConfig(eps=4 / 255, **FAST), pair=tiny_pair)
+    delta = result.attacked_image - result.clean_image
+    assert np.abs(delta).max() <= 4 / 255 + 1e-6
+    assert result.attack["linf"] == pytest.approx(float(np.abs(delta).max()), abs=1e-7)
+    assert result.attack["l2"] == pytest.approx(float(np.linalg.norm(delta)), rel=1e-5)
+    assert result.attack["params"]["alpha"] == pytest.approx(4 / 255 / 5)
+
+
+def test_no_attack_gives_identical_vanilla_maps(tiny_pair):
+    result = analyze(_image(), AnalysisConfig(attack="none", **{k: v for k, v in FAST.items() if k != "steps"}),
+                     pair=tiny_pair)
+    assert result.vanilla.topk_overlap == 1.0 and not result.vanilla.label_flip
+    assert result.attack["linf"] == 0.0
+
+
+def test_same_seed_gives_identical_json_and_other_seed_differs(tiny_pair):
+    a = analyze(_image(), AnalysisConfig(seed=3, **FAST), pair=tiny_pair).to_json()
+    b = analyze(_image(), AnalysisConfig(seed=3, **FAST), pair=tiny_pair).to_json()
+    c = analyze(_image(), AnalysisConfig(seed=4, **FAST), pair=tiny_pair).to_json()
+    for d in (a, b, c):
+        d.pop("timing")
+    assert json.dumps(a) == json.dumps(b)
+    assert json.dumps(a) != json.dumps(c)
+
+
+def test_large_and_odd_sized_images_are_resized(tiny_pair):
+    result = analyze(_image(480, 640), AnalysisConfig(**FAST), pair=tiny_pair)
+    assert result.clean_image.shape == (3, 32, 32)
+    crop = analyze(_image(480, 640), AnalysisConfig(image_mode="center_crop", **FAST), pair=tiny_pair)
+    assert crop.clean_image.shape == (3, 32, 32)
+    assert not np.allclose(result.clean_image, crop.clean_image)
+
+
+def test_shared_noise_option_and_overlap_curve(tiny_pair):
+    result = analyze(_image(), AnalysisConfig(shared_noise=True, **FAST), pair=tiny_pair)
+    curve = result.fvit.overlap_curve
+    assert curve.shape == (16,) and curve[-1] == 1.0
+    assert result.fvit.topk_overlap == pytest.approx(curve[3])
+
+
+def test_concurrent_analyses_equal_sequential_ones(tiny_pair):
+    """One cached pair serving several threads: no cross-talk in attention capture."""
+    configs = [AnalysisConfig(seed=s, method=m, **FAST) for s, m in
+               [(0, "raw"), (1, "rollout"), (2, "grad_rollout"), (3, "gradcam")]]
+    images = [_image(seed=i) for i in range(4)]
+    expected = [analyze(img, cfg, pair=tiny_pair).to_json() for img, cfg in zip(images, configs)]
+    got = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        barrier.wait()
+        got[i] = analyze(images[i], configs[i], pair=tiny_pair).to_json()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e, g in zip(expected, got):
+        e.pop("timing"), g.pop("timing")
+        assert json.dumps(e) == json.dumps(g)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sigma": -0.1}, "sigma"), ({"n_samples": 0}, "n_samples"), ({"k": 17}, "exceeds"),
+    ({"eps": -1.0}, "eps"), ({"attack": "nope"}, "unknown attack"), ({"method": "nope"}, "unknown method"),
+    ({"mode": "nope"}, "unknown mode"), ({"beta": 0.0}, "beta"),
+])
+def test_invalid_settings_are_refused_with_a_message(tiny_pair, change, message):
+    cfg = AnalysisConfig(**{**FAST, **change})
+    with pytest.raises(ValueError, match=message):
+        analyze(_image(), cfg, pair=tiny_pair)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((32, 32, 3), np.float32), np.full((3, 8, 8), 2.0, np.float32),
+                                 np.full((3, 8, 8), np.nan, np.float32)])
+def test_bad_images_are_refused(tiny_pair, bad):
+    with pytest.raises(ValueError, match="image must be"):
+        analyze(bad, AnalysisConfig(**FAST), pair=tiny_pair)
+
+
+def test_settings_round_trip_through_a_file(tmp_path):
+    cfg = AnalysisConfig(sigma=0.5, attack="fgsm", eps=2 / 255, k=3)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert AnalysisConfig.from_file(path) == cfg
+    path.write_text(json.dumps({"sigmaa": 1}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        AnalysisConfig.from_file(path)

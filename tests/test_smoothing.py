@@ -1,0 +1,104 @@
+"""The DDS / RS / denoise-only sample loop: streamed sums equal a direct computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from fvit_core.attention import explain
+from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.smoothing import smooth
+
+
+def _images(n=2, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_dds_matches_a_direct_per_sample_computation(tiny_pair):
+    x = _images(1)
+    sigma, n = 0.25, 10
+    out = smooth(tiny_pair, x, sigma=sigma, n_samples=n, batch_size=3, generator=torch.Generator().manual_seed(5),
+                 keep_samples=True)[0]
+    g = torch.Generator().manual_seed(5)
+    t = timestep_for_sigma(tiny_pair.denoiser.alphas_cumprod, sigma)
+    ws, ps = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            noisy = x + torch.randn(x.shape, generator=g) * sigma
+            e = explain(tiny_pair.classifier, one_shot_denoise(tiny_pair.denoiser, noisy, t))
+            ws.append(e.attention[0].double())
+            ps.append(torch.softmax(e.logits[0].double(), -1))
+    w, p = torch.stack(ws).mean(0).numpy(), torch.stack(ps).mean(0).numpy()
+    np.testing.assert_allclose(out.attention, w / w.sum(), atol=1e-5)
+    np.testing.assert_allclose(out.probs, p, atol=1e-5)
+    assert out.votes.sum() == n and out.t_star == t == 145
+    votes = np.bincount([int(torch.argmax(q)) for q in ps], minlength=10)
+    assert np.array_equal(out.votes, votes)
+    assert out.samples_attention.shape == (n, 16)
+    se = torch.stack(ws).std(0, unbiased=True).numpy() / np.sqrt(n)
+    np.testing.assert_allclose(out.attention_se, se, atol=1e-5)
+
+
+def test_same_seed_same_result_and_batching_does_not_matter(tiny_pair):
+    x = _images(2)
+    run = lambda bs, seed: smooth(tiny_pair, x, sigma=0.12, n_samples=7, batch_size=bs,  # noqa: E731
+                                  generator=torch.Generator().manual_seed(seed))
+    a, b, c, d = run(4, 1), run(4, 1), run(5, 1), run(4, 2)
+    assert np.array_equal(a[0].attention, b[0].attention) and np.array_equal(a[1].probs, b[1].probs)
+    np.testing.assert_allclose(a[1].attention, c[1].attention, atol=1e-6)
+    assert not np.allclose(a[0].attention, d[0].attention)
+
+
+def test_interleaved_images_get_independent_noise(tiny_pair):
+    x = _images(1).repeat(2, 1, 1, 1)
+    outs = smooth(tiny_pair, x, sigma=0.5, n_samples=8, generator=torch.Generator().manual_seed(0))
+    assert not np.allclose(outs[0].attention, outs[1].attention)
+
+
+def test_shared_noise_gives_identical_estimates_for_identical_images(tiny_pair):
+    x = _images(1).repeat(2, 1, 1, 1)
+    noise = torch.randn(6, 3, 32, 32) * 0.25
+    outs = smooth(tiny_pair, x, sigma=0.25, n_samples=6, noise=noise)
+    assert np.allclose(outs[0].attention, outs[1].attention)
+
+
+def test_denoise_only_is_one_deterministic_pass(tiny_pair):
+    x = _images(1)
+    a = smooth(tiny_pair, x, sigma=0.25, n_samples=50, mode="denoise-only")[0]
+    b = smooth(tiny_pair, x, sigma=0.25, n_samples=50, mode="denoise-only")[0]
+    assert a.n_samples == 1 and a.votes.sum() == 1 and np.array_equal(a.attention, b.attention)
+
+
+def test_rs_needs_no_denoiser_and_inputs_stay_in_range(tiny_pair):
+    from fvit_core.models import ModelPair
+
+    pair = ModelPair(classifier=tiny_pair.classifier, denoiser=None)
+    out = smooth(pair, _images(1), sigma=0.5, n_samples=6, mode="rs", generator=torch.Generator().manual_seed(0))[0]
+    assert out.t_star is None and out.votes.sum() == 6
+    assert out.denoised_sample.min() >= 0 and out.denoised_sample.max() <= 1
+    with pytest.raises(ValueError, match="needs a denoiser"):
+        smooth(pair, _images(1), sigma=0.5, n_samples=2, mode="dds")
+
+
+@pytest.mark.parametrize("method", ["rollout", "grad_rollout", "gradcam"])
+def test_every_explanation_method_smooths(tiny_pair, method):
+    with torch.inference_mode():
+        out = smooth(tiny_pair, _images(1), sigma=0.25, n_samples=4, method=method,
+                     generator=torch.Generator().manual_seed(0))[0]
+    assert abs(out.attention.sum() - 1) < 1e-9 and (out.attention >= 0).all()
+
+
+def test_multistep_mode_runs(tiny_pair):
+    out = smooth(tiny_pair, _images(1), sigma=0.25, n_samples=3, mode="multistep", multistep_steps=3,
+                 generator=torch.Generator().manual_seed(0))[0]
+    assert out.votes.sum() == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_samples": 0}, "n_samples"), ({"sigma": -0.1}, "sigma"), ({"mode": "magic"}, "unknown smoothing mode"),
+    ({"method": "saliency"}, "unknown explanation method"), ({"head_fusion": "median"}, "head fusion"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_invalid_parameters_are_refused(tiny_pair, kwargs, message):
+    args = {"sigma": 0.25, "n_samples": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        smooth(tiny_pair, _images(1), **args)
