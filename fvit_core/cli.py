@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_analyze(sub)
     register_training(sub)
+    from .eval_cli import register as register_eval; register_eval(sub)  # noqa: E702  (fvit eval / certify)
     return parser
 
 

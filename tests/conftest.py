@@ -2,10 +2,58 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
+
 import pytest
 import torch
 
 from fvit_core.models import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
+
+# --------------------------------------------------------------------------------------------
+# The whole suite runs with outbound network blocked: any connection to a non-loopback address
+# raises and is recorded, and the session fails if one was attempted (tests that provoke one on
+# purpose clear the record). Hub libraries are told they are offline too.
+# --------------------------------------------------------------------------------------------
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+NETWORK_ATTEMPTS: list[str] = []
+_real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(real):
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address):
+            NETWORK_ATTEMPTS.append(repr(address))
+            raise OSError(f"network access blocked in tests: {address!r}")
+        return real(self, address)
+
+    return connect
+
+
+socket.socket.connect = _guard(_real_connect)
+socket.socket.connect_ex = _guard(_real_connect_ex)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if NETWORK_ATTEMPTS:
+        print(f"\nFAILED: the test suite attempted network access: {NETWORK_ATTEMPTS}")
+        session.exitstatus = 1
+
 
 # Tiny models gain nothing from intra-op parallelism, and OpenMP workers spin-waiting for a core
 # made a 2 ms forward pass take 200 ms whenever another process kept both CPUs busy.

@@ -1,0 +1,308 @@
+"""Plain helpers of the dashboard: images, model sources, settings keys, the result cache.
+
+Nothing here calls Streamlit, so every function is testable on its own; the Streamlit code in
+``sidebar.py``, ``session.py`` and the pages calls these. Nothing here imports torch either: the
+engine is reached through ``fvit_core``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fvit_core.images import ImageError, image_digest, load_image
+from fvit_core.models import ModelLoadError
+from fvit_core.pipeline import AnalysisConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
+DEFAULT_MODELS_DIR = REPO_ROOT / "assets" / "models"
+UPLOAD_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+MAX_UPLOAD_BYTES = 20_000_000  # keep equal to server.maxUploadSize (MB) in .streamlit/config.toml
+DEFAULT_GALLERY_IMAGE = "cifar10_cat_1.png"
+
+# Settings that take long enough that the dashboard asks for a click instead of rerunning on
+# every slider move.
+MAX_INTERACTIVE_SAMPLES = 128
+MAX_INTERACTIVE_STEPS = 50
+SLOW_ATTACKS: dict[str, str] = {
+    "eot_dds": "the adaptive attack back-propagates through the denoiser",
+    "autoattack": "AutoAttack runs an ensemble of attacks",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded input image and where it came from.
+
+    ``data`` holds the encoded bytes as given (exported, so that ``fvit analyze`` reproduces the
+    analysis from the same file); ``pixels`` is float32 (3, H, W) in [0, 1].
+    """
+
+    name: str
+    data: bytes
+    pixels: np.ndarray
+    digest: str
+    source: str  # "upload" | "gallery" | "generated"
+    true_label: str | None = None
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.pixels.shape[2]}×{self.pixels.shape[1]} px"
+
+
+def bytes_digest(data: bytes) -> str:
+    """sha256 of encoded bytes (to notice a new upload without decoding it again)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_upload(name: str, data: bytes, *, source: str = "upload", true_label: str | None = None,
+                max_bytes: int = MAX_UPLOAD_BYTES) -> LoadedImage:
+    """Decode an uploaded file (bytes) with the engine's validated decoder.
+
+    Raises ImageError (a ValueError) with a message for the page: not an image, truncated,
+    oversized, unsupported format.
+    """
+    pixels = load_image(bytes(data), max_bytes=max_bytes)
+    return LoadedImage(name=_safe_name(name), data=bytes(data), pixels=pixels, digest=image_digest(pixels),
+                       source=source, true_label=true_label)
+
+
+def _safe_name(name: str) -> str:
+    """A file name safe to offer for download and to put in a shell command."""
+    base = Path(str(name)).name or "image.png"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "image"
+    return cleaned if "." in cleaned else cleaned + ".png"
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One bundled sample: file name, path and (optional) true class from labels.json."""
+
+    name: str
+    path: Path
+    label: str | None
+
+
+def samples_dir() -> Path:
+    """The gallery folder: $FVIT_SAMPLES_DIR, else assets/samples."""
+    return Path(os.environ.get("FVIT_SAMPLES_DIR") or DEFAULT_SAMPLES_DIR)
+
+
+def list_gallery(folder: Path | None = None) -> list[GalleryItem]:
+    """Image files of the gallery folder (sorted by name), with labels from labels.json if present.
+
+    labels.json maps a file name to either a class name or ``{"label": name, ...}``.
+    """
+    folder = Path(folder or samples_dir())
+    if not folder.is_dir():
+        return []
+    labels = _read_labels(folder / "labels.json")
+    items = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower().lstrip(".") in UPLOAD_TYPES:
+            items.append(GalleryItem(path.name, path, labels.get(path.name)))
+    return items
+
+
+def _read_labels(path: Path) -> dict[str, str | None]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # labels are optional decoration; a broken file must not block the gallery
+    labels: dict[str, str | None] = {}
+    for name, entry in raw.items() if isinstance(raw, dict) else ():
+        value = entry.get("label") if isinstance(entry, dict) else entry
+        labels[name] = value if isinstance(value, str) else None
+    return labels
+
+
+def load_gallery_image(item: GalleryItem) -> LoadedImage:
+    """Decode a gallery file (ImageError if it is broken)."""
+    data = item.path.read_bytes()
+    return load_upload(item.name, data, source="gallery", true_label=item.label)
+
+
+def generated_image(size: int = 32) -> LoadedImage:
+    """A synthetic test card, shown when the gallery folder is empty so the app still opens."""
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    disc = ((x - 0.5) ** 2 + (y - 0.55) ** 2 < 0.09).astype(np.float32)
+    rgb = np.stack([0.2 + 0.6 * x, 0.3 + 0.5 * y, 0.8 - 0.5 * x], axis=-1) * (1 - disc[..., None])
+    rgb += disc[..., None] * np.array([0.9, 0.7, 0.2])
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return load_upload("test_card.png", buffer.getvalue(), source="generated")
+
+
+# --------------------------------------------------------------------------------------------
+# Model sources (issue 7: no arbitrary server paths)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Where the classifier and denoiser come from.
+
+    kind: "default" (the shipped pair), "local" (sub-folders of the models directory) or "hub"
+    (names downloaded on demand, only where downloads are allowed). ``classifier`` /
+    ``denoiser`` are what :func:`fvit_core.models.load_pair` takes (None: the pair's own).
+    """
+
+    kind: str = "default"
+    classifier: str | None = None
+    denoiser: str | None = None
+
+    @property
+    def allow_download(self) -> bool:
+        return self.kind == "hub"
+
+    def config_fields(self) -> dict[str, Any]:
+        return {"model": "default", "classifier": self.classifier, "denoiser": self.denoiser}
+
+
+def models_dir() -> Path:
+    """The only folder local models are read from: $FVIT_MODELS_DIR, else assets/models."""
+    return Path(os.environ.get("FVIT_MODELS_DIR") or DEFAULT_MODELS_DIR).resolve()
+
+
+def downloads_allowed() -> bool:
+    """Hub downloads only with FVIT_ALLOW_DOWNLOAD=1 and without HF_HUB_OFFLINE=1."""
+    return os.environ.get("FVIT_ALLOW_DOWNLOAD") == "1" and os.environ.get("HF_HUB_OFFLINE") != "1"
+
+
+def folder_role(path: Path) -> str | None:
+    """'classifier' (config.json + model.safetensors), 'denoiser' (unet/ or a UNet config with
+    scheduler_config.json) or None."""
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return "classifier"
+    if (path / "unet").is_dir() or (path / "scheduler_config.json").is_file():
+        return "denoiser"
+    return None
+
+
+def local_model_folders(role: str, root: Path | None = None) -> list[str]:
+    """Names of the direct sub-folders of the models directory that hold a ``role`` model."""
+    root = root or models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _inside(p, root) and folder_role(p) == role)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path`` resolves inside ``root`` (a symlink must not lead elsewhere)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
+def resolve_local_model(name: str, role: str, root: Path | None = None) -> str:
+    """The absolute path of the models-directory sub-folder ``name``; ModelLoadError otherwise.
+
+    Only names listed by :func:`local_model_folders` are accepted, so no path outside the
+    models directory can be reached from the page.
+    """
+    root = root or models_dir()
+    if name not in local_model_folders(role, root):
+        raise ModelLoadError(f"{name!r} is not a {role} folder in the models directory {root} "
+                             "(set FVIT_MODELS_DIR to use another directory)")
+    return str((root / name).resolve())
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def check_hub_name(name: str, what: str) -> str:
+    """A timm model name or a hub id ('org/name'); never a path. ModelLoadError otherwise."""
+    name = (name or "").strip()
+    if not downloads_allowed():
+        raise ModelLoadError("hub models need downloads: start the app with FVIT_ALLOW_DOWNLOAD=1 "
+                             "(and without HF_HUB_OFFLINE=1), or put the model in the models directory")
+    if not _HUB_NAME.match(name) or ".." in name:
+        raise ModelLoadError(f"{what} {name!r} is not a hub id (examples: vit_tiny_patch16_224, google/ddpm-cifar10-32)")
+    if Path(name).exists():
+        raise ModelLoadError(f"{what} {name!r} names a local path on the server; local models come only "
+                             f"from the models directory {models_dir()}")
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Settings, keys, cost
+# --------------------------------------------------------------------------------------------
+
+
+def settings_key(digest: str, config: AnalysisConfig) -> str:
+    """The cache key of one analysis: image digest + every setting (canonical JSON)."""
+    return f"{digest}|{json.dumps(config.to_dict(), sort_keys=True, default=str)}"
+
+
+def expensive_reason(config: AnalysisConfig) -> str | None:
+    """Why these settings should wait for a click (None when they are quick enough)."""
+    reasons = []
+    if config.n_samples > MAX_INTERACTIVE_SAMPLES:
+        reasons.append(f"{config.n_samples} samples (> {MAX_INTERACTIVE_SAMPLES})")
+    if config.attack in SLOW_ATTACKS:
+        reasons.append(SLOW_ATTACKS[config.attack])
+    steps = config.attack_params.get("steps", config.steps)
+    if isinstance(steps, int) and steps > MAX_INTERACTIVE_STEPS:
+        reasons.append(f"{steps} attack steps (> {MAX_INTERACTIVE_STEPS})")
+    queries = config.attack_params.get("n_queries")
+    if isinstance(queries, int) and queries > 1000:
+        reasons.append(f"{queries} queries")
+    if config.mode == "multistep":
+        reasons.append("multi-step denoising")
+    return "; ".join(reasons) or None
+
+
+class ResultCache:
+    """A small least-recently-used map (settings key -> value), kept per browser session."""
+
+    def __init__(self, maxsize: int = 32) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, key: str) -> Any | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: str, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+__all__ = [
+    "GalleryItem", "ImageError", "LoadedImage", "ModelChoice", "ResultCache", "bytes_digest", "check_hub_name",
+    "downloads_allowed", "expensive_reason", "generated_image", "list_gallery", "load_gallery_image", "load_upload",
+    "local_model_folders", "models_dir", "resolve_local_model", "samples_dir", "settings_key",
+]

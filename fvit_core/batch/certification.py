@@ -1,0 +1,273 @@
+"""``fvit certify``: Cohen et al.'s CERTIFY for every image, plus the top-k attention radius.
+
+Per image x (docs/method.md, section 5): n0 smoothed draws select the class c_A; n fresh draws
+count its votes n_A and estimate the smoothed attention w~(x); c_A is certified within
+R = sigma * Phi^-1(p_A_lower) (certify.certify_counts, abstaining when p_A_lower < 1/2), and the
+top-k attention within certify.topk_certified_radius(w~(x), k, beta, sigma) (the Monte Carlo
+error of w~ is not accounted for; see certify.py).
+
+Output, as Cohen's certify.py: a tab-separated file ``certify.tsv`` with columns idx, label,
+predict, radius, correct, time (predict -1 = abstain; time as h:mm:ss.ffffff), followed by our
+columns topk_radius, topk_radius_linf and image. Appended as it goes and resumable like
+``fvit eval`` (rows keyed by image); under torchrun each rank writes ``certify.rank<R>.tsv``
+and rank 0 merges. At the end: certified accuracy vs radius (CSV, Markdown, figure) and the
+top-k radius distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import certify, distributed
+from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from ..images import load_image, prepare_image
+from ..models import ModelPair
+from ..smoothing import smooth
+from .data import ImageItem
+from .evaluate import load_models, prepare_run, progress_bar, selected_items
+from .store import RowFiles, atomic_write_text
+
+CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
+COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time", "topk_radius",
+                            "topk_radius_linf", "image")
+HEADER = "\t".join(COLUMNS)
+CONFIG_FILE = "certify_config.json"
+
+
+@dataclass
+class CertifyConfig:
+    """Every setting of one ``fvit certify`` run (sigma and radii in pixel units, L2)."""
+
+    data: str
+    out: str
+    model: str = "default"
+    classifier: str | None = None
+    denoiser: str | None = None
+    label_map: str | None = None
+    limit: int | None = None
+    subset_seed: int = 0
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    mode: str = "dds"
+    method: str = "raw"
+    head_fusion: str = "mean"
+    k: int = 8
+    beta: float = 0.5
+    multistep_steps: int = 10
+    image_mode: str = "resize"
+    radii: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    allow_download: bool = False
+    dist_backend: str = "gloo"
+    progress: bool = True
+
+    FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "radii", "batch_size", "device",
+                             "allow_download", "dist_backend", "progress"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.mode not in CERTIFY_MODES:
+            raise ValueError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
+        if self.method not in EXPLANATION_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(EXPLANATION_METHODS)}")
+        if self.head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {self.sigma!r}")
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5) (e.g. 0.001), got {self.alpha!r}")
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
+        for name in ("n0", "n", "k", "batch_size", "multistep_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.radii or any(not (math.isfinite(r) and r >= 0) for r in self.radii):
+            raise ValueError(f"radii must be L2 radii >= 0, got {self.radii!r}")
+
+
+def _encode(row: dict) -> str:
+    return "\t".join(str(row[c]) for c in COLUMNS)
+
+
+def _decode(line: str) -> dict:
+    values = line.split("\t")
+    if len(values) != len(COLUMNS):
+        raise ValueError(f"expected {len(COLUMNS)} tab-separated columns, got {len(values)}")
+    row = dict(zip(COLUMNS, values))
+    for name in ("idx", "label", "predict", "correct"):
+        row[name] = int(row[name])
+    for name in ("radius", "topk_radius", "topk_radius_linf"):
+        row[name] = float(row[name])
+    return row
+
+
+def certify_row_files(out: str | Path) -> RowFiles:
+    return RowFiles(out, "certify", "tsv", encode=_encode, decode=_decode, key=lambda r: r["image"],
+                    sort_key=lambda r: r["idx"], header=HEADER)
+
+
+def time_text(seconds: float) -> str:
+    """Cohen's time column: str(datetime.timedelta), e.g. 0:00:01.234567."""
+    return str(datetime.timedelta(seconds=seconds))
+
+
+def time_seconds(text: str) -> float:
+    hours, minutes, seconds = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
+    """One row: CERTIFY with n0 selection and n estimation draws, and the top-k radius."""
+    start = time.perf_counter()
+    clf = pair.classifier
+    pixels = prepare_image(load_image(root / item.path), clf.img_size, mode=cfg.image_mode)
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+    g = distributed.generator_for(cfg.seed, "certify", item.index, cfg.mode, cfg.sigma, cfg.method)
+    common = dict(sigma=cfg.sigma, mode=cfg.mode, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
+                  generator=g, multistep_steps=cfg.multistep_steps)
+    selection = smooth(pair, x, n_samples=cfg.n0, method="raw", **common)[0]  # only its votes are used
+    estimation = smooth(pair, x, n_samples=cfg.n, method=cfg.method, **common)[0]
+    predict, radius = certify.certify_counts(selection.votes, estimation.votes, cfg.sigma, cfg.alpha)
+    try:
+        topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
+    except ValueError as exc:
+        raise ValueError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
+    return {
+        "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
+        "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),
+        "topk_radius": float(topk_radius),
+        "topk_radius_linf": certify.linf_from_l2(float(topk_radius), int(np.prod(pixels.shape))),
+        "image": item.path,
+    }
+
+
+@dataclass
+class CertifyReport:
+    out: Path
+    rows_written: int
+    rows_total: int | None
+    seconds: float
+    rank: int
+    world_size: int
+
+
+def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) -> CertifyReport:
+    """Certify this rank's shard of the images, append rows, and (rank 0) merge and summarise."""
+    start = time.perf_counter()
+    cfg.validate()
+    ctx = ctx or distributed.init(cfg.dist_backend)
+    files = certify_row_files(cfg.out)
+    prepare_run(cfg, ctx, CONFIG_FILE, files)
+    pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    items = selected_items(cfg, pair)
+    done = files.done_keys()
+    todo = [item for item in distributed.shard(items, ctx) if item.path not in done]
+    root = Path(cfg.data).expanduser()
+    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(len(todo), ctx, "certify", cfg.progress) as bar:
+        for item in todo:
+            log.append(_encode(certify_image(cfg, pair, item, root)))
+            bar.update(1)
+    distributed.barrier(ctx)
+    report = CertifyReport(out=Path(cfg.out), rows_written=len(todo), rows_total=None,
+                           seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
+    if ctx.is_main:
+        report.rows_total = finish_certify(cfg, files, {item.path for item in items}, ctx, report.seconds)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
+def certified_accuracy(rows: list[dict], radii: np.ndarray) -> np.ndarray:
+    """Fraction of rows certified correct with radius >= r, per r (abstentions count as wrong)."""
+    correct = np.array([row["correct"] == 1 and row["predict"] != certify.ABSTAIN for row in rows], dtype=bool)
+    radius = np.array([row["radius"] for row in rows], dtype=np.float64)
+    return np.array([float(np.mean(correct & (radius >= r))) if rows else math.nan for r in radii])
+
+
+def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:
+    """Certified accuracy at cfg.radii (Wilson 95% intervals), abstain rate, top-k radius quantiles."""
+    from .summary import wilson_ci
+
+    table = []
+    for r in cfg.radii:
+        est = wilson_ci([int(row["correct"] == 1 and row["radius"] >= r) for row in rows])
+        topk = wilson_ci([int(row["topk_radius"] >= r) for row in rows]) if r > 0 else None
+        table.append({"radius": r, "certified_accuracy": est.mean, "low": est.low, "high": est.high,
+                      "topk_certified_fraction": topk.mean if topk else None})
+    topk_radii = np.array([row["topk_radius"] for row in rows], dtype=np.float64)
+    quantiles = {f"q{int(q * 100):02d}": float(np.quantile(topk_radii, q)) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
+    abstain = float(np.mean([row["predict"] == certify.ABSTAIN for row in rows])) if rows else math.nan
+    return {"n": len(rows), "sigma": cfg.sigma, "n0": cfg.n0, "n_samples": cfg.n, "alpha": cfg.alpha, "mode": cfg.mode,
+            "method": cfg.method, "k": cfg.k, "beta": cfg.beta, "abstain_rate": abstain, "table": table,
+            "topk_radius": {"mean": float(topk_radii.mean()) if rows else None,
+                            "positive_fraction": float(np.mean(topk_radii > 0)) if rows else None, **quantiles},
+            "seconds_per_image": float(np.mean([time_seconds(row["time"]) for row in rows])) if rows else None}
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"# Certification summary\n",
+             f"{summary['n']} images; mode {summary['mode']}, sigma {summary['sigma']:g}, n0 {summary['n0']}, "
+             f"n {summary['n_samples']}, alpha {summary['alpha']:g}; top-{summary['k']} attention with beta "
+             f"{summary['beta']:g} ({summary['method']}). Abstained: {summary['abstain_rate']:.3f}. "
+             f"Seconds per image: {summary['seconds_per_image']:.3f}.\n",
+             "| L2 radius | certified accuracy [95% CI] | top-k radius >= r |", "| --- | --- | --- |"]
+    for row in summary["table"]:
+        topk = "-" if row["topk_certified_fraction"] is None else f"{row['topk_certified_fraction']:.3f}"
+        lines.append(f"| {row['radius']:g} | {row['certified_accuracy']:.3f} [{row['low']:.3f}, {row['high']:.3f}] | {topk} |")
+    q = summary["topk_radius"]
+    lines += ["", "Top-k attention radius (L2): " + ", ".join(
+        f"{name} {q[name]:.4g}" for name in ("mean", "q00", "q10", "q25", "q50", "q75", "q90", "q100")) +
+        f"; positive for {q['positive_fraction']:.3f} of images.", ""]
+    return "\n".join(lines)
+
+
+def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distributed.DistContext,
+                   seconds: float) -> int:
+    """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
+    from .plots import certified_accuracy_curve, radius_histogram
+    from .report import hardware
+
+    out = Path(cfg.out)
+    rows, counts = files.merge()
+    current = [row for row in rows if row["image"] in planned]
+    if not current:
+        return 0
+    summary = certify_summary(current, cfg)
+    csv_lines = ["radius,certified_accuracy,low,high,topk_certified_fraction"] + [
+        f"{r['radius']!r},{r['certified_accuracy']!r},{r['low']!r},{r['high']!r},"
+        f"{'' if r['topk_certified_fraction'] is None else repr(r['topk_certified_fraction'])}" for r in summary["table"]]
+    atomic_write_text(out / "certified_accuracy.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(out / "certified_accuracy.md", _markdown(summary))
+    atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
+    top = max(1.0, max(row["radius"] for row in current) * 1.05)
+    grid = np.linspace(0.0, top, 201)
+    certified_accuracy_curve(grid, certified_accuracy(current, grid), out / "certified_accuracy.png",
+                             title=f"{cfg.mode.upper()} sigma {cfg.sigma:g}, n {cfg.n}")
+    radius_histogram(np.array([row["topk_radius"] for row in current]), out / "topk_radius_hist.png",
+                     title=f"top-{cfg.k} radius (beta {cfg.beta:g}), sigma {cfg.sigma:g}")
+    info = {"command": "certify", "rows": len(current), "rows_missing": len(planned) - len(current),
+            "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
+            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device}
+    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+    return len(current)

@@ -1,0 +1,148 @@
+"""``fvit eval`` and ``fvit certify``: batch evaluation and certification over an image folder.
+
+Flags that ``fvit analyze`` also has keep its names and help; the grid flags (--attack, --eps,
+--sigma, --mode, --method) take comma-separated lists. Both commands run unchanged under
+``torchrun`` (one process per GPU or CPU slot; see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from .analyze_cli import ANALYZE_FLAGS, _param_value, parse_number
+
+
+def comma_list(kind: Callable[[str], object]) -> Callable[[str], tuple]:
+    """argparse type for 'a,b,c' -> (kind(a), kind(b), kind(c)); 8/255 style numbers allowed."""
+
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        try:
+            return tuple(kind(p) for p in parts)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parse.__name__ = f"list of {getattr(kind, '__name__', 'values')}"
+    return parse
+
+
+def _shared(p: argparse.ArgumentParser, flag: str, *, as_list: bool = False, dest: str | None = None,
+            extra_help: str = "") -> None:
+    """Add a flag that `fvit analyze` also has, with its name and help."""
+    field, kind, help_text = ANALYZE_FLAGS[flag]
+    kind = comma_list(kind) if as_list else kind
+    suffix = " (comma-separated list)" if as_list else ""
+    p.add_argument(flag, dest=dest or field, type=kind, default=argparse.SUPPRESS, help=help_text + suffix + extra_help)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="image folder: DIR/<class>/<image files>")
+    p.add_argument("--out", required=True, help="output folder (rows, summary, figures); rerun to resume")
+    p.add_argument("--label-map", dest="label_map", default=argparse.SUPPRESS,
+                   help="JSON file {folder: class index or class name}; default: folder names that are the "
+                        "classifier's class names, else sorted folder order")
+    p.add_argument("--limit", type=int, default=argparse.SUPPRESS, help="evaluate this many images (a seeded random subset)")
+    p.add_argument("--subset-seed", dest="subset_seed", type=int, default=argparse.SUPPRESS,
+                   help="seed of the image order / subset (default 0)")
+    for flag in ("--model", "--classifier", "--denoiser", "--head-fusion", "--k", "--beta", "--seed", "--device",
+                 "--batch-size", "--image-mode"):
+        _shared(p, flag)
+    p.add_argument("--multistep-steps", dest="multistep_steps", type=int, default=argparse.SUPPRESS,
+                   help="denoising steps of mode multistep (default 10)")
+    p.add_argument("--allow-download", dest="allow_download", action="store_true", default=argparse.SUPPRESS,
+                   help="allow hub downloads for named hub models")
+    p.add_argument("--dist-backend", dest="dist_backend", choices=("gloo", "nccl"), default=argparse.SUPPRESS,
+                   help="torch.distributed backend under torchrun (default gloo: it only carries a barrier)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate faithfulness over an image folder (JSON rows, tables, figures)",
+                       description="Batch evaluation: top-k overlap, accuracy, divergences and perturbation-test "
+                                   "AUCs of the vanilla ViT and the smoothed ViTs under attack, over an image folder. "
+                                   "Resumable; runs under torchrun.")
+    _common(e)
+    _shared(e, "--attack", as_list=True, dest="attacks")
+    _shared(e, "--eps", as_list=True, extra_help="; attacks without a budget ignore it")
+    _shared(e, "--steps")
+    _shared(e, "--sigma", as_list=True, dest="sigmas")
+    _shared(e, "--mode", as_list=True, dest="modes", extra_help="; plus vanilla (no smoothing)")
+    _shared(e, "--method", as_list=True, dest="methods")
+    _shared(e, "--n-samples")
+    e.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other attack parameter, given to the attacks that have it (repeatable)")
+    e.add_argument("--shared-noise", dest="shared_noise", action="store_true", default=argparse.SUPPRESS,
+                   help="reuse the clean image's noise draws for the attacked image (labelled option)")
+    e.add_argument("--no-noise-floor", dest="noise_floor", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the second clean estimate (faster; no noise floor)")
+    e.add_argument("--renyi-alpha", dest="renyi_alpha", type=float, default=argparse.SUPPRESS,
+                   help="order of the Renyi divergence reported (default 2)")
+    e.add_argument("--pt-samples", dest="pt_samples", type=int, default=argparse.SUPPRESS,
+                   help="smoothing samples per perturbed image in the perturbation test (default 16)")
+    e.add_argument("--pt-fill", dest="pt_fill", choices=("mean", "zero"), default=argparse.SUPPRESS,
+                   help="removed patches take the image's per-channel mean (default) or 0")
+    e.add_argument("--no-perturbation-test", dest="perturbation_test", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the perturbation test (saves about half the time of the smoothed modes)")
+    e.set_defaults(handler=run_eval_command)
+
+    c = sub.add_parser("certify", help="Cohen CERTIFY per image plus the top-k attention radius (TSV, tables, figure)",
+                       description="Certification over an image folder: Cohen et al.'s CERTIFY (class and L2 radius) "
+                                   "and the top-k attention radius per image. Resumable; runs under torchrun.")
+    _common(c)
+    _shared(c, "--sigma")
+    _shared(c, "--mode", extra_help="; dds, rs or multistep")
+    _shared(c, "--method", extra_help="; explanation whose top-k radius is certified")
+    c.add_argument("--n0", type=int, default=argparse.SUPPRESS, help="selection samples (default 100)")
+    c.add_argument("--n", type=int, default=argparse.SUPPRESS, help="estimation samples (default 1000)")
+    c.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
+                   help="failure probability of the certificate (default 0.001)")
+    c.add_argument("--radii", type=comma_list(parse_number), default=argparse.SUPPRESS,
+                   help="L2 radii of the certified-accuracy table (default 0,0.125,0.25,0.375,0.5,0.75,1)")
+    c.set_defaults(handler=run_certify_command)
+
+
+def _values(ns: argparse.Namespace, cls: type) -> dict:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(ns).items() if k in names}
+
+
+def eval_config_from_args(ns: argparse.Namespace):
+    from .batch.evaluate import EvalConfig
+
+    values = _values(ns, EvalConfig)
+    params = {}
+    for item in ns.attack_param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--attack-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = _param_value(value)
+    values["attack_params"] = params
+    return EvalConfig(**values)
+
+
+def run_eval_command(ns: argparse.Namespace) -> int:
+    from .batch.evaluate import run_eval
+
+    report = run_eval(eval_config_from_args(ns))
+    if report.rank == 0:
+        missing = f", {report.rows_missing} missing" if report.rows_missing else ""
+        print(f"fvit eval: {report.rows_total} rows{missing} ({report.rows_written} new on rank 0, "
+              f"{report.world_size} process(es), {report.seconds:.1f} s); summary in {report.out / 'summary.md'}")
+    return 0
+
+
+def run_certify_command(ns: argparse.Namespace) -> int:
+    from .batch.certification import CertifyConfig, run_certify
+
+    report = run_certify(CertifyConfig(**_values(ns, CertifyConfig)))
+    if report.rank == 0:
+        print(f"fvit certify: {report.rows_total} images ({report.rows_written} new on rank 0, "
+              f"{report.world_size} process(es), {report.seconds:.1f} s); table in "
+              f"{report.out / 'certified_accuracy.md'}")
+    return 0
