@@ -369,11 +369,11 @@ def build_default_vit(num_classes: int = 10, class_names: Sequence[str] | None =
     return PixelViT(vit, mean=CIFAR10_MEAN, std=CIFAR10_STD, class_names=class_names)
 
 
-def build_default_unet(**overrides) -> nn.Module:
-    """A randomly initialised UNet2DModel of the shipped architecture (for training)."""
+def build_default_unet() -> nn.Module:
+    """A randomly initialised UNet2DModel of the shipped architecture."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(**{**DEFAULT_UNET_ARGS, **overrides})
+    return UNet2DModel(**DEFAULT_UNET_ARGS)
 
 
 @dataclass(frozen=True)

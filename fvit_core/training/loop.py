@@ -120,6 +120,16 @@ class EMA(nn.Module):
             ema_b.copy_(b)
 
 
+def seed_step(seed: int, step: int) -> None:
+    """Seed torch's and numpy's global RNGs from (seed, step): a resumed run draws exactly the
+    augmentations, mixing and noise that an uninterrupted run would have drawn at that step."""
+    import numpy as np
+
+    value = (seed * 1_000_003 + step) % (2**31)
+    torch.manual_seed(value)
+    np.random.seed(value)
+
+
 def fit_steps_to_budget(step_fn: Callable[[int], float], *, probe_steps: int, budget_s: float, reserve_s: float = 0.0) -> int:
     """Run ``probe_steps`` warm steps and return how many steps fit in ``budget_s`` seconds in all.
 

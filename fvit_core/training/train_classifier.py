@@ -23,7 +23,7 @@ from ..models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_A
                       load_classifier, load_denoiser, save_classifier)
 from .data import augment_batch, load_training_data
 from .loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
-                   save_checkpoint, write_json)
+                   save_checkpoint, seed_step, write_json)
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ClassifierTrainConfig:
     device: str = "auto"
     amp: str = "bf16"
     checkpoint_every_s: float = 120.0
+    stop_after_steps: int | None = None  # end this invocation early (checkpointed; run again to resume)
     init: str | None = None  # start from a trained classifier folder (fine-tuning)
     denoiser: str | None = None  # fine-tune on one-shot denoised images from this denoiser
     denoised_fraction: float = 0.5
@@ -134,6 +135,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
     state = {"total": total, "loss": float("nan")}
 
     def train_step(step: int) -> float:
+        seed_step(cfg.seed, step)
         idx = batch_indices(step)
         x = augment_batch(images[idx])
         if denoised is not None:
@@ -154,7 +156,9 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
         # Probe a few steps to fit the schedule's length to the wall-clock budget.
         total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
         state["total"], start = total, min(60, total)
-    _run_steps(train_step, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, "classifier")
+    if not _run_steps(train_step, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, "classifier",
+                      cfg.stop_after_steps):
+        return out
     ema.module.eval()
     save_classifier(ema.module, out, model_args=cfg.model_args)
     summary = {"steps": total, "epochs": total / steps_per_epoch}
@@ -164,9 +168,11 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
     return out
 
 
-def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name) -> None:
+def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name, stop_after=None) -> bool:
+    """Run steps start..total-1 with checkpoints; False when stopped early by ``stop_after``."""
     last_ckpt = time.perf_counter()
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc=f"train {name}",
+    end = total if stop_after is None else min(total, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=total, disable=not progress, desc=f"train {name}",
                mininterval=2.0, smoothing=0.05)
     running = None
     for step in bar:
@@ -180,7 +186,8 @@ def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, n
         if time.perf_counter() - last_ckpt > every_s:
             save_checkpoint(out, model=model, ema=ema, opt=opt, step=step + 1, total_steps=total, extra={})
             last_ckpt = time.perf_counter()
-    save_checkpoint(out, model=model, ema=ema, opt=opt, step=total, total_steps=total, extra={})
+    save_checkpoint(out, model=model, ema=ema, opt=opt, step=end, total_steps=total, extra={})
+    return end == total
 
 
 @torch.no_grad()

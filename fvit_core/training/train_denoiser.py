@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..models import DEFAULT_UNET_ARGS, build_default_unet
+from ..models import DEFAULT_UNET_ARGS
 from .data import augment_batch, load_training_data
-from .loop import EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device, write_json
+from .loop import EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device, seed_step, write_json
 from .train_classifier import _run_steps
 
 
@@ -41,6 +41,7 @@ class DenoiserTrainConfig:
     device: str = "auto"
     amp: str = "bf16"
     checkpoint_every_s: float = 120.0
+    stop_after_steps: int | None = None  # end this invocation early (checkpointed; run again to resume)
 
 
 def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
@@ -56,7 +57,9 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     sqrt_abar = scheduler.alphas_cumprod.sqrt().to(device)
     sqrt_1m_abar = (1 - scheduler.alphas_cumprod).sqrt().to(device)
-    unet = build_default_unet(**cfg.unet_args).to(device).train()
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(**cfg.unet_args).to(device).train()
     ema = EMA(unet, cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(images) // cfg.batch_size)
@@ -67,6 +70,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     state = {"total": total}
 
     def train_step(step: int):
+        seed_step(cfg.seed, step)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable batch choice
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g).to(device)
         x0 = augment_batch(images[idx], pad=0) * 2.0 - 1.0
@@ -88,7 +92,9 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     if cfg.time_budget_s and not meta and not cfg.steps:
         total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
         state["total"], start = total, min(60, total)
-    _run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser")
+    if not _run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser",
+                      cfg.stop_after_steps):
+        return out
     ema.module.eval().save_pretrained(out / "unet", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
     write_json(out / "train_summary.json", {"steps": total, "epochs": total / steps_per_epoch})
