@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fvit_core.attacks import AttackSpec, ParamSpec
 from fvit_core.images import ImageError, image_digest, load_image
 from fvit_core.models import ModelLoadError
 from fvit_core.pipeline import AnalysisConfig
@@ -27,7 +28,10 @@ DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 DEFAULT_MODELS_DIR = REPO_ROOT / "assets" / "models"
 UPLOAD_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 MAX_UPLOAD_BYTES = 20_000_000  # keep equal to server.maxUploadSize (MB) in .streamlit/config.toml
-DEFAULT_GALLERY_IMAGE = "cifar10_cat_1.png"
+# Decoded pixels stay in the session (the CLI must see the same file), so cap them below the
+# engine's 40 M default: 16 M pixels is 192 MB of float32 per session at worst.
+MAX_UPLOAD_PIXELS = 16_000_000
+DEFAULT_GALLERY_IMAGE = "cifar10_airplane_2.png"  # classified correctly by the shipped ViT
 
 # Settings that take long enough that the dashboard asks for a click instead of rerunning on
 # every slider move.
@@ -70,13 +74,13 @@ def bytes_digest(data: bytes) -> str:
 
 
 def load_upload(name: str, data: bytes, *, source: str = "upload", true_label: str | None = None,
-                max_bytes: int = MAX_UPLOAD_BYTES) -> LoadedImage:
+                max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> LoadedImage:
     """Decode an uploaded file (bytes) with the engine's validated decoder.
 
     Raises ImageError (a ValueError) with a message for the page: not an image, truncated,
     oversized, unsupported format.
     """
-    pixels = load_image(bytes(data), max_bytes=max_bytes)
+    pixels = load_image(bytes(data), max_bytes=max_bytes, max_pixels=max_pixels)
     return LoadedImage(name=_safe_name(name), data=bytes(data), pixels=pixels, digest=image_digest(pixels),
                        source=source, true_label=true_label)
 
@@ -237,6 +241,8 @@ def check_hub_name(name: str, what: str) -> str:
     if not downloads_allowed():
         raise ModelLoadError("hub models need downloads: start the app with FVIT_ALLOW_DOWNLOAD=1 "
                              "(and without HF_HUB_OFFLINE=1), or put the model in the models directory")
+    if not name:
+        raise ModelLoadError(f"enter a {what} name (examples: vit_tiny_patch16_224, google/ddpm-cifar10-32)")
     if not _HUB_NAME.match(name) or ".." in name:
         raise ModelLoadError(f"{what} {name!r} is not a hub id (examples: vit_tiny_patch16_224, google/ddpm-cifar10-32)")
     if Path(name).exists():
@@ -273,6 +279,106 @@ def expensive_reason(config: AnalysisConfig) -> str | None:
     return "; ".join(reasons) or None
 
 
+# Attack parameters named like an analysis setting follow it when linked (the top-k attack
+# attacks the analysed k and explanation; the adaptive attack the analysed sigma), and a step
+# size follows the budget as in the paper (alpha = eps / 5).
+LINKABLE_SETTINGS: tuple[str, ...] = ("k", "method", "head_fusion", "sigma")
+
+
+def linked_params(spec: AttackSpec) -> list[str]:
+    """The parameters of ``spec`` that the 'tie to the analysis' option sets."""
+    names = [p.name for p in spec.params]
+    linked = [n for n in names if n in LINKABLE_SETTINGS]
+    if "alpha" in names and "eps" in names:
+        linked.insert(0, "alpha")
+    return linked
+
+
+def linked_value(name: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """Value of a linked parameter: eps / 5 for alpha, else the analysis setting of that name."""
+    return float(params["eps"]) / 5.0 if name == "alpha" else settings[name]
+
+
+@dataclass(frozen=True)
+class WidgetSpec:
+    """How to show one attack parameter: kind ('slider', 'number', 'select', 'checkbox'),
+    bounds and value in display units (value * scale), and the scale back to pixel units."""
+
+    kind: str
+    label: str
+    value: Any
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    scale: float = 1.0
+    format: str | None = None
+    options: tuple[str, ...] = ()
+    help: str = ""
+
+
+MAX_SLIDER_POSITIONS = 500
+
+
+def widget_spec(param: ParamSpec) -> WidgetSpec:
+    """Map a :class:`ParamSpec` to a widget: '/255' floats become sliders in 1/255 units, floats
+    with a modest range sliders, wide-range floats and all integers number inputs."""
+    help_text = param.help + (f" (in {param.unit})" if param.unit else "")
+    if param.kind == "bool":
+        return WidgetSpec("checkbox", param.name, bool(param.default), help=help_text)
+    if param.kind == "choice":
+        return WidgetSpec("select", param.name, param.default, options=tuple(param.choices), help=help_text)
+    scale = param.display_scale
+    low = None if param.min is None else param.min * scale
+    high = None if param.max is None else param.max * scale
+    step = None if param.step is None else round(param.step * scale, 10)
+    label = f"{param.name} ({param.unit})" if param.unit else param.name
+    if param.kind == "int":
+        return WidgetSpec("number", label, int(param.default), _int(low), _int(high), int(step or 1), help=help_text)
+    value = round(float(param.default) * scale, 10)
+    fits = None not in (low, high, step) and step > 0 and (high - low) / step <= MAX_SLIDER_POSITIONS
+    decimals = max(0, -int(np.floor(np.log10(step)))) if step else 3
+    return WidgetSpec("slider" if fits else "number", label, value, low, high, step, scale,
+                      f"%.{decimals}f", help=help_text)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def attack_params(spec: AttackSpec, shown: dict[str, Any], *, linked: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """Attack parameters in pixel units from widget values in display units.
+
+    ``shown`` maps a parameter name to its widget value (display units); with ``linked`` the
+    :func:`linked_params` are set from the analysis ``settings`` instead. Every parameter is
+    written out, so an exported settings file does not depend on today's defaults.
+    """
+    params: dict[str, Any] = {}
+    for param in spec.params:
+        if param.name in shown:
+            value = shown[param.name]
+            if param.kind == "float":
+                value = float(value) / param.display_scale
+            elif param.kind == "int":
+                value = int(value)
+            params[param.name] = value
+        else:
+            params[param.name] = param.default
+    if linked:
+        for name in linked_params(spec):
+            params[name] = linked_value(name, params, settings)
+    return params
+
+
+def build_config(settings: dict[str, Any], attack_values: dict[str, Any], models: ModelChoice) -> AnalysisConfig:
+    """The :class:`AnalysisConfig` of the sidebar's values (ValueError if a value is invalid)."""
+    known = {f for f in AnalysisConfig().to_dict()}
+    fields = {name: value for name, value in settings.items() if name in known}
+    fields.update(models.config_fields())
+    fields["attack_params"] = dict(attack_values)
+    fields["eps"] = fields["steps"] = None  # everything is in attack_params
+    return AnalysisConfig.from_dict(fields)
+
+
 class ResultCache:
     """A small least-recently-used map (settings key -> value), kept per browser session."""
 
@@ -302,7 +408,7 @@ class ResultCache:
 
 
 __all__ = [
-    "GalleryItem", "ImageError", "LoadedImage", "ModelChoice", "ResultCache", "bytes_digest", "check_hub_name",
+    "WidgetSpec", "attack_params", "build_config", "linked_params", "widget_spec", "GalleryItem", "ImageError", "LoadedImage", "ModelChoice", "ResultCache", "bytes_digest", "check_hub_name",
     "downloads_allowed", "expensive_reason", "generated_image", "list_gallery", "load_gallery_image", "load_upload",
     "local_model_folders", "models_dir", "resolve_local_model", "samples_dir", "settings_key",
 ]

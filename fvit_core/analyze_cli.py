@@ -67,7 +67,10 @@ def config_from_args(ns: argparse.Namespace):
     base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
     base.update({k: v for k, v in vars(ns).items() if k in names})
-    params = dict(base.get("attack_params") or {})
+    params = base.get("attack_params") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"attack_params must be a JSON object of NAME: VALUE pairs, got {params!r}")
+    params = dict(params)
     for item in ns.attack_param:
         name, sep, value = item.partition("=")
         if not sep:
@@ -93,9 +96,9 @@ def run_analyze(ns: argparse.Namespace) -> int:
     from .pipeline import analyze
 
     cfg = config_from_args(ns)
+    cfg.validate()  # settings first: a typo fails in milliseconds, before any model is loaded
     image = load_image(ns.image)
-    if ns.allow_download:
-        os.environ.pop("HF_HUB_OFFLINE", None)
+    # --allow-download does not override HF_HUB_OFFLINE set by the user: offline stays offline.
     pair = load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device,
                      allow_download=ns.allow_download)
     result = analyze(image, cfg, pair=pair)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,19 +24,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``fvit`` command; returns the exit status.
+
+    Errors are one line on standard error: 2 for a problem the user can fix (bad input, bad
+    setting, unreadable model or image), 1 for an internal error (a bug: FVIT_DEBUG=1 shows its
+    traceback), 130 for Ctrl-C. Tracebacks are never shown otherwise.
+    """
     parser = build_parser()
     ns = parser.parse_args(argv)
     # Offline by default: nothing may reach a model hub unless the user asks (--allow-download).
+    # huggingface_hub reads this once, at import, which has not happened yet here.
     if not getattr(ns, "allow_download", False):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # diffusers' loading warnings would add lines to our one-line errors (we raise on what they warn about).
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
-        return int(ns.handler(ns) or 0)
+        with warnings.catch_warnings():
+            if not sys.warnoptions and os.environ.get("FVIT_DEBUG") != "1":
+                _quiet_library_warnings()
+            return int(ns.handler(ns) or 0)
     except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:
-        print(f"fvit {ns.command}: error: {exc}", file=sys.stderr)
+        print(f"fvit {ns.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fvit {ns.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line for the user, the traceback on request
+        if os.environ.get("FVIT_DEBUG") == "1":
+            raise
+        print(f"fvit {ns.command}: internal error (please report it; FVIT_DEBUG=1 shows the traceback): "
+              f"{type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _quiet_library_warnings() -> None:
+    """Deprecation notes of the libraries underneath are for developers, not for CLI users (whose
+    errors are one line); ``python -W`` or FVIT_DEBUG=1 shows them again."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(huggingface_hub|diffusers|timm|torchattacks)(\.|$)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (library messages often span several), never empty."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

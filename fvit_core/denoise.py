@@ -40,6 +40,13 @@ def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
 
 
+def _predict_noise(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """eps_theta(x_t, t) in the dtype of ``x_t``; the UNet runs in its own dtype (float32, or a
+    bfloat16 copy made by the smoothing loop), the x0 formula around it stays in ``x_t``'s."""
+    unet_dtype = next(denoiser.unet.parameters()).dtype
+    return denoiser.unet(x_t.to(unet_dtype), timesteps).sample.to(x_t.dtype)
+
+
 def one_shot_denoise(
     denoiser: Denoiser,
     x_noisy: torch.Tensor,
@@ -61,7 +68,7 @@ def one_shot_denoise(
         x_noisy, size=den_size, mode="bicubic", antialias=True, align_corners=False)
     x_t = math.sqrt(abar) * (2.0 * x - 1.0)
     timesteps = torch.full((x_t.shape[0],), t_star, device=x_t.device, dtype=torch.long)
-    eps = denoiser.unet(x_t, timesteps).sample
+    eps = _predict_noise(denoiser, x_t, timesteps)
     x0 = ((x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)).clamp(-1.0, 1.0)
     pixels = (x0 + 1.0) / 2.0
     target = out_size or in_size
@@ -95,7 +102,7 @@ def multistep_denoise(
     steps = torch.linspace(t_star, 0, n_steps + 1).round().long().tolist()
     for t, t_prev in zip(steps[:-1], steps[1:]):
         abar_t = float(abar_all[t])
-        eps = denoiser.unet(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)).sample
+        eps = _predict_noise(denoiser, x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long))
         x0 = ((x_t - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1, 1)
         if t_prev == t or t == 0:
             x_t = x0

@@ -9,7 +9,7 @@ process group.
 The batch commands need little from the process group: a barrier before rank 0 merges the
 shards, and rank 0's answer to "may this output folder be used" broadcast to the others. Work is
 split by :func:`shard` (rank r takes items r, r + W, r + 2W, ...); the results never depend on
-the split because every image's randomness is seeded from (seed, image index, setting) alone
+the split because every image's randomness is seeded from (seed, image, setting) alone
 (:func:`derive_seed`).
 
 Backend: ``gloo`` by default, for CPU and GPU runs alike. It carries the barrier and a few small

@@ -58,6 +58,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="torch.distributed backend under torchrun (default gloo: it only carries a barrier)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                    help="no progress bar")
+    p.add_argument("--no-figures", dest="figures", action="store_false", default=argparse.SUPPRESS,
+                   help="write the tables but not the figures")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +104,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="failure probability of the certificate (default 0.001)")
     c.add_argument("--radii", type=comma_list(parse_number), default=argparse.SUPPRESS,
                    help="L2 radii of the certified-accuracy table (default 0,0.125,0.25,0.375,0.5,0.75,1)")
+    c.add_argument("--check-random", dest="check_random", type=int, default=argparse.SUPPRESS,
+                   help="check the top-k certificate at this many random points on the certified sphere (default 0)")
+    c.add_argument("--check-attacks", dest="check_attacks", action="store_true", default=argparse.SUPPRESS,
+                   help="check the top-k certificate against PGD-L2 and the top-k attack inside the radius")
+    c.add_argument("--check-samples", dest="check_samples", type=int, default=argparse.SUPPRESS,
+                   help="smoothing samples per checked point (default --n)")
     c.set_defaults(handler=run_certify_command)
 
 

@@ -454,7 +454,7 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
         ax_v.legend(loc="lower right", ncol=2)
         ax_c.plot(s, data["fvit_clean_confidence"], color=COLORS["fvit"], alpha=0.5, marker="o", label="FViT, clean")
         ax_c.plot(s, data["fvit_attacked_confidence"], color=COLORS["fvit"], marker="o", label="FViT, attacked")
-        kept = np.array([bool(r["fvit_label_kept"]) for r in rows], dtype=bool)
+        kept = np.array([bool(r["fvit_label_kept"]) for r in sorted(rows, key=lambda r: float(r["sigma"]))], dtype=bool)
         if (~kept).any():
             ax_c.plot(s[~kept], data["fvit_attacked_confidence"][~kept], linestyle="none", marker="x", color="black",
                       markersize=5, label="label flipped")
@@ -486,9 +486,8 @@ def _perturbation_reference(ax, data: dict[str, np.ndarray]) -> None:
     top = float(np.nanmax(np.concatenate([data["class_radius"], data["topk_radius_l2"]])))
     if size <= 2.0 * max(top, 1e-9):
         ax.axhline(size, color=COLORS["perturbation"], linestyle=":", linewidth=0.9, label="attack ‖δ‖₂")
-    else:
-        ax.annotate(f"attack ‖δ‖₂ = {size:.2f}, above every radius", (0.99, 0.95), xycoords="axes fraction",
-                    ha="right", va="top", fontsize=6, color=COLORS["perturbation"])
+    else:  # far above the radii: a legend note keeps the radii readable
+        ax.plot([], [], linestyle="none", label=f"attack ‖δ‖₂ = {size:.2f} (off scale)")
 
 
 def _sigma_ticks(ax, sigmas: np.ndarray) -> None:
@@ -522,6 +521,17 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int]) -> Figure:
                         ax.set_ylabel(f"layer {layer + 1}", fontsize=6)
         fig.suptitle("Vanilla ViT [CLS] attention per layer and head (scale shared within a row)", fontsize=6)
         return fig
+
+
+def layer_head_overlap(maps: np.ndarray, k: int) -> np.ndarray:
+    """V_k between the clean and the attacked map of every layer and head: (layers, heads)."""
+    from .metrics import topk_overlap
+
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 4 or maps.shape[0] != 2:
+        raise ValueError(f"maps must be (2, layers, heads, P) for clean and attacked, got {maps.shape}")
+    return np.asarray(topk_overlap(maps[0].reshape(-1, maps.shape[-1]), maps[1].reshape(-1, maps.shape[-1]), k),
+                      dtype=np.float64).reshape(maps.shape[1:3])
 
 
 def _check_layer_maps(maps: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
@@ -665,7 +675,7 @@ def plotly_divergence(result: AnalysisResult) -> go.Figure:
     fig = go.Figure(go.Bar(y=labels, x=values, orientation="h", marker_color=[c for _, _, c in rows],
                            text=[f"{v:.3g}" for _, v, _ in rows], textposition="outside",
                            hovertemplate="%{y}: %{x:.4g} nats<extra></extra>"))
-    fig.update_xaxes(type="log", title_text="Rényi divergence, clean vs attacked (nats, log scale)")
+    fig.update_xaxes(type="log", dtick=1, title_text="Rényi divergence, clean vs attacked (nats, log scale)")
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(**_PLOTLY_LAYOUT, height=260, title="Prediction stability: measured divergence vs bound")
     return fig
@@ -722,11 +732,16 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
         fig.add_trace(go.Scatter(x=np.concatenate([s, s[::-1]]),
                                  y=np.concatenate([data["fvit_overlap_ci_high"], data["fvit_overlap_ci_low"][::-1]]),
                                  fill="toself", fillcolor=_rgba(COLORS["fvit"], 0.15), line=dict(width=0),
-                                 name="FViT 95% CI", hoverinfo="skip"), row=1, col=1)
+                                 mode="lines", name="FViT 95% CI", hoverinfo="skip"), row=1, col=1)
     line(data["fvit_overlap"], "FViT V_k", COLORS["fvit"], 1)
     line(data["noise_floor"], "noise floor", COLORS["floor"], 1, line=dict(dash="dash"))
     line(data["fvit_clean_confidence"], "FViT clean confidence", _rgba(COLORS["fvit"], 0.5), 2)
     line(data["fvit_attacked_confidence"], "FViT attacked confidence", COLORS["fvit"], 2)
+    flipped = np.array([not r["fvit_label_kept"] for r in sorted(rows, key=lambda r: float(r["sigma"]))], dtype=bool)
+    if flipped.any():
+        fig.add_trace(go.Scatter(x=s[flipped], y=data["fvit_attacked_confidence"][flipped], mode="markers",
+                                 name="FViT label flipped", marker=dict(symbol="x", size=11, color="black")),
+                      row=1, col=2)
     line(data["class_radius"], "class radius (L2)", COLORS["radius_class"], 3)
     line(data["topk_radius_l2"], "top-k radius (L2)", COLORS["radius_topk"], 3)
     if len(s):
@@ -945,8 +960,9 @@ def export_bundle(
     layer_maps: np.ndarray | None = None,
     formats: tuple[str, ...] = FIGURE_FORMATS,
 ) -> bytes:
-    """Everything of one analysis in a ZIP: figures (``formats`` + interactive HTML), result JSON,
-    metrics CSV, settings JSON, the input image and a README with the command that reproduces it."""
+    """Everything of one analysis in a ZIP: figures (``formats`` + interactive HTML sharing one
+    copy of plotly.js), result JSON, metrics CSV, settings JSON, the input image and a README with
+    the command that reproduces it."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         figures: list[tuple[str, Figure, Any]] = [(s.name, s.matplotlib(result), s.plotly(result))
@@ -961,7 +977,10 @@ def export_bundle(
         for name, fig, interactive in figures:
             for fmt in formats:
                 archive.writestr(f"figures/{name}.{fmt}", figure_to_bytes(fig, fmt))
-            archive.writestr(f"interactive/{name}.html", plotly_to_html(interactive))
+            archive.writestr(f"interactive/{name}.html", plotly_to_html(interactive, include_plotlyjs="directory"))
+        from plotly.offline import get_plotlyjs
+
+        archive.writestr("interactive/plotly.min.js", get_plotlyjs())  # once, beside the pages: offline
         archive.writestr("result.json", result_json(result))
         archive.writestr("metrics.csv", metrics_csv(result))
         archive.writestr("settings.json", settings_json(result.config))

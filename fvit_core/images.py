@@ -210,6 +210,15 @@ def _check_pixels(image: np.ndarray) -> None:
         raise ValueError(f"expected an image array of shape (3, H, W), got {shape}; load it with images.load_image")
 
 
+def _check_range(image: np.ndarray) -> None:
+    """Pixels must be finite floats in [0, 1]: uint8 or normalised arrays would be clamped into garbage."""
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"expected float pixels in [0, 1], got dtype {image.dtype}; divide uint8 images by 255 "
+                         "or decode files with images.load_image")
+    if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
+        raise ValueError("pixels must be finite and in [0, 1]; decode files with images.load_image")
+
+
 def center_crop_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, crop_height, crop_width) of the largest centred crop with the target's aspect."""
     target_h, target_w = target
@@ -228,7 +237,10 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
     (denoise.resize_pixels), clamped to [0, 1].
     """
     _check_pixels(image)
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+    _check_range(image)
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
+            isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) or not np.isfinite(s)
+            or int(s) != s or s < 1 for s in size):
         raise ValueError(f"size must be two positive integers (height, width), got {size!r}")
     target = (int(size[0]), int(size[1]))
     if mode == "center_crop":

@@ -65,8 +65,11 @@ class PixelViT(nn.Module):
                 "pick a ViT architecture such as 'vit_tiny_patch16_224'."
             )
         self.vit = vit
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        mean_t, std_t = _channel_stats(mean, "mean"), _channel_stats(std, "std")
+        if not bool((std_t > 0).all()):
+            raise ModelLoadError(f"normalisation std must be positive, got {std_t.tolist()}; fix pretrained_cfg in config.json")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
         n = int(vit.num_classes)
         self.class_names: tuple[str, ...] = (
             tuple(class_names) if class_names is not None and len(class_names) == n
@@ -109,6 +112,94 @@ class PixelViT(nn.Module):
     @property
     def num_heads(self) -> int:
         return int(self.vit.blocks[0].attn.num_heads)
+
+
+def _channel_stats(values: Sequence[float], name: str) -> torch.Tensor:
+    """Per-channel normalisation statistics: 3 finite numbers (a config.json may hold anything)."""
+    try:
+        tensor = torch.tensor(values, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"normalisation {name} must be 3 numbers (one per RGB channel), got {values!r}") from exc
+    if tensor.numel() != 3 or not bool(torch.isfinite(tensor).all()):
+        raise ModelLoadError(f"normalisation {name} must be 3 finite numbers (one per RGB channel), got {values!r}")
+    return tensor
+
+
+def check_finite_weights(module: nn.Module, what: str) -> None:
+    """Refuse a model with NaN or infinite parameters or buffers (a corrupted or diverged checkpoint).
+
+    Such a model would turn every result into NaN; saying so at load time names the culprit.
+    """
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(
+                f"{what} has NaN or infinite values in {name!r}: the checkpoint is corrupted or its training "
+                "diverged; re-export or re-download it"
+            )
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """A library's (often multi-line) error message squeezed onto one line for the user."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no hub requests.
+
+    huggingface_hub reads the variable once, at import; it is read again here so that a value set
+    before any hub library was imported and one set later are both honoured by our loaders.
+    """
+    values = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
+    return values in {"1", "ON", "YES", "TRUE"}
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse a device name and check that this machine has it; ModelLoadError otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} asked for, but MPS is not available on this machine; use cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return parsed
+
+
+def resolve_model_dir(name: str, models_dir: str | os.PathLike) -> Path:
+    """The folder ``models_dir/name`` for a model chosen by name, refusing anything that escapes it.
+
+    For servers: a user picks a model by name, never by path. ``name`` must be one plain folder
+    name (no separators, no ``..``, not absolute, not hidden); the folder must exist, and neither
+    it nor anything inside it (two levels deep, as classifier and diffusers folders are laid out)
+    may be a symlink that resolves outside ``models_dir``. Returns the resolved path.
+
+    Raises:
+        ModelLoadError: with a message naming the models directory.
+    """
+    root = Path(models_dir).expanduser().resolve()
+    text = name if isinstance(name, str) else ""
+    bad = (not text or text != text.strip() or text in (".", "..") or text.startswith(".") or "\x00" in text
+           or any(sep in text for sep in ("/", "\\", os.sep)) or Path(text).is_absolute() or Path(text).drive)
+    if bad:
+        raise ModelLoadError(f"{name!r} is not a model name: pick one of the folders in the models directory {root}")
+    if not root.is_dir():
+        raise ModelLoadError(f"the models directory {root} does not exist")
+    folder = (root / text).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise ModelLoadError(f"{name!r} leads outside the models directory {root}")
+    if not folder.is_dir():
+        raise ModelLoadError(f"no model folder {name!r} in the models directory {root}")
+    for inner in [folder, *folder.iterdir(), *(p for d in folder.iterdir() if d.is_dir() for p in d.iterdir())]:
+        if not inner.resolve().is_relative_to(root):
+            raise ModelLoadError(f"{inner.relative_to(root)!s} links outside the models directory {root}; refused")
+    return folder
 
 
 def disable_fused_attention(vit: nn.Module) -> int:
@@ -158,9 +249,13 @@ def create_vit(
                 f"num_classes={hub_classes}, or fine-tune and load a local checkpoint."
             )
     try:
-        return timm.create_model(architecture, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        vit = timm.create_model(architecture, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / OSError / HF errors for hub problems
-        raise ModelLoadError(f"could not create {architecture!r}: {exc}") from exc
+        hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if pretrained and hub_offline() else ""
+        raise ModelLoadError(f"could not create {architecture!r}{hint}: {_one_line(exc)}") from exc
+    if pretrained:
+        check_finite_weights(vit, f"classifier {architecture}")
+    return vit
 
 
 def save_classifier(model: PixelViT, folder: str | os.PathLike, *, model_args: dict) -> Path:
@@ -243,7 +338,8 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
         # safetensors weights; strict loading, so a mismatched file fails loudly.
         vit = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load classifier from {folder}: {exc}") from exc
+        raise ModelLoadError(f"cannot load classifier from {folder}: {_one_line(exc)}") from exc
+    check_finite_weights(vit, f"classifier {folder}")
     pcfg = config.get("pretrained_cfg", {})
     names = class_names or pcfg.get("label_names") or config.get("label_names")
     if names is None and vit.num_classes == len(CIFAR10_CLASSES):
@@ -264,7 +360,7 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a valid safetensors file (truncated or corrupted?): {exc}") from exc
+        raise ModelLoadError(f"{path} is not a valid safetensors file (truncated or corrupted?): {_one_line(exc)}") from exc
     if not keys:
         raise ModelLoadError(f"{path} holds no tensors")
 
@@ -315,22 +411,54 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
     where = str(path) if local else str(source)
     unet_sub = "unet" if (not local or (path / "unet").is_dir()) else None
     sched_sub = "scheduler" if (not local or (path / "scheduler").is_dir()) else None
-    kwargs = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
+    if local:
+        _check_denoiser_weights(path / unet_sub if unet_sub else path)
+    offline = hub_offline()
+    kwargs = {"local_files_only": local or offline}
     try:
-        unet = UNet2DModel.from_pretrained(where, subfolder=unet_sub, use_safetensors=local or None,
-                                           low_cpu_mem_usage=False, **kwargs)
+        # Safetensors only, local or hub: a .bin file is a pickle (diffusers would torch.load it,
+        # with weights_only=True, but we never rely on unpickling). Loading info lets us refuse
+        # a file whose tensors do not match the architecture instead of initialising the gaps
+        # at random, which diffusers does with only a warning.
+        unet, info = UNet2DModel.from_pretrained(where, subfolder=unet_sub, use_safetensors=True,
+                                                 low_cpu_mem_usage=False, output_loading_info=True, **kwargs)
         scheduler = DDPMScheduler.from_pretrained(where, subfolder=sched_sub, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load denoiser from {where}: {exc}") from exc
+        hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if offline and not local else ""
+        raise ModelLoadError(f"cannot load denoiser from {where}{hint}: {_one_line(exc)}") from exc
+    problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
+    if problems:
+        detail = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:5]))}{' ...' if len(keys) > 5 else ''}"
+                           for kind, keys in problems.items())
+        raise ModelLoadError(f"denoiser weights in {where} do not match its config.json ({detail}); "
+                             "the checkpoint is truncated or belongs to another architecture")
+    check_finite_weights(unet, f"denoiser {where}")
+    abar = scheduler.alphas_cumprod.to(torch.float64)
+    if abar.numel() < 2 or not bool(torch.isfinite(abar).all()) or bool((abar <= 0).any()) or bool((abar > 1).any()):
+        raise ModelLoadError(f"the noise schedule in {where} is invalid (alphas_cumprod must lie in (0, 1]); "
+                             "check beta_start / beta_end in scheduler_config.json")
     unet.eval()
     return Denoiser(
         unet=unet,
-        alphas_cumprod=scheduler.alphas_cumprod.to(torch.float64),
+        alphas_cumprod=abar,
         num_train_timesteps=int(scheduler.config.num_train_timesteps),
         sample_size=int(unet.config.sample_size if isinstance(unet.config.sample_size, int) else unet.config.sample_size[0]),
         source=where,
         scheduler_config=dict(scheduler.config),
     )
+
+
+def _check_denoiser_weights(folder: Path) -> None:
+    """A local UNet folder must hold safetensors weights; pickled .bin / .pt files are refused."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")) if folder.is_dir() else []
+    if pickled:
+        raise ModelLoadError(
+            f"{folder} holds only pickled weights ({', '.join(pickled)}), which are never loaded; convert them "
+            "once in a trusted environment: UNet2DModel.from_pretrained(FOLDER).save_pretrained(FOLDER, "
+            "safe_serialization=True)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +558,7 @@ def load_pair(
     """
     if name not in MODEL_PAIRS and (classifier is None or denoiser is None):
         raise ModelLoadError(f"unknown model pair {name!r}; known: {', '.join(MODEL_PAIRS)}")
+    check_device(device)
     spec = MODEL_PAIRS.get(name)
     clf_source = classifier or spec.classifier  # type: ignore[union-attr]
     den_source = denoiser or spec.denoiser  # type: ignore[union-attr]

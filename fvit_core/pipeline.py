@@ -79,7 +79,13 @@ class AnalysisConfig:
         return params
 
     def validate(self, num_patches: int | None = None) -> None:
-        """Raise ValueError with an actionable message for any invalid setting."""
+        """Raise ValueError with an actionable message for any invalid setting.
+
+        Settings come from users (flags, settings files, the dashboard), so types are checked
+        too: a settings file with ``"eps": "8/255"`` or ``"shared_noise": "false"`` is refused
+        instead of failing deep inside (or, for the string, being silently true).
+        """
+        self._check_types()
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
         if self.method not in EXPLANATION_METHODS:
@@ -96,8 +102,11 @@ class AnalysisConfig:
             raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
         if not 0.0 < float(self.confidence_alpha) < 0.5:
             raise ValueError(f"confidence_alpha must be in (0, 0.5), got {self.confidence_alpha!r}")
-        if not float(self.renyi_alpha) > 1.0:
-            raise ValueError(f"renyi_alpha must be > 1, got {self.renyi_alpha!r}")
+        if not (math.isfinite(self.renyi_alpha) and self.renyi_alpha > 1.0):
+            raise ValueError(f"renyi_alpha must be a finite number > 1, got {self.renyi_alpha!r}")
+        _whole(self.multistep_steps, "multistep_steps", 1)
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
         if self.image_mode not in ("resize", "center_crop"):
             raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
         _whole(self.k, "k", 1)
@@ -107,11 +116,33 @@ class AnalysisConfig:
             raise ValueError(f"eps must be >= 0 (pixel units, e.g. 8/255), got {self.eps!r}")
         get_attack(self.attack).resolve(self.attack_arguments())
 
+    def _check_types(self) -> None:
+        for name in ("model", "attack", "method", "head_fusion", "mode", "image_mode", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("classifier", "denoiser"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a model folder or name (a string), got {getattr(self, name)!r}")
+        for name in ("shared_noise", "noise_floor"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("sigma", "beta", "renyi_alpha", "confidence_alpha"):
+            if not _is_number(getattr(self, name)):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("n_samples", "k", "bootstrap", "multistep_steps", "batch_size", "seed"):
+            _whole(getattr(self, name), name, -(2**63))
+        if self.eps is not None and not _is_number(self.eps):
+            raise ValueError(f"eps must be a number in pixel units (e.g. 0.0314 for 8/255), got {self.eps!r}")
+        if not isinstance(self.attack_params, dict) or not all(isinstance(key, str) for key in self.attack_params):
+            raise ValueError(f"attack_params must map parameter names to values, got {self.attack_params!r}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AnalysisConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -132,6 +163,10 @@ class AnalysisConfig:
 def _positive(value: Any, name: str, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, {hint}; got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _whole(value: Any, name: str, low: int) -> None:
@@ -311,7 +346,10 @@ def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndar
     n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
     p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), cfg.confidence_alpha)
     k_radius = 0.0
-    if cfg.k < num_patches and cfg.mode != "denoise-only":
+    # The bound compares ranks up to k + k0 (method.md 5.3): for larger k (or k = P) nothing is
+    # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
+    k0 = certify.topk_boundary_size(cfg.k, cfg.beta)
+    if cfg.k + k0 <= num_patches and cfg.mode != "denoise-only":
         k_radius = certify.topk_certified_radius(clean.attention, cfg.k, cfg.beta, cfg.sigma)
     measured = metrics.divergences(clean.probs, attacked.probs, renyi_alpha=cfg.renyi_alpha)["renyi"]
     return Certificates(
@@ -367,6 +405,7 @@ def analyze(
     t0 = timer.lap("load", t0)
 
     with torch.inference_mode():
+        _check_models_finite(pair, x, cfg)
         report("attack", 0.0)
         x_adv = run_attack(cfg.attack, clf, x, params=cfg.attack_arguments(), denoiser=pair.denoiser, seed=cfg.seed)
         t0 = timer.lap("attack", t0)
@@ -391,6 +430,7 @@ def analyze(
                 outs += smooth(pair, batch[2:], **smooth_kwargs)
         t0 = timer.lap("smoothing", t0)
 
+    _check_smoothed_finite(outs)
     clean_s, adv_s = outs[0], outs[1]
     floor_s = outs[2] if cfg.noise_floor else None
     vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), cfg.k, cfg.renyi_alpha)
@@ -431,6 +471,29 @@ def analyze(
     )
     _check_finite(result)
     return result
+
+
+_NON_FINITE_HINT = "its weights are probably corrupted (NaN or infinite); re-export or re-download the checkpoint"
+
+
+def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) -> None:
+    """One cheap forward pass of each model on the clean image before any work: a model that
+    returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
+    if not bool(torch.isfinite(pair.classifier(x)).all()):
+        raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
+    if cfg.mode != "rs" and pair.denoiser is not None:
+        from .denoise import one_shot_denoise, timestep_for_sigma
+
+        t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
+        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star, out_size=pair.classifier.img_size)).all()):
+            raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
+
+
+def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:
+    for out in outs:
+        if not (np.isfinite(out.probs).all() and np.isfinite(out.attention).all()):
+            raise ValueError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
+                             "denoiser is numerically unstable there (check its weights, or try a smaller sigma)")
 
 
 def _plain(values: dict) -> dict:

@@ -17,21 +17,33 @@ Modes:
 - ``denoise-only``: no noise, x_t = sqrt(abar) (2x - 1), one deterministic denoising pass;
 - ``multistep``: DDPM ancestral denoising from t* to 0 (slower; Carlini et al. found one-shot
   as good or better).
+
+Cost (docs/PERFORMANCE.md). Samples of all images share forward batches; ``precision="bfloat16"``
+runs both networks in bfloat16 (copies made once per model; noise, the x0 formula, the softmax
+row of the explanation and all sums stay float32/float64); ``early_stop`` ends the loop once
+every image's label and top-k set are statistically settled (:class:`EarlyStop`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import Callable
+from statistics import NormalDist
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from .denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
-from .models import ModelPair
+from .models import Denoiser, ModelPair, PixelViT
 
 SMOOTHING_MODES: tuple[str, ...] = ("dds", "rs", "denoise-only", "multistep")
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -43,10 +55,11 @@ class SmoothedOutput:
         attention_se: (P,) per-coordinate standard error of that mean.
         probs: (C,) smoothed prediction distribution y~(x); probs_se its standard error.
         votes: (C,) int64 hard-vote counts.
-        n_samples: N actually drawn (1 for denoise-only).
+        n_samples: N actually drawn (1 for denoise-only; fewer than asked when stopped early).
         t_star: denoising timestep (None for rs).
         denoised_sample: (3, H, W) the first model input, for display.
         samples_attention: (N, P) per-sample maps, only when asked for (bootstrap), else None.
+        stopped_early: True when :class:`EarlyStop` ended the loop before ``n_samples``.
     """
 
     attention: np.ndarray
@@ -58,11 +71,72 @@ class SmoothedOutput:
     t_star: int | None
     denoised_sample: np.ndarray
     samples_attention: np.ndarray | None = None
+    stopped_early: bool = False
 
     @property
     def label(self) -> int:
         """Predicted class of the smoothed distribution y~ (soft smoothed classifier)."""
         return int(np.argmax(self.probs))
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Stop the sample loop once the label and the top-k set of every image are settled.
+
+    After every ``check_every`` samples per image, from ``min_samples`` on, the loop stops when
+    for every image of the batch, with means m and standard errors se after n samples,
+
+    - label:  m_p[c1] - m_p[c2] > z * (se_p[c1] + se_p[c2])   (c1, c2 the top two classes of y~)
+    - top-k:  m_w[i] - m_w[j]   > z * (se_w[i] + se_w[j])     for every i in T_k, j outside it
+
+    with z = Phi^-1(1 - alpha / looks) and looks the number of checks ``n_samples`` allows.
+    se_i + se_j bounds the standard error of a difference whatever the correlation. "The label
+    and T_k equal those of the N -> infinity limit" is an intersection of pairwise orderings, so
+    each pair is tested at the full level (intersection-union test, Berger 1982) and Bonferroni
+    over the looks keeps the chance of stopping with a wrong label or set below ``alpha``
+    (normal approximation of each mean). Every image of a batch stops at the same N, so
+    estimates compared with each other (clean, attacked, the noise floor's second clean
+    estimate) always have equal sample counts.
+    """
+
+    k: int
+    alpha: float = 0.05
+    check_every: int = 16
+    min_samples: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("k", "check_every", "min_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"early stop {name} must be a whole number >= 1, got {value!r}")
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"early stop alpha must be in (0, 1), got {self.alpha!r}")
+
+    def checkpoints(self, n_samples: int) -> list[int]:
+        """The sample counts after which the rule is checked (none at the budget itself)."""
+        return [n for n in range(self.check_every, n_samples, self.check_every) if n >= self.min_samples]
+
+    def z(self, n_samples: int) -> float:
+        """The per-comparison normal quantile, Bonferroni-corrected over the looks."""
+        looks = max(len(self.checkpoints(n_samples)), 1)
+        return NormalDist().inv_cdf(1.0 - float(self.alpha) / looks)
+
+
+def settled(attention: np.ndarray, attention_se: np.ndarray, probs: np.ndarray, probs_se: np.ndarray,
+            k: int, z: float) -> bool:
+    """The :class:`EarlyStop` rule for one image: (P,) attention and (C,) probability means and SEs."""
+    order_p = np.argsort(-probs, kind="stable")
+    if len(order_p) > 1:
+        c1, c2 = order_p[0], order_p[1]
+        if not probs[c1] - probs[c2] > z * (probs_se[c1] + probs_se[c2]):
+            return False
+    if k >= len(attention):
+        return True
+    order_w = np.argsort(-attention, kind="stable")  # ties by lower index, as metrics.topk_indices
+    inside, outside = order_w[:k], order_w[k:]
+    gaps = attention[inside][:, None] - attention[outside][None, :]
+    bounds = z * (attention_se[inside][:, None] + attention_se[outside][None, :])
+    return bool((gaps > bounds).all())
 
 
 class _Accumulator:
@@ -74,43 +148,56 @@ class _Accumulator:
         self.sp = torch.zeros(n_images, dim_p, dtype=torch.float64)
         self.sp2 = torch.zeros_like(self.sp)
         self.votes = torch.zeros(n_images, dim_p, dtype=torch.long)
-        self.samples: list[list[torch.Tensor]] | None = [[] for _ in range(n_images)] if keep else None
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep else None
         self.first: list[torch.Tensor | None] = [None] * n_images
 
-    def add(self, image_idx: torch.Tensor, w: torch.Tensor, p: torch.Tensor, inputs: torch.Tensor) -> None:
+    def add(self, image_idx: torch.Tensor, sample_idx: torch.Tensor, w: torch.Tensor, p: torch.Tensor,
+            inputs: torch.Tensor) -> None:
         w, p = w.double().cpu(), p.double().cpu()
         self.sw.index_add_(0, image_idx, w)
         self.sw2.index_add_(0, image_idx, w * w)
         self.sp.index_add_(0, image_idx, p)
         self.sp2.index_add_(0, image_idx, p * p)
-        ones = torch.ones_like(image_idx)
-        self.votes.index_put_((image_idx, p.argmax(-1)), ones, accumulate=True)
-        for row, i in enumerate(image_idx.tolist()):
-            if self.first[i] is None:
-                self.first[i] = inputs[row].detach().float().cpu()
-            if self.samples is not None:
-                self.samples[i].append(w[row].float())
+        self.votes.index_put_((image_idx, p.argmax(-1)), torch.ones_like(image_idx), accumulate=True)
+        for row in torch.nonzero(sample_idx == 0).flatten().tolist():
+            self.first[int(image_idx[row])] = inputs[row].detach().float().cpu()
+        if self.kept is not None:
+            self.kept.append((image_idx, w.float()))
 
-    def finish(self, n: int, t_star: int | None) -> list[SmoothedOutput]:
-        def mean_se(s: torch.Tensor, s2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def mean_se(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image."""
+        def one(s: torch.Tensor, s2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
             mean = s / n
             var = (s2 / n - mean * mean).clamp_min(0.0) * (n / max(n - 1, 1))
             return mean.numpy(), (var / n).sqrt().numpy()
 
+        return (*one(self.sw, self.sw2), *one(self.sp, self.sp2))
+
+    def settled(self, n: int, rule: EarlyStop, z: float) -> bool:
+        w, w_se, p, p_se = self.mean_se(n)
+        return all(settled(w[i], w_se[i], p[i], p_se[i], rule.k, z) for i in range(len(w)))
+
+    def finish(self, n: int, t_star: int | None, stopped_early: bool) -> list[SmoothedOutput]:
+        w_all, w_se, p_all, p_se = self.mean_se(n)
+        samples = None
+        if self.kept is not None:
+            idx = torch.cat([i for i, _ in self.kept])
+            ws = torch.cat([w for _, w in self.kept])
+            samples = [ws[idx == i].numpy() for i in range(len(w_all))]  # batches come in sample order
         outs = []
-        for i in range(self.sw.shape[0]):
-            w, w_se = mean_se(self.sw[i], self.sw2[i])
-            p, p_se = mean_se(self.sp[i], self.sp2[i])
-            samples = torch.stack(self.samples[i]).numpy() if self.samples is not None else None
+        for i in range(len(w_all)):
+            w, p = w_all[i], p_all[i]
             outs.append(SmoothedOutput(
-                attention=(w / w.sum()).astype(np.float64), attention_se=w_se, probs=p / p.sum(), probs_se=p_se,
-                votes=self.votes[i].numpy().copy(), n_samples=n, t_star=t_star,
-                denoised_sample=self.first[i].numpy(), samples_attention=samples,
+                attention=(w / w.sum()).astype(np.float64), attention_se=w_se[i], probs=p / p.sum(),
+                probs_se=p_se[i], votes=self.votes[i].numpy().copy(), n_samples=n, t_star=t_star,
+                denoised_sample=self.first[i].numpy(), samples_attention=None if samples is None else samples[i],
+                stopped_early=stopped_early,
             ))
         return outs
 
 
-def _check(pair: ModelPair, mode: str, sigma: float, n_samples: int, method: str, head_fusion: str, batch_size: int) -> None:
+def _check(pair: ModelPair, mode: str, sigma: float, n_samples: int, method: str, head_fusion: str, batch_size: int,
+           precision: str = "float32") -> None:
     if mode not in SMOOTHING_MODES:
         raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
     if mode != "rs" and pair.denoiser is None:
@@ -125,9 +212,66 @@ def _check(pair: ModelPair, mode: str, sigma: float, n_samples: int, method: str
         raise ValueError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
     if mode != "denoise-only" and not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
-@torch.no_grad()
+# --------------------------------------------------------------------------------------------
+# Reduced-precision copies of the (shared, read-only) models
+# --------------------------------------------------------------------------------------------
+
+_COPIES: "weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, tuple[tuple, nn.Module]]]" = (
+    weakref.WeakKeyDictionary()
+)
+_COPIES_LOCK = threading.Lock()
+
+
+def _weights_fingerprint(module: nn.Module) -> tuple:
+    """Changes whenever a weight is replaced or modified in place (training, load_state_dict)."""
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
+def model_in_precision(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` itself for float32, else a copy in ``dtype`` made once (and again after the
+    original's weights change). The original is never modified, so a model shared by several
+    threads stays float32 for everyone else; the copy is read-only too."""
+    if dtype == torch.float32:
+        return module
+    fingerprint = _weights_fingerprint(module)
+    with _COPIES_LOCK:
+        per_dtype = _COPIES.setdefault(module, {})
+        entry = per_dtype.get(dtype)
+        if entry is None or entry[0] != fingerprint:
+            clone = copy.deepcopy(module)
+            nn.Module.to(clone, dtype)  # nn.Module's own .to: diffusers' override only adds a warning
+            entry = (fingerprint, clone.eval())
+            per_dtype[dtype] = entry
+    return entry[1]
+
+
+def _models(pair: ModelPair, precision: str) -> tuple[PixelViT, Denoiser | None]:
+    dtype = PRECISIONS[precision]
+    clf = model_in_precision(pair.classifier, dtype)
+    den = pair.denoiser
+    if den is not None and dtype != torch.float32:
+        den = dataclasses.replace(den, unet=model_in_precision(den.unet, dtype))
+    return clf, den
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _batches(n_images: int, first: int, count: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(image index, sample index) of samples first..first+count-1 of every image, image-major,
+    cut into forward batches of at most ``batch_size`` (batches cut across images)."""
+    total = n_images * count
+    for start in range(0, total, batch_size):
+        flat = torch.arange(start, min(start + batch_size, total))
+        yield flat // count, first + flat % count
+
+
 def smooth(
     pair: ModelPair,
     images: torch.Tensor,
@@ -143,18 +287,29 @@ def smooth(
     keep_samples: bool = False,
     multistep_steps: int = 10,
     progress: Callable[[int, int], None] | None = None,
+    precision: str = "float32",
+    early_stop: EarlyStop | None = None,
 ) -> list[SmoothedOutput]:
     """Run the smoothing loop for a batch of images (B, 3, H, W) in [0, 1]; one output per image.
 
     Samples of all images are interleaved in the same forward batches (clean and attacked images
     share passes). ``noise`` (N, 3, H, W) in pixel units, if given, is used for every image
-    (common random numbers); otherwise each image gets independent draws from ``generator``.
+    (common random numbers); otherwise each image gets independent draws from ``generator``,
+    image after image (with ``early_stop``: in rounds of ``check_every`` samples per image).
     ``progress(done, total)`` is called after every batch.
+
+    ``precision="bfloat16"`` runs denoiser and ViT in bfloat16 (docs/PERFORMANCE.md measures the
+    effect on labels and top-k sets); ``early_stop`` may end the loop before ``n_samples``
+    (:class:`EarlyStop`; every image then has the same, smaller, ``n_samples``). Memory does not
+    grow with ``n_samples`` unless ``keep_samples`` (then (N, P) maps per image).
     """
-    _check(pair, mode, sigma, n_samples, method, head_fusion, batch_size)
+    _check(pair, mode, sigma, n_samples, method, head_fusion, batch_size, precision)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    clf, den, device = pair.classifier, pair.denoiser, pair.device
+    if early_stop is not None and not isinstance(early_stop, EarlyStop):
+        raise ValueError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
+    clf, den = _models(pair, precision)
+    device, dtype = pair.device, PRECISIONS[precision]
     n = 1 if mode == "denoise-only" else n_samples
     # denoise-only still uses sigma to choose the timestep it denoises from.
     t_star = None if mode == "rs" else timestep_for_sigma(den.alphas_cumprod, sigma)
@@ -162,38 +317,50 @@ def smooth(
         raise ValueError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), got {tuple(noise.shape)}")
     b_images = images.shape[0]
     acc = _Accumulator(b_images, clf.num_patches, clf.num_classes, keep_samples)
-    # Sample index j of image i is flat index i * n + j; batches cut across images.
-    total = b_images * n
     x_cpu = images.detach().float().cpu()
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total))
-        image_idx, sample_idx = flat // n, flat % n
-        x = x_cpu[image_idx]
-        if mode == "denoise-only":
-            delta = torch.zeros_like(x)
-        elif noise is not None:
-            delta = noise.detach().float().cpu()[sample_idx]
-        else:
-            delta = torch.randn(x.shape, generator=generator) * sigma
-        inputs = _model_inputs(pair, (x + delta).to(device), mode, t_star, multistep_steps, generator)
-        exp = explain(clf, inputs, method=method, head_fusion=head_fusion)
-        acc.add(image_idx, exp.attention, torch.softmax(exp.logits.float(), dim=-1), inputs)
-        if progress is not None:
-            progress(min(start + batch_size, total), total)
-    return acc.finish(n, t_star)
+    shared = None if noise is None else noise.detach().float().cpu()
+    checkpoints = set(early_stop.checkpoints(n)) if early_stop is not None and mode != "denoise-only" else set()
+    z = early_stop.z(n) if checkpoints else 0.0
+    bounds = sorted(checkpoints | {n})
+    total, done, drawn, stopped = b_images * n, 0, 0, False
+    with torch.inference_mode():
+        for upto in bounds:
+            for image_idx, sample_idx in _batches(b_images, drawn, upto - drawn, batch_size):
+                x = x_cpu[image_idx]
+                if mode == "denoise-only":
+                    delta = torch.zeros_like(x)
+                elif shared is not None:
+                    delta = shared[sample_idx]
+                else:
+                    delta = torch.randn(x.shape, generator=generator) * sigma
+                inputs = _model_inputs(pair.classifier, den, (x + delta).to(device), mode, t_star, multistep_steps,
+                                       generator)
+                exp = explain(clf, inputs.to(dtype), method=method, head_fusion=head_fusion)
+                acc.add(image_idx, sample_idx, exp.attention, torch.softmax(exp.logits.float(), dim=-1), inputs)
+                done += len(image_idx)
+                if progress is not None:
+                    progress(done, total)
+            drawn = upto
+            if upto in checkpoints and acc.settled(drawn, early_stop, z):
+                stopped = True
+                if progress is not None:
+                    progress(total, total)
+                break
+    return acc.finish(drawn, t_star, stopped)
 
 
-def _model_inputs(pair: ModelPair, noisy: torch.Tensor, mode: str, t_star: int | None, steps: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
-    out_size = pair.classifier.img_size
+def _model_inputs(clf: PixelViT, den: Denoiser | None, noisy: torch.Tensor, mode: str, t_star: int | None,
+                  steps: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Float32 pixels for the ViT: denoised (dds, denoise-only, multistep) or clipped (rs)."""
+    out_size = clf.img_size
     if mode == "rs":
         return noisy.clamp(0.0, 1.0)
     if mode == "multistep":
         step_gen = None
         if generator is not None and noisy.device.type == "cpu":
             step_gen = generator
-        return multistep_denoise(pair.denoiser, noisy, t_star, n_steps=steps, generator=step_gen, out_size=out_size)
-    return one_shot_denoise(pair.denoiser, noisy, t_star, out_size=out_size)
+        return multistep_denoise(den, noisy, t_star, n_steps=steps, generator=step_gen, out_size=out_size)
+    return one_shot_denoise(den, noisy, t_star, out_size=out_size)
 
 
 def vanilla(pair: ModelPair, images: torch.Tensor, *, method: str = "raw", head_fusion: str = "mean"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,10 +50,57 @@ def _guard(real):
 socket.socket.connect = _guard(_real_connect)
 socket.socket.connect_ex = _guard(_real_connect_ex)
 
+# Python subprocesses (CLI tests, torchrun, the browser test's server) get the same guard from a
+# generated sitecustomize on PYTHONPATH; they append their attempts to a file read at the end.
+_SUBPROCESS_GUARD = """
+import ipaddress as _ip, os as _os, socket as _socket
+
+
+def _fvit_is_local(address):
+    if isinstance(address, (str, bytes)) or address[0] in ("localhost", ""):
+        return True
+    try:
+        return _ip.ip_address(address[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _fvit_guard(real):
+    def connect(self, address):
+        if self.family in (_socket.AF_INET, _socket.AF_INET6) and not _fvit_is_local(address):
+            with open(_os.environ["FVIT_TEST_NETWORK_LOG"], "a") as log:
+                log.write(repr(address) + "\\n")
+            raise OSError(f"network access blocked in tests: {address!r}")
+        return real(self, address)
+    return connect
+
+
+if _os.environ.get("FVIT_TEST_NETWORK_LOG"):
+    _socket.socket.connect = _fvit_guard(_socket.socket.connect)
+    _socket.socket.connect_ex = _fvit_guard(_socket.socket.connect_ex)
+"""
+_GUARD_DIR = Path(tempfile.mkdtemp(prefix="fvit-test-netguard-"))
+(_GUARD_DIR / "sitecustomize.py").write_text(_SUBPROCESS_GUARD)
+os.environ["FVIT_TEST_NETWORK_LOG"] = str(_GUARD_DIR / "attempts.log")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_GUARD_DIR), os.environ.get("PYTHONPATH")) if p)
+
+
+def subprocess_network_attempts() -> list[str]:
+    """Connections that Python subprocesses of the suite tried (and were refused)."""
+    log = Path(os.environ["FVIT_TEST_NETWORK_LOG"])
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def clear_subprocess_network_attempts() -> None:
+    Path(os.environ["FVIT_TEST_NETWORK_LOG"]).unlink(missing_ok=True)
+
 
 def pytest_sessionfinish(session, exitstatus):
     if NETWORK_ATTEMPTS:
         print(f"\nFAILED: the test suite attempted network access: {NETWORK_ATTEMPTS}")
+        session.exitstatus = 1
+    if subprocess_network_attempts():
+        print(f"\nFAILED: a subprocess of the test suite attempted network access: {subprocess_network_attempts()}")
         session.exitstatus = 1
 
 
@@ -100,3 +149,56 @@ def tiny_pair(tiny_pair_dir):
     from tiny_pair import load_tiny_pair
 
     return load_tiny_pair(tiny_pair_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch evaluation (fvit eval / certify): a small labelled image folder and a reference run.
+# --------------------------------------------------------------------------------------------
+
+# The grid the eval tests share: 6 images x 2 budgets x (vanilla + DDS + RS) x 2 methods = 72 rows.
+EVAL_TEST_ARGS: tuple[str, ...] = (
+    "--eps", "2/255,8/255", "--mode", "vanilla,dds,rs", "--sigma", "0.25", "--method", "raw,rollout",
+    "--n-samples", "8", "--pt-samples", "2", "--k", "4", "--steps", "5", "--no-progress",
+)
+EVAL_TEST_ROWS = 72
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """root/a/{0,1,2}.png and root/b/{0,1,2}.png: random 32x32 RGB images (labels 0 and 1)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def eval_command(image_folder, tiny_pair_dir, out) -> list[str]:
+    """`fvit eval` arguments (after the program name) for the shared test grid."""
+    return ["eval", "--data", str(image_folder), "--out", str(out), "--classifier", str(tiny_pair_dir / "classifier"),
+            "--denoiser", str(tiny_pair_dir / "denoiser"), *EVAL_TEST_ARGS]
+
+
+def read_rows(out) -> list[dict]:
+    """The merged rows of an eval output folder without the timing field."""
+    import json
+
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+@pytest.fixture(scope="session")
+def eval_reference(image_folder, tiny_pair_dir, tmp_path_factory):
+    """The shared grid evaluated by one uninterrupted in-process run: (output folder, rows)."""
+    from fvit_core.cli import main
+
+    out = tmp_path_factory.mktemp("eval_reference")
+    assert main(eval_command(image_folder, tiny_pair_dir, out)) == 0
+    return out, read_rows(out)

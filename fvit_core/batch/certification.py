@@ -8,10 +8,21 @@ error of w~ is not accounted for; see certify.py).
 
 Output, as Cohen's certify.py: a tab-separated file ``certify.tsv`` with columns idx, label,
 predict, radius, correct, time (predict -1 = abstain; time as h:mm:ss.ffffff), followed by our
-columns topk_radius, topk_radius_linf and image. Appended as it goes and resumable like
+columns topk_radius, topk_radius_linf, image and the optional certificate check (below). Appended as it goes and resumable like
 ``fvit eval`` (rows keyed by image); under torchrun each rank writes ``certify.rank<R>.tsv``
 and rank 0 merges. At the end: certified accuracy vs radius (CSV, Markdown, figure) and the
 top-k radius distribution.
+
+Checking the top-k certificate (``check_random`` > 0 or ``check_attacks``): the radius is a
+theorem about the exact smoothed attention, applied to a Monte Carlo estimate, so it is checked
+empirically. For each image with a positive radius R, fresh estimates of w~(x') with
+``check_samples`` draws (default n) are compared with w~(x) at points x' inside the radius:
+``check_random`` uniformly random directions scaled to ||x' - x||_2 = R (then clipped to
+[0, 1], which only shortens them), PGD-L2 on the vanilla ViT with budget R, and the top-k
+explanation attack (method.md section 6) with the Linf budget R / sqrt(3HW), whose L2 norm is
+at most R. The columns give V_k(w~(x), w~(x')): the minimum over the random points, and per
+attack; ``check_floor`` is V_k of two independent estimates at x itself (the Monte Carlo noise
+floor at that sample count). The certificate promises V_k >= beta at every checked point.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import certify, distributed
+from .. import certify, distributed, metrics
+from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..images import load_image, prepare_image
 from ..models import ModelPair
@@ -38,8 +50,10 @@ from .evaluate import load_models, prepare_run, progress_bar, selected_items
 from .store import RowFiles, atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
+CHECK_COLUMNS: tuple[str, ...] = ("check_floor", "check_random_min", "check_pgdl2", "check_topk")
 COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time", "topk_radius",
-                            "topk_radius_linf", "image")
+                            "topk_radius_linf", "image", *CHECK_COLUMNS)
+NOT_RUN = "-"
 HEADER = "\t".join(COLUMNS)
 CONFIG_FILE = "certify_config.json"
 
@@ -68,15 +82,19 @@ class CertifyConfig:
     multistep_steps: int = 10
     image_mode: str = "resize"
     radii: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+    check_random: int = 0
+    check_attacks: bool = False
+    check_samples: int | None = None
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
     allow_download: bool = False
     dist_backend: str = "gloo"
     progress: bool = True
+    figures: bool = True
 
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "radii", "batch_size", "device",
-                             "allow_download", "dist_backend", "progress"})
+                             "allow_download", "dist_backend", "progress", "figures"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,6 +112,8 @@ class CertifyConfig:
             raise ValueError(f"alpha must be in (0, 0.5) (e.g. 0.001), got {self.alpha!r}")
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
+        if self.check_random < 0 or (self.check_samples is not None and self.check_samples < 2):
+            raise ValueError("check_random must be >= 0 and check_samples >= 2")
         for name in ("n0", "n", "k", "batch_size", "multistep_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,7 +123,7 @@ class CertifyConfig:
 
 
 def _encode(row: dict) -> str:
-    return "\t".join(str(row[c]) for c in COLUMNS)
+    return "\t".join(NOT_RUN if row.get(c) is None else str(row[c]) for c in COLUMNS)
 
 
 def _decode(line: str) -> dict:
@@ -115,6 +135,8 @@ def _decode(line: str) -> dict:
         row[name] = int(row[name])
     for name in ("radius", "topk_radius", "topk_radius_linf"):
         row[name] = float(row[name])
+    for name in CHECK_COLUMNS:
+        row[name] = None if row[name] == NOT_RUN else float(row[name])
     return row
 
 
@@ -139,7 +161,7 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
     clf = pair.classifier
     pixels = prepare_image(load_image(root / item.path), clf.img_size, mode=cfg.image_mode)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
-    g = distributed.generator_for(cfg.seed, "certify", item.index, cfg.mode, cfg.sigma, cfg.method)
+    g = distributed.generator_for(cfg.seed, "certify", item.path, cfg.mode, cfg.sigma, cfg.method)
     common = dict(sigma=cfg.sigma, mode=cfg.mode, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
                   generator=g, multistep_steps=cfg.multistep_steps)
     selection = smooth(pair, x, n_samples=cfg.n0, method="raw", **common)[0]  # only its votes are used
@@ -149,13 +171,54 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
         topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
     except ValueError as exc:
         raise ValueError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
-    return {
+    row = {
         "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
-        "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),
+        "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),  # CERTIFY's cost
         "topk_radius": float(topk_radius),
         "topk_radius_linf": certify.linf_from_l2(float(topk_radius), int(np.prod(pixels.shape))),
         "image": item.path,
     }
+    row.update(check_topk_certificate(cfg, pair, x, item, estimation.attention, topk_radius))
+    return row
+
+
+def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor, item: ImageItem,
+                           attention: np.ndarray, radius: float) -> dict[str, float | None]:
+    """V_k(w~(x), w~(x')) at points x' within the certified top-k radius (module docstring)."""
+    checks: dict[str, float | None] = {name: None for name in CHECK_COLUMNS}
+    if radius <= 0 or (cfg.check_random == 0 and not cfg.check_attacks):
+        return checks
+    g = distributed.generator_for(cfg.seed, "certify-check", item.path, cfg.mode, cfg.sigma, cfg.method)
+    points = [x]  # an independent estimate at x itself: the noise floor
+    if cfg.check_random:
+        directions = torch.randn((cfg.check_random, *x.shape[1:]), generator=g)
+        directions *= radius / directions.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        points.append((x + directions).clamp(0.0, 1.0))
+    attacks = []
+    if cfg.check_attacks:
+        dim = int(np.prod(x.shape[1:]))
+        linf = radius / math.sqrt(dim)
+        label = torch.tensor([item.label], device=pair.device)
+        for name, params, labels in (
+            ("pgdl2", {"eps": radius, "alpha": radius / 5}, label),  # transfer attack on the label
+            ("topk", {"eps": linf, "alpha": linf / 5, "k": cfg.k, "method": cfg.method,
+                      "head_fusion": cfg.head_fusion}, None),  # the explanation attack keeps the prediction
+        ):
+            seed = distributed.derive_seed(cfg.seed, "certify-check", item.path, name)
+            adv = run_attack(name, pair.classifier, x.to(pair.device), labels, params, denoiser=pair.denoiser,
+                             seed=seed).cpu()
+            points.append(adv)
+            attacks.append(name)
+    outs = smooth(pair, torch.cat(points), sigma=cfg.sigma, n_samples=cfg.check_samples or cfg.n, mode=cfg.mode,
+                  method=cfg.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size, generator=g,
+                  multistep_steps=cfg.multistep_steps)
+    overlaps = [float(metrics.topk_overlap(attention, out.attention, cfg.k)) for out in outs]
+    checks["check_floor"] = overlaps[0]
+    if cfg.check_random:
+        checks["check_random_min"] = min(overlaps[1:1 + cfg.check_random])
+    for name, value in zip(attacks, overlaps[len(overlaps) - len(attacks):]):
+        checks[f"check_{name}"] = value
+    return checks
 
 
 @dataclass
@@ -217,15 +280,24 @@ def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:
     topk_radii = np.array([row["topk_radius"] for row in rows], dtype=np.float64)
     quantiles = {f"q{int(q * 100):02d}": float(np.quantile(topk_radii, q)) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)}
     abstain = float(np.mean([row["predict"] == certify.ABSTAIN for row in rows])) if rows else math.nan
+    checked = [row for row in rows if any(row.get(c) is not None for c in CHECK_COLUMNS[1:])]
+    check = None
+    if checked:
+        worst = [min(row[c] for c in CHECK_COLUMNS[1:] if row.get(c) is not None) for row in checked]
+        check = {"images": len(checked), "held": int(sum(w >= cfg.beta for w in worst)),
+                 "min_overlap": float(min(worst)), "mean_floor": float(np.mean([row["check_floor"] for row in checked])),
+                 **{f"min_{c}": float(min(row[c] for row in checked)) for c in CHECK_COLUMNS[1:]
+                    if all(row.get(c) is not None for row in checked)}}
     return {"n": len(rows), "sigma": cfg.sigma, "n0": cfg.n0, "n_samples": cfg.n, "alpha": cfg.alpha, "mode": cfg.mode,
             "method": cfg.method, "k": cfg.k, "beta": cfg.beta, "abstain_rate": abstain, "table": table,
             "topk_radius": {"mean": float(topk_radii.mean()) if rows else None,
                             "positive_fraction": float(np.mean(topk_radii > 0)) if rows else None, **quantiles},
-            "seconds_per_image": float(np.mean([time_seconds(row["time"]) for row in rows])) if rows else None}
+            "seconds_per_image": float(np.mean([time_seconds(row["time"]) for row in rows])) if rows else None,
+            "certificate_check": check}
 
 
 def _markdown(summary: dict) -> str:
-    lines = [f"# Certification summary\n",
+    lines = ["# Certification summary\n",
              f"{summary['n']} images; mode {summary['mode']}, sigma {summary['sigma']:g}, n0 {summary['n0']}, "
              f"n {summary['n_samples']}, alpha {summary['alpha']:g}; top-{summary['k']} attention with beta "
              f"{summary['beta']:g} ({summary['method']}). Abstained: {summary['abstain_rate']:.3f}. "
@@ -238,13 +310,17 @@ def _markdown(summary: dict) -> str:
     lines += ["", "Top-k attention radius (L2): " + ", ".join(
         f"{name} {q[name]:.4g}" for name in ("mean", "q00", "q10", "q25", "q50", "q75", "q90", "q100")) +
         f"; positive for {q['positive_fraction']:.3f} of images.", ""]
+    check = summary["certificate_check"]
+    if check:
+        lines += [f"Top-k certificate check: V_k >= beta ({summary['beta']:g}) held at every checked point for "
+                  f"{check['held']} of {check['images']} images; smallest V_k {check['min_overlap']:.3f}; mean noise "
+                  f"floor {check['mean_floor']:.3f}.", ""]
     return "\n".join(lines)
 
 
 def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distributed.DistContext,
                    seconds: float) -> int:
     """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
-    from .plots import certified_accuracy_curve, radius_histogram
     from .report import hardware
 
     out = Path(cfg.out)
@@ -259,12 +335,15 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     atomic_write_text(out / "certified_accuracy.csv", "\n".join(csv_lines) + "\n")
     atomic_write_text(out / "certified_accuracy.md", _markdown(summary))
     atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
-    top = max(1.0, max(row["radius"] for row in current) * 1.05)
-    grid = np.linspace(0.0, top, 201)
-    certified_accuracy_curve(grid, certified_accuracy(current, grid), out / "certified_accuracy.png",
-                             title=f"{cfg.mode.upper()} sigma {cfg.sigma:g}, n {cfg.n}")
-    radius_histogram(np.array([row["topk_radius"] for row in current]), out / "topk_radius_hist.png",
-                     title=f"top-{cfg.k} radius (beta {cfg.beta:g}), sigma {cfg.sigma:g}")
+    if cfg.figures:
+        from .plots import certified_accuracy_curve, radius_histogram
+
+        top = max(1.0, max(row["radius"] for row in current) * 1.05)
+        grid = np.linspace(0.0, top, 201)
+        certified_accuracy_curve(grid, certified_accuracy(current, grid), out / "certified_accuracy.png",
+                                 title=f"{cfg.mode.upper()} sigma {cfg.sigma:g}, n {cfg.n}")
+        radius_histogram(np.array([row["topk_radius"] for row in current]), out / "topk_radius_hist.png",
+                         title=f"top-{cfg.k} radius (beta {cfg.beta:g}), sigma {cfg.sigma:g}")
     info = {"command": "certify", "rows": len(current), "rows_missing": len(planned) - len(current),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),

@@ -1,8 +1,8 @@
 """The evaluation data: an image folder, its labels in the classifier's class order, a seeded subset.
 
-Layout root/<class>/<image files> (training.data.list_image_folder). An image's *index* is its
-position in the sorted listing of the whole folder, so it names the image whatever subset,
-order or shard is evaluated; per-image randomness is seeded from it.
+Layout root/<class>/<image files> (training.data.list_image_folder). An image is named by its
+path relative to the root (the key of its rows; per-image randomness is seeded from it) and
+numbered by its *index*, its position in the sorted listing of the whole folder (Cohen's idx).
 
 Labels: a class folder's label is the classifier's class of the same name when every folder
 name is one of the classifier's class names (the shipped CIFAR-10 pair and the shared

@@ -16,9 +16,10 @@ that needs them:
 A row's ``seconds`` is its share of the units it used (each unit's time divided by the number
 of rows of this run that use it), so the seconds of an image's rows add up to its cost.
 
-Randomness. Every unit draws from its own generator, seeded from (seed, image index, unit):
-results do not depend on the order of images, on which rank evaluates them, on how many rows a
-resumed run still had to compute, or on the batch size (noise is drawn on the CPU).
+Randomness. Every unit draws from its own generator, seeded from (seed, image path relative to
+the data folder, unit): results do not depend on the order of images, on which rank evaluates
+them, on how many rows a resumed run still had to compute, on images added to the folder, or on
+the batch size (noise is drawn on the CPU; batched float arithmetic may differ in the last bits).
 
 Transfer setting: attacks are crafted on the vanilla ViT against the true label (``topk``
 keeps the model's own prediction, as Ghorbani et al.), and the same attacked image is fed to
@@ -46,7 +47,7 @@ from ..images import load_image, prepare_image
 from ..models import ModelPair, load_pair
 from ..smoothing import SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
 from .data import ImageItem, list_items, read_label_map, select
-from .perturbation import FILLS, FRACTIONS, perturbation_auc, perturbed_batch, split_hits
+from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
 from .store import RowFiles, atomic_write_text, json_line
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
@@ -94,12 +95,14 @@ class EvalConfig:
     allow_download: bool = False
     dist_backend: str = "gloo"
     progress: bool = True
+    figures: bool = True
 
     # Fields that may change between a run and its resumption: where things are, how fast,
     # and the grid and image selection (rows are keyed by image and setting). Every other field
     # changes the numbers, so a folder holding rows made with other values is refused.
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
-                             "batch_size", "device", "allow_download", "dist_backend", "progress"})
+                             "batch_size", "device", "allow_download", "dist_backend", "progress",
+                             "figures"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,7 +264,7 @@ class ImageEvaluation:
     # -- units ------------------------------------------------------------------------------
 
     def _generator(self, *parts: Any) -> torch.Generator:
-        return distributed.generator_for(self.cfg.seed, "eval", self.item.index, *parts)
+        return distributed.generator_for(self.cfg.seed, "eval", self.item.path, *parts)
 
     def _unit_keys(self, s: Setting) -> list[tuple]:
         akey = attack_key(s)
@@ -277,7 +280,7 @@ class ImageEvaluation:
     def _attack(self, s: Setting) -> torch.Tensor:
         cfg = self.cfg
         labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.x.device)
-        seed = distributed.derive_seed(cfg.seed, "attack", self.item.index, *attack_key(s))
+        seed = distributed.derive_seed(cfg.seed, "attack", self.item.path, *attack_key(s))
         return run_attack(s.attack, self.pair.classifier, self.x, labels, attack_arguments(cfg, s),
                           denoiser=self.pair.denoiser, seed=seed)
 
@@ -435,11 +438,15 @@ class EvalReport:
 
 
 def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> None:
-    """Refuse a folder whose rows were made with settings that change the numbers; record ours."""
+    """Refuse a folder whose rows were made with settings that change the numbers; record ours.
+
+    Without rows the folder is free (a run that failed before its first row leaves only its
+    settings, which the next run replaces)."""
     out = Path(cfg.out)
     path = out / config_file
     current = cfg.to_dict()
-    if path.is_file():
+    has_rows = files.merged.exists() or bool(files.shard_paths())
+    if has_rows and path.is_file():
         try:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -450,7 +457,7 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
         if changed:
             raise ValueError(f"{out} holds rows made with other settings ({'; '.join(changed)}); "
                              "use a new --out, or the same settings to resume")
-    elif files.merged.exists() or files.shard_paths():
+    elif has_rows:
         raise ValueError(f"{out} holds row files but no {config_file}; use a new --out")
     atomic_write_text(path, json.dumps(_jsonable(current), indent=2) + "\n")
 
@@ -460,10 +467,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def load_models(cfg: Any, device: str) -> ModelPair:
-    if cfg.allow_download:
-        import os
-
-        os.environ.pop("HF_HUB_OFFLINE", None)
+    """The run's pair (hub downloads only with allow_download; HF_HUB_OFFLINE set by the user wins)."""
     return load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=device,
                      allow_download=cfg.allow_download)
 
@@ -479,6 +483,8 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
     problem = None
     if ctx.is_main:
         try:
+            if not Path(cfg.data).expanduser().is_dir():
+                raise ValueError(f"data folder not found: {cfg.data} (expected DIR/<class>/<image files>)")
             check_output_folder(cfg, config_file, files)
         except (ValueError, OSError) as exc:
             problem = str(exc)

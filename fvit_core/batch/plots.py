@@ -24,6 +24,7 @@ from .report import fmt_eps, fmt_sigma
 MODE_COLORS: dict[str, str] = {"vanilla": COLORS["vanilla"], "dds": COLORS["fvit"], "rs": "#E69F00",
                                "denoise-only": "#CC79A7", "multistep": "#56B4E9"}
 _MARKERS = ("o", "s", "^", "D", "v", "P")
+_STYLES = ("-", "--", "-.", ":")
 _PANEL_IN = 2.4
 
 
@@ -69,8 +70,8 @@ def overlap_vs_eps(records: Sequence[dict], path: Path, *, k: int) -> Path | Non
                 color = MODE_COLORS.get(mode, "#000000")
                 _line(ax, xs, line, label, color, _MARKERS[i % len(_MARKERS)])
                 if mode != "vanilla" and any(r["topk_overlap_floor"].n for r in line):
-                    ax.plot(xs, [r["topk_overlap_floor"].mean for r in line], color=color, linestyle="--",
-                            linewidth=0.8, label=f"{label} noise floor")
+                    ax.plot(xs, [r["topk_overlap_floor"].mean for r in line], color=color, linestyle=(0, (2, 2)),
+                            linewidth=0.7, alpha=0.7, label=f"{label} noise floor")
             ax.set(title=f"{attack}, {method}", xlabel="attack budget eps (x/255)", ylabel=f"top-{k} overlap V_k",
                    ylim=(0, 1.02))
             ax.legend(loc="lower left")
@@ -95,8 +96,8 @@ def overlap_vs_sigma(records: Sequence[dict], path: Path, *, k: int) -> Path | N
                 base = [r for r in records if r["mode"] == "vanilla" and r["attack"] == attack
                         and r["method"] == method and r["eps"] == eps and r["sigma"] is None]
                 if base:
-                    ax.axhline(base[0]["topk_overlap"].mean, color=MODE_COLORS["vanilla"], linestyle=":",
-                               linewidth=0.8, label=f"vanilla eps {fmt_eps(eps)}" if j < 4 else None)
+                    ax.axhline(base[0]["topk_overlap"].mean, color=MODE_COLORS["vanilla"], linewidth=0.8,
+                               linestyle=_STYLES[1 + j % 3], label=f"vanilla eps {fmt_eps(eps)}")
             ax.set(title=f"{attack}, {method}", xlabel="sigma (pixel units)", ylabel=f"top-{k} overlap V_k",
                    ylim=(0, 1.02))
             ax.legend(loc="lower left")

@@ -104,7 +104,8 @@ def eval_markdown(records: list[dict], k: int) -> str:
     ])
 
 
-def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistContext, seconds: float) -> tuple[int, int]:
+def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistContext,
+                seconds: float) -> tuple[int, int]:
     """Merge the row files, write the summary (CSV, Markdown, JSON), figures and run info.
 
     Returns (rows of this command's grid present, rows of it missing).
@@ -119,10 +120,11 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     atomic_write_text(out / "summary.md", eval_markdown(records, cfg.k))
     atomic_write_text(out / "summary.json", json.dumps(
         [{k: _estimate_json(v) for k, v in r.items()} for r in records], indent=1) + "\n")
-    from .plots import overlap_vs_eps, overlap_vs_sigma
+    if cfg.figures:
+        from .plots import overlap_vs_eps, overlap_vs_sigma
 
-    overlap_vs_eps(records, out / "overlap_vs_eps.png", k=cfg.k)
-    overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=cfg.k)
+        overlap_vs_eps(records, out / "overlap_vs_eps.png", k=cfg.k)
+        overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=cfg.k)
     missing = len(planned) - len(current)
     info = {"command": "eval", "rows": len(current), "rows_missing": missing, "rows_in_folder": len(rows),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,

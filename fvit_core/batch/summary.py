@@ -67,7 +67,10 @@ def wilson_ci(values: Iterable[Any], confidence: float = CONFIDENCE) -> Estimate
     z = float(norm.ppf(0.5 + confidence / 2))
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    # At p = 0 (or 1) the bound is exactly 0 (or 1); the formula leaves round-off there.
+    low = 0.0 if p == 0.0 else max(0.0, centre - half)
+    high = 1.0 if p == 1.0 else min(1.0, centre + half)
+    return Estimate(p, low, high, n)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""Pieces the pages share: the page header, figures as cached images, metric cards."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+from matplotlib.figure import Figure
+
+from app import session
+from fvit_core import figures
+from fvit_core.pipeline import AnalysisResult
+
+SCREEN_DPI = 200
+_SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
+
+
+def sub(number) -> str:
+    """A number as subscript digits, for labels such as V₈ and D₂."""
+    return f"{number:g}".translate(_SUBSCRIPT)
+_PNG_MEMO_SIZE = 24
+
+
+def page_header(title: str, intro: str) -> session.Current | None:
+    """Title, one-line intro, what was analysed, and a notice when the result is not for the
+    sidebar's current settings. Returns the current analysis (None before the first one)."""
+    st.subheader(title)
+    st.caption(intro)
+    cur = session.current()
+    if cur is None:
+        st.info("No analysis yet: pick an image and settings in the sidebar.")
+        return None
+    if session.is_stale():
+        st.warning("Showing the last completed analysis: the sidebar's settings have not been computed "
+                   "(see the message above).")
+    st.caption(summary_line(cur.result))
+    return cur
+
+
+def summary_line(result: AnalysisResult) -> str:
+    """Attack, perturbation size, FViT settings and time of one analysis, on one line."""
+    d = result.faithful
+    crafted = "on the FViT (adaptive)" if result.attack["crafted_on"] == "fvit" else "on the vanilla ViT (transfer)"
+    t_star = f", t* = {d.t_star}" if d.t_star is not None else ""
+    return (f"**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
+            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples, "
+            f"top-{result.config.k} of {len(result.vanilla.overlap_curve)} patches. "
+            f"Computed in {result.timing['total']:.1f} s.")
+
+
+def figure_png(cur: session.Current, name: str, build: Callable[[], Figure]) -> bytes:
+    """PNG bytes of a matplotlib figure, rendered once per (analysis, figure)."""
+    memo: dict = st.session_state.setdefault("_png", {})
+    key = (cur.key, name)
+    if key not in memo:
+        if len(memo) >= _PNG_MEMO_SIZE:
+            memo.pop(next(iter(memo)))
+        memo[key] = figures.figure_to_bytes(build(), "png", dpi=SCREEN_DPI)
+    return memo[key]
+
+
+def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], caption: str | None = None,
+                width: int | str = "stretch") -> None:
+    st.image(figure_png(cur, name, build), caption=caption, width=width)
+
+
+def show_plotly(fig, key: str) -> None:
+    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+
+
+# --------------------------------------------------------------------------------------------
+# Metric cards
+# --------------------------------------------------------------------------------------------
+
+
+def floor_verdict(result: AnalysisResult) -> str:
+    """Whether the FViT's V_k differs from its Monte Carlo noise floor, in words."""
+    d, v = result.faithful, result.fvit.topk_overlap
+    if d.topk_overlap_floor is None:
+        return "No noise floor computed (switch it on under Advanced): V_k alone cannot separate attack from sampling noise."
+    ci = f" (95% CI {d.topk_overlap_ci[0]:.2f}–{d.topk_overlap_ci[1]:.2f})" if d.topk_overlap_ci else ""
+    reaches = v >= d.topk_overlap_floor or (d.topk_overlap_ci is not None and d.topk_overlap_ci[1] >= d.topk_overlap_floor)
+    if reaches:
+        return (f"V{sub(result.config.k)} = {v:.2f}{ci} reaches the noise floor {d.topk_overlap_floor:.2f} (two clean estimates): "
+                "no attack effect beyond sampling noise.")
+    return (f"V{sub(result.config.k)} = {v:.2f}{ci} is below the noise floor {d.topk_overlap_floor:.2f}: the attack moved focal patches "
+            "beyond sampling noise.")
+
+
+def prediction_cards(result: AnalysisResult, which: str) -> None:
+    cmp_ = figures.comparison(result, which)
+    alpha = result.config.renyi_alpha
+    st.metric("Prediction (clean → attacked)", f"{cmp_.clean.label_name} → {cmp_.attacked.label_name}",
+              delta="label flipped" if cmp_.label_flip else "label kept",
+              delta_color="red" if cmp_.label_flip else "green", delta_arrow="off")
+    left, right = st.columns(2)
+    left.metric("Confidence (clean → attacked)", f"{cmp_.clean.confidence:.2f} → {cmp_.attacked.confidence:.2f}",
+                help="probability of the predicted class on each image")
+    bound = f"bound {result.faithful.certified.prediction_bound:.3g}" if which == "fvit" else "no bound"
+    right.metric(f"Divergence D{sub(alpha)} (Rényi, nats)", f"{cmp_.divergences['renyi']:.3g}",
+                 delta=bound, delta_color="gray", delta_arrow="off",
+                 help="Rényi divergence between the clean and attacked prediction distributions; for the FViT "
+                      "the guaranteed bound α‖δ‖₂²/(2σ²) at this perturbation's L2 size. "
+                      f"JS {cmp_.divergences['js']:.3g}, TV {cmp_.divergences['tv']:.3g}.")
+
+
+def overlap_cards(result: AnalysisResult, which: str) -> None:
+    k = result.config.k
+    cmp_ = figures.comparison(result, which)
+    help_text = (f"Fraction of the clean image's top-{k} patches still among the attacked image's top-{k}: "
+                 "1 = focal points kept, 0 = all moved.")
+    left, right = st.columns(2)
+    if which == "vanilla":
+        left.metric(f"Top-{k} overlap V{sub(k)}", f"{cmp_.topk_overlap:.2f}", delta="exact", delta_color="gray",
+                    delta_arrow="off", help=help_text)
+        right.metric("Noise floor (clean vs clean)", "1.00", delta="deterministic", delta_color="gray",
+                     delta_arrow="off", help="The vanilla ViT has no sampling: two runs on the clean image agree "
+                                             "exactly, so every drop in V_k is the attack's.")
+        st.caption(f"V{sub(k)} = {cmp_.topk_overlap:.2f}: {round((1 - cmp_.topk_overlap) * k)} of the {k} focal "
+                   "patches moved under the attack.")
+        return
+    d = result.faithful
+    ci = d.topk_overlap_ci
+    left.metric(f"Top-{k} overlap V{sub(k)}", f"{cmp_.topk_overlap:.2f}",
+                delta=f"95% CI {ci[0]:.2f}–{ci[1]:.2f}" if ci else None, delta_color="gray", delta_arrow="off",
+                help=help_text + " Bootstrap interval over the noise samples.")
+    floor = d.topk_overlap_floor
+    floor_ci = d.topk_overlap_floor_ci
+    right.metric("Noise floor (clean vs clean)", f"{floor:.2f}" if floor is not None else "n/a",
+                 delta=f"95% CI {floor_ci[0]:.2f}–{floor_ci[1]:.2f}" if floor_ci else None,
+                 delta_color="gray", delta_arrow="off",
+                 help="V_k between two independent FViT estimates on the same clean image: what sampling noise "
+                      "alone does. An attack effect shows only as V_k clearly below this.")
+    st.caption(floor_verdict(result))
+
+
+def certificate_cards(result: AnalysisResult) -> None:
+    """Certified radii of the FViT at the clean image and the prediction-stability bound."""
+    c, d = result.faithful.certified, result.faithful
+    k = result.config.k
+    left, right = st.columns(2)
+    left.metric("Certified class radius (L2)", "abstain" if c.predicted_class < 0 else f"{c.class_radius:.3f}",
+                delta=f"p_A ≥ {c.p_a_lower:.2f}", delta_color="gray", delta_arrow="off",
+                help="Cohen et al.: the smoothed class cannot change within this L2 distance (pixel units); "
+                     "abstain when the top class has no certified majority of the votes.")
+    right.metric(f"Certified top-{k} radius (L2)", f"{c.topk_radius_l2:.4f}",
+                 delta=f"Linf {c.topk_radius_linf * 255:.3f}/255", delta_color="gray", delta_arrow="off",
+                 help=f"V{sub(k)} ≥ β = {result.config.beta:g} is guaranteed for every perturbation within this radius "
+                      "(pixel units; Linf = L2 / sqrt(3HW)).")
+    covered = "covers" if c.topk_radius_l2 >= c.perturbation_l2 else "does not cover"
+    st.caption(f"Prediction stability: D{sub(result.config.renyi_alpha)} ≤ {c.prediction_bound:.3g} nats for "
+               f"‖δ‖₂ ≤ {c.perturbation_l2:.3f} (measured {c.measured_renyi:.3g}). The top-k radius {covered} this "
+               f"attack's ‖δ‖₂. {d.n_samples} samples; selection counts "
+               f"{'independent' if c.independent_selection else 'shared'}.")

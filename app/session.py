@@ -1,0 +1,184 @@
+"""Models, results and the current analysis of one browser session.
+
+- Models: ``st.cache_resource`` (one copy per server, shared by every session and thread; the
+  engine only reads them, and nothing here may modify them).
+- Results: a per-session LRU of :class:`AnalysisResult` keyed by (image digest, settings), so
+  going back to an earlier setting is instant; the sigma sweep fills the same cache.
+- The current analysis: the result on screen, with the image and models it came from. It stays
+  on screen when newer settings fail (bad upload, unloadable model, invalid value).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import streamlit as st
+
+from app import state
+from fvit_core.explorer import layer_head_attention
+from fvit_core.models import ModelPair, load_pair
+from fvit_core.pipeline import AnalysisConfig, AnalysisResult, analyze
+
+log = logging.getLogger(__name__)
+RESULT_CACHE_SIZE = 32
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading models…")
+def cached_pair(kind: str, classifier: str | None, denoiser: str | None) -> ModelPair:
+    """Load a model pair once per server (read-only afterwards)."""
+    return load_pair("default", classifier=classifier, denoiser=denoiser, allow_download=kind == "hub")
+
+
+def pair_for(models: state.ModelChoice) -> ModelPair:
+    return cached_pair(models.kind, models.classifier, models.denoiser)
+
+
+def model_input(models: state.ModelChoice, errors: list[str]) -> tuple[tuple[int, int], int] | None:
+    """(input size, number of patches) of the chosen classifier; None (and a message) on failure."""
+    try:
+        clf = pair_for(models).classifier
+    except ValueError as exc:  # ModelLoadError
+        errors.append(f"Cannot load the models: {exc}")
+        return None
+    st.session_state["last_good_models"] = models
+    return clf.img_size, clf.num_patches
+
+
+@dataclass(frozen=True)
+class Current:
+    """The analysis on screen and what produced it."""
+
+    key: str
+    result: AnalysisResult
+    image: state.LoadedImage
+    models: state.ModelChoice
+
+
+def results() -> state.ResultCache:
+    return st.session_state.setdefault("_results", state.ResultCache(RESULT_CACHE_SIZE))
+
+
+def current() -> Current | None:
+    return st.session_state.get("_current")
+
+
+def wanted_key() -> str | None:
+    """The key of the settings in the sidebar now (None when they are invalid)."""
+    return st.session_state.get("_wanted_key")
+
+
+def is_stale() -> bool:
+    cur = current()
+    return cur is not None and cur.key != wanted_key()
+
+
+def progress_bar(text: str) -> tuple[Callable[[str, float], None], Any]:
+    """A progress bar and the ``progress(stage, fraction)`` callback that drives it."""
+    bar = st.progress(0.0, text=text)
+
+    def report(stage: str, fraction: float) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{text} {stage}…")
+
+    return report, bar
+
+
+def compute(image: state.LoadedImage, config: AnalysisConfig, models: state.ModelChoice,
+            progress: Callable[[str, float], None] | None = None) -> AnalysisResult:
+    """Cached analysis (ValueError for invalid settings, images or models)."""
+    key = state.settings_key(image.digest, config)
+    cached = results().get(key)
+    if cached is not None:
+        return cached
+    result = analyze(image.pixels, config, pair=pair_for(models), progress=progress)
+    results().put(key, result)
+    return result
+
+
+def show_errors(messages: list[str]) -> None:
+    for message in messages:
+        st.error(message)
+
+
+def update(values) -> None:
+    """Make the current analysis match the sidebar, computing if needed and allowed.
+
+    Quick settings compute at once; expensive ones (:func:`state.expensive_reason`) wait for the
+    **Run analysis** button. Errors are shown on the page; the last good analysis stays current.
+    """
+    show_errors(values.errors)
+    st.session_state["_wanted_key"] = None
+    if values.errors or values.image is None:
+        return
+    try:
+        config = state.build_config(values.settings, values.attack_params, values.models)
+        config.validate(num_patches=pair_for(values.models).classifier.num_patches)
+    except ValueError as exc:
+        st.error(f"Invalid settings: {exc}")
+        return
+    key = state.settings_key(values.image.digest, config)
+    st.session_state["_wanted_key"] = key
+    cur = current()
+    if cur is not None and cur.key == key:
+        return
+    if key not in results():
+        reason = state.expensive_reason(config)
+        if reason:
+            st.info(f"These settings take a while ({reason}), so they wait for a click.")
+            if not st.button("Run analysis", key="run", type="primary"):
+                return
+    report, bar = progress_bar("Analysing:")
+    try:
+        result = compute(values.image, config, values.models, report)
+    except ValueError as exc:
+        st.error(f"The analysis failed: {exc}")
+        return
+    except RuntimeError as exc:  # a model that cannot run this input (shape, memory): say so, keep going
+        log.exception("analysis failed")
+        st.error(f"The analysis failed inside the model: {exc}")
+        return
+    finally:
+        bar.empty()
+    st.session_state["_current"] = Current(key=key, result=result, image=values.image, models=values.models)
+
+
+def layer_maps(cur: Current) -> Any:
+    """Per-layer, per-head maps (2, L, heads, P) for the current result, cached per result."""
+    memo: dict = st.session_state.setdefault("_layer_maps", {})
+    if cur.key not in memo:
+        memo.clear()
+        memo[cur.key] = layer_head_attention(pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image)
+    return memo[cur.key]
+
+
+def sweep_status(cur: Current, sigmas) -> tuple[list[AnalysisResult], list[AnalysisConfig]]:
+    """Results of the sigma sweep around the current analysis already cached, and the configs
+    still to compute (the current sigma is always included)."""
+    from fvit_core.sweep import sweep_configs
+
+    configs = sweep_configs(cur.result.config, [*sigmas, cur.result.config.sigma])
+    done, missing = [], []
+    for config in configs:
+        cached = results().get(state.settings_key(cur.image.digest, config))
+        (done.append(cached) if cached is not None else missing.append(config))
+    return done, missing
+
+
+def run_sweep(cur: Current, configs: list[AnalysisConfig]) -> bool:
+    """Compute the missing sweep points into the result cache, with one progress bar.
+
+    Returns whether every point was computed (a failure is shown on the page)."""
+    report, bar = progress_bar("Sweep:")
+    try:
+        for i, config in enumerate(configs):
+            def stage(name: str, fraction: float, i: int = i, sigma: float = config.sigma) -> None:
+                report(f"σ = {sigma:g} ({i + 1}/{len(configs)}) {name}", (i + fraction) / len(configs))
+
+            compute(cur.image, config, cur.models, stage)
+    except ValueError as exc:
+        st.error(f"The sweep failed: {exc}")
+        return False
+    finally:
+        bar.empty()
+    return True

@@ -1,0 +1,267 @@
+"""The sidebar: every control of the analysis, returned as plain values (:class:`SidebarValues`).
+
+Widgets have explicit keys; their defaults are written into ``st.session_state`` once (never
+passed as ``value=`` as well), so tests and the URL can set them before the first run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import state
+from fvit_core.attacks import ATTACKS
+from fvit_core.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.images import prepare_image, to_uint8
+from fvit_core.pipeline import AnalysisConfig
+from fvit_core.smoothing import SMOOTHING_MODES
+
+_DEFAULTS = AnalysisConfig()
+SETTING_DEFAULTS: dict[str, Any] = {
+    "image_mode": _DEFAULTS.image_mode, "model_kind": "default", "attack": _DEFAULTS.attack,
+    "method": _DEFAULTS.method, "head_fusion": _DEFAULTS.head_fusion, "mode": _DEFAULTS.mode,
+    "sigma": _DEFAULTS.sigma, "n_samples": _DEFAULTS.n_samples, "k": _DEFAULTS.k, "beta": _DEFAULTS.beta,
+    "seed": _DEFAULTS.seed, "shared_noise": _DEFAULTS.shared_noise, "noise_floor": _DEFAULTS.noise_floor,
+    "bootstrap": _DEFAULTS.bootstrap, "renyi_alpha": _DEFAULTS.renyi_alpha,
+    "confidence_alpha": _DEFAULTS.confidence_alpha,
+}
+SAMPLE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
+                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
+               "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
+MODEL_KIND_LABELS = {"default": "shipped CIFAR-10 pair", "local": "local folders (models directory)",
+                     "hub": "hub download (timm / diffusers)"}
+PREVIEW_PX = 128
+
+
+@dataclass
+class SidebarValues:
+    """What the sidebar produced: the image (or None), the models, the settings and errors."""
+
+    image: state.LoadedImage | None
+    models: state.ModelChoice
+    settings: dict[str, Any]
+    attack_params: dict[str, Any]
+    errors: list[str] = field(default_factory=list)
+
+
+def init_defaults() -> None:
+    """Write each widget's default into session state once (keys double as setting names)."""
+    for key, value in SETTING_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    for name, spec in ATTACKS.items():
+        st.session_state.setdefault(f"attack.{name}.linked", True)
+        for param in spec.params:
+            st.session_state.setdefault(f"attack.{name}.{param.name}", state.widget_spec(param).value)
+
+
+# --------------------------------------------------------------------------------------------
+# Image
+# --------------------------------------------------------------------------------------------
+
+
+def _decoded(name: str, data: bytes, source: str, label: str | None) -> state.LoadedImage:
+    """Decode once per distinct file (the result, or the error, is remembered for this session)."""
+    memo: dict = st.session_state.setdefault("_decoded", {})
+    key = (source, name, state.bytes_digest(data))
+    if key not in memo:
+        if len(memo) > 16:
+            memo.clear()
+        try:
+            memo[key] = state.load_upload(name, data, source=source, true_label=label)
+        except state.ImageError as exc:
+            memo[key] = exc
+    if isinstance(memo[key], Exception):
+        raise memo[key]
+    return memo[key]
+
+
+def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any]:
+    """Uploader and gallery; an uploaded file wins while it is present. Returns the image (or the
+    last good image when the new one is broken; the error goes into ``errors``) and an empty
+    container for the preview, filled once the model's input size is known."""
+    st.header("Image")
+    upload = st.file_uploader("Upload an image", type=list(state.UPLOAD_TYPES), key="upload",
+                              help="PNG, JPEG, WebP, BMP, TIFF or GIF (first frame); up to 20 MB")
+    items = state.list_gallery()
+    image = None
+    if items:
+        names = [item.name for item in items]
+        st.session_state.setdefault("gallery", state.DEFAULT_GALLERY_IMAGE if state.DEFAULT_GALLERY_IMAGE in names else names[0])
+        if st.session_state["gallery"] not in names:
+            st.session_state["gallery"] = names[0]
+        labels = {item.name: item.label for item in items}
+        chosen = st.selectbox("…or pick a sample", names, key="gallery", disabled=upload is not None,
+                              format_func=lambda n: f"{n} ({labels[n]})" if labels.get(n) else n)
+        item = items[names.index(chosen)]
+    try:
+        if upload is not None:
+            image = _decoded(upload.name, upload.getvalue(), "upload", None)
+        elif items:
+            image = _decoded(item.name, item.path.read_bytes(), "gallery", item.label)
+        else:
+            image = st.session_state.setdefault("_generated", state.generated_image())
+    except (state.ImageError, OSError) as exc:
+        errors.append(f"Cannot use this image: {exc}")
+        image = st.session_state.get("last_good_image")
+    if image is not None:
+        st.session_state["last_good_image"] = image
+    st.radio("Fit to the model's input", ("resize", "center_crop"), key="image_mode", horizontal=True,
+             format_func=lambda m: {"resize": "resize", "center_crop": "centre crop"}[m])
+    return image, st.container()
+
+
+def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode: str) -> None:
+    """The image as the classifier sees it (resized or cropped), enlarged without smoothing."""
+    key = (image.digest, tuple(input_size), mode)
+    if st.session_state.get("_preview", (None,))[0] != key:  # resizing a large photo on every rerun is slow
+        prepared = to_uint8(prepare_image(image.pixels, input_size, mode=mode))
+        repeat = max(1, PREVIEW_PX // max(prepared.shape[:2]))
+        st.session_state["_preview"] = (key, np.repeat(np.repeat(prepared, repeat, axis=0), repeat, axis=1))
+    shown = st.session_state["_preview"][1]
+    truth = f" · true class: {image.true_label}" if image.true_label else ""
+    where = "uploaded" if image.source == "upload" else image.source
+    st.image(shown, width=PREVIEW_PX)
+    st.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({mode.replace('_', ' ')}) "
+               f"from {image.size_text} · {where} {image.name}{truth}")
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def models_section(errors: list[str]) -> state.ModelChoice:
+    """Shipped pair, a local folder of the models directory, or (if allowed) hub names."""
+    kinds = ["default", "local"] + (["hub"] if state.downloads_allowed() else [])
+    if st.session_state.get("model_kind") not in kinds:
+        st.session_state["model_kind"] = "default"
+    with st.expander("Models", expanded=st.session_state["model_kind"] != "default"):
+        kind = st.selectbox("Classifier and denoiser", kinds, key="model_kind", format_func=MODEL_KIND_LABELS.get)
+        if "hub" not in kinds:
+            st.caption("Hub models are off: start the app with FVIT_ALLOW_DOWNLOAD=1 to allow downloads.")
+        try:
+            if kind == "local":
+                return _local_models()
+            if kind == "hub":
+                clf = st.text_input("timm model name", key="hub_classifier", placeholder="vit_tiny_patch16_224")
+                den = st.text_input("diffusers denoiser id", key="hub_denoiser", placeholder="google/ddpm-cifar10-32")
+                return state.ModelChoice("hub", state.check_hub_name(clf, "classifier"),
+                                         state.check_hub_name(den, "denoiser"))
+        except ValueError as exc:
+            errors.append(f"Models: {exc}")
+            return st.session_state.get("last_good_models", state.ModelChoice())
+    return state.ModelChoice()
+
+
+def _local_models() -> state.ModelChoice:
+    root = state.models_dir()
+    st.caption(f"Folders in the models directory {root} (FVIT_MODELS_DIR).")
+    classifiers, denoisers = state.local_model_folders("classifier", root), state.local_model_folders("denoiser", root)
+    if not classifiers or not denoisers:
+        raise state.ModelLoadError(f"the models directory {root} needs at least one classifier folder "
+                                   "(config.json + model.safetensors) and one denoiser folder (unet/ + scheduler/)")
+    clf = st.selectbox("Classifier folder", classifiers, key="local_classifier")
+    den = st.selectbox("Denoiser folder", denoisers, key="local_denoiser")
+    return state.ModelChoice("local", state.resolve_local_model(clf, "classifier", root),
+                             state.resolve_local_model(den, "denoiser", root))
+
+
+# --------------------------------------------------------------------------------------------
+# Attack
+# --------------------------------------------------------------------------------------------
+
+
+def _param_widget(key: str, spec: state.WidgetSpec) -> Any:
+    if spec.kind == "checkbox":
+        return st.checkbox(spec.label, key=key, help=spec.help)
+    if spec.kind == "select":
+        return st.selectbox(spec.label, spec.options, key=key, help=spec.help)
+    if spec.kind == "slider":
+        return st.slider(spec.label, spec.min, spec.max, step=spec.step, format=spec.format, key=key, help=spec.help)
+    return st.number_input(spec.label, spec.min, spec.max, step=spec.step, format=spec.format, key=key, help=spec.help)
+
+
+def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
+    """Attack choice and its parameters, generated from the registry's ParamSpecs."""
+    st.header("Attack")
+    name = st.selectbox("Attack", list(ATTACKS), key="attack", format_func=lambda n: ATTACKS[n].label)
+    spec = ATTACKS[name]
+    st.caption(spec.description.split(". ")[0] + ".")
+    linkable = state.linked_params(spec)
+    linked = False
+    if linkable:
+        what = ", ".join("α = ε/5" if n == "alpha" else n for n in linkable)
+        linked = st.checkbox(f"Tie to the analysis ({what})", key=f"attack.{name}.linked",
+                             help="the top-k attack attacks the analysed k and explanation; the adaptive attack "
+                                  "the analysed σ; the step size follows the budget as in the paper")
+    shown = {}
+    for param in spec.params:
+        if linked and param.name in linkable:
+            continue
+        shown[param.name] = _param_widget(f"attack.{name}.{param.name}", state.widget_spec(param))
+    return state.attack_params(spec, shown, linked=linked, settings=settings)
+
+
+# --------------------------------------------------------------------------------------------
+# Explanation, smoothing, metrics
+# --------------------------------------------------------------------------------------------
+
+
+def faithful_section(num_patches: int) -> None:
+    """sigma, samples, k and the smoothing mode."""
+    st.header("Faithful ViT")
+    st.selectbox("Smoothing", SMOOTHING_MODES, key="mode", format_func=MODE_LABELS.get)
+    st.slider("σ: noise std (pixel units)", 0.01, 1.0, step=0.01, key="sigma",
+              help="Gaussian noise added before denoising, in [0, 1] pixel units (0.25 = a quarter of the range)")
+    st.select_slider("Noise samples N", SAMPLE_CHOICES, key="n_samples",
+                     help=f"Monte Carlo samples per estimate; more than {state.MAX_INTERACTIVE_SAMPLES} waits for a click")
+    if st.session_state["k"] > num_patches:
+        st.session_state["k"] = num_patches
+    st.slider("k: top-k focal patches", 1, num_patches, step=1, key="k",
+              help=f"patches compared by the top-k overlap V_k (this model has {num_patches})")
+
+
+def explanation_section() -> None:
+    st.header("Explanation")
+    st.selectbox("Method", EXPLANATION_METHODS, key="method", format_func=METHOD_LABELS.get)
+    st.selectbox("Head fusion", HEAD_FUSIONS, key="head_fusion")
+
+
+def advanced_section() -> None:
+    with st.expander("Advanced"):
+        st.slider("β: required overlap for the top-k certificate", 0.05, 1.0, step=0.05, key="beta")
+        st.number_input("Seed", 0, 2**31 - 1, step=1, key="seed", help="same seed, same numbers")
+        st.checkbox("Shared noise for clean and attacked (common random numbers)", key="shared_noise",
+                    help="lower variance of the difference, but flatters V_k at small N; off by default")
+        st.checkbox("Noise floor (second clean estimate)", key="noise_floor")
+        st.number_input("Bootstrap resamples", 0, 2000, step=50, key="bootstrap")
+        st.number_input("Rényi order α", 1.01, 100.0, step=0.5, key="renyi_alpha")
+        st.number_input("Confidence level α (certificates)", 0.0001, 0.1, step=0.001, format="%.4f",
+                        key="confidence_alpha")
+
+
+def render(model_input) -> SidebarValues:
+    """Draw the sidebar. ``model_input(models, errors)`` gives (input size (H, W), P) of the chosen
+    classifier, or None when the models cannot be loaded (then the last known values are used)."""
+    init_defaults()
+    errors: list[str] = []
+    with st.sidebar:
+        image, preview = image_section(errors)
+        models = models_section(errors)
+        size, patches = model_input(models, errors) or st.session_state.get("_model_input", ((32, 32), 64))
+        st.session_state["_model_input"] = (size, patches)
+        if image is not None:
+            with preview:
+                show_model_view(image, size, st.session_state["image_mode"])
+        faithful_section(patches)
+        explanation_section()
+        settings = {key: st.session_state[key] for key in SETTING_DEFAULTS}
+        attack_values = attack_section(settings)
+        advanced_section()
+        settings = {key: st.session_state[key] for key in SETTING_DEFAULTS}
+    return SidebarValues(image=image, models=models, settings=settings, attack_params=attack_values, errors=errors)

@@ -1,0 +1,40 @@
+"""FViT dashboard: attack an image and compare where the vanilla ViT and the Faithful ViT look.
+
+Run with ``streamlit run app/streamlit_app.py``. The sidebar holds every setting; this script
+keeps the current analysis in step with it (computing with a progress bar, or waiting for a click
+when the settings are expensive), then runs the selected page, which only renders.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the repository
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import session, sidebar, state  # noqa: E402
+
+if not state.downloads_allowed():  # nothing reaches a model hub unless the operator allows it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+st.set_page_config(page_title="FViT: faithful attention under attack", page_icon=":material/center_focus_strong:",
+                   layout="wide")
+
+PAGES = [
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:", default=True),
+    st.Page("views/distributions.py", title="Distributions", icon=":material/bar_chart:"),
+    st.Page("views/topk.py", title="Top-k", icon=":material/show_chart:"),
+    st.Page("views/sigma.py", title="Sigma sweep", icon=":material/tune:"),
+    st.Page("views/layers.py", title="Layers and heads", icon=":material/layers:"),
+    st.Page("views/export.py", title="Export", icon=":material/download:"),
+]
+
+page = st.navigation(PAGES)
+values = sidebar.render(session.model_input)
+session.update(values)
+page.run()

@@ -1,0 +1,434 @@
+"""The dashboard: its plain helpers (app/state.py) and every page through streamlit's AppTest.
+
+AppTest runs the real app on the shipped default pair; the settings that make it slow are turned
+down through the app's own widgets (8 noise samples, 2 attack steps), as a user could.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app import state  # noqa: E402
+from fvit_core.attacks import ATTACKS  # noqa: E402
+from fvit_core.images import ImageError  # noqa: E402
+from fvit_core.pipeline import AnalysisConfig  # noqa: E402
+
+APP = str(ROOT / "app" / "streamlit_app.py")
+QUICK = {"n_samples": 8, "attack.pgd.steps": 2, "bootstrap": 50}
+PAGES = ("views/compare.py", "views/distributions.py", "views/topk.py", "views/sigma.py", "views/layers.py",
+         "views/export.py")
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def random_rgb(seed: int = 0, height: int = 40, width: int = 48) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """The app reads these; tests start from the operator's defaults."""
+    for name in ("FVIT_MODELS_DIR", "FVIT_SAMPLES_DIR", "FVIT_ALLOW_DOWNLOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# ============================================================================================
+# Plain helpers
+# ============================================================================================
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("JPEG", "RGB"), ("WEBP", "RGB"),
+                                      ("BMP", "RGB"), ("TIFF", "RGB"), ("GIF", "P")])
+def test_load_upload_decodes_every_supported_format(fmt, mode):
+    buffer = io.BytesIO()
+    Image.fromarray(random_rgb()).convert(mode).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    loaded = state.load_upload(f"my file.{fmt.lower()}", data)
+    assert loaded.pixels.shape == (3, 40, 48) and loaded.pixels.dtype == np.float32
+    assert 0.0 <= loaded.pixels.min() and loaded.pixels.max() <= 1.0
+    assert loaded.name == f"my_file.{fmt.lower()}" and loaded.data == data and loaded.source == "upload"
+
+
+def test_load_upload_keeps_16_bit_grey_scale():
+    grey = (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    loaded = state.load_upload("grey16.png", buffer.getvalue())
+    assert loaded.pixels.shape == (3, 40, 48)
+    assert loaded.pixels[0].max() == pytest.approx(grey.max() / 65535, abs=1e-6)
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not a readable image"),
+    (encode(random_rgb())[:80], "truncated|not a readable"),
+])
+def test_load_upload_rejects_bad_files_with_a_message(data, message):
+    with pytest.raises(ImageError, match=message):
+        state.load_upload("bad.png", data)
+
+
+def test_load_upload_rejects_huge_images_before_decoding():
+    with pytest.raises(ImageError, match="over the limit"):
+        state.load_upload("big.png", encode(random_rgb(height=100, width=100)), max_pixels=5_000)
+    with pytest.raises(ImageError, match="over the limit"):
+        state.load_upload("big.png", encode(random_rgb()), max_bytes=100)
+
+
+def test_same_pixels_same_digest_other_pixels_other_digest():
+    a, b = encode(random_rgb(0)), encode(random_rgb(1))
+    assert state.load_upload("a.png", a).digest == state.load_upload("renamed.png", a).digest
+    assert state.load_upload("a.png", a).digest != state.load_upload("b.png", b).digest
+
+
+def test_gallery_lists_images_with_labels(tmp_path):
+    (tmp_path / "a.png").write_bytes(encode(random_rgb()))
+    (tmp_path / "b.jpg").write_bytes(encode(random_rgb(), "JPEG"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "labels.json").write_text(json.dumps({"a.png": {"label": "cat"}, "b.jpg": "dog"}))
+    items = state.list_gallery(tmp_path)
+    assert [(i.name, i.label) for i in items] == [("a.png", "cat"), ("b.jpg", "dog")]
+    assert state.load_gallery_image(items[0]).true_label == "cat"
+    assert state.list_gallery(tmp_path / "missing") == []
+
+
+def test_generated_image_is_a_valid_fallback():
+    image = state.generated_image()
+    assert image.pixels.shape == (3, 32, 32) and image.source == "generated"
+
+
+def test_widgets_come_from_param_specs_in_display_units():
+    pgd = ATTACKS["pgd"]
+    eps = state.widget_spec(pgd.param("eps"))
+    assert (eps.kind, eps.value, eps.min, eps.max, eps.step, eps.scale) == ("slider", 8.0, 0.0, 64.0, 1.0, 255.0)
+    assert "/255" in eps.label
+    assert state.widget_spec(pgd.param("steps")).kind == "number"
+    assert state.widget_spec(pgd.param("random_start")).kind == "checkbox"
+    assert state.widget_spec(ATTACKS["apgd"].param("loss")).options == ("ce", "dlr")
+    assert state.widget_spec(ATTACKS["cw"].param("c")).kind == "number"  # 1e-4 .. 1e4 is no slider
+
+
+def test_attack_params_convert_back_to_pixels_and_link_to_the_analysis():
+    settings = {"k": 5, "method": "rollout", "head_fusion": "max", "sigma": 0.5}
+    pgd = state.attack_params(ATTACKS["pgd"], {"eps": 16.0, "steps": 3, "random_start": False}, linked=True,
+                              settings=settings)
+    assert pgd == {"eps": 16 / 255, "alpha": 16 / 255 / 5, "steps": 3, "random_start": False}
+    unlinked = state.attack_params(ATTACKS["pgd"], {"eps": 16.0, "alpha": 2.0}, linked=False, settings=settings)
+    assert unlinked["alpha"] == 2 / 255 and unlinked["steps"] == 10
+    topk = state.attack_params(ATTACKS["topk"], {"eps": 8.0}, linked=True, settings=settings)
+    assert (topk["k"], topk["method"], topk["head_fusion"]) == (5, "rollout", "max")
+    eot = state.attack_params(ATTACKS["eot_dds"], {}, linked=True, settings=settings)
+    assert eot["sigma"] == 0.5
+    assert state.linked_params(ATTACKS["fgsm"]) == []
+
+
+def test_build_config_gives_a_valid_reproducible_config():
+    settings = {"sigma": 0.3, "k": 4, "n_samples": 16, "attack": "fgsm", "model_kind": "default"}
+    models = state.ModelChoice()
+    config = state.build_config(settings, {"eps": 4 / 255}, models)
+    config.validate(num_patches=64)
+    assert (config.sigma, config.k, config.attack_params) == (0.3, 4, {"eps": 4 / 255})
+    assert AnalysisConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    other = state.build_config({**settings, "sigma": 0.31}, {"eps": 4 / 255}, models)
+    assert state.settings_key("d", config) != state.settings_key("d", other)
+    assert state.settings_key("d", config) == state.settings_key("d", state.build_config(settings, {"eps": 4 / 255}, models))
+
+
+def test_expensive_settings_are_recognised():
+    assert state.expensive_reason(AnalysisConfig()) is None
+    assert "samples" in state.expensive_reason(AnalysisConfig(n_samples=256))
+    assert "denoiser" in state.expensive_reason(AnalysisConfig(attack="eot_dds"))
+    assert "AutoAttack" in state.expensive_reason(AnalysisConfig(attack="autoattack"))
+    assert "steps" in state.expensive_reason(AnalysisConfig(attack_params={"steps": 200}))
+
+
+def test_local_models_only_from_the_models_directory(tiny_pair_dir, tmp_path):
+    assert state.local_model_folders("classifier", tiny_pair_dir) == ["classifier"]
+    assert state.local_model_folders("denoiser", tiny_pair_dir) == ["denoiser"]
+    path = state.resolve_local_model("classifier", "classifier", tiny_pair_dir)
+    assert Path(path) == (tiny_pair_dir / "classifier").resolve()
+    for name in ("../classifier", "/etc", "denoiser", str(tiny_pair_dir / "classifier")):
+        with pytest.raises(ValueError, match="not a classifier folder"):
+            state.resolve_local_model(name, "classifier", tiny_pair_dir)
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "escape").symlink_to(tiny_pair_dir / "classifier")  # a link out of the directory is ignored
+    assert state.local_model_folders("classifier", root) == []
+
+
+def test_hub_names_need_permission_and_are_never_paths(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="FVIT_ALLOW_DOWNLOAD=1"):
+        state.check_hub_name("vit_tiny_patch16_224", "classifier")
+    monkeypatch.setenv("FVIT_ALLOW_DOWNLOAD", "1")
+    assert not state.downloads_allowed()  # HF_HUB_OFFLINE=1 still wins
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert state.downloads_allowed()
+    assert state.check_hub_name(" google/ddpm-cifar10-32 ", "denoiser") == "google/ddpm-cifar10-32"
+    with pytest.raises(ValueError, match="enter a classifier name"):
+        state.check_hub_name("  ", "classifier")
+    for bad in ("/etc/passwd", "../models", "a/b/c", "~/x"):
+        with pytest.raises(ValueError, match="not a hub id"):
+            state.check_hub_name(bad, "classifier")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local").mkdir()
+    with pytest.raises(ValueError, match="local path"):
+        state.check_hub_name("local", "classifier")
+
+
+def test_result_cache_keeps_the_most_recent():
+    cache = state.ResultCache(2)
+    cache.put("a", 1), cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+
+
+# ============================================================================================
+# AppTest: the pages
+# ============================================================================================
+
+
+def run_app(page: str | None = None, **settings):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    for key, value in {**QUICK, **settings}.items():
+        at.session_state[key] = value
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric_values(at, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def metric_deltas(at, label: str) -> list[str]:
+    return [m.proto.delta for m in at.metric if m.label == label]
+
+
+def current(at):
+    return at.session_state["_current"]
+
+
+def plotly_specs(at) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def plotly_values(value):
+    """Numbers of a plotly JSON array: plotly >= 6 writes numpy arrays as {"dtype", "bdata"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return np.asarray(value)
+
+
+def captions(at) -> str:
+    """Every caption on the page, including image captions."""
+    return "\n".join([c.value for c in at.caption] + [text for image in at.image for text in image.captions])
+
+
+@pytest.fixture(scope="module")
+def default_app():
+    """One default session (its first run loads the models and computes the first analysis)."""
+    return run_app()
+
+
+def test_default_load_shows_a_complete_comparison(default_app):
+    at = default_app
+    assert not at.error
+    result = current(at).result
+    assert metric_values(at, "Top-8 overlap V₈") == [f"{result.vanilla.topk_overlap:.2f}", f"{result.fvit.topk_overlap:.2f}"]
+    assert metric_values(at, "Noise floor (clean vs clean)") == ["1.00", f"{result.faithful.topk_overlap_floor:.2f}"]
+    assert metric_values(at, "Prediction (clean → attacked)")[0] == \
+        f"{result.vanilla.clean.label_name} → {result.vanilla.attacked.label_name}"
+    for label in ("Certified class radius (L2)", "Certified top-8 radius (L2)", "Confidence (clean → attacked)"):
+        assert metric_values(at, label)
+    assert "95% CI" in metric_deltas(at, "Top-8 overlap V₈")[1]
+    text = captions(at)
+    assert "As the model sees it: 32×32" in text and state.DEFAULT_GALLERY_IMAGE in text
+    assert "PGD (Linf): eps 8/255" in text and "N = 8 samples" in text and "σ = 0.25" in text
+    assert len(at.image) >= 4  # preview, two attention figures, inputs row
+    assert result.config.n_samples == 8 and result.config.attack_params["steps"] == 2
+
+
+@pytest.mark.parametrize("page", PAGES[1:])
+def test_every_page_renders(default_app, page):
+    at = default_app
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error
+    result = current(at).result
+    if page.endswith("distributions.py"):
+        specs = plotly_specs(at)
+        assert len(specs) == 3
+        bars = [t for t in specs[0]["data"] if t["name"] == "Vanilla ViT, clean"][0]
+        assert list(bars["y"]) == list(result.class_names)
+        assert np.allclose(plotly_values(bars["x"]), result.vanilla.clean.probs)
+    elif page.endswith("topk.py"):
+        (spec,) = plotly_specs(at)
+        assert spec["layout"]["shapes"][0]["x0"] == 8
+    elif page.endswith("sigma.py"):
+        assert at.button(key="run_sweep").label == "Run sweep"
+    elif page.endswith("layers.py"):
+        assert at.dataframe and len(at.image) >= 2
+    elif page.endswith("export.py"):
+        keys = {b.key for b in at.get("download_button")}
+        assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image", "dl_zip"} <= keys
+        assert any("fvit analyze cifar10" in c.value for c in at.code)
+    at.switch_page("views/compare.py").run()
+
+
+def test_changing_sigma_updates_numbers_and_charts():
+    at = run_app(page="views/distributions.py")
+    before = current(at).result
+    at.slider(key="sigma").set_value(0.5).run()
+    assert not at.exception and not at.error
+    after = current(at).result
+    assert after.config.sigma == 0.5 and after.faithful.t_star > before.faithful.t_star
+    # Same attacked image, so the bound alpha R^2 / (2 sigma^2) drops by (0.25 / 0.5)^2.
+    assert after.attack["l2"] == pytest.approx(before.attack["l2"])
+    c_before, c_after = before.faithful.certified, after.faithful.certified
+    assert c_after.prediction_bound == pytest.approx(c_before.prediction_bound / 4)
+    divergence = plotly_specs(at)[2]
+    assert plotly_values(divergence["data"][0]["x"])[2] == pytest.approx(c_after.prediction_bound)
+    assert "σ = 0.5" in captions(at)
+    at.switch_page("views/compare.py").run()
+    assert metric_values(at, "Certified top-8 radius (L2)") == [f"{c_after.topk_radius_l2:.4f}"]
+    assert metric_deltas(at, "Divergence D₂ (Rényi, nats)")[1] == f"bound {c_after.prediction_bound:.3g}"
+
+
+def test_changing_k_updates_labels_values_and_the_curve():
+    at = run_app()
+    at.slider(key="k").set_value(3).run()
+    result = current(at).result
+    assert result.config.k == 3
+    assert metric_values(at, "Top-3 overlap V₃") == [f"{result.vanilla.topk_overlap:.2f}", f"{result.fvit.topk_overlap:.2f}"]
+    assert result.vanilla.topk_overlap == pytest.approx(result.vanilla.overlap_curve[2])
+    at.switch_page("views/topk.py").run()
+    (spec,) = plotly_specs(at)
+    assert spec["layout"]["shapes"][0]["x0"] == 3
+
+
+def test_changing_the_attack_updates_the_comparison():
+    at = run_app()
+    at.selectbox(key="attack").set_value("none").run()
+    assert not at.exception and not at.error
+    assert metric_values(at, "Top-8 overlap V₈")[0] == "1.00"
+    assert metric_deltas(at, "Prediction (clean → attacked)")[0] == "label kept"
+    assert "No attack" in captions(at)
+    at.session_state["attack.fgsm.eps"] = 4.0
+    at.selectbox(key="attack").set_value("fgsm").run()
+    result = current(at).result
+    assert result.attack["name"] == "fgsm" and result.attack["linf"] == pytest.approx(4 / 255, abs=1e-6)
+    assert "FGSM: eps 4/255" in captions(at)
+
+
+def test_topk_attack_widgets_are_generated_and_linked():
+    at = run_app(**{"attack.topk.steps": 2})
+    at.selectbox(key="attack").set_value("topk").run()
+    assert not at.exception and not at.error
+    assert at.slider(key="attack.topk.eps").value == 8.0
+    assert at.number_input(key="attack.topk.steps").value == 2
+    assert at.checkbox(key="attack.topk.linked").value is True
+    with pytest.raises(KeyError):
+        at.number_input(key="attack.topk.k")  # linked: follows the analysis k
+    params = current(at).result.attack["params"]
+    assert params["k"] == 8 and params["alpha"] == pytest.approx(8 / 255 / 5)
+    at.checkbox(key="attack.topk.linked").uncheck().run()
+    assert at.number_input(key="attack.topk.k").value == 8 and at.slider(key="attack.topk.alpha").value == 1.6
+
+
+def test_upload_is_analysed_and_a_bad_upload_keeps_the_last_result():
+    at = run_app()
+    gallery_key = current(at).key
+    at.file_uploader(key="upload").set_value(("my photo.png", encode(random_rgb(3)), "image/png")).run()
+    assert not at.exception and not at.error
+    cur = current(at)
+    assert cur.key != gallery_key and cur.image.name == "my_photo.png" and cur.image.source == "upload"
+    assert "uploaded my_photo.png" in captions(at) and "from 48×40 px" in captions(at)
+    good_key = cur.key
+    for name, data in (("notes.png", b"definitely not an image"), ("cut.png", encode(random_rgb(4))[:100])):
+        at.file_uploader(key="upload").set_value((name, data, "image/png")).run()
+        assert not at.exception
+        assert len(at.error) == 1 and at.error[0].value.startswith("Cannot use this image:")
+        assert current(at).key == good_key  # the last good analysis stays on screen
+        assert metric_values(at, "Top-8 overlap V₈")
+    at.file_uploader(key="upload").set_value(None).run()
+    assert not at.error and current(at).key == gallery_key  # back to the gallery, from the cache
+
+
+def test_expensive_settings_wait_for_a_click():
+    at = run_app(**{"attack": "eot_dds", "attack.eot_dds.steps": 1, "attack.eot_dds.n_eot": 1})
+    assert "_current" not in at.session_state
+    assert any("wait for a click" in i.value for i in at.info)
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error
+    result = current(at).result
+    assert result.attack["crafted_on"] == "fvit" and result.attack["params"]["sigma"] == 0.25
+    assert "crafted on the FViT (adaptive)" in captions(at)
+
+
+def test_going_back_to_an_earlier_setting_reuses_its_result():
+    at = run_app()
+    first = current(at).result
+    at.slider(key="sigma").set_value(0.3).run()
+    assert current(at).result is not first
+    at.slider(key="sigma").set_value(0.25).run()
+    assert current(at).result is first  # from the session's result cache, not recomputed
+    assert len(at.session_state["_results"]) == 2
+
+
+def test_sigma_sweep_runs_on_click_and_marks_the_current_sigma():
+    at = run_app(page="views/sigma.py", sweep_sigmas=[0.12])
+    at.button(key="run_sweep").click().run()
+    assert not at.exception and not at.error
+    (spec,) = plotly_specs(at)
+    fvit = next(t for t in spec["data"] if t.get("name") == "FViT V_k")
+    assert list(plotly_values(fvit["x"])) == [0.12, 0.25]
+    assert 0.25 in {s["x0"] for s in spec["layout"]["shapes"] if s["x0"] == s.get("x1")}
+    assert len(at.dataframe[0].value) == 2
+    at.switch_page("views/export.py").run()  # the sweep figure is now exportable
+    assert "Sigma sweep" in at.selectbox(key="export_figure").options
+
+
+def test_local_models_come_from_the_models_directory(tiny_pair_dir, monkeypatch):
+    monkeypatch.setenv("FVIT_MODELS_DIR", str(tiny_pair_dir))
+    at = run_app(model_kind="local")
+    assert not at.error
+    assert at.selectbox(key="local_classifier").options == ["classifier"]
+    assert not at.text_input  # no free-text paths anywhere
+    result = current(at).result
+    assert result.grid_size == (4, 4) and at.slider(key="k").max == 16
+    assert result.config.classifier == str((tiny_pair_dir / "classifier").resolve())
+    assert "top-8 of 16 patches" in captions(at)
+
+
+def test_hub_models_are_not_offered_without_permission():
+    at = run_app()
+    assert "hub" not in at.selectbox(key="model_kind").options
+    assert any("FVIT_ALLOW_DOWNLOAD=1" in c.value for c in at.caption)
+
+
+def test_a_broken_models_directory_gives_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVIT_MODELS_DIR", str(tmp_path))
+    at = run_app(model_kind="local")
+    assert any("needs at least one classifier folder" in e.value for e in at.error)

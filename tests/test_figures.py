@@ -1,0 +1,291 @@
+"""Figures, exports, the sigma sweep and the layer explorer helpers (tiny pair: fast)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+import zipfile
+
+import numpy as np
+import pytest
+from matplotlib.patches import Rectangle
+
+from fvit_core import figures
+from fvit_core.explorer import layer_head_attention
+from fvit_core.images import load_image
+from fvit_core.pipeline import AnalysisConfig, analyze
+from fvit_core.sweep import sigma_sweep, sweep_configs, sweep_row
+
+FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def plotly_values(value):
+    """Numbers of a plotly JSON array: plotly >= 6 writes numpy arrays as {"dtype", "bdata"}."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(value.get("shape", -1))
+    return np.asarray(value)
+
+
+def _png_bytes(seed: int = 0, size: int = 32) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return load_image(_png_bytes())
+
+
+@pytest.fixture(scope="module")
+def result(image, tiny_pair):
+    return analyze(image, AnalysisConfig(**FAST), pair=tiny_pair)
+
+
+@pytest.fixture(scope="module")
+def sweep_rows(image, tiny_pair):
+    return sigma_sweep(image, AnalysisConfig(**FAST), [0.5, 0.12], tiny_pair)
+
+
+@pytest.fixture(scope="module")
+def layer_maps(result, tiny_pair):
+    return layer_head_attention(tiny_pair, result.clean_image, result.attacked_image)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def _check_encoded(data: bytes, fmt: str) -> None:
+    if fmt == "png":
+        assert data.startswith(PNG_MAGIC)
+    elif fmt == "svg":
+        assert ET.fromstring(data).tag.endswith("svg")
+    else:
+        assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+
+
+@pytest.mark.parametrize("fmt", figures.FIGURE_FORMATS)
+def test_figure_to_bytes_is_valid_and_reproducible(result, fmt):
+    first = figures.figure_to_bytes(figures.compare_figure(result), fmt)
+    second = figures.figure_to_bytes(figures.compare_figure(result), fmt)
+    _check_encoded(first, fmt)
+    assert first == second  # no timestamps: the CLI and the dashboard give the same bytes
+
+
+def test_figure_to_bytes_rejects_unknown_format(result):
+    with pytest.raises(ValueError, match="png, svg, pdf"):
+        figures.figure_to_bytes(figures.inputs_figure(result), "jpg")
+
+
+def test_save_key_figures_writes_every_figure(result, tmp_path):
+    paths = figures.save_key_figures(result, tmp_path / "out", formats=("svg",))  # PDF: see the test above
+    names = {p.name for p in paths}
+    assert {"compare.svg", "distributions.svg", "overlap_curve.svg"} <= names
+    assert len(paths) == len(figures.RESULT_FIGURES)
+    for path in paths:
+        _check_encoded(path.read_bytes(), path.suffix[1:])
+
+
+def test_save_key_figures_default_is_png(result, tmp_path):
+    paths = figures.save_key_figures(result, tmp_path)
+    assert paths and all(p.suffix == ".png" and p.read_bytes().startswith(PNG_MAGIC) for p in paths)
+
+
+# --------------------------------------------------------------------------------------------
+# What the figures show
+# --------------------------------------------------------------------------------------------
+
+
+def _heatmaps(fig):
+    return [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == figures.ATTENTION_CMAP]
+
+
+def test_compare_figure_uses_one_colour_scale_for_all_four_maps(result):
+    fig = figures.compare_figure(result)
+    maps = _heatmaps(fig)
+    assert len(maps) == 4
+    top = max(float(getattr(getattr(result, w), n).attention.max()) for w in ("vanilla", "fvit") for n in ("clean", "attacked"))
+    assert [im.get_clim() for im in maps] == [(0.0, pytest.approx(top))] * 4
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "Vanilla ViT" in titles and "Faithful ViT (DDS)" in titles and "noise floor" in titles
+
+
+def test_attention_figure_outlines_k_patches_and_the_lost_ones(result):
+    k = result.config.k
+    fig = figures.attention_figure(result, "vanilla")
+    clean_ax, attacked_ax = fig.axes[:2]
+
+    def boxes(ax, color):
+        return [p for p in ax.patches if isinstance(p, Rectangle) and figures.mpl.colors.same_color(p.get_edgecolor(), color)]
+
+    assert len(boxes(clean_ax, figures.TOPK_EDGE)) == k
+    assert len(boxes(attacked_ax, figures.TOPK_EDGE)) == k
+    lost = round((1 - result.vanilla.topk_overlap) * k)
+    assert len(boxes(attacked_ax, figures.LOST_EDGE)) == lost
+    assert result.vanilla.clean.label_name in clean_ax.get_title()
+
+
+def test_distributions_figure_labels_classes_and_units(result):
+    fig = figures.distributions_figure(result)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(result.class_names)
+    assert ax.get_xlabel() == "probability"
+    widths = [bar.get_width() for bar in ax.patches]
+    assert np.allclose(widths[:10], result.vanilla.clean.probs)
+
+
+def test_top_classes_picks_the_union_of_each_top_set():
+    a, b = np.zeros(1000), np.zeros(1000)
+    a[[5, 7]] = [0.6, 0.4]
+    b[[7, 900]] = [0.3, 0.7]
+    assert list(figures.top_classes([a, b], 2)) == [900, 5, 7]
+    assert list(figures.top_classes([np.full(4, 0.25)], 10)) == [0, 1, 2, 3]
+
+
+def test_format_param_shows_pixel_budgets_in_255ths():
+    assert figures.format_param(8 / 255, "/255") == "8/255"
+    assert figures.format_param(0.5, "") == "0.5"
+    assert figures.format_param(True, "") == "True"
+
+
+# --------------------------------------------------------------------------------------------
+# Plotly
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(figures.RESULT_FIGURES))
+def test_plotly_figures_serialise_and_export_as_offline_html(result, name):
+    fig = figures.RESULT_FIGURES[name].plotly(result)
+    assert json.loads(fig.to_json())["data"]
+    html = figures.plotly_to_html(fig).decode()
+    assert html.lstrip().lower().startswith(("<html", "<!doctype html")) and "Plotly.newPlot" in html
+    assert 'src="https://cdn.plot.ly' not in html  # plotly.js inlined: works without a network
+
+
+def test_plotly_overlap_curve_carries_the_numbers(result):
+    data = json.loads(figures.plotly_overlap_curve(result).to_json())
+    by_name = {trace.get("name"): trace for trace in data["data"]}
+    assert np.allclose(plotly_values(by_name["Vanilla ViT"]["y"]), result.vanilla.overlap_curve)
+    assert np.allclose(plotly_values(by_name["Faithful ViT (DDS)"]["y"]), result.fvit.overlap_curve)
+    assert data["layout"]["shapes"][0]["x0"] == result.config.k
+
+
+def test_plotly_compare_shares_the_colour_axis(result):
+    data = json.loads(figures.plotly_compare(result).to_json())
+    heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 4 and {t["coloraxis"] for t in heatmaps} == {"coloraxis"}
+    assert data["layout"]["coloraxis"]["cmax"] == pytest.approx(figures.attention_scale(result))
+
+
+# --------------------------------------------------------------------------------------------
+# Data exports
+# --------------------------------------------------------------------------------------------
+
+
+def test_result_json_and_metrics_csv(result):
+    assert json.loads(figures.result_json(result)) == json.loads(result.dumps())
+    rows = list(csv.DictReader(io.StringIO(figures.metrics_csv(result).decode())))
+    assert [r["model"] for r in rows] == ["vanilla", "fvit"]
+    assert float(rows[0]["topk_overlap"]) == result.vanilla.topk_overlap
+    assert float(rows[1]["noise_floor"]) == result.faithful.topk_overlap_floor
+    assert rows[0]["noise_floor"] == "" and float(rows[1]["sigma"]) == result.config.sigma
+    assert float(rows[1]["topk_radius_l2"]) == result.faithful.certified.topk_radius_l2
+
+
+def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tmp_path, capsys):
+    from fvit_core.cli import main
+    from fvit_core.models import load_pair
+
+    image_file = tmp_path / "input.png"
+    image_file.write_bytes(_png_bytes(seed=5))
+    config = AnalysisConfig(classifier=str(tiny_pair_dir / "classifier"), denoiser=str(tiny_pair_dir / "denoiser"),
+                            attack="fgsm", attack_params={"eps": 4 / 255}, **{k: v for k, v in FAST.items() if k != "steps"})
+    pair = load_pair(config.model, classifier=config.classifier, denoiser=config.denoiser)
+    expected = analyze(load_image(image_file), config, pair=pair).to_json()
+    settings = tmp_path / "settings.json"
+    settings.write_bytes(figures.settings_json(config))
+    assert AnalysisConfig.from_file(settings) == config
+    assert main(["analyze", str(image_file), "--config", str(settings), "--json", str(tmp_path / "r.json"),
+                 "--out", str(tmp_path / "figs")]) == 0
+    reproduced = json.loads((tmp_path / "r.json").read_text())
+    expected.pop("timing"), reproduced.pop("timing")
+    assert reproduced == json.loads(json.dumps(expected))
+    assert (tmp_path / "figs" / "compare.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_export_bundle_holds_everything(result, sweep_rows, layer_maps):
+    data = figures.export_bundle(result, image_name="cat.png", image_bytes=b"PNG", sweep_rows=sweep_rows,
+                                 layer_maps=layer_maps, formats=("svg",))
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = set(archive.namelist())
+    assert {"result.json", "metrics.csv", "settings.json", "cat.png", "README.txt", "sigma_sweep.csv",
+            "figures/compare.svg", "figures/sigma_sweep.svg", "figures/layer_heads.svg",
+            "interactive/compare.html", "interactive/layer_heads.html", "interactive/plotly.min.js"} <= names
+    assert 'src="plotly.min.js"' in archive.read("interactive/compare.html").decode()
+    readme = zipfile.ZipFile(io.BytesIO(data)).read("README.txt").decode()
+    assert "fvit analyze cat.png --config settings.json" in readme
+
+
+# --------------------------------------------------------------------------------------------
+# Sigma sweep
+# --------------------------------------------------------------------------------------------
+
+
+def test_sigma_sweep_rows_share_one_attack_and_follow_sigma(image, tiny_pair, sweep_rows):
+    assert [r["sigma"] for r in sweep_rows] == [0.12, 0.5]
+    assert sweep_rows[0]["perturbation_l2"] == sweep_rows[1]["perturbation_l2"]  # same attacked image
+    assert sweep_rows[0]["vanilla_overlap"] == sweep_rows[1]["vanilla_overlap"]
+    direct = analyze(image, AnalysisConfig(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
+    assert sweep_rows[1] == sweep_row(direct)
+    assert sweep_rows[0]["t_star"] < sweep_rows[1]["t_star"]
+    json.dumps(sweep_rows, allow_nan=False)  # plain values only
+
+
+def test_sweep_configs_pin_the_adaptive_attack_to_one_sigma():
+    configs = sweep_configs(AnalysisConfig(attack="eot_dds", sigma=0.25), [0.5, 0.12, 0.5])
+    assert [c.sigma for c in configs] == [0.12, 0.5]
+    assert all(c.attack_params["sigma"] == 0.25 for c in configs)
+    with pytest.raises(ValueError, match="positive"):
+        sweep_configs(AnalysisConfig(), [0.0])
+
+
+def test_sigma_sweep_figures_mark_the_current_sigma(sweep_rows):
+    fig = figures.sigma_sweep_figure(sweep_rows, current_sigma=0.12)
+    assert len(fig.axes) == 3 and fig.axes[2].get_xscale() == "log"
+    assert any(np.allclose(line.get_xdata(), [0.12, 0.12]) for line in fig.axes[0].get_lines())
+    data = json.loads(figures.plotly_sigma_sweep(sweep_rows, current_sigma=0.12).to_json())
+    assert {s["x0"] for s in data["layout"]["shapes"] if s.get("type") == "line" and s["x0"] == s["x1"]} == {0.12}
+    fvit = next(t for t in data["data"] if t.get("name") == "FViT V_k")
+    assert np.allclose(plotly_values(fvit["y"]), [r["fvit_overlap"] for r in sweep_rows])
+
+
+# --------------------------------------------------------------------------------------------
+# Layers and heads
+# --------------------------------------------------------------------------------------------
+
+
+def test_layer_head_attention_shape_and_raw_explanation(result, layer_maps):
+    assert layer_maps.shape == (2, 2, 2, 16)  # (clean/attacked, layers, heads, patches) of the tiny ViT
+    raw = layer_maps[0, -1].mean(0)
+    assert np.allclose(raw / raw.sum(), result.vanilla.clean.attention, atol=1e-5)
+
+
+def test_layer_head_overlap_and_figure(layer_maps):
+    same = np.stack([layer_maps[0], layer_maps[0]])
+    assert np.all(figures.layer_head_overlap(same, 4) == 1.0)
+    overlap = figures.layer_head_overlap(layer_maps, 4)
+    assert overlap.shape == (2, 2) and np.all((0 <= overlap) & (overlap <= 1))
+    fig = figures.layer_heads_figure(layer_maps, (4, 4))
+    assert len(fig.axes) == 2 * 2 * 2
+    with pytest.raises(ValueError, match="2, layers, heads"):
+        figures.layer_heads_figure(layer_maps[:1], (4, 4))
