@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +26,17 @@ from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
-from .smoothing import SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
+from .smoothing import PRECISIONS, SMOOTHING_MODES, EarlyStop, SmoothedOutput, smooth, vanilla
 
 ProgressFn = Callable[[str, float], None]
+
+# How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
+# - independent: V_k between the clean estimate and a second, independent clean estimate with
+#   the same settings (a third batch of N samples; its votes also give Cohen's CERTIFY the
+#   independent selection counts);
+# - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
+#   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
+NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
 
 
 @dataclass
@@ -59,6 +70,10 @@ class AnalysisConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
+    precision: str = "float32"
+    early_stop: bool = False
+    early_stop_alpha: float = 0.05
+    noise_floor_estimator: str = "independent"
 
     def attack_arguments(self) -> dict:
         """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied."""
@@ -107,6 +122,15 @@ class AnalysisConfig:
         _whole(self.multistep_steps, "multistep_steps", 1)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
+            raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
+                             f"got {self.noise_floor_estimator!r}")
+        if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
+            raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
+        if not 0.0 < float(self.early_stop_alpha) < 1.0:
+            raise ValueError(f"early_stop_alpha must be in (0, 1), got {self.early_stop_alpha!r}")
         if self.image_mode not in ("resize", "center_crop"):
             raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
         _whole(self.k, "k", 1)
@@ -327,15 +351,40 @@ def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float) 
 
 def bootstrap_overlap(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
     """95% percentile bootstrap interval of V_k between the means of two sets of samples (N, P)."""
-    if n_boot == 0 or len(a) < 2 or len(b) < 2:
-        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
-    values = np.empty(n_boot)
-    for i in range(n_boot):
-        ma = a[rng.integers(0, len(a), len(a))].mean(0)
-        mb = b[rng.integers(0, len(b), len(b))].mean(0)
-        values[i] = metrics.topk_overlap(ma, mb, k)
-    lo, hi = np.percentile(values, [2.5, 97.5])
+    lo, hi = np.percentile(_bootstrap_overlaps(a, b, k, n_boot, rng), [2.5, 97.5])
     return (float(lo), float(hi))
+
+
+def bootstrap_noise_floor(samples: np.ndarray, k: int, n_boot: int, rng: np.random.Generator
+                          ) -> tuple[float, tuple[float, float]]:
+    """The noise floor from one estimate's own samples (N, P), without new model passes.
+
+    Two resamples of size N (with replacement) stand in for two independent N-sample estimates:
+    returns the mean V_k between their means (an estimate of the expected floor) and the 95%
+    percentile interval of those V_k values.
+    """
+    values = _bootstrap_overlaps(samples, samples, k, n_boot, rng)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(values.mean()), (float(lo), float(hi))
+
+
+def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
+    so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
+    if n_boot < 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
+    idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
+    idx_b = np.empty((n_boot, len(b)), dtype=np.int64)
+    for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers
+        idx_a[i] = rng.integers(0, len(a), len(a))
+        idx_b[i] = rng.integers(0, len(b), len(b))
+    return np.asarray(metrics.topk_overlap(_resample_means(a, idx_a), _resample_means(b, idx_b), k))
+
+
+def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    n_boot, n = idx.shape
+    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    return counts @ samples / n
 
 
 def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, attacked: SmoothedOutput,
