@@ -384,7 +384,7 @@ def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: 
 def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
     n_boot, n = idx.shape
     counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n).reshape(n_boot, n)
-    return counts @ samples / n
+    return counts.astype(np.float64) @ samples / n
 
 
 def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, attacked: SmoothedOutput,
@@ -438,68 +438,188 @@ def analyze(
 
     The attack is crafted on the vanilla ViT (transfer setting) unless the attack is the
     adaptive ``eot_dds``. Clean and attacked FViT estimates use independent noise unless
-    ``shared_noise``; the noise floor is V_k between two independent clean estimates.
+    ``shared_noise``; the noise floor is V_k between two independent clean estimates (or its
+    bootstrap estimate, ``noise_floor_estimator="bootstrap"``).
+
+    The attacked image and the vanilla ViT's views are cached per model, keyed by the image's
+    digest and every setting they depend on (:func:`clear_cache`), so changing only smoothing
+    settings (sigma, N, mode, ...) skips the attack. The attack is seeded, so a cached result
+    is the one a fresh run would compute.
     """
     cfg = config or AnalysisConfig()
+    return analyze_many(image, [cfg], pair=pair, progress=progress)[0]
+
+
+def analyze_many(
+    image: np.ndarray | torch.Tensor,
+    configs: list[AnalysisConfig],
+    *,
+    pair: ModelPair | None = None,
+    progress: ProgressFn | None = None,
+) -> list[AnalysisResult]:
+    """:func:`analyze` for each config, sharing the attack and vanilla passes between configs
+    that differ only in smoothing settings (a sigma sweep crafts one attack). Results equal
+    ``[analyze(image, c, pair=pair) for c in configs]``. ``progress`` spans all of them.
+    """
+    if not configs:
+        raise ValueError("analyze_many needs at least one AnalysisConfig")
+    pair = pair or load_pair(configs[0].model, classifier=configs[0].classifier, denoiser=configs[0].denoiser,
+                             device=configs[0].device)
+    report = progress or (lambda stage, fraction: None)
+    results = []
+    for i, cfg in enumerate(configs):
+        share = (lambda stage, fraction, i=i: report(stage, (i + fraction) / len(configs)))
+        results.append(_analyze_one(image, cfg, pair, share))
+    return results
+
+
+def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: ModelPair,
+                 report: ProgressFn) -> AnalysisResult:
     timer = _Timer()
     t0 = time.perf_counter()
-    pair = pair or load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device)
     clf = pair.classifier
     cfg.validate(num_patches=clf.num_patches)
     arr = _as_tensor_image(image)
     prepared = prepare_image(arr, clf.img_size, mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)
-    names = clf.class_names
-    report = progress or (lambda stage, fraction: None)
+    digest = image_digest(prepared)
     t0 = timer.lap("load", t0)
 
     with torch.inference_mode():
-        _check_models_finite(pair, x, cfg)
         report("attack", 0.0)
-        x_adv = run_attack(cfg.attack, clf, x, params=cfg.attack_arguments(), denoiser=pair.denoiser, seed=cfg.seed)
-        t0 = timer.lap("attack", t0)
-        report("vanilla", 0.1)
-        att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
-        t0 = timer.lap("vanilla", t0)
-
-        generator = torch.Generator().manual_seed(cfg.seed)
-        batch = torch.cat([x, x_adv, x] if cfg.noise_floor else [x, x_adv]).cpu()
-        noise = None
-        if cfg.shared_noise and cfg.mode != "denoise-only":
-            noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=generator) * cfg.sigma
-        smooth_kwargs = dict(sigma=cfg.sigma, n_samples=cfg.n_samples, mode=cfg.mode, method=cfg.method,
-                             head_fusion=cfg.head_fusion, batch_size=cfg.batch_size, generator=generator,
-                             keep_samples=cfg.bootstrap > 0, multistep_steps=cfg.multistep_steps,
-                             progress=lambda done, total: report("smoothing", 0.15 + 0.8 * done / total))
-        if noise is None:
-            outs = smooth(pair, batch, **smooth_kwargs)
-        else:  # common random numbers: the same draws for clean and attacked; the floor gets fresh ones
-            outs = smooth(pair, batch[:2], noise=noise, **smooth_kwargs)
-            if cfg.noise_floor:
-                outs += smooth(pair, batch[2:], **smooth_kwargs)
+        stage = _attack_stage(cfg, pair, x, digest, timer, t0)
+        t0 = time.perf_counter()
+        outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
         t0 = timer.lap("smoothing", t0)
 
-    _check_smoothed_finite(outs)
+    result = _assemble(cfg, pair, prepared, digest, x, stage, outs, timer, t0)
+    report("done", 1.0)
+    return result
+
+
+@dataclass(frozen=True)
+class _AttackStage:
+    """What the attack and the vanilla ViT give for one image: independent of smoothing settings."""
+
+    x_adv: torch.Tensor  # (1, 3, H, W) on the pair's device
+    attention: np.ndarray  # (2, P) vanilla explanation of clean, attacked
+    probs: np.ndarray  # (2, C)
+
+
+_CACHE_SIZE = 64  # attack stages per model: a few MB
+_cache: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, _AttackStage]]" = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every cached attack stage (benchmarks time cold analyses with it)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _weights_fingerprint(pair: ModelPair) -> tuple:
+    modules = [pair.classifier] + ([pair.denoiser.unet] if pair.denoiser is not None else [])
+    return tuple((t.data_ptr(), t._version) for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str) -> tuple:
+    params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
+    denoiser = id(pair.denoiser) if pair.denoiser is not None else None
+    return (digest, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser, str(pair.device),
+            _weights_fingerprint(pair))
+
+
+def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, timer: _Timer,
+                  t0: float) -> _AttackStage:
+    key = _attack_key(cfg, pair, digest)
+    with _cache_lock:
+        per_model = _cache.setdefault(pair.classifier, OrderedDict())
+        stage = per_model.get(key)
+        if stage is not None:
+            per_model.move_to_end(key)
+    if stage is not None:
+        timer.lap("attack", t0)
+        return stage
+    x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
+                       seed=cfg.seed)
+    t0 = timer.lap("attack", t0)
+    att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
+    timer.lap("vanilla", t0)
+    stage = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
+    with _cache_lock:
+        per_model = _cache.setdefault(pair.classifier, OrderedDict())
+        per_model[key] = stage
+        while len(per_model) > _CACHE_SIZE:
+            per_model.popitem(last=False)
+    return stage
+
+
+def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor,
+                     report: ProgressFn) -> list[SmoothedOutput]:
+    """[clean, attacked] or, with the independent noise floor, [clean, attacked, clean again].
+
+    One smoothing call for all of them, so their samples share forward batches; early stopping
+    then stops all of them at the same N.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    batch = torch.cat([x, x_adv, x] if floor_batch else [x, x_adv]).cpu()
+    noise = None
+    if cfg.shared_noise and cfg.mode != "denoise-only":
+        noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=generator) * cfg.sigma
+    rule = EarlyStop(k=cfg.k, alpha=cfg.early_stop_alpha) if cfg.early_stop else None
+    kwargs = dict(sigma=cfg.sigma, mode=cfg.mode, method=cfg.method, head_fusion=cfg.head_fusion,
+                  batch_size=cfg.batch_size, generator=generator,
+                  keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
+                  multistep_steps=cfg.multistep_steps, precision=cfg.precision,
+                  progress=lambda done, total: report("smoothing", 0.15 + 0.8 * done / total))
+    if noise is None:
+        return smooth(pair, batch, n_samples=cfg.n_samples, early_stop=rule, **kwargs)
+    # Common random numbers: the same draws for clean and attacked; the floor gets fresh ones,
+    # as many as the (possibly early-stopped) pair got.
+    outs = smooth(pair, batch[:2], n_samples=cfg.n_samples, noise=noise, early_stop=rule, **kwargs)
+    if floor_batch:
+        outs += smooth(pair, batch[2:], n_samples=outs[0].n_samples, **kwargs)
+    return outs
+
+
+def _noise_floor(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+                 rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
+    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off."""
+    if not cfg.noise_floor or clean.samples_attention is None and second is None:
+        return None, None
+    if second is not None:
+        floor = float(metrics.topk_overlap(clean.attention, second.attention, cfg.k))
+        ci = None
+        if cfg.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
+            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, cfg.k, cfg.bootstrap, rng)
+        return floor, ci
+    if clean.n_samples < 2:
+        return None, None
+    return bootstrap_noise_floor(clean.samples_attention, cfg.k, cfg.bootstrap, rng)
+
+
+def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest: str, x: torch.Tensor,
+              stage: _AttackStage, outs: list[SmoothedOutput], timer: _Timer, t0: float) -> AnalysisResult:
+    clf, names = pair.classifier, pair.classifier.class_names
+    x_adv = stage.x_adv
     clean_s, adv_s = outs[0], outs[1]
-    floor_s = outs[2] if cfg.noise_floor else None
+    second = outs[2] if len(outs) > 2 else None
+    att_v, probs_v = stage.attention, stage.probs
     vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), cfg.k, cfg.renyi_alpha)
     fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names), _view(adv_s.probs, adv_s.attention, names),
                         cfg.k, cfg.renyi_alpha)
     rng = np.random.default_rng(cfg.seed)
-    ci = floor_ci = None
-    floor = None
-    if floor_s is not None:
-        floor = float(metrics.topk_overlap(clean_s.attention, floor_s.attention, cfg.k))
+    ci = None
     if cfg.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
         ci = bootstrap_overlap(clean_s.samples_attention, adv_s.samples_attention, cfg.k, cfg.bootstrap, rng)
-        if floor_s is not None:
-            floor_ci = bootstrap_overlap(clean_s.samples_attention, floor_s.samples_attention, cfg.k, cfg.bootstrap, rng)
+    floor, floor_ci = _noise_floor(cfg, clean_s, second, rng)
     delta = (x_adv - x).flatten()
     l2 = float(delta.norm(p=2))
     # Cohen's CERTIFY wants selection counts independent of the estimation counts: the second clean
     # estimate (the noise floor's) provides them at no extra cost. Without it the clean votes serve
     # both roles, which is what Cohen's PREDICT-then-bound shortcut does (flagged in the result).
-    selection = floor_s.votes if floor_s is not None else None
+    selection = second.votes if second is not None else None
     certs = _certificates(cfg, clean_s, selection, adv_s, l2, int(np.prod(prepared.shape)), clf.num_patches)
     faithful = FaithfulDetails(
         mode=cfg.mode, sigma=cfg.sigma, t_star=clean_s.t_star, n_samples=clean_s.n_samples,
@@ -509,40 +629,16 @@ def analyze(
         certified=certs, denoised_sample=clean_s.denoised_sample,
     )
     timer.lap("metrics", t0)
-    report("done", 1.0)
     x_np, adv_np = x[0].cpu().numpy(), x_adv[0].cpu().numpy()
     attack_info = {"name": cfg.attack, "params": _plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())),
                    "linf": float(delta.abs().max()), "l2": l2, "crafted_on": "fvit" if cfg.attack == "eot_dds" else "vanilla"}
     result = AnalysisResult(
-        config=cfg, class_names=tuple(names), grid_size=clf.grid_size, image_digest=image_digest(prepared),
+        config=cfg, class_names=tuple(names), grid_size=clf.grid_size, image_digest=digest,
         clean_image=x_np, attacked_image=adv_np, attack=attack_info, vanilla=vanilla_cmp, fvit=fvit_cmp,
         faithful=faithful, timing=timer.finish(),
     )
     _check_finite(result)
     return result
-
-
-_NON_FINITE_HINT = "its weights are probably corrupted (NaN or infinite); re-export or re-download the checkpoint"
-
-
-def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) -> None:
-    """One cheap forward pass of each model on the clean image before any work: a model that
-    returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
-    if not bool(torch.isfinite(pair.classifier(x)).all()):
-        raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
-    if cfg.mode != "rs" and pair.denoiser is not None:
-        from .denoise import one_shot_denoise, timestep_for_sigma
-
-        t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
-        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star, out_size=pair.classifier.img_size)).all()):
-            raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
-
-
-def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:
-    for out in outs:
-        if not (np.isfinite(out.probs).all() and np.isfinite(out.attention).all()):
-            raise ValueError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
-                             "denoiser is numerically unstable there (check its weights, or try a smaller sigma)")
 
 
 def _plain(values: dict) -> dict:

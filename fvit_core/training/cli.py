@@ -65,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--certify-sigma", type=float, default=0.25)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--json", required=True, help="where to write the measured numbers")
+    p.add_argument("--parts", default="clean,psnr,dds,certify",
+                   help="which measurements to run (comma-separated subset of clean,psnr,dds,certify)")
+    p.add_argument("--json", required=True, help="where to write the measured numbers (updated after each part)")
     p.set_defaults(handler=_evaluate_handler)
 
 
@@ -93,13 +95,25 @@ def _evaluate_handler(ns: argparse.Namespace) -> int:
     clf = load_classifier(ns.classifier).to(device)
     den = load_denoiser(ns.denoiser).to(device)
     sigmas = tuple(float(s) for s in ns.sigmas.split(","))
+    parts = tuple(p.strip() for p in ns.parts.split(","))
+    partial: dict = {"device": str(device), "data": ns.data, "parts": list(parts)}
+
+    def report(name: str, value) -> None:  # keep what is measured even if the run is stopped later
+        partial[name] = value
+        write_json(Path(ns.json), partial)
+
     with torch.inference_mode():
         ev = evaluate_pair(clf, den, ns.data, sigmas=sigmas, n_dds_images=ns.n_dds_images,
-                           dds_samples=ns.dds_samples, batch_size=ns.batch_size)
-        result = dataclasses.asdict(ev)
-        if ns.certify_images > 0:
+                           dds_samples=ns.dds_samples, batch_size=ns.batch_size, report=report, parts=parts)
+        measured = dataclasses.asdict(ev)
+        skipped = {"clean": ("clean_accuracy", "n_clean"), "psnr": ("psnr",), "dds": ("dds_accuracy", "n_dds")}
+        for part, fields in skipped.items():
+            for name in fields if part not in parts else ():
+                measured.pop(name)
+        result = {**partial, **measured}
+        if ns.certify_images > 0 and "certify" in parts:
             result["certify"] = certified_accuracy(clf, den, ns.data, sigma=ns.certify_sigma, n=ns.certify_n,
-                                                   n_images=ns.certify_images, batch_size=ns.batch_size)
+                                                   n_images=ns.certify_images, batch_size=ns.batch_size, report=report)
     result["device"] = str(device)
     write_json(Path(ns.json), result)
     print(json.dumps(result, indent=2))

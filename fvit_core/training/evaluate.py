@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,23 +74,29 @@ def evaluate_pair(
     dds_samples: int = 100,
     seed: int = 0,
     batch_size: int = 500,
+    report: "Callable[[str, object], None] | None" = None,
+    parts: tuple[str, ...] = ("clean", "psnr", "dds"),
 ) -> PairEvaluation:
     """Clean accuracy (all images), PSNR (all images) and DDS accuracy (first ``n_dds_images`` of a
     seeded permutation) of a pair on the image folder ``data``."""
     start = time.perf_counter()
     device = classifier.mean.device
+    report = report or (lambda name, value: None)
     images, labels, _ = load_training_data(data, train=False, size=classifier.img_size[0])
     correct = 0
-    for i in range(0, len(images), batch_size):
+    for i in range(0, len(images), batch_size) if "clean" in parts else ():
         x = images[i:i + batch_size].to(device).float() / 255.0
         correct += int((classifier(x).argmax(-1).cpu() == labels[i:i + batch_size]).sum())
+    if "clean" in parts:
+        report("clean_accuracy", correct / len(images))
     psnr = {}
-    for sigma in sigmas:
+    for sigma in sigmas if "psnr" in parts else ():
         den, noisy = denoiser_psnr(denoiser, images, sigma, seed=seed, batch_size=batch_size)
         psnr[f"{sigma:g}"] = {"one_shot": den, "noisy_input": noisy}
+        report("psnr", psnr)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_dds_images]
     dds = {}
-    for sigma in sigmas:
+    for sigma in sigmas if "dds" in parts else ():
         g = torch.Generator().manual_seed(seed)
         hits = 0
         for idx in order.tolist():
@@ -97,6 +104,7 @@ def evaluate_pair(
             counts = dds_votes(classifier, denoiser, x, sigma, dds_samples, batch_size=batch_size, generator=g)
             hits += int(int(counts.argmax()) == int(labels[idx]))
         dds[f"{sigma:g}"] = hits / len(order)
+        report("dds_accuracy", dds)
     return PairEvaluation(
         clean_accuracy=correct / len(images), n_clean=len(images), psnr=psnr, dds_accuracy=dds,
         n_dds=len(order), dds_samples=dds_samples, seconds=time.perf_counter() - start,
@@ -116,8 +124,11 @@ def certified_accuracy(
     radii: tuple[float, ...] = (0.0, 0.25, 0.5),
     seed: int = 0,
     batch_size: int = 500,
+    report: "Callable[[str, object], None] | None" = None,
 ) -> dict:
-    """Cohen CERTIFY on ``n_images`` images of a seeded permutation; certified accuracy at radii."""
+    """Cohen CERTIFY on ``n_images`` images of a seeded permutation; certified accuracy at radii.
+
+    ``report("certify_partial", summary)`` is called every 20 images with the numbers so far."""
     from ..certify import ABSTAIN, certify_counts
 
     images, labels, _ = load_training_data(data, train=False, size=classifier.img_size[0])
@@ -130,6 +141,14 @@ def certified_accuracy(
         c = dds_votes(classifier, denoiser, x, sigma, n, batch_size=batch_size, generator=g)
         cls, radius = certify_counts(c0.numpy(), c.numpy(), sigma, alpha)
         rows.append((int(labels[idx]), cls, radius))
+        if report is not None and len(rows) % 20 == 0:
+            report("certify_partial", _certified_summary(rows, radii, sigma, n0, n, alpha))
+    return _certified_summary(rows, radii, sigma, n0, n, alpha)
+
+
+def _certified_summary(rows: list, radii: tuple[float, ...], sigma: float, n0: int, n: int, alpha: float) -> dict:
+    from ..certify import ABSTAIN
+
     out = {}
     for r in radii:
         ok = [cls == label and cls != ABSTAIN and radius >= r for label, cls, radius in rows]
