@@ -393,13 +393,22 @@ def _supports_cls_path(model: PixelViT) -> bool:
     )
 
 
+def _attention_output(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """softmax(q k^T * scale) v. Fused kernels where they are faster: float32, or any GPU. On a
+    CPU, PyTorch's fused kernel in bfloat16 ran 2.4x slower than the explicit product
+    (docs/PERFORMANCE.md)."""
+    if q.dtype == torch.float32 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+
 def _fused_block(block: nn.Module, x: Tensor) -> Tensor:
-    """timm's Block.forward with fused attention (the weights are not needed here)."""
+    """timm's Block.forward without keeping the attention weights (nobody reads them here)."""
     attn = block.attn
     batch, tokens, _ = x.shape
     qkv = attn.qkv(block.norm1(x)).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    out = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v, scale=attn.scale)
+    out = _attention_output(attn.q_norm(q), attn.k_norm(k), v, attn.scale)
     out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(batch, tokens, attn.attn_dim))))
     x = x + block.drop_path1(block.ls1(out))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))

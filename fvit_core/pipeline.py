@@ -141,23 +141,17 @@ class AnalysisConfig:
         get_attack(self.attack).resolve(self.attack_arguments())
 
     def _check_types(self) -> None:
-        for name in ("model", "attack", "method", "head_fusion", "mode", "image_mode", "device"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
-        for name in ("classifier", "denoiser"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a model folder or name (a string), got {getattr(self, name)!r}")
-        for name in ("shared_noise", "noise_floor"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("sigma", "beta", "renyi_alpha", "confidence_alpha"):
-            if not _is_number(getattr(self, name)):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
-        for name in ("n_samples", "k", "bootstrap", "multistep_steps", "batch_size", "seed"):
-            _whole(getattr(self, name), name, -(2**63))
-        if self.eps is not None and not _is_number(self.eps):
-            raise ValueError(f"eps must be a number in pixel units (e.g. 0.0314 for 8/255), got {self.eps!r}")
-        if not isinstance(self.attack_params, dict) or not all(isinstance(key, str) for key in self.attack_params):
+        """Every field against its annotation (str, bool, int, float, dict, optionally None), so a
+        field added later is checked too; ranges are validate()'s job."""
+        for spec in dataclasses.fields(self):
+            value, kinds = getattr(self, spec.name), [k.strip() for k in str(spec.type).split("|")]
+            if value is None and "None" in kinds:
+                continue
+            allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
+            if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+                wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
+                raise ValueError(f"{spec.name} must be {wanted}, got {value!r}")
+        if not all(isinstance(key, str) for key in self.attack_params):
             raise ValueError(f"attack_params must map parameter names to values, got {self.attack_params!r}")
 
     def to_dict(self) -> dict:
@@ -189,8 +183,10 @@ def _positive(value: Any, name: str, hint: str) -> None:
         raise ValueError(f"{name} must be a positive number, {hint}; got {value!r}")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float),
+                                              "dict": (dict,)}
+_FIELD_WORDS = {"str": "a string", "bool": "true or false", "int": "a whole number", "float": "a number",
+                "dict": "a mapping of parameter names to values", "None": "null"}
 
 
 def _whole(value: Any, name: str, low: int) -> None:
@@ -486,10 +482,12 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     t0 = timer.lap("load", t0)
 
     with torch.inference_mode():
+        _check_models_finite(pair, x, cfg)
         report("attack", 0.0)
-        stage = _attack_stage(cfg, pair, x, digest, timer, t0)
+        stage = _attack_stage(cfg, pair, x, digest, timer, t0, report)
         t0 = time.perf_counter()
         outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
+        _check_smoothed_finite(outs)
         t0 = timer.lap("smoothing", t0)
 
     result = _assemble(cfg, pair, prepared, digest, x, stage, outs, timer, t0)
@@ -530,7 +528,7 @@ def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str) -> tuple:
 
 
 def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, timer: _Timer,
-                  t0: float) -> _AttackStage:
+                  t0: float, report: ProgressFn) -> _AttackStage:
     key = _attack_key(cfg, pair, digest)
     with _cache_lock:
         per_model = _cache.setdefault(pair.classifier, OrderedDict())
@@ -543,6 +541,7 @@ def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest:
     x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
                        seed=cfg.seed)
     t0 = timer.lap("attack", t0)
+    report("vanilla", 0.1)
     att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
     timer.lap("vanilla", t0)
     stage = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
@@ -605,7 +604,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
     x_adv = stage.x_adv
     clean_s, adv_s = outs[0], outs[1]
     second = outs[2] if len(outs) > 2 else None
-    att_v, probs_v = stage.attention, stage.probs
+    att_v, probs_v = stage.attention.copy(), stage.probs.copy()  # results never alias the cache
     vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), cfg.k, cfg.renyi_alpha)
     fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names), _view(adv_s.probs, adv_s.attention, names),
                         cfg.k, cfg.renyi_alpha)
@@ -629,7 +628,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
         certified=certs, denoised_sample=clean_s.denoised_sample,
     )
     timer.lap("metrics", t0)
-    x_np, adv_np = x[0].cpu().numpy(), x_adv[0].cpu().numpy()
+    x_np, adv_np = x[0].cpu().numpy().copy(), x_adv[0].cpu().numpy().copy()
     attack_info = {"name": cfg.attack, "params": _plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())),
                    "linf": float(delta.abs().max()), "l2": l2, "crafted_on": "fvit" if cfg.attack == "eot_dds" else "vanilla"}
     result = AnalysisResult(
@@ -643,6 +642,29 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
 
 def _plain(values: dict) -> dict:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
+
+
+_NON_FINITE_HINT = "its weights are probably corrupted (NaN or infinite); re-export or re-download the checkpoint"
+
+
+def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) -> None:
+    """One cheap forward pass of each model on the clean image before any work: a model that
+    returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
+    if not bool(torch.isfinite(pair.classifier(x)).all()):
+        raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
+    if cfg.mode != "rs" and pair.denoiser is not None:
+        from .denoise import one_shot_denoise, timestep_for_sigma
+
+        t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
+        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star, out_size=pair.classifier.img_size)).all()):
+            raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
+
+
+def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:
+    for out in outs:
+        if not (np.isfinite(out.probs).all() and np.isfinite(out.attention).all()):
+            raise ValueError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
+                             "denoiser is numerically unstable there (check its weights, or try a smaller sigma)")
 
 
 def _check_finite(result: AnalysisResult) -> None:

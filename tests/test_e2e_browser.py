@@ -112,7 +112,7 @@ def test_dashboard_compares_and_follows_the_sigma_slider(server):
             page.goto(server, wait_until="domcontentloaded")
             summary = page.get_by_text("FViT DDS, σ = 0.25,", exact=False)
             expect(summary).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
-            expect(page.get_by_text("Noise floor (clean vs clean)")).to_be_visible()
+            expect(page.get_by_text("Noise floor (clean vs clean)").first).to_be_visible()
             expect(page.get_by_text("Vanilla ViT", exact=True)).to_be_visible()
             _wait_until_idle(page)
             first_images = page.locator('[data-testid="stImage"] img').evaluate_all("els => els.map(e => e.src)")

@@ -110,7 +110,8 @@ def test_loader_on_corpus(case: CorpusCase, corpus_dir: Path) -> None:
     if outcome == "ok":
         assert np.array_equal(value, same_value)
         _assert_pixels(value)
-    assert case.expect in (outcome, "either"), f"{case.name}: expected {case.expect}, got {outcome}: {value if outcome == 'error' else ''}"
+    detail = value if outcome == "error" else ""
+    assert case.expect in (outcome, "either"), f"{case.name}: expected {case.expect}, got {outcome} {detail}"
     if outcome == "ok" and case.size is not None:
         assert value.shape[1:] == case.size
     if outcome == "ok" and case.red_corner is not None:
@@ -131,7 +132,8 @@ def test_pixel_limit_is_checked_before_any_pixel_is_decoded(fmt: str, monkeypatc
     Image.new("RGB", (300, 200), (1, 2, 3)).save(data, format=fmt)
     decoded = []
     real_load = ImageFile.ImageFile.load
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self, *a, **k: decoded.append(1) or real_load(self, *a, **k))
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self, *a, **k: decoded.append(1) or real_load(self, *a, **k))
     with pytest.raises(ImageError, match="300x200 = 60,000 pixels, over the limit of 59,999"):
         load_image(data.getvalue(), max_pixels=59_999)
     assert not decoded
@@ -159,7 +161,8 @@ def png_files(draw) -> bytes:
         extra += _png_chunk(kind, draw(st.binary(max_size=300)))
     raw = draw(st.binary(max_size=4096))
     idat = zlib.compress(raw) if draw(st.booleans()) else raw
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + extra + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + extra + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
 
 
 @st.composite
@@ -195,17 +198,20 @@ def tiff_files(draw) -> bytes:
     body = draw(st.binary(max_size=4096))
     data_offset = 8 + 2 + (len(tags) + 2) * 12 + 4
     tags.update({273: (4, data_offset), 279: (4, draw(st.integers(0, 10000)))})
-    entries = b"".join(struct.pack("<HHII", tag, 4, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, 3, 1, value & 0xFFFF, 0)
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, value) if kind == 4
+                       else struct.pack("<HHIHH", tag, 3, 1, value & 0xFFFF, 0)
                        for tag, (kind, value) in sorted(tags.items()))
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + b"\x00" * 4 + body
 
 
 @st.composite
 def gif_files(draw) -> bytes:
-    screen = struct.pack("<HHBBB", draw(st.integers(0, 3000)), draw(st.integers(0, 3000)), draw(st.integers(0, 255)), 0, 0)
+    screen = struct.pack("<HHBBB", draw(st.integers(0, 3000)), draw(st.integers(0, 3000)), draw(st.integers(0, 255)),
+                         0, 0)
     control = b""
     if draw(st.booleans()):
-        control = b"!\xf9\x04" + bytes([draw(st.integers(0, 255))]) + struct.pack("<H", draw(st.integers(0, 65535))) + b"\x00\x00"
+        control = (b"!\xf9\x04" + bytes([draw(st.integers(0, 255))]) + struct.pack("<H", draw(st.integers(0, 65535)))
+                   + b"\x00\x00")
     frame = struct.pack("<HHHHB", *(draw(st.integers(0, 3000)) for _ in range(4)), draw(st.integers(0, 255)))
     data = draw(st.binary(max_size=2000))
     blocks = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255] for i in range(0, len(data), 255)) + b"\x00"
@@ -325,7 +331,7 @@ APP_QUICK = {"n_samples": 8, "attack.pgd.steps": 2, "bootstrap": 50}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not APP.is_file(), reason="app/streamlit_app.py does not exist yet (the dashboard is being written)")
+@pytest.mark.skipif(not APP.is_file(), reason="app/streamlit_app.py does not exist (the dashboard is not written yet)")
 def test_app_upload_over_corpus(monkeypatch) -> None:
     """~20 corpus files through the real upload widget: a message or an analysis, never a traceback."""
     from streamlit.testing.v1 import AppTest

@@ -123,3 +123,101 @@ def test_settings_round_trip_through_a_file(tmp_path):
     path.write_text(json.dumps({"sigmaa": 1}))
     with pytest.raises(ValueError, match="unknown settings"):
         AnalysisConfig.from_file(path)
+
+
+# ------------------------------------------------------------------ shared work and cheaper answers
+
+
+def _strip(result):
+    data = result.to_json()
+    data.pop("timing")
+    return json.dumps(data)
+
+
+def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
+    from fvit_core import pipeline
+
+    pipeline.clear_cache()
+    calls = []
+    real = pipeline.run_attack
+    monkeypatch.setattr(pipeline, "run_attack", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    first = analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)
+    other_sigma = analyze(_image(seed=5), AnalysisConfig(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
+    assert len(calls) == 1 and other_sigma.faithful.sigma == 0.5
+    np.testing.assert_array_equal(first.attacked_image, other_sigma.attacked_image)
+    analyze(_image(seed=5), AnalysisConfig(**{**FAST, "seed": 9}), pair=tiny_pair)  # new attack seed
+    analyze(_image(seed=6), AnalysisConfig(**FAST), pair=tiny_pair)  # new image
+    assert len(calls) == 3
+    pipeline.clear_cache()
+    again = analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)
+    assert len(calls) == 4 and _strip(again) == _strip(first)
+    first.attacked_image[:] = 0  # a result's arrays never alias the cache
+    assert _strip(analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(again)
+
+
+def test_analyze_many_equals_separate_analyses(tiny_pair):
+    from fvit_core import pipeline
+    from fvit_core.pipeline import analyze_many
+
+    configs = [AnalysisConfig(**{**FAST, "sigma": s}) for s in (0.12, 0.25, 0.5)]
+    pipeline.clear_cache()
+    together = analyze_many(_image(seed=2), configs, pair=tiny_pair)
+    pipeline.clear_cache()
+    apart = [analyze(_image(seed=2), c, pair=tiny_pair) for c in configs]
+    assert [_strip(a) for a in together] == [_strip(b) for b in apart]
+    with pytest.raises(ValueError, match="at least one"):
+        analyze_many(_image(), [], pair=tiny_pair)
+
+
+def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
+    from fvit_core import pipeline
+
+    sizes = []
+    real = pipeline.smooth
+    monkeypatch.setattr(pipeline, "smooth", lambda pair, images, **kw: sizes.append(len(images)) or real(pair, images, **kw))
+    result = analyze(_image(), AnalysisConfig(**{**FAST, "noise_floor_estimator": "bootstrap"}), pair=tiny_pair)
+    d = result.faithful
+    assert sizes == [2]
+    assert 0 <= d.topk_overlap_floor <= 1 and d.topk_overlap_floor_ci[0] <= d.topk_overlap_floor_ci[1]
+    assert not d.certified.independent_selection  # no independent selection counts without the third batch
+    with pytest.raises(ValueError, match="noise_floor_estimator"):
+        AnalysisConfig(**{**FAST, "noise_floor_estimator": "guess"}).validate()
+
+
+def test_bootstrap_noise_floor_tracks_the_spread():
+    from fvit_core.pipeline import bootstrap_noise_floor
+
+    rng = np.random.default_rng(0)
+    steady = np.tile(np.linspace(1, 2, 16), (40, 1)) + rng.normal(0, 1e-4, (40, 16))
+    noisy = np.tile(np.linspace(1, 2, 16), (40, 1)) + rng.normal(0, 2.0, (40, 16))
+    assert bootstrap_noise_floor(steady, 4, 100, np.random.default_rng(1))[0] == 1.0
+    assert bootstrap_noise_floor(noisy, 4, 100, np.random.default_rng(1))[0] < 0.9
+
+
+def test_vectorised_bootstrap_equals_the_per_resample_loop():
+    from fvit_core import metrics
+    from fvit_core.pipeline import bootstrap_overlap
+
+    rng = np.random.default_rng(0)
+    a, b = rng.dirichlet(np.ones(16), 30), rng.dirichlet(np.ones(16), 30)
+    g = np.random.default_rng(7)
+    values = []
+    for _ in range(50):
+        ma, mb = a[g.integers(0, 30, 30)].mean(0), b[g.integers(0, 30, 30)].mean(0)
+        values.append(metrics.topk_overlap(ma, mb, 4))
+    expected = tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+    assert bootstrap_overlap(a, b, 4, 50, np.random.default_rng(7)) == expected
+
+
+def test_bfloat16_and_early_stop_settings(tiny_pair):
+    no_attack = {k: v for k, v in FAST.items() if k != "steps"}
+    cfg = AnalysisConfig(**{**no_attack, "attack": "none", "k": 2, "n_samples": 48, "precision": "bfloat16",
+                            "early_stop": True, "sigma": 0.01})
+    result = analyze(_image(), cfg, pair=tiny_pair)
+    d = result.faithful
+    assert d.n_samples == 32  # settled at the first check (sigma this small leaves no spread)
+    assert int(d.votes_clean.sum()) == int(d.votes_attacked.sum()) == 32
+    assert AnalysisConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad, message in (({"precision": "float16"}, "precision"), ({"early_stop_alpha": 1.5}, "early_stop_alpha")):
+        with pytest.raises(ValueError, match=message):
+            AnalysisConfig(**{**FAST, **bad}).validate()

@@ -102,3 +102,98 @@ def test_invalid_parameters_are_refused(tiny_pair, kwargs, message):
     args = {"sigma": 0.25, "n_samples": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         smooth(tiny_pair, _images(1), **args)
+
+
+# ------------------------------------------------------------------ precision and early stopping
+
+
+def test_bfloat16_is_close_to_float32_and_leaves_the_shared_model_alone(tiny_pair):
+    from fvit_core.smoothing import model_in_precision
+
+    x = _images(2)
+    run = lambda precision: smooth(tiny_pair, x, sigma=0.25, n_samples=8, precision=precision,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(0))
+    full, half = run("float32"), run("bfloat16")
+    for a, b in zip(full, half):
+        assert a.label == b.label
+        np.testing.assert_allclose(b.probs, a.probs, atol=0.03)
+        np.testing.assert_allclose(b.attention, a.attention, atol=0.03)
+        assert abs(b.attention.sum() - 1) < 1e-9 and b.attention.dtype == np.float64
+    assert all(p.dtype == torch.float32 for p in tiny_pair.classifier.parameters())
+    assert all(p.dtype == torch.float32 for p in tiny_pair.denoiser.unet.parameters())
+    copy = model_in_precision(tiny_pair.classifier, torch.bfloat16)
+    assert copy is model_in_precision(tiny_pair.classifier, torch.bfloat16)  # made once
+    assert model_in_precision(tiny_pair.classifier, torch.float32) is tiny_pair.classifier
+    with pytest.raises(ValueError, match="precision"):
+        smooth(tiny_pair, x, sigma=0.25, n_samples=2, precision="float16")
+
+
+def test_bfloat16_copy_follows_weight_changes():
+    from conftest import make_tiny_vit
+    from fvit_core.smoothing import model_in_precision
+
+    model = make_tiny_vit(seed=1)
+    first = model_in_precision(model, torch.bfloat16)
+    with torch.no_grad():
+        model.vit.head.bias.add_(1.0)  # in-place training step
+    second = model_in_precision(model, torch.bfloat16)
+    assert second is not first
+    torch.testing.assert_close(second.vit.head.bias.float(), model.vit.head.bias, atol=1e-2, rtol=1e-2)
+
+
+def test_settled_rule_on_hand_made_estimates():
+    from fvit_core.smoothing import settled
+
+    w = np.array([0.4, 0.3, 0.2, 0.1])
+    p = np.array([0.7, 0.2, 0.1])
+    small, large = np.full(4, 0.001), np.full(4, 0.04)
+    assert settled(w, small, p, np.full(3, 0.001), k=2, z=2.0)
+    assert not settled(w, large, p, np.full(3, 0.001), k=2, z=2.0)  # 0.3 - 0.2 < 2 * 0.08
+    assert not settled(w, small, p, np.full(3, 0.2), k=2, z=2.0)  # label not settled
+    assert settled(w, large, p, np.full(3, 0.001), k=4, z=2.0)  # k = P: nothing to order
+
+
+def test_early_stop_rule_bound():
+    from statistics import NormalDist
+
+    from fvit_core.smoothing import EarlyStop
+
+    rule = EarlyStop(k=8, alpha=0.05, check_every=16, min_samples=32)
+    assert rule.checkpoints(64) == [32, 48]
+    assert rule.z(64) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / 2))
+    assert rule.checkpoints(32) == [] and rule.z(32) == pytest.approx(NormalDist().inv_cdf(0.95))
+    with pytest.raises(ValueError, match="alpha"):
+        EarlyStop(k=8, alpha=0.0)
+    with pytest.raises(ValueError, match="check_every"):
+        EarlyStop(k=8, check_every=0)
+
+
+def test_early_stop_stops_all_images_together_and_equals_a_shorter_run(tiny_pair):
+    from fvit_core.smoothing import EarlyStop
+
+    x = _images(1)
+    rule = EarlyStop(k=2, alpha=0.05, check_every=8, min_samples=8)
+    # sigma this small leaves almost no Monte Carlo spread: settled at the first check.
+    out = smooth(tiny_pair, x, sigma=0.002, n_samples=64, early_stop=rule, keep_samples=True,
+                 generator=torch.Generator().manual_seed(3))[0]
+    assert out.stopped_early and out.n_samples == 8 and out.votes.sum() == 8
+    assert out.samples_attention.shape == (8, 16)
+    short = smooth(tiny_pair, x, sigma=0.002, n_samples=8, generator=torch.Generator().manual_seed(3))[0]
+    np.testing.assert_array_equal(out.attention, short.attention)
+    both = smooth(tiny_pair, _images(2), sigma=0.002, n_samples=64, early_stop=rule,
+                  generator=torch.Generator().manual_seed(3))
+    assert both[0].n_samples == both[1].n_samples < 64
+
+
+def test_early_stop_runs_the_full_budget_when_not_settled(tiny_pair):
+    from fvit_core.smoothing import EarlyStop
+
+    rule = EarlyStop(k=8, alpha=1e-9, check_every=4, min_samples=4)
+    out = smooth(tiny_pair, _images(1), sigma=0.5, n_samples=12, early_stop=rule,
+                 generator=torch.Generator().manual_seed(0))[0]
+    assert not out.stopped_early and out.n_samples == 12 and out.votes.sum() == 12
+
+
+def test_memory_does_not_keep_per_sample_maps_unless_asked(tiny_pair):
+    out = smooth(tiny_pair, _images(1), sigma=0.25, n_samples=5, generator=torch.Generator().manual_seed(0))[0]
+    assert out.samples_attention is None
