@@ -616,6 +616,10 @@ def run_attack(
     eps = spec.budget(resolved)
     with torch.inference_mode(False), torch.enable_grad():
         x_clean = _check_images(x)
+        expected = getattr(model, "img_size", None)
+        if expected is not None and tuple(x_clean.shape[-2:]) != tuple(expected):
+            raise ValueError(f"the classifier takes {expected[0]}x{expected[1]} pixels, got images of shape "
+                             f"{tuple(x_clean.shape)}; resize them first (images.prepare_image)")
         unet = denoiser.unet if denoiser is not None else None
         # One attack at a time per process: torchattacks draws from torch's global RNG (seeded
         # here), and train flags / parameter grads of the shared model are saved and restored, so

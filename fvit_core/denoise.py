@@ -9,6 +9,7 @@ valid x_t exactly when sqrt((1 - abar_t) / abar_t) = 2*sigma.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,18 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     return int(hits[0, 0])
 
 
+def check_timestep(denoiser: Denoiser, t_star: int) -> int:
+    """t* must index the denoiser's schedule: 0 <= t* < num_train_timesteps."""
+    if isinstance(t_star, bool) or not isinstance(t_star, numbers.Integral) or not 0 <= t_star < len(denoiser.alphas_cumprod):
+        raise ValueError(f"t_star must be a timestep in 0..{len(denoiser.alphas_cumprod) - 1}, got {t_star!r}; "
+                         "use timestep_for_sigma(sigma)")
+    return t_star
+
+
 def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic, antialiased resize of pixel images (B, 3, H, W), clamped back to [0, 1]."""
+    if len(size) != 2 or min(int(v) for v in size) < 1:
+        raise ValueError(f"size must be (height, width) with both >= 1, got {tuple(size)}")
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
@@ -61,6 +72,7 @@ def one_shot_denoise(
     denoiser's sample size and back to ``out_size`` (default: the input size). Differentiable
     (the adaptive attack back-propagates through it).
     """
+    check_timestep(denoiser, t_star)
     in_size = tuple(x_noisy.shape[-2:])
     den_size = (denoiser.sample_size, denoiser.sample_size)
     abar = float(denoiser.alphas_cumprod[t_star])
@@ -93,6 +105,7 @@ def multistep_denoise(
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    check_timestep(denoiser, t_star)
     in_size = tuple(x_noisy.shape[-2:])
     den_size = (denoiser.sample_size, denoiser.sample_size)
     abar_all = denoiser.alphas_cumprod.to(x_noisy.device, torch.float32)

@@ -306,6 +306,10 @@ def smooth(
     _check(pair, mode, sigma, n_samples, method, head_fusion, batch_size, precision)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float pixels in [0, 1], got {images.dtype}; divide uint8 images by 255")
+    if not bool(torch.isfinite(images).all()) or float(images.min()) < 0.0 or float(images.max()) > 1.0:
+        raise ValueError("images must be finite float pixels in [0, 1] (pixel space)")
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
         raise ValueError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
     clf, den = _models(pair, precision)
