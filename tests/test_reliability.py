@@ -83,7 +83,6 @@ def _explain(x_fn=lambda c: c.x, **kw) -> Callable[[Ctx], Any]:
 
 
 W = np.random.default_rng(0).random(16)
-OWNER_SMOOTHING, OWNER_DENOISE = "(owner: smoothing.py)", "(owner: denoise.py)"
 
 # (id, call, message the user sees). Ids read "<entry point>: <what is wrong>".
 BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
