@@ -178,7 +178,7 @@ def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, n
     for step in bar:
         loss = step_fn(step)
         if step % 50 == 0 or step == total - 1:
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"training loss became {value} at step {step}; lower --lr")
             running = value if running is None else 0.9 * running + 0.1 * value
