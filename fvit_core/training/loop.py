@@ -9,6 +9,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainRunConfig:
+    """The settings every training run shares: data, schedule, optimiser, precision, checkpoints."""
+
+    data: str
+    out: str
+    epochs: float = 100.0
+    steps: int | None = None  # overrides epochs
+    time_budget_s: float | None = None  # fits the step count to a wall-clock budget (first run only)
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    ema_decay: float = 0.9995
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "bf16"
+    checkpoint_every_s: float = 120.0
+    stop_after_steps: int | None = None  # end this invocation early (checkpointed; run again to resume)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -23,34 +23,20 @@ from ..models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_A
                       load_classifier, load_denoiser, save_classifier)
 from .data import augment_batch, load_training_data
 from .loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
-                   save_checkpoint, seed_step, write_json)
+                   TrainRunConfig, save_checkpoint, seed_step, write_json)
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(TrainRunConfig):
     """Everything that determines a classifier training run (written to train_config.json)."""
 
-    data: str
-    out: str
     arch: str = DEFAULT_VIT_ARCH
     model_args: dict = field(default_factory=lambda: dict(DEFAULT_VIT_ARGS))
-    epochs: float = 100.0
-    steps: int | None = None  # overrides epochs
-    time_budget_s: float | None = None  # fits the step count to a wall-clock budget (first run only)
-    batch_size: int = 256
-    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 500
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     mix_prob: float = 0.8
-    ema_decay: float = 0.9995
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "bf16"
-    checkpoint_every_s: float = 120.0
-    stop_after_steps: int | None = None  # end this invocation early (checkpointed; run again to resume)
     init: str | None = None  # start from a trained classifier folder (fine-tuning)
     denoiser: str | None = None  # fine-tune on one-shot denoised images from this denoiser
     denoised_fraction: float = 0.5

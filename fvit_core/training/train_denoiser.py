@@ -17,31 +17,17 @@ import torch.nn.functional as F
 
 from ..models import DEFAULT_UNET_ARGS
 from .data import augment_batch, load_training_data
-from .loop import EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device, seed_step, write_json
+from .loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
+                   seed_step, write_json)
 from .train_classifier import _run_steps
 
 
 @dataclass
-class DenoiserTrainConfig:
+class DenoiserTrainConfig(TrainRunConfig):
     """Everything that determines a denoiser training run (written to train_config.json)."""
 
-    data: str
-    out: str
     unet_args: dict = field(default_factory=lambda: dict(DEFAULT_UNET_ARGS))
-    epochs: float = 100.0
-    steps: int | None = None
-    time_budget_s: float | None = None
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 500
     t_max: int = 450
-    ema_decay: float = 0.9995
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "bf16"
-    checkpoint_every_s: float = 120.0
-    stop_after_steps: int | None = None  # end this invocation early (checkpointed; run again to resume)
 
 
 def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
