@@ -181,12 +181,12 @@ class Report:
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
     numbers: dict = field(default_factory=dict)
 
-    def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
+    def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "", first: bool = False) -> None:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
         if note:
             lines += ["", note]
-        self.sections.append((title, lines))
+        self.sections.insert(0 if first else len(self.sections), (title, lines))
         print(f"\n## {title}\n" + "\n".join(lines), flush=True)
 
     def markdown(self) -> str:
@@ -198,8 +198,13 @@ def loop_flops(pair: ModelPair, precision: str) -> tuple[float, float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(3, 3, 32, 32)
-    with FlopCounterMode(display=False) as counter:
-        smooth(pair, x, sigma=0.25, n_samples=16, precision=precision, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the counter sees this thread only: no workers while counting
+    try:
+        with FlopCounterMode(display=False) as counter:
+            smooth(pair, x, sigma=0.25, n_samples=16, precision=precision, generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
     per_sample = counter.get_total_flops() / 48
     batch = torch.rand(16, 3, 32, 32)
     with torch.no_grad(), FlopCounterMode(display=False) as unet:
@@ -214,16 +219,25 @@ def section_rates(rep: Report, pair: ModelPair, repeats: int) -> None:
     executed, unet, vit = loop_flops(pair, "float32")
     x = torch.rand(3, 3, 32, 32)
     rows, loop = [], {}
-    for precision, ref in (("float32", fp32), ("bfloat16", bf16)):
-        seconds = median(timed(lambda: smooth(pair, x, sigma=0.25, n_samples=64, precision=precision,
-                                              generator=torch.Generator().manual_seed(0)), repeats))
-        rate = executed * 192 / seconds / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for precision in ("float32", "bfloat16"):
+        run = lambda: smooth(pair, x, sigma=0.25, n_samples=64, precision=precision,  # noqa: E731
+                             generator=torch.Generator().manual_seed(0))
+        run()
+        seconds, ratios = [], []
+        for _ in range(repeats):  # interleaved with the matmul, so a load change hits both
+            reference = 2 * 2048**3 / min(timed(lambda: a @ b, 2, warmup=0)) / 1e9
+            seconds.append(timed(run, 1, warmup=0)[0])
+            ratios.append(executed * 192 / seconds[-1] / 1e9 / reference)
+        rate = executed * 192 / median(seconds) / 1e9
         loop[precision] = rate
+        loop[precision + "_interleaved"] = median(ratios)
         rows.append([f"DDS loop, {precision} (192 samples: clean, attacked, clean again; N = 64)",
-                     f"{seconds * 1e3:.0f} ms", f"{seconds / 192 * 1e3:.2f} ms", f"{rate:.0f}",
-                     f"{rate / fp32:.0%} of fp32" + (f", {rate / bf16:.0%} of bf16" if precision == "bfloat16" else "")])
+                     f"{median(seconds) * 1e3:.0f} ms", f"{median(seconds) / 192 * 1e3:.2f} ms", f"{rate:.0f}",
+                     f"{rate / fp32:.0%} of fp32 (interleaved: {median(ratios):.0%})"
+                     + (f", {rate / bf16:.0%} of bf16" if precision == "bfloat16" else "")])
     rep.numbers.update(matmul_fp32=fp32, matmul_bf16=bf16, loop_fp32=loop["float32"], loop_bf16=loop["bfloat16"],
-                       flops_per_sample=executed)
+                       loop_fp32_interleaved_fraction=loop["float32_interleaved"], flops_per_sample=executed)
     rep.table(
         "Arithmetic rate: reference limit and the DDS sample loop",
         ["what", "time", "per sample", "GFLOP/s", "fraction of the matmul rate"],
@@ -231,7 +245,8 @@ def section_rates(rep: Report, pair: ModelPair, repeats: int) -> None:
          ["dense matmul bfloat16", "", "", f"{bf16:.0f}", f"{bf16 / fp32:.0%} of fp32"], *rows],
         note=(f"FLOPs per DDS sample (FlopCounterMode, as executed): {executed / 1e9:.3f} GFLOP "
               f"(the full networks: UNet {unet / 1e9:.3f} + ViT {vit / 1e9:.3f} = {(unet + vit) / 1e9:.3f} GFLOP; "
-              "the loop skips the last ViT block's non-[CLS] tokens). Achieved rate = executed FLOPs / wall time."),
+              "the loop skips the last ViT block's non-[CLS] tokens). Achieved rate = executed FLOPs / median wall time; "
+              "'interleaved' is the median of per-repeat ratios to a 2048^2 float32 matmul timed just before."),
     )
 
 
@@ -339,29 +354,32 @@ def section_batch(rep: Report, images_dir: Path, count: int) -> None:
 
 
 _MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {root!r})
 from fvit_core.models import load_pair
 from fvit_core.smoothing import smooth
 pair = load_pair("default")
-smooth(pair, torch.rand(1, 3, 32, 32), sigma=0.25, n_samples={n}, batch_size=256, precision={precision!r})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+smooth(pair, torch.rand(1, 3, 32, 32), sigma=0.25, n_samples={n}, precision={precision!r})
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
 """
 
 
 def section_memory(rep: Report, sizes: tuple[int, ...]) -> None:
-    rows = []
+    rows, peaks = [], {}
     for precision in ("float32", "bfloat16"):
         for n in sizes:
             code = _MEMORY_CHILD.format(root=str(ROOT), n=n, precision=precision)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             rows.append([precision, n, f"{int(out.stdout.split()[-1]) / 1024:.0f} MiB"])
+            peaks.setdefault(precision, []).append(int(out.stdout.split()[-1]))
+    rep.numbers["memory_ratio"] = max(v[-1] / v[-2] for v in peaks.values())  # the two largest N
     this = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rep.numbers["peak_rss_mib"] = this
-    rep.table("Memory: peak resident set of a fresh process smoothing one image with N samples",
+    rep.table("Memory: peak resident set (VmHWM) of a fresh process smoothing one image with N samples",
               ["precision", "N", "peak RSS"], rows,
-              note=f"Streamed sums: memory is set by the batch (256), not by N. Peak RSS of this whole benchmark "
-                   f"process: {this:.0f} MiB.")
+              note=f"Streamed sums: memory is set by the batches in flight (at most 2 per worker), not by N; it "
+                   f"rises until that many batches exist (a few hundred samples), then stays flat. "
+                   f"Peak RSS of this whole benchmark process: {this:.0f} MiB (models, test images, every section).")
 
 
 def section_reference(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
@@ -404,7 +422,7 @@ def section_accuracy(rep: Report, pair: ModelPair, count: int) -> None:
                ["V_8 fp32 vs bf16, same noise (mean)", f"{v_half.mean():.3f} (min {v_half.min():.3f})"],
                ["V_8 fp32 vs fp32, independent noise = the noise floor (mean)", f"{v_floor.mean():.3f}"],
                ["hard votes that changed fp32 -> bf16 (mean fraction)", f"{vote_agree:.3f}"],
-               ["max |y~ fp32 - y~ bf16| per image (mean)", f"{prob_diff:.4f}"],
+               ["largest absolute difference of y~ fp32 and y~ bf16 per image (mean)", f"{prob_diff:.4f}"],
                ["noise floor, bootstrap estimator (mean over images)", f"{boot.mean():.3f}"],
                ["bootstrap minus independent floor (mean +- 2 SE)", f"{diff.mean():+.3f} +- {2 * se:.3f}"]],
               note="Same noise: both precisions see identical draws, so any difference is bfloat16's. The "
@@ -432,15 +450,18 @@ def section_profile(rep: Report, pair: ModelPair) -> None:
 
     x = torch.rand(3, 3, 32, 32)
     rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the profiler follows this thread: run the loop here, not on the workers
     for precision in ("float32", "bfloat16"):
         smooth(pair, x, sigma=0.25, n_samples=64, precision=precision)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             smooth(pair, x, sigma=0.25, n_samples=64, precision=precision)
         events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in events)
-        for event in events[:6]:
+        for event in events[:8]:
             rows.append([precision, event.key, f"{event.self_cpu_time_total / total:.0%}", event.count])
-    rep.table("Where the loop's time goes (torch.profiler, self CPU time, 192 samples)",
+    torch.set_num_threads(threads)
+    rep.table("Where the loop's time goes (torch.profiler, self CPU time, 192 samples, one thread)",
               ["precision", "operator", "share", "calls"], rows)
 
 
@@ -458,18 +479,93 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
                          f"{den_s / (den_s + vit_s):.0%}"])
     rep.table("Denoiser vs ViT per sample (batch 96)", ["precision", "UNet one-shot", "ViT + raw explanation",
                                                          "denoiser share"], rows)
-    rows = []
     threads = torch.get_num_threads()
     x3 = torch.rand(3, 3, 32, 32)
+    loop = lambda precision: smooth(pair, x3, sigma=0.25, n_samples=64, precision=precision)  # noqa: E731
+    rows = []
+    for label, n_threads, pooled in (("1 thread", 1, False), (f"{threads} intra-op threads", threads, False),
+                                     (f"{threads} workers x 1 thread (default)", threads, True)):
+        torch.set_num_threads(n_threads)
+        with _workers_disabled(not pooled):
+            rows.append([label, *(f"{median(timed(lambda: loop(p), 5)) / 192 * 1e3:.2f} ms"
+                                  for p in ("float32", "bfloat16"))])
+    torch.set_num_threads(threads)
+    rep.table("Thread settings (DDS loop, 192 samples, per sample)", ["threads", "float32", "bfloat16"], rows,
+              note="Intra-op threads end every operator in a barrier; when another process holds a core, that "
+                   "barrier waits for a descheduled thread (see the loaded-machine table in the text).")
+    from fvit_core import smoothing
+
+    rows, default = [], dict(smoothing.CPU_BATCH)
+    for cap in (24, 48, 96, 128):
+        smoothing.CPU_BATCH = {dtype: cap for dtype in default}
+        rows.append([cap, *(f"{median(timed(lambda: loop(p), 5)) / 192 * 1e3:.2f} ms" for p in ("float32", "bfloat16"))])
+    smoothing.CPU_BATCH = default
+    rep.table("Samples per forward pass on the CPU (DDS loop, 192 samples, per sample)",
+              ["cap (smoothing.CPU_BATCH)", "float32", "bfloat16"], rows,
+              note=f"Batches are equal and even in number: 192 samples at cap 48 are 4 x 48, at 96 2 x 96. "
+                   f"Differences under about 10% are run-to-run noise here. Chosen: "
+                   f"{', '.join(f'{str(k).split(chr(46))[-1]} {v}' for k, v in default.items())}.")
+    image = torch.from_numpy(prepare_image(test_images(1)[0], pair.classifier.img_size).astype(np.float32))[None]
+    cfg = AnalysisConfig()
+    rows = []
     for n_threads in sorted({1, threads}):
         torch.set_num_threads(n_threads)
-        for batch in (32, 64, 96, 192, 256):
-            for precision in ("float32", "bfloat16"):
-                seconds = median(timed(lambda: smooth(pair, x3, sigma=0.25, n_samples=64, batch_size=batch,
-                                                      precision=precision), 3))
-                rows.append([n_threads, batch, precision, f"{seconds / 192 * 1e3:.2f} ms"])
+        seconds = median(timed(lambda: run_attack("pgd", pair.classifier, image, params=cfg.attack_arguments(),
+                                                  seed=0), 5))
+        rows.append([n_threads, f"{seconds * 1e3:.0f} ms"])
     torch.set_num_threads(threads)
-    rep.table("Threads and batch size (DDS loop, 192 samples)", ["threads", "batch", "precision", "per sample"], rows)
+    rep.table("The attack (PGD-10, one image) by intra-op threads", ["threads", "median"], rows,
+              note="analyze runs it on one thread (smoothing.run_single_threaded): see the thread-settings section.")
+
+
+@contextlib.contextmanager
+def _workers_disabled(disabled: bool):
+    """Run the loop with intra-op threads in the calling thread instead of the workers."""
+    from fvit_core import smoothing
+
+    real = smoothing._workers
+    if disabled:
+        smoothing._workers = lambda device, mode: 1
+    try:
+        yield
+    finally:
+        smoothing._workers = real
+
+
+def section_targets(rep: Report) -> None:
+    """The issue's targets against this run's numbers (first in the report)."""
+    n = rep.numbers
+    rows = []
+
+    def add(target: str, measured: str, ok: bool | None) -> None:
+        rows.append([target, measured, "-" if ok is None else ("met" if ok else "not met")])
+
+    if "loop_fp32" in n:
+        frac = n["loop_fp32"] / n["matmul_fp32"]
+        add("DDS loop >= 70% of the float32 matmul rate, in float32",
+            f"{frac:.0%} (interleaved {n['loop_fp32_interleaved_fraction']:.0%}); bfloat16 loop "
+            f"{n['loop_bf16'] / n['matmul_fp32']:.0%}", frac >= 0.7)
+    for key, label in (("default", "default settings"), ("fast", "fast settings")):
+        if f"analysis_{key}_64" in n:
+            add(f"full analysis, N = 64, <= 0.5 s ({label})", f"{n[f'analysis_{key}_64']:.3f} s",
+                n[f"analysis_{key}_64"] <= 0.5)
+    for key, label in (("default", "default settings"), ("fast", "fast settings")):
+        if f"sweep_{key}" in n:
+            add(f"sweep of 6 sigmas, N = 64, <= 2.5 s ({label})", f"{n[f'sweep_{key}']:.2f} s", n[f"sweep_{key}"] <= 2.5)
+    if "memory_ratio" in n:
+        add("memory does not grow with N", f"peak RSS at the largest N / at the next smaller N: {n['memory_ratio']:.2f}",
+            n["memory_ratio"] < 1.05)
+    for key, label in (("default", "default settings"), ("fast", "fast settings")):
+        if f"speedup_{key}" in n:
+            add(f">= 10x the reference implementation ({label})", f"{n[f'speedup_{key}']:.1f}x", n[f"speedup_{key}"] >= 10)
+    if "loop_fp32" in n and "analysis_default_64" in n:
+        floor = 192 * n["flops_per_sample"] / (n["matmul_fp32"] * 1e9)
+        add("(bound) default analysis at 100% of the float32 matmul rate, smoothing alone",
+            f"{floor:.3f} s + the attack", None)
+    rep.table("Targets (issue) against this run", ["target", "measured", "status"], rows,
+              note="Default settings: float32, independent noise floor (a third batch of N samples). Fast "
+                   "settings: precision='bfloat16', noise_floor_estimator='bootstrap' (both measured below).",
+              first=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in sections.items():
         if name not in args.skip:
             run()
+    section_targets(rep)
     header["load average after (1/5/15 min)"] = load_average()
     print("\n" + "\n".join(f"{k}: {v}" for k, v in header.items()))
     if args.out:

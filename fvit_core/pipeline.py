@@ -26,7 +26,7 @@ from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
-from .smoothing import PRECISIONS, SMOOTHING_MODES, EarlyStop, SmoothedOutput, smooth, vanilla
+from .smoothing import PRECISIONS, SMOOTHING_MODES, EarlyStop, SmoothedOutput, run_single_threaded, smooth, vanilla
 
 ProgressFn = Callable[[str, float], None]
 
@@ -44,6 +44,12 @@ class AnalysisConfig:
     """Every setting of one analysis; a JSON file of these fields reproduces it (``--config``).
 
     Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2).
+
+    Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "bfloat16" runs the DDS
+    networks in bfloat16; ``early_stop`` ends sampling once label and top-k set are settled at
+    level ``early_stop_alpha`` (smoothing.EarlyStop); ``noise_floor_estimator`` "bootstrap"
+    estimates the noise floor from the clean samples instead of a third batch of N samples
+    (then CERTIFY has no independent selection counts, flagged in the certificates).
     """
 
     model: str = "default"
@@ -538,11 +544,13 @@ def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest:
     if stage is not None:
         timer.lap("attack", t0)
         return stage
-    x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
-                       seed=cfg.seed)
+    # One image: on a CPU, one intra-op thread (smoothing.run_single_threaded says why).
+    serial = run_single_threaded if pair.device.type == "cpu" else (lambda fn, *a, **kw: fn(*a, **kw))
+    x_adv = serial(run_attack, cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
+                   seed=cfg.seed)
     t0 = timer.lap("attack", t0)
     report("vanilla", 0.1)
-    att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
+    att_v, probs_v = serial(vanilla, pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
     timer.lap("vanilla", t0)
     stage = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
     with _cache_lock:

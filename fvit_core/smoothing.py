@@ -30,9 +30,11 @@ import copy
 import dataclasses
 import threading
 import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +43,8 @@ from torch import nn
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from .denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from .models import Denoiser, ModelPair, PixelViT
+
+T = TypeVar("T")
 
 SMOOTHING_MODES: tuple[str, ...] = ("dds", "rs", "denoise-only", "multistep")
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -140,36 +144,36 @@ def settled(attention: np.ndarray, attention_se: np.ndarray, probs: np.ndarray, 
 
 
 class _Accumulator:
-    """Streaming sums for the mean and standard error of per-sample vectors."""
+    """Streaming sums for the mean and standard error of per-sample vectors (float64 numpy: the
+    calling thread adds while the workers compute, so it stays off torch's thread pool)."""
 
     def __init__(self, n_images: int, dim_w: int, dim_p: int, keep: bool):
-        self.sw = torch.zeros(n_images, dim_w, dtype=torch.float64)
-        self.sw2 = torch.zeros_like(self.sw)
-        self.sp = torch.zeros(n_images, dim_p, dtype=torch.float64)
-        self.sp2 = torch.zeros_like(self.sp)
-        self.votes = torch.zeros(n_images, dim_p, dtype=torch.long)
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep else None
-        self.first: list[torch.Tensor | None] = [None] * n_images
+        self.sw = np.zeros((n_images, dim_w))
+        self.sw2 = np.zeros_like(self.sw)
+        self.sp = np.zeros((n_images, dim_p))
+        self.sp2 = np.zeros_like(self.sp)
+        self.votes = np.zeros((n_images, dim_p), dtype=np.int64)
+        self.kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
+        self.first: list[np.ndarray | None] = [None] * n_images
 
-    def add(self, image_idx: torch.Tensor, sample_idx: torch.Tensor, w: torch.Tensor, p: torch.Tensor,
-            inputs: torch.Tensor) -> None:
-        w, p = w.double().cpu(), p.double().cpu()
-        self.sw.index_add_(0, image_idx, w)
-        self.sw2.index_add_(0, image_idx, w * w)
-        self.sp.index_add_(0, image_idx, p)
-        self.sp2.index_add_(0, image_idx, p * p)
-        self.votes.index_put_((image_idx, p.argmax(-1)), torch.ones_like(image_idx), accumulate=True)
-        for row in torch.nonzero(sample_idx == 0).flatten().tolist():
-            self.first[int(image_idx[row])] = inputs[row].detach().float().cpu()
+    def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray]) -> None:
+        """Rows of one batch, in sample order: (b,) image index, (b, P) maps, (b, C) probabilities."""
+        np.add.at(self.sw, image_idx, w)
+        np.add.at(self.sw2, image_idx, w * w)
+        np.add.at(self.sp, image_idx, p)
+        np.add.at(self.sp2, image_idx, p * p)
+        np.add.at(self.votes, (image_idx, p.argmax(-1)), 1)
+        for image, pixels in firsts.items():
+            self.first[image] = pixels
         if self.kept is not None:
-            self.kept.append((image_idx, w.float()))
+            self.kept.append((image_idx, w.astype(np.float32)))
 
     def mean_se(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image."""
-        def one(s: torch.Tensor, s2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        def one(s: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             mean = s / n
-            var = (s2 / n - mean * mean).clamp_min(0.0) * (n / max(n - 1, 1))
-            return mean.numpy(), (var / n).sqrt().numpy()
+            var = np.maximum(s2 / n - mean * mean, 0.0) * (n / max(n - 1, 1))
+            return mean, np.sqrt(var / n)
 
         return (*one(self.sw, self.sw2), *one(self.sp, self.sp2))
 
@@ -181,16 +185,16 @@ class _Accumulator:
         w_all, w_se, p_all, p_se = self.mean_se(n)
         samples = None
         if self.kept is not None:
-            idx = torch.cat([i for i, _ in self.kept])
-            ws = torch.cat([w for _, w in self.kept])
-            samples = [ws[idx == i].numpy() for i in range(len(w_all))]  # batches come in sample order
+            idx = np.concatenate([i for i, _ in self.kept])
+            ws = np.concatenate([w for _, w in self.kept])
+            samples = [ws[idx == i] for i in range(len(w_all))]  # batches come in sample order
         outs = []
         for i in range(len(w_all)):
             w, p = w_all[i], p_all[i]
             outs.append(SmoothedOutput(
-                attention=(w / w.sum()).astype(np.float64), attention_se=w_se[i], probs=p / p.sum(),
-                probs_se=p_se[i], votes=self.votes[i].numpy().copy(), n_samples=n, t_star=t_star,
-                denoised_sample=self.first[i].numpy(), samples_attention=None if samples is None else samples[i],
+                attention=w / w.sum(), attention_se=w_se[i], probs=p / p.sum(),
+                probs_se=p_se[i], votes=self.votes[i].copy(), n_samples=n, t_star=t_star,
+                denoised_sample=self.first[i], samples_attention=None if samples is None else samples[i],
                 stopped_early=stopped_early,
             ))
         return outs
@@ -261,15 +265,161 @@ def _models(pair: ModelPair, precision: str) -> tuple[PixelViT, Denoiser | None]
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+#
+# Parallelism. On a CPU the forward batches go to ``torch.get_num_threads()`` worker threads
+# that each run one batch with one intra-op thread (torch.set_num_threads is per thread with
+# OpenMP, so the caller's setting is untouched). Batches are independent, so workers never wait
+# for each other inside an operator; with intra-op threads every one of the ~300 operators of a
+# forward pass ends in a barrier, and when another process holds a core that barrier stalls
+# until the descheduled thread runs again (measured 6x slower on this shared 2-core machine,
+# docs/PERFORMANCE.md). Noise is drawn in the calling thread in batch order and results are
+# summed in batch order, so the numbers do not depend on the workers.
 
 
-def _batches(n_images: int, first: int, count: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+@dataclass(frozen=True)
+class _Job:
+    image_idx: torch.Tensor
+    sample_idx: torch.Tensor
+    normal: torch.Tensor | None  # standard normal draws for this batch (None: shared or no noise)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Everything one forward batch needs besides its job (read-only, shared by the workers)."""
+
+    clf: PixelViT
+    den: Denoiser | None
+    images: torch.Tensor  # (B, 3, H, W) float32, CPU
+    shared: torch.Tensor | None  # (N, 3, H, W) common random numbers, pixel units
+    sigma: float
+    mode: str
+    t_star: int | None
+    steps: int
+    generator: torch.Generator | None
+    method: str
+    head_fusion: str
+    dtype: torch.dtype
+    device: torch.device
+
+    def __call__(self, job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """(image index (b,), attention (b, P), probabilities (b, C), {image: its first model input})."""
+        with torch.inference_mode():
+            x = self.images[job.image_idx]
+            if job.normal is not None:
+                x = x + job.normal * self.sigma
+            elif self.shared is not None:
+                x = x + self.shared[job.sample_idx]
+            inputs = _model_inputs(self.clf, self.den, x.to(self.device), self.mode, self.t_star, self.steps,
+                                   self.generator)
+            exp = explain(self.clf, inputs.to(self.dtype), method=self.method, head_fusion=self.head_fusion)
+            probs = torch.softmax(exp.logits.float(), dim=-1)
+            firsts = {int(job.image_idx[row]): inputs[row].float().cpu().numpy()
+                      for row in torch.nonzero(job.sample_idx == 0).flatten().tolist()}
+            return (job.image_idx.numpy(), exp.attention.double().cpu().numpy(), probs.double().cpu().numpy(),
+                    firsts)
+
+
+_POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int, name: str = "fvit-smooth") -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads with one intra-op thread each (shared by
+    concurrent callers; created once)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get((name, workers))
+        if pool is None:
+            pool = _POOLS[(name, workers)] = _start_pool(workers, name)
+        return pool
+
+
+def _start_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    # torch.set_num_threads(1) in a worker sets that thread's OpenMP/MKL thread count, and also
+    # the default that threads initialised later take; the default is restored once every worker
+    # has set its own count (the barrier makes the pool start all of its threads now).
+    before = torch.get_num_threads()
+    ready = threading.Barrier(workers + 1)
+
+    def init() -> None:
+        torch.get_num_threads()  # the per-thread lazy init first, or it would later undo the next line
+        torch.set_num_threads(1)
+        ready.wait()
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    started = [pool.submit(init) for _ in range(workers)]
+    ready.wait()
+    for future in started:
+        future.result()
+    torch.set_num_threads(before)
+    return pool
+
+
+def run_single_threaded(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` on a CPU worker thread with one intra-op thread.
+
+    For batch-1 work (an attack on one image): too small to gain from intra-op threads, and
+    with them every operator waits at a barrier for a thread that another process may have
+    descheduled (docs/PERFORMANCE.md). One worker for the process: such calls run one at a time.
+    """
+    return _pool(1, "fvit-serial").submit(fn, *args, **kwargs).result()
+
+
+def _workers(device: torch.device, mode: str) -> int:
+    # multistep draws from the caller's generator inside the model: it stays in one thread.
+    if device.type != "cpu" or mode == "multistep":
+        return 1
+    return max(torch.get_num_threads(), 1)
+
+
+def _run(step: _Step, jobs: Iterator[_Job], workers: int) -> Iterator[tuple]:
+    """``step(job)`` for every job, in order; at most 2 * workers batches in flight (bounded memory)."""
+    if workers == 1:
+        yield from map(step, jobs)
+        return
+    pool, window = _pool(workers), deque()
+    for job in jobs:
+        window.append(pool.submit(step, job))
+        if len(window) >= 2 * workers:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
+
+
+# On a CPU: at most this many samples per forward pass, by the dtype the networks run in. The
+# per-sample cost moved by less than the run-to-run noise (about 10%) between 24 and 128 samples
+# (docs/PERFORMANCE.md); the smaller batches keep a worker's activations small (48 float32
+# samples are the bytes of 96 bfloat16 ones) and give the workers more batches to share. The
+# batches are equal and even in number, so two workers finish together. The cut depends on
+# neither the thread count nor the machine, and every CPU forward pass runs on one intra-op
+# thread, so the numbers are bit-identical whatever torch.set_num_threads says
+# (tests/test_reliability.py checks a fresh process).
+CPU_BATCH: dict[torch.dtype, int] = {torch.float32: 48, torch.bfloat16: 96}
+
+
+def _batches(n_images: int, first: int, count: int, batch_size: int, cpu_batch: int | None
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(image index, sample index) of samples first..first+count-1 of every image, image-major,
-    cut into forward batches of at most ``batch_size`` (batches cut across images)."""
+    cut into equal forward batches of at most ``batch_size`` (batches cut across images); on a
+    CPU (``cpu_batch`` given) at most ``cpu_batch`` too, and an even number of them."""
     total = n_images * count
-    for start in range(0, total, batch_size):
-        flat = torch.arange(start, min(start + batch_size, total))
+    if cpu_batch is not None:
+        cap = min(batch_size, cpu_batch)
+        n_batches = min(2 * -(-total // (2 * cap)), total)
+    else:
+        n_batches = -(-total // batch_size)
+    size = -(-total // n_batches)
+    for start in range(0, total, size):
+        flat = torch.arange(start, min(start + size, total))
         yield flat // count, first + flat % count
+
+
+def _jobs(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, ...], draw: bool,
+          generator: torch.Generator | None) -> Iterator[_Job]:
+    """The noise of each batch is drawn here, in the calling thread and in batch order, so the
+    numbers are reproducible whichever worker runs the batch."""
+    for image_idx, sample_idx in batches:
+        normal = torch.randn((len(image_idx), *shape), generator=generator) if draw else None
+        yield _Job(image_idx, sample_idx, normal)
 
 
 def smooth(
@@ -296,7 +446,9 @@ def smooth(
     share passes). ``noise`` (N, 3, H, W) in pixel units, if given, is used for every image
     (common random numbers); otherwise each image gets independent draws from ``generator``,
     image after image (with ``early_stop``: in rounds of ``check_every`` samples per image).
-    ``progress(done, total)`` is called after every batch.
+    ``progress(done, total)`` is called after every batch. ``batch_size`` caps the samples per
+    forward pass (on a CPU also :data:`CPU_BATCH`); on a CPU the batches are spread over
+    ``torch.get_num_threads()`` single-threaded workers, with the same numbers for any count.
 
     ``precision="bfloat16"`` runs denoiser and ViT in bfloat16 (docs/PERFORMANCE.md measures the
     effect on labels and top-k sets); ``early_stop`` may end the loop before ``n_samples``
@@ -313,43 +465,37 @@ def smooth(
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
         raise ValueError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
     clf, den = _models(pair, precision)
-    device, dtype = pair.device, PRECISIONS[precision]
     n = 1 if mode == "denoise-only" else n_samples
     # denoise-only still uses sigma to choose the timestep it denoises from.
     t_star = None if mode == "rs" else timestep_for_sigma(den.alphas_cumprod, sigma)
     if noise is not None and tuple(noise.shape) != (n, *images.shape[1:]):
         raise ValueError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), got {tuple(noise.shape)}")
+    shared = None if noise is None else noise.detach().float().cpu()
+    step = _Step(clf=clf, den=den, images=images.detach().float().cpu(), shared=shared, sigma=sigma, mode=mode,
+                 t_star=t_star, steps=multistep_steps, generator=generator, method=method, head_fusion=head_fusion,
+                 dtype=PRECISIONS[precision], device=pair.device)
+    draw = mode != "denoise-only" and shared is None
+    cpu_batch = CPU_BATCH[PRECISIONS[precision]] if pair.device.type == "cpu" else None
+    workers = _workers(pair.device, mode)
     b_images = images.shape[0]
     acc = _Accumulator(b_images, clf.num_patches, clf.num_classes, keep_samples)
-    x_cpu = images.detach().float().cpu()
-    shared = None if noise is None else noise.detach().float().cpu()
     checkpoints = set(early_stop.checkpoints(n)) if early_stop is not None and mode != "denoise-only" else set()
     z = early_stop.z(n) if checkpoints else 0.0
-    bounds = sorted(checkpoints | {n})
     total, done, drawn, stopped = b_images * n, 0, 0, False
-    with torch.inference_mode():
-        for upto in bounds:
-            for image_idx, sample_idx in _batches(b_images, drawn, upto - drawn, batch_size):
-                x = x_cpu[image_idx]
-                if mode == "denoise-only":
-                    delta = torch.zeros_like(x)
-                elif shared is not None:
-                    delta = shared[sample_idx]
-                else:
-                    delta = torch.randn(x.shape, generator=generator) * sigma
-                inputs = _model_inputs(pair.classifier, den, (x + delta).to(device), mode, t_star, multistep_steps,
-                                       generator)
-                exp = explain(clf, inputs.to(dtype), method=method, head_fusion=head_fusion)
-                acc.add(image_idx, sample_idx, exp.attention, torch.softmax(exp.logits.float(), dim=-1), inputs)
-                done += len(image_idx)
-                if progress is not None:
-                    progress(done, total)
-            drawn = upto
-            if upto in checkpoints and acc.settled(drawn, early_stop, z):
-                stopped = True
-                if progress is not None:
-                    progress(total, total)
-                break
+    for upto in sorted(checkpoints | {n}):
+        batches = _batches(b_images, drawn, upto - drawn, batch_size, cpu_batch)
+        for image_idx, attention, probs, firsts in _run(step, _jobs(batches, images.shape[1:], draw, generator),
+                                                         workers):
+            acc.add(image_idx, attention, probs, firsts)
+            done += len(image_idx)
+            if progress is not None:
+                progress(done, total)
+        drawn = upto
+        if upto in checkpoints and acc.settled(drawn, early_stop, z):
+            stopped = True
+            if progress is not None:
+                progress(total, total)
+            break
     return acc.finish(drawn, t_star, stopped)
 
 

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from fvit_core.pipeline import AnalysisConfig, analyze
 
@@ -221,3 +222,29 @@ def test_bfloat16_and_early_stop_settings(tiny_pair):
     for bad, message in (({"precision": "float16"}, "precision"), ({"early_stop_alpha": 1.5}, "early_stop_alpha")):
         with pytest.raises(ValueError, match=message):
             AnalysisConfig(**{**FAST, **bad}).validate()
+
+
+def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
+    """Two intra-op threads: smoothing on the worker pool, attacks on the single-threaded worker."""
+    from fvit_core import pipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        configs = [AnalysisConfig(seed=s, method=m, **FAST) for s, m in [(5, "raw"), (6, "rollout"), (7, "raw")]]
+        pipeline.clear_cache()
+        expected = [_strip(analyze(_image(seed=i), c, pair=tiny_pair)) for i, c in enumerate(configs)]
+        pipeline.clear_cache()
+        got = [None] * len(configs)
+
+        def work(i):
+            got[i] = _strip(analyze(_image(seed=i), configs[i], pair=tiny_pair))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(configs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == expected
+    finally:
+        torch.set_num_threads(before)

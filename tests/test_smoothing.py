@@ -197,3 +197,58 @@ def test_early_stop_runs_the_full_budget_when_not_settled(tiny_pair):
 def test_memory_does_not_keep_per_sample_maps_unless_asked(tiny_pair):
     out = smooth(tiny_pair, _images(1), sigma=0.25, n_samples=5, generator=torch.Generator().manual_seed(0))[0]
     assert out.samples_attention is None
+
+
+# ------------------------------------------------------------------ CPU workers
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
+    from fvit_core.smoothing import _workers
+
+    x = _images(3)
+    assert _workers(torch.device("cpu"), "dds") == 2 and _workers(torch.device("cpu"), "multistep") == 1
+    pooled = smooth(tiny_pair, x, sigma=0.25, n_samples=10, batch_size=4, keep_samples=True,
+                    generator=torch.Generator().manual_seed(4))
+    torch.set_num_threads(1)
+    alone = smooth(tiny_pair, x, sigma=0.25, n_samples=10, batch_size=4, keep_samples=True,
+                   generator=torch.Generator().manual_seed(4))
+    for a, b in zip(pooled, alone):
+        np.testing.assert_allclose(a.attention, b.attention, atol=1e-6)
+        np.testing.assert_allclose(a.samples_attention, b.samples_attention, atol=1e-6)
+        assert np.array_equal(a.votes, b.votes)
+        np.testing.assert_allclose(a.denoised_sample, b.denoised_sample, atol=1e-6)
+
+
+def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pair, two_threads):
+    import threading
+
+    from fvit_core.smoothing import _pool, run_single_threaded
+
+    smooth(tiny_pair, _images(1), sigma=0.25, n_samples=4, generator=torch.Generator().manual_seed(0))
+    assert _pool(2).submit(torch.get_num_threads).result() == 1
+    assert run_single_threaded(torch.get_num_threads) == 1
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [2] and torch.get_num_threads() == 2  # threads started later keep the default
+
+
+def test_cpu_batches_are_even_and_independent_of_the_thread_count():
+    from fvit_core.smoothing import _batches
+
+    assert [len(i) for i, _ in _batches(3, 0, 64, 256, 96)] == [96, 96]
+    assert [len(i) for i, _ in _batches(3, 0, 64, 256, 48)] == [48] * 4
+    assert [len(i) for i, _ in _batches(3, 0, 64, 32, 48)] == [32] * 6  # the caller's cap wins when smaller
+    assert [len(i) for i, _ in _batches(1, 0, 1, 256, 48)] == [1]
+    assert [len(i) for i, _ in _batches(3, 0, 256, 256, None)] == [256] * 3  # GPU: the caller's batch size
+    cut = [(a.tolist(), b.tolist()) for a, b in _batches(2, 5, 3, 4, 48)]
+    assert cut == [([0, 0, 0], [5, 6, 7]), ([1, 1, 1], [5, 6, 7])]  # samples 5..7 of images 0 and 1
