@@ -14,6 +14,10 @@ from fvit_core.pipeline import AnalysisResult
 SCREEN_DPI = 200
 _SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
 
+SELECTION_LABELS = {"second-estimate": "the second clean estimate's votes",
+                    "vanilla-prediction": "the vanilla ViT's clean prediction",
+                    "shared": "the estimation votes (not independent)"}
+
 
 def sub(number) -> str:
     """A number as subscript digits, for labels such as V₈ and D₂."""
@@ -150,5 +154,5 @@ def certificate_cards(result: AnalysisResult) -> None:
     covered = "covers" if c.topk_radius_l2 >= c.perturbation_l2 else "does not cover"
     st.caption(f"Prediction stability: D{sub(result.config.renyi_alpha)} ≤ {c.prediction_bound:.3g} nats for "
                f"‖δ‖₂ ≤ {c.perturbation_l2:.3f} (measured {c.measured_renyi:.3g}). The top-k radius {covered} this "
-               f"attack's ‖δ‖₂. {d.n_samples} samples; selection counts "
-               f"{'independent' if c.independent_selection else 'shared'}.")
+               f"attack's ‖δ‖₂. {d.n_samples} samples ({d.precision}); CERTIFY's class guess: "
+               f"{SELECTION_LABELS.get(c.selection, c.selection)}.")

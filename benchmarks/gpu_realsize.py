@@ -62,7 +62,8 @@ def main() -> None:
     pair = build_pair(args.device, args.smoke)
     image = np.random.default_rng(0).random((3, 224, 224), dtype=np.float32)
     cfg = AnalysisConfig(attack="pgd", steps=10, n_samples=args.n_samples, batch_size=args.batch_size,
-                         device=args.device, bootstrap=0, k=16)
+                         device=args.device, bootstrap=0, k=16,
+                         noise_floor_estimator="independent", precision="float32")
     analyze(image, cfg, pair=pair)  # warm-up (kernel selection, allocator)
     times, parts = [], []
     for _ in range(args.repeats):

@@ -37,6 +37,9 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--device": ("device", str, "cpu, cuda, cuda:1, ..."),
     "--batch-size": ("batch_size", int, "samples per forward pass"),
     "--image-mode": ("image_mode", str, "resize | center_crop to the classifier's input size"),
+    "--precision": ("precision", str, "DDS networks in auto | float32 | bfloat16 (auto: bfloat16 where native)"),
+    "--noise-floor-estimator": ("noise_floor_estimator", str,
+                                "bootstrap (from the clean samples) | independent (a second clean estimate)"),
 }
 
 
@@ -52,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reuse the clean image's noise draws for the attacked image (labelled option)")
     p.add_argument("--no-noise-floor", dest="noise_floor", action="store_false", default=argparse.SUPPRESS,
                    help="skip the second clean estimate (faster; no noise floor)")
+    p.add_argument("--early-stop", dest="early_stop", action="store_true", default=argparse.SUPPRESS,
+                   help="stop sampling once the label and the top-k set are statistically settled")
     p.add_argument("--config", help="settings JSON (as exported by the dashboard); explicit flags override it")
     p.add_argument("--allow-download", action="store_true", help="allow hub downloads for named hub models")
     p.add_argument("--json", help="write the result JSON here ('-' for standard output)")

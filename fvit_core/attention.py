@@ -496,6 +496,11 @@ def _compute(
     return logits, spec.reduce(maps, grads, head_fusion, model.num_prefix_tokens), chosen
 
 
+def needs_gradients(method: str) -> bool:
+    """Whether ``method`` differentiates the logits (grad_rollout, gradcam) or is forward-only."""
+    return _check_method(method).needs_grad
+
+
 def explain(
     model: PixelViT,
     x: Tensor,

@@ -26,7 +26,8 @@ from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
-from .smoothing import PRECISIONS, SMOOTHING_MODES, EarlyStop, SmoothedOutput, run_single_threaded, smooth, vanilla
+from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
+                        run_single_threaded, smooth, vanilla)
 
 ProgressFn = Callable[[str, float], None]
 
@@ -45,11 +46,13 @@ class AnalysisConfig:
 
     Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2).
 
-    Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "bfloat16" runs the DDS
-    networks in bfloat16; ``early_stop`` ends sampling once label and top-k set are settled at
-    level ``early_stop_alpha`` (smoothing.EarlyStop); ``noise_floor_estimator`` "bootstrap"
-    estimates the noise floor from the clean samples instead of a third batch of N samples
-    (then CERTIFY has no independent selection counts, flagged in the certificates).
+    Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "auto" (the default) runs the
+    DDS networks in bfloat16 where the device computes it natively, else float32
+    (smoothing.resolve_precision); ``early_stop`` ends sampling once label and top-k set are
+    settled at level ``early_stop_alpha`` (smoothing.EarlyStop); ``noise_floor_estimator``
+    "bootstrap" (the default) estimates the noise floor from the clean samples, "independent"
+    from a third batch of N samples (whose votes then also serve as Cohen's selection counts;
+    otherwise the vanilla ViT's clean prediction is the selection, which is just as valid).
     """
 
     model: str = "default"
@@ -76,10 +79,10 @@ class AnalysisConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
-    precision: str = "float32"
+    precision: str = "auto"
     early_stop: bool = False
     early_stop_alpha: float = 0.05
-    noise_floor_estimator: str = "independent"
+    noise_floor_estimator: str = "bootstrap"
 
     def attack_arguments(self) -> dict:
         """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied."""
@@ -128,8 +131,8 @@ class AnalysisConfig:
         _whole(self.multistep_steps, "multistep_steps", 1)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
             raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
                              f"got {self.noise_floor_estimator!r}")
@@ -245,6 +248,7 @@ class Certificates:
     prediction_bound: float
     measured_renyi: float
     independent_selection: bool
+    selection: str  # where CERTIFY's class guess came from: SELECTION_SOURCES
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,6 +262,8 @@ class FaithfulDetails:
     sigma: float
     t_star: int | None
     n_samples: int
+    precision: str  # what the DDS networks ran in (config "auto" resolved)
+    noise_floor_estimator: str | None  # NOISE_FLOOR_ESTIMATORS, None when there is no floor
     topk_overlap_floor: float | None
     topk_overlap_ci: tuple[float, float] | None
     topk_overlap_floor_ci: tuple[float, float] | None
@@ -271,6 +277,7 @@ class FaithfulDetails:
     def to_json(self) -> dict:
         return {
             "mode": self.mode, "sigma": self.sigma, "t_star": self.t_star, "n_samples": self.n_samples,
+            "precision": self.precision, "noise_floor_estimator": self.noise_floor_estimator,
             "topk_overlap_floor": self.topk_overlap_floor,
             "topk_overlap_ci": list(self.topk_overlap_ci) if self.topk_overlap_ci else None,
             "topk_overlap_floor_ci": list(self.topk_overlap_floor_ci) if self.topk_overlap_floor_ci else None,
@@ -389,10 +396,20 @@ def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return counts.astype(np.float64) @ samples / n
 
 
-def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, attacked: SmoothedOutput,
-                  perturbation_l2: float, input_dim: int, num_patches: int) -> Certificates:
+# Cohen's CERTIFY needs a class guess made independently of the estimation samples:
+# - "second-estimate": the votes of the independent noise-floor estimate (Cohen's n0 counts);
+# - "vanilla-prediction": the vanilla ViT's prediction on the clean image, a fixed function of the
+#   image and so independent of the noise. When it is not the smoothed classifier's top class the
+#   certificate abstains (valid, only less often certified);
+# - "shared": the estimation votes themselves (only when neither is given; flagged).
+SELECTION_SOURCES: tuple[str, ...] = ("second-estimate", "vanilla-prediction", "shared")
+
+
+def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, source: str,
+                  attacked: SmoothedOutput, perturbation_l2: float, input_dim: int, num_patches: int) -> Certificates:
     independent = selection is not None
-    selection = clean.votes if selection is None else selection
+    if selection is None:
+        selection, source = clean.votes, "shared"
     cls, radius = certify.certify_counts(selection, clean.votes, cfg.sigma, cfg.confidence_alpha)
     n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
     p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), cfg.confidence_alpha)
@@ -408,7 +425,7 @@ def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndar
         topk_radius_linf=float(certify.linf_from_l2(k_radius, input_dim)), p_a_lower=float(p_lower),
         perturbation_l2=perturbation_l2,
         prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, cfg.sigma, cfg.renyi_alpha)),
-        measured_renyi=float(measured), independent_selection=independent,
+        measured_renyi=float(measured), independent_selection=independent, selection=source,
     )
 
 
@@ -623,13 +640,18 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
     floor, floor_ci = _noise_floor(cfg, clean_s, second, rng)
     delta = (x_adv - x).flatten()
     l2 = float(delta.norm(p=2))
-    # Cohen's CERTIFY wants selection counts independent of the estimation counts: the second clean
-    # estimate (the noise floor's) provides them at no extra cost. Without it the clean votes serve
-    # both roles, which is what Cohen's PREDICT-then-bound shortcut does (flagged in the result).
-    selection = second.votes if second is not None else None
-    certs = _certificates(cfg, clean_s, selection, adv_s, l2, int(np.prod(prepared.shape)), clf.num_patches)
+    # Cohen's CERTIFY wants a class guess independent of the estimation counts (SELECTION_SOURCES):
+    # the second clean estimate's votes when there is one, else the vanilla clean prediction. Both
+    # cost no extra samples.
+    if second is not None:
+        selection, source = second.votes, "second-estimate"
+    else:
+        selection, source = np.eye(len(probs_v[0]), dtype=np.int64)[int(np.argmax(probs_v[0]))], "vanilla-prediction"
+    certs = _certificates(cfg, clean_s, selection, source, adv_s, l2, int(np.prod(prepared.shape)), clf.num_patches)
     faithful = FaithfulDetails(
         mode=cfg.mode, sigma=cfg.sigma, t_star=clean_s.t_star, n_samples=clean_s.n_samples,
+        precision=resolve_precision(cfg.precision, pair.device, cfg.method),
+        noise_floor_estimator=cfg.noise_floor_estimator if floor is not None else None,
         topk_overlap_floor=floor, topk_overlap_ci=ci, topk_overlap_floor_ci=floor_ci,
         votes_clean=clean_s.votes, votes_attacked=adv_s.votes,
         attention_se_clean=clean_s.attention_se, attention_se_attacked=adv_s.attention_se,

@@ -180,7 +180,13 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
     d = result.faithful
     assert sizes == [2]
     assert 0 <= d.topk_overlap_floor <= 1 and d.topk_overlap_floor_ci[0] <= d.topk_overlap_floor_ci[1]
-    assert not d.certified.independent_selection  # no independent selection counts without the third batch
+    # No third batch: CERTIFY's class guess is the vanilla clean prediction, independent of the noise.
+    c = d.certified
+    assert c.independent_selection and c.selection == "vanilla-prediction"
+    guess = int(np.argmax(result.vanilla.clean.probs))
+    assert c.predicted_class in (guess, -1)
+    if c.predicted_class == -1:
+        assert c.class_radius == 0.0
     with pytest.raises(ValueError, match="noise_floor_estimator"):
         AnalysisConfig(**{**FAST, "noise_floor_estimator": "guess"}).validate()
 

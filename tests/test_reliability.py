@@ -35,7 +35,7 @@ from fvit_core.models import ModelLoadError
 from fvit_core.pipeline import AnalysisConfig, analyze
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = dict(n_samples=2, steps=1, bootstrap=0, k=4, batch_size=64)
+FAST = dict(n_samples=2, steps=1, bootstrap=0, k=4, batch_size=64, noise_floor_estimator="independent")
 
 
 def _image(seed: int = 0, h: int = 32, w: int = 32) -> np.ndarray:
