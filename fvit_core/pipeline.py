@@ -27,7 +27,7 @@ from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
-                        run_single_threaded, smooth, vanilla)
+                        smooth, submit_single_threaded, vanilla)
 
 ProgressFn = Callable[[str, float], None]
 
@@ -507,9 +507,19 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     with torch.inference_mode():
         _check_models_finite(pair, x, cfg)
         report("attack", 0.0)
-        stage = _attack_stage(cfg, pair, x, digest, timer, t0, report)
-        t0 = time.perf_counter()
-        outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
+        if _overlaps(cfg):
+            # The clean estimates do not need the attack: on a CPU the attack runs on its own
+            # single-threaded worker while the clean samples are drawn (docs/PERFORMANCE.md).
+            pending = _start_attack_stage(cfg, pair, x, digest, timer)
+            t0 = time.perf_counter()
+            clean_outs = _smooth_stage(cfg, pair, x, None, report)
+            report("attack", 0.5)
+            stage = pending()
+            outs = _smooth_stage(cfg, pair, x, stage.x_adv, report, clean_outs)
+        else:
+            stage = _start_attack_stage(cfg, pair, x, digest, timer)()
+            t0 = time.perf_counter()
+            outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
         _check_smoothed_finite(outs)
         t0 = timer.lap("smoothing", t0)
 
@@ -550,8 +560,11 @@ def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str) -> tuple:
             _weights_fingerprint(pair))
 
 
-def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, timer: _Timer,
-                  t0: float, report: ProgressFn) -> _AttackStage:
+def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str,
+                        timer: _Timer) -> Callable[[], _AttackStage]:
+    """Start (or find in the cache) the attack and vanilla passes; returns a function that waits
+    for them. On a CPU they run on the single-threaded worker (smoothing.run_single_threaded says
+    why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
     key = _attack_key(cfg, pair, digest)
     with _cache_lock:
         per_model = _cache.setdefault(pair.classifier, OrderedDict())
@@ -559,28 +572,69 @@ def _attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest:
         if stage is not None:
             per_model.move_to_end(key)
     if stage is not None:
-        timer.lap("attack", t0)
-        return stage
-    # One image: on a CPU, one intra-op thread (smoothing.run_single_threaded says why).
-    serial = run_single_threaded if pair.device.type == "cpu" else (lambda fn, *a, **kw: fn(*a, **kw))
-    x_adv = serial(run_attack, cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
-                   seed=cfg.seed)
-    t0 = timer.lap("attack", t0)
-    report("vanilla", 0.1)
-    att_v, probs_v = serial(vanilla, pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
-    timer.lap("vanilla", t0)
-    stage = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
-    with _cache_lock:
-        per_model = _cache.setdefault(pair.classifier, OrderedDict())
-        per_model[key] = stage
-        while len(per_model) > _CACHE_SIZE:
-            per_model.popitem(last=False)
-    return stage
+        timer.parts.setdefault("attack", 0.0)
+        return lambda: stage
+
+    def compute() -> _AttackStage:
+        t0 = time.perf_counter()
+        x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
+                           seed=cfg.seed)
+        t0 = timer.lap("attack", t0)
+        with torch.inference_mode():
+            att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
+        timer.lap("vanilla", t0)
+        computed = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
+        with _cache_lock:
+            models = _cache.setdefault(pair.classifier, OrderedDict())
+            models[key] = computed
+            while len(models) > _CACHE_SIZE:
+                models.popitem(last=False)
+        return computed
+
+    if pair.device.type != "cpu":
+        done = compute()
+        return lambda: done
+    future = submit_single_threaded(compute)
+    return future.result
+
+
+def _overlaps(cfg: AnalysisConfig) -> bool:
+    """Whether the clean and the attacked image are smoothed in two calls (the clean one while the
+    attack runs): always, except with early stopping (all estimates must stop at the same N) or
+    shared noise (one call with the same draws for both). The choice depends on the settings
+    only, never on the cache or the device, so the numbers do not either."""
+    return not cfg.early_stop and not (cfg.shared_noise and cfg.mode != "denoise-only")
+
+
+def _smooth_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: float) -> dict:
+    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    return dict(sigma=cfg.sigma, mode=cfg.mode, method=cfg.method, head_fusion=cfg.head_fusion,
+                batch_size=cfg.batch_size, keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
+                multistep_steps=cfg.multistep_steps, precision=cfg.precision,
+                progress=lambda done, total: report("smoothing", start + span * done / total))
+
+
+def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor | None,
+                  report: ProgressFn, clean_outs: list[SmoothedOutput] | None = None) -> list[SmoothedOutput]:
+    """The two-call path (_overlaps). Without ``x_adv``: [clean] or, with the independent noise
+    floor, [clean, clean again], from the generator seeded with ``cfg.seed``. With it: the full
+    [clean, attacked(, clean again)], the attacked estimate drawing from a generator seeded with
+    ``cfg.seed + 1`` (independent of the clean draws, whatever their count)."""
+    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    if x_adv is None:
+        batch = torch.cat([x, x] if floor_batch else [x]).cpu()
+        return smooth(pair, batch, n_samples=cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed),
+                      **_smooth_kwargs(cfg, report, 0.1, 0.5))
+    attacked = smooth(pair, x_adv.cpu(), n_samples=cfg.n_samples,
+                      generator=torch.Generator().manual_seed((cfg.seed + 1) % 2**63),
+                      **_smooth_kwargs(cfg, report, 0.6, 0.35))
+    return [clean_outs[0], attacked[0], *clean_outs[1:]]
 
 
 def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor,
                      report: ProgressFn) -> list[SmoothedOutput]:
-    """[clean, attacked] or, with the independent noise floor, [clean, attacked, clean again].
+    """The one-call path (early stopping or shared noise, see _overlaps): [clean, attacked] or,
+    with the independent noise floor, [clean, attacked, clean again].
 
     One smoothing call for all of them, so their samples share forward batches; early stopping
     then stops all of them at the same N.
@@ -592,11 +646,7 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
     if cfg.shared_noise and cfg.mode != "denoise-only":
         noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=generator) * cfg.sigma
     rule = EarlyStop(k=cfg.k, alpha=cfg.early_stop_alpha) if cfg.early_stop else None
-    kwargs = dict(sigma=cfg.sigma, mode=cfg.mode, method=cfg.method, head_fusion=cfg.head_fusion,
-                  batch_size=cfg.batch_size, generator=generator,
-                  keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
-                  multistep_steps=cfg.multistep_steps, precision=cfg.precision,
-                  progress=lambda done, total: report("smoothing", 0.15 + 0.8 * done / total))
+    kwargs = dict(_smooth_kwargs(cfg, report, 0.15, 0.8), generator=generator)
     if noise is None:
         return smooth(pair, batch, n_samples=cfg.n_samples, early_stop=rule, **kwargs)
     # Common random numbers: the same draws for clean and attacked; the floor gets fresh ones,

@@ -31,7 +31,7 @@ import dataclasses
 import threading
 import weakref
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Callable, Iterator, TypeVar
@@ -389,14 +389,20 @@ def _start_pool(workers: int, name: str) -> ThreadPoolExecutor:
     return pool
 
 
-def run_single_threaded(fn: Callable[..., T], *args, **kwargs) -> T:
-    """``fn(*args, **kwargs)`` on a CPU worker thread with one intra-op thread.
+def submit_single_threaded(fn: Callable[..., T], *args, **kwargs) -> "Future[T]":
+    """Start ``fn(*args, **kwargs)`` on a CPU worker thread with one intra-op thread.
 
     For batch-1 work (an attack on one image): too small to gain from intra-op threads, and
     with them every operator waits at a barrier for a thread that another process may have
     descheduled (docs/PERFORMANCE.md). One worker for the process: such calls run one at a time.
+    ``fn`` must not itself wait for this worker.
     """
-    return _pool(1, "fvit-serial").submit(fn, *args, **kwargs).result()
+    return _pool(1, "fvit-serial").submit(fn, *args, **kwargs)
+
+
+def run_single_threaded(fn: Callable[..., T], *args, **kwargs) -> T:
+    """:func:`submit_single_threaded` and wait for the result."""
+    return submit_single_threaded(fn, *args, **kwargs).result()
 
 
 def _workers(device: torch.device, mode: str) -> int:

@@ -178,7 +178,7 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
     monkeypatch.setattr(pipeline, "smooth", lambda pair, images, **kw: sizes.append(len(images)) or real(pair, images, **kw))
     result = analyze(_image(), AnalysisConfig(**{**FAST, "noise_floor_estimator": "bootstrap"}), pair=tiny_pair)
     d = result.faithful
-    assert sizes == [2]
+    assert sizes == [1, 1]  # clean (while the attack runs), then attacked: no third estimate
     assert 0 <= d.topk_overlap_floor <= 1 and d.topk_overlap_floor_ci[0] <= d.topk_overlap_floor_ci[1]
     # No third batch: CERTIFY's class guess is the vanilla clean prediction, independent of the noise.
     c = d.certified
@@ -254,3 +254,29 @@ def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
         assert got == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
+    """The attack waits until the clean smoothing has started: without the overlap this would
+    time out instead of returning the result that the one-call path gives."""
+    from fvit_core import pipeline
+
+    pipeline.clear_cache()
+    started = threading.Event()
+    real_attack, real_smooth = pipeline.run_attack, pipeline.smooth
+
+    def attack(*args, **kwargs):
+        assert started.wait(timeout=60), "the clean image was not smoothed during the attack"
+        return real_attack(*args, **kwargs)
+
+    def smooth(pair, images, **kwargs):
+        started.set()
+        return real_smooth(pair, images, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_attack", attack)
+    monkeypatch.setattr(pipeline, "smooth", smooth)
+    overlapped = analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)
+    monkeypatch.setattr(pipeline, "run_attack", real_attack)
+    pipeline.clear_cache()
+    assert _strip(analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(overlapped)
+    assert overlapped.timing["attack"] > 0 and overlapped.faithful.n_samples == FAST["n_samples"]
