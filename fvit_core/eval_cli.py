@@ -48,7 +48,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset-seed", dest="subset_seed", type=int, default=argparse.SUPPRESS,
                    help="seed of the image order / subset (default 0)")
     for flag in ("--model", "--classifier", "--denoiser", "--head-fusion", "--k", "--beta", "--seed", "--device",
-                 "--batch-size", "--image-mode"):
+                 "--batch-size", "--image-mode", "--precision"):
         _shared(p, flag)
     p.add_argument("--multistep-steps", dest="multistep_steps", type=int, default=argparse.SUPPRESS,
                    help="denoising steps of mode multistep (default 10)")

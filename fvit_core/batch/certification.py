@@ -44,7 +44,7 @@ from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..images import load_image, prepare_image
 from ..models import ModelPair
-from ..smoothing import smooth
+from ..smoothing import PRECISION_CHOICES, smooth
 from .data import ImageItem
 from .evaluate import load_models, prepare_run, progress_bar, selected_items
 from .store import RowFiles, atomic_write_text
@@ -81,6 +81,9 @@ class CertifyConfig:
     beta: float = 0.5
     multistep_steps: int = 10
     image_mode: str = "resize"
+    # As in `fvit analyze`. The certificate holds for the smoothed classifier built on the base
+    # networks as they run, so a bfloat16 base gives a valid certificate of that classifier.
+    precision: str = "auto"
     radii: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
     check_random: int = 0
     check_attacks: bool = False
@@ -106,6 +109,8 @@ class CertifyConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(EXPLANATION_METHODS)}")
         if self.head_fusion not in HEAD_FUSIONS:
             raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {self.sigma!r}")
         if not 0.0 < self.alpha < 0.5:
@@ -163,7 +168,7 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
     g = distributed.generator_for(cfg.seed, "certify", item.path, cfg.mode, cfg.sigma, cfg.method)
     common = dict(sigma=cfg.sigma, mode=cfg.mode, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
-                  generator=g, multistep_steps=cfg.multistep_steps)
+                  generator=g, multistep_steps=cfg.multistep_steps, precision=cfg.precision)
     selection = smooth(pair, x, n_samples=cfg.n0, method="raw", **common)[0]  # only its votes are used
     estimation = smooth(pair, x, n_samples=cfg.n, method=cfg.method, **common)[0]
     predict, radius = certify.certify_counts(selection.votes, estimation.votes, cfg.sigma, cfg.alpha)
@@ -211,7 +216,7 @@ def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor,
             attacks.append(name)
     outs = smooth(pair, torch.cat(points), sigma=cfg.sigma, n_samples=cfg.check_samples or cfg.n, mode=cfg.mode,
                   method=cfg.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size, generator=g,
-                  multistep_steps=cfg.multistep_steps)
+                  multistep_steps=cfg.multistep_steps, precision=cfg.precision)
     overlaps = [float(metrics.topk_overlap(attention, out.attention, cfg.k)) for out in outs]
     checks["check_floor"] = overlaps[0]
     if cfg.check_random:

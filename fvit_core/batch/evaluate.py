@@ -45,7 +45,7 @@ from ..attacks import ATTACKS, get_attack, run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..images import load_image, prepare_image
 from ..models import ModelPair, load_pair
-from ..smoothing import SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
+from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
 from .data import ImageItem, list_items, read_label_map, select
 from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
 from .store import RowFiles, atomic_write_text, json_line
@@ -89,6 +89,9 @@ class EvalConfig:
     pt_fill: str = "mean"
     multistep_steps: int = 10
     image_mode: str = "resize"
+    # The DDS networks' precision, as in `fvit analyze` (smoothing.resolve_precision): "auto" is
+    # bfloat16 where native for forward-only methods; its effect is measured in PERFORMANCE.md.
+    precision: str = "auto"
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
@@ -114,6 +117,7 @@ class EvalConfig:
         _choices(self.methods, EXPLANATION_METHODS, "method")
         _choices((self.head_fusion,), HEAD_FUSIONS, "head fusion")
         _choices((self.pt_fill,), FILLS, "perturbation-test fill")
+        _choices((self.precision,), PRECISION_CHOICES, "precision")
         for value in self.sigmas:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {value!r}")
@@ -293,6 +297,7 @@ class ImageEvaluation:
         cfg = self.cfg
         return smooth(self.pair, images, sigma=s.sigma, n_samples=n_samples or cfg.n_samples, mode=s.mode,
                       method=method or s.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
+                      precision=cfg.precision,
                       generator=generator, noise=noise, multistep_steps=cfg.multistep_steps)
 
     def _shared_noise(self, s: Setting) -> torch.Tensor | None:
