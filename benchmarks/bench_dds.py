@@ -349,7 +349,7 @@ def section_batch(rep: Report, images_dir: Path, count: int) -> None:
         rep.numbers["certify_samples_per_s"] = samples / seconds
         rows.append([f"fvit certify (sigma 0.25, n0 = 100, n = 1000)", ccfg.limit, f"{seconds:.1f}",
                      f"{samples / seconds:.0f} samples/s"])
-    rep.table("Batch throughput (float32, defaults of each command)", ["command", "images", "s", "throughput"], rows,
+    rep.table("Batch throughput (defaults of each command, precision auto)", ["command", "images", "s", "throughput"], rows,
               note="Wall time of the whole command (model loading and reports included).")
 
 
@@ -570,7 +570,7 @@ def section_targets(rep: Report) -> None:
             add(f">= 10x the reference implementation ({label})", f"{n[f'speedup_{key}']:.1f}x", n[f"speedup_{key}"] >= 10)
     if "loop_fp32" in n and "analysis_default_64" in n:
         floor = 192 * n["flops_per_sample"] / (n["matmul_fp32"] * 1e9)
-        add("(bound) default analysis at 100% of the float32 matmul rate, smoothing alone",
+        add("(bound) careful analysis (192 float32 samples) at 100% of the float32 matmul rate, smoothing alone",
             f"{floor:.3f} s + the attack", None)
     rep.table("Targets (issue) against this run", ["target", "measured", "status"], rows,
               note="Default settings: precision='auto' (bfloat16 on this CPU, which has AVX512-BF16) and the "

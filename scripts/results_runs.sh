@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The runs behind docs/RESULTS.md, on the shipped pair, CPU, in the order they were made.
+# Every command is resumable: rerunning it continues where it stopped. Outputs go to
+# runs/results/<name>/ (summary.md, summary.csv, rows, figures); runs/ is not committed.
+#   bash scripts/results_runs.sh [DATA]     # DATA: default ../shared/data/cifar10-test-2k
+set -euo pipefail
+DATA=${1:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/cifar10-test-2k}
+OUT=${OUT:-runs/results}
+mkdir -p "$OUT"
+t() { local name=$1; shift; local start=$SECONDS; "$@"; echo "$name: $((SECONDS - start)) s" | tee -a "$OUT/times.txt"; }
+
+# 1. Explanation stability under PGD (crafted on the vanilla ViT), three explanation methods,
+#    vanilla vs RS vs DDS, with accuracy, divergences and the perturbation test: 500 images.
+t main fvit eval --data "$DATA" --limit 500 --attack pgd --eps 2/255,4/255,8/255,16/255 \
+  --mode vanilla,rs,dds --method raw,rollout,grad_rollout --sigma 0.25 --n-samples 32 \
+  --no-progress --out "$OUT/main"
+
+# 2. Certification (Cohen CERTIFY + top-k radius), DDS at sigma 0.25 and 0.5: 200 images.
+t certify_025 fvit certify --data "$DATA" --limit 200 --sigma 0.25 --n0 100 --n 1000 --alpha 0.001 \
+  --no-progress --out "$OUT/certify_025"
+t certify_050 fvit certify --data "$DATA" --limit 200 --sigma 0.5 --n0 100 --n 1000 --alpha 0.001 \
+  --no-progress --out "$OUT/certify_050"
+
+# 3. The sigma trade-off: overlap and accuracy vs sigma at PGD 8/255, raw attention: 500 images.
+t sigma fvit eval --data "$DATA" --limit 500 --attack pgd --eps 8/255 --mode vanilla,dds \
+  --method raw --sigma 0.06,0.12,0.25,0.5 --n-samples 32 --no-perturbation-test \
+  --no-progress --out "$OUT/sigma"
+
+# 4. Does the top-k certificate hold? Random points on the certified sphere and PGD-L2 / the
+#    top-k attack inside the radius, each re-estimated with 256 samples: 30 images.
+t check fvit certify --data "$DATA" --limit 30 --sigma 0.25 --n0 100 --n 1000 --alpha 0.001 \
+  --check-random 8 --check-attacks --check-samples 256 --no-progress --out "$OUT/check"
