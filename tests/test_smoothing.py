@@ -252,3 +252,39 @@ def test_cpu_batches_are_even_and_independent_of_the_thread_count():
     assert [len(i) for i, _ in _batches(3, 0, 256, 256, None)] == [256] * 3  # GPU: the caller's batch size
     cut = [(a.tolist(), b.tolist()) for a, b in _batches(2, 5, 3, 4, 48)]
     assert cut == [([0, 0, 0], [5, 6, 7]), ([1, 1, 1], [5, 6, 7])]  # samples 5..7 of images 0 and 1
+
+
+# ------------------------------------------------------------------ precision "auto"
+
+
+def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypatch):
+    from fvit_core import smoothing
+    from fvit_core.smoothing import resolve_precision
+
+    for native in (True, False):
+        monkeypatch.setattr(smoothing, "native_bfloat16", lambda device, native=native: native)
+        expected = "bfloat16" if native else "float32"
+        assert resolve_precision("auto", "cpu", "raw") == expected
+        assert resolve_precision("auto", "cpu", "rollout") == expected
+        assert resolve_precision("auto", "cpu", "grad_rollout") == "float32"  # gradients: not measured in bf16
+        assert resolve_precision("auto", "cpu", "gradcam") == "float32"
+        assert resolve_precision("float32", "cpu", "raw") == "float32"
+        assert resolve_precision("bfloat16", "cpu", "gradcam") == "bfloat16"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16", "cpu")
+    assert smoothing.native_bfloat16(torch.device("meta")) is False
+
+
+def test_auto_precision_runs_what_it_resolves_to(tiny_pair, monkeypatch):
+    from fvit_core import smoothing
+
+    x = _images(2)
+    monkeypatch.setattr(smoothing, "native_bfloat16", lambda device: True)
+    auto = smooth(tiny_pair, x, sigma=0.25, n_samples=6, precision="auto", generator=torch.Generator().manual_seed(3))
+    half = smooth(tiny_pair, x, sigma=0.25, n_samples=6, precision="bfloat16",
+                  generator=torch.Generator().manual_seed(3))
+    full = smooth(tiny_pair, x, sigma=0.25, n_samples=6, precision="float32",
+                  generator=torch.Generator().manual_seed(3))
+    for a, h, f in zip(auto, half, full):
+        np.testing.assert_array_equal(a.attention, h.attention)
+        assert not np.array_equal(a.attention, f.attention)  # bfloat16 really ran
