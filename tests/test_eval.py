@@ -245,3 +245,11 @@ def test_bad_grid_values_are_refused(tmp_path):
         ev.EvalConfig(data="d", out="o", attack_params={"n_queries": 10}).validate()
     with pytest.raises(ValueError, match="eps"):
         ev.EvalConfig(data="d", out="o", eps=(-1.0,)).validate()
+    with pytest.raises(ValueError, match="precision"):
+        ev.EvalConfig(data="d", out="o", precision="float16").validate()
+    from fvit_core.batch.certification import CertifyConfig
+
+    with pytest.raises(ValueError, match="precision"):
+        CertifyConfig(data="d", out="o", precision="half").validate()
+    ev.EvalConfig(data="d", out="o", precision="bfloat16").validate()
+    CertifyConfig(data="d", out="o", precision="float32").validate()
