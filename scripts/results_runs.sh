@@ -30,3 +30,8 @@ t sigma fvit eval --data "$DATA" --limit 500 --attack pgd --eps 8/255 --mode van
 #    top-k attack inside the radius, each re-estimated with 256 samples: 30 images.
 t check fvit certify --data "$DATA" --limit 30 --sigma 0.25 --n0 100 --n 1000 --alpha 0.001 \
   --check-random 8 --check-attacks --check-samples 256 --no-progress --out "$OUT/check"
+
+# 5. The adaptive attack: PGD with expectation over the DDS noise, through denoiser and ViT
+#    (eot_dds, 4 draws per step), against vanilla and DDS at sigma 0.25: 200 images.
+t adaptive fvit eval --data "$DATA" --limit 200 --attack eot_dds --eps 8/255 --mode vanilla,dds \
+  --method raw --sigma 0.25 --n-samples 32 --no-perturbation-test --no-progress --out "$OUT/adaptive"
