@@ -606,8 +606,13 @@ def _overlaps(cfg: AnalysisConfig) -> bool:
     return not cfg.early_stop and not (cfg.shared_noise and cfg.mode != "denoise-only")
 
 
+def _floor_batch(cfg: AnalysisConfig) -> bool:
+    """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""
+    return cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+
+
 def _smooth_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: float) -> dict:
-    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    floor_batch = _floor_batch(cfg)
     return dict(sigma=cfg.sigma, mode=cfg.mode, method=cfg.method, head_fusion=cfg.head_fusion,
                 batch_size=cfg.batch_size, keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
                 multistep_steps=cfg.multistep_steps, precision=cfg.precision,
@@ -620,7 +625,7 @@ def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: 
     floor, [clean, clean again], from the generator seeded with ``cfg.seed``. With it: the full
     [clean, attacked(, clean again)], the attacked estimate drawing from a generator seeded with
     ``cfg.seed + 1`` (independent of the clean draws, whatever their count)."""
-    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    floor_batch = _floor_batch(cfg)
     if x_adv is None:
         batch = torch.cat([x, x] if floor_batch else [x]).cpu()
         return smooth(pair, batch, n_samples=cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed),
@@ -640,7 +645,7 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
     then stops all of them at the same N.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    floor_batch = cfg.noise_floor and cfg.noise_floor_estimator == "independent"
+    floor_batch = _floor_batch(cfg)
     batch = torch.cat([x, x_adv, x] if floor_batch else [x, x_adv]).cpu()
     noise = None
     if cfg.shared_noise and cfg.mode != "denoise-only":
