@@ -40,6 +40,7 @@ from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from .denoise import one_shot_denoise, timestep_for_sigma
 from .metrics import topk_indices
 from .models import Denoiser
+from .pixel_space import is_uniform_rescale
 
 ParamKind = Literal["float", "int", "choice", "bool"]
 ParamValue = float | int | str | bool
@@ -617,9 +618,10 @@ def run_attack(
     with torch.inference_mode(False), torch.enable_grad():
         x_clean = _check_images(x)
         expected = getattr(model, "img_size", None)
-        if expected is not None and tuple(x_clean.shape[-2:]) != tuple(expected):
-            raise ValueError(f"the classifier takes {expected[0]}x{expected[1]} pixels, got images of shape "
-                             f"{tuple(x_clean.shape)}; resize them first (images.prepare_image)")
+        if expected is not None and not is_uniform_rescale(tuple(x_clean.shape[-2:]), tuple(expected)):
+            raise ValueError(f"the classifier takes {expected[0]}x{expected[1]} pixels (or a uniform rescale: the "
+                             f"smoothing space), got images of shape {tuple(x_clean.shape)}; prepare them first "
+                             "(images.prepare_image)")
         unet = denoiser.unet if denoiser is not None else None
         # One attack at a time per process: torchattacks draws from torch's global RNG (seeded
         # here), and train flags / parameter grads of the shared model are saved and restored, so

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import PixelViT
+from .pixel_space import is_uniform_rescale
 
 EXPLANATION_METHODS: tuple[str, ...] = ("raw", "rollout", "grad_rollout", "gradcam")
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
@@ -325,14 +326,15 @@ def _check_model(model: PixelViT) -> None:
 
 
 def check_pixels(model: PixelViT, x: Tensor) -> None:
-    """Raise ValueError unless ``x`` is a float (B, 3, H, W) batch in [0, 1] of the model's size."""
+    """Raise ValueError unless ``x`` is a float (B, 3, H, W) batch in [0, 1] of the model's size or
+    a uniform rescale of it (the smoothing space, which the model resizes as its first layer)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"expected a torch.Tensor of pixels, got {type(x).__name__}")
     size = tuple(model.img_size)
-    if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != size:
+    if x.dim() != 4 or x.shape[1] != 3 or not is_uniform_rescale(tuple(x.shape[-2:]), size):
         raise ValueError(
-            f"expected pixels of shape (B, 3, {size[0]}, {size[1]}), got {tuple(x.shape)}; add a batch "
-            "axis with x[None] and resize with images.prepare_image / denoise.resize_pixels"
+            f"expected pixels of shape (B, 3, {size[0]}, {size[1]}) or a uniform rescale of it, got "
+            f"{tuple(x.shape)}; add a batch axis with x[None] and prepare the image with images.prepare_image"
         )
     if not x.is_floating_point():
         raise ValueError(f"expected float pixels in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
@@ -439,7 +441,7 @@ def _cls_block(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 def _raw_cls_path(model: PixelViT, x: Tensor, head_fusion: str) -> tuple[Tensor, Tensor]:
     """(logits (B, C), unnormalised raw weights (B, P)) of ``model`` on pixels ``x``."""
     vit = model.vit
-    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed((x - model.mean) / model.std))))
+    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(model.input_layer(x)))))
     for block in vit.blocks[:-1]:
         tokens = _fused_block(block, tokens)
     cls, cls_attn = _cls_block(vit.blocks[-1], tokens)

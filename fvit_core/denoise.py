@@ -12,9 +12,9 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 
 from .models import Denoiser
+from .pixel_space import resize_pixels
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -42,20 +42,25 @@ def check_timestep(denoiser: Denoiser, t_star: int) -> int:
     return t_star
 
 
-def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic, antialiased resize of pixel images (B, 3, H, W), clamped back to [0, 1]."""
-    if len(size) != 2 or min(int(v) for v in size) < 1:
-        raise ValueError(f"size must be (height, width) with both >= 1, got {tuple(size)}")
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+def check_denoiser_size(denoiser: Denoiser, x: torch.Tensor) -> None:
+    """Noisy images must come at the denoiser's own size: noise added at another size and then
+    resized is not the white noise of std 2*sigma the UNet was trained on at t* (pixel_space
+    says why). ValueError otherwise."""
+    size = (denoiser.sample_size, denoiser.sample_size)
+    if tuple(x.shape[-2:]) != size:
+        raise ValueError(f"the denoiser takes {size[0]}x{size[1]} pixels, got {tuple(x.shape)}: prepare the image at "
+                         "pixel_space.smoothing_size(pair) and add the noise there, not before a resize")
 
 
 def _predict_noise(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """eps_theta(x_t, t) in the dtype of ``x_t``; the UNet runs in its own dtype (float32, or a
-    bfloat16 copy made by the smoothing loop), the x0 formula around it stays in ``x_t``'s."""
+    bfloat16 copy made by the smoothing loop), the x0 formula around it stays in ``x_t``'s.
+
+    Learned-sigma models (guided-diffusion's, converted by fvit_core.adm) output epsilon followed
+    by the variance interpolation: only the first 3 channels, epsilon, are used."""
     unet_dtype = next(denoiser.unet.parameters()).dtype
-    return denoiser.unet(x_t.to(unet_dtype), timesteps).sample.to(x_t.dtype)
+    out = denoiser.unet(x_t.to(unet_dtype), timesteps).sample
+    return out[:, : x_t.shape[1]].to(x_t.dtype)
 
 
 def one_shot_denoise(
@@ -65,28 +70,22 @@ def one_shot_denoise(
     *,
     out_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """One-shot x0 estimate of noisy pixels ``x_noisy = x + delta`` (B, 3, H, W).
+    """One-shot x0 estimate of noisy pixels ``x_noisy = x + delta`` (B, 3, H, W) at the denoiser's
+    size (check_denoiser_size).
 
     x_t = sqrt(abar) * (2 x_noisy - 1); x0_hat = (x_t - sqrt(1 - abar) eps_theta(x_t, t*)) /
-    sqrt(abar), clipped to [-1, 1] and mapped back to [0, 1] pixels. Images are resized to the
-    denoiser's sample size and back to ``out_size`` (default: the input size). Differentiable
-    (the adaptive attack back-propagates through it).
+    sqrt(abar), clipped to [-1, 1] and mapped back to [0, 1] pixels, at the denoiser's size or
+    resized to ``out_size``. Differentiable (the adaptive attack back-propagates through it).
     """
     check_timestep(denoiser, t_star)
-    in_size = tuple(x_noisy.shape[-2:])
-    den_size = (denoiser.sample_size, denoiser.sample_size)
+    check_denoiser_size(denoiser, x_noisy)
     abar = float(denoiser.alphas_cumprod[t_star])
-    x = x_noisy if in_size == den_size else F.interpolate(
-        x_noisy, size=den_size, mode="bicubic", antialias=True, align_corners=False)
-    x_t = math.sqrt(abar) * (2.0 * x - 1.0)
+    x_t = math.sqrt(abar) * (2.0 * x_noisy - 1.0)
     timesteps = torch.full((x_t.shape[0],), t_star, device=x_t.device, dtype=torch.long)
     eps = _predict_noise(denoiser, x_t, timesteps)
     x0 = ((x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)).clamp(-1.0, 1.0)
     pixels = (x0 + 1.0) / 2.0
-    target = out_size or in_size
-    if tuple(pixels.shape[-2:]) != tuple(target):
-        pixels = F.interpolate(pixels, size=target, mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
-    return pixels
+    return pixels if out_size is None else resize_pixels(pixels, out_size)
 
 
 def multistep_denoise(
@@ -100,18 +99,16 @@ def multistep_denoise(
 ) -> torch.Tensor:
     """Multi-step DDPM ancestral denoising from t* down to 0 on ``n_steps`` evenly spaced steps.
 
-    Slower than :func:`one_shot_denoise`; Carlini et al. found one-shot as good or better for
+    ``x_noisy`` at the denoiser's size; output at that size or ``out_size``. Slower than
+    :func:`one_shot_denoise`; Carlini et al. found one-shot as good or better for
     smoothing. Noise for the stochastic steps comes from ``generator`` (seeded by the caller).
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}")
     check_timestep(denoiser, t_star)
-    in_size = tuple(x_noisy.shape[-2:])
-    den_size = (denoiser.sample_size, denoiser.sample_size)
+    check_denoiser_size(denoiser, x_noisy)
     abar_all = denoiser.alphas_cumprod.to(x_noisy.device, torch.float32)
-    x = x_noisy if in_size == den_size else F.interpolate(
-        x_noisy, size=den_size, mode="bicubic", antialias=True, align_corners=False)
-    x_t = math.sqrt(float(abar_all[t_star])) * (2.0 * x - 1.0)
+    x_t = math.sqrt(float(abar_all[t_star])) * (2.0 * x_noisy - 1.0)
     steps = torch.linspace(t_star, 0, n_steps + 1).round().long().tolist()
     for t, t_prev in zip(steps[:-1], steps[1:]):
         abar_t = float(abar_all[t])
@@ -129,5 +126,4 @@ def multistep_denoise(
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         x_t = mean + math.sqrt(max(var, 0.0)) * noise if t_prev > 0 else x0
     pixels = (x_t.clamp(-1, 1) + 1.0) / 2.0
-    target = out_size or in_size
-    return resize_pixels(pixels, target) if tuple(pixels.shape[-2:]) != tuple(target) else pixels
+    return pixels if out_size is None else resize_pixels(pixels, out_size)

@@ -274,7 +274,7 @@ def compare_figure(result: AnalysisResult) -> Figure:
         mappable = None
         for col, which in enumerate(MODEL_KEYS):
             cmp_ = comparison(result, which)
-            for row, (name, image) in enumerate((("clean", result.clean_image), ("attacked", result.attacked_image))):
+            for row, (name, image) in enumerate((("clean", result.clean_view), ("attacked", result.attacked_view))):
                 view = getattr(cmp_, name)
                 lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k) if name == "attacked" else None
                 ax = axes[row, col]
@@ -302,7 +302,7 @@ def attention_figure(result: AnalysisResult, which: str, *, vmax: float | None =
         axes = fig.subplots(1, 2)
         lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
         mappable = None
-        for ax, name, image in ((axes[0], "clean", result.clean_image), (axes[1], "attacked", result.attacked_image)):
+        for ax, name, image in ((axes[0], "clean", result.clean_view), (axes[1], "attacked", result.attacked_view)):
             view = getattr(cmp_, name)
             mappable = draw_attention(ax, image, view.attention, grid, k, vmax, lost=lost if name == "attacked" else None)
             ax.set_title(f"{name}: {_view_caption(view)}")
@@ -577,7 +577,7 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
     go, make_subplots = _plotly()
     k, grid, vmax = result.config.k, result.grid_size, attention_scale(result)
     rows, cols = grid
-    height, width = result.clean_image.shape[1:]
+    height, width = result.clean_view.shape[1:]
     ph, pw = height / rows, width / cols
     titles = []
     for name in ("clean", "attacked"):
@@ -585,7 +585,7 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
             view = getattr(comparison(result, which), name)
             titles.append(f"{model_label(result, which)}, {name}: {view.label_name} ({view.confidence:.2f})")
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
-    for row, (name, image) in enumerate((("clean", result.clean_image), ("attacked", result.attacked_image)), start=1):
+    for row, (name, image) in enumerate((("clean", result.clean_view), ("attacked", result.attacked_view)), start=1):
         for col, which in enumerate(MODEL_KEYS, start=1):
             cmp_ = comparison(result, which)
             view = getattr(cmp_, name)

@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .pixel_space import resize_pixels
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 MODELS_DIR = ASSETS_DIR / "models"
 
@@ -46,6 +48,8 @@ class PixelViT(nn.Module):
     """A timm VisionTransformer whose first layer normalises [0, 1] pixels.
 
     ``forward(x)`` maps pixels ``x`` of shape (B, 3, H, W) in [0, 1] to logits (B, num_classes).
+    Its first layers are :meth:`input_layer`: pixels at another size than :attr:`img_size` (the
+    smoothing space of a larger denoiser, docs/METHOD.md) are resized to it, then normalised.
     The wrapped ``vit`` is in eval mode with fused attention switched off in every block, so the
     attention weights are materialised and can be captured (docs/method.md, section 4).
     """
@@ -78,8 +82,14 @@ class PixelViT(nn.Module):
         disable_fused_attention(vit)
         self.eval()
 
+    def input_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """What the ViT's patch embedding receives: pixels (B, 3, H, W) in [0, 1], resized to
+        :attr:`img_size` when they differ (bicubic, antialiased: pixel_space.resize_pixels), then
+        normalised with the checkpoint's mean and std. Differentiable."""
+        return (resize_pixels(x, self.img_size) - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit((x - self.mean) / self.std)
+        return self.vit(self.input_layer(x))
 
     @property
     def num_classes(self) -> int:

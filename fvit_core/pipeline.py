@@ -26,6 +26,7 @@ from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
+from .pixel_space import resize_pixels, smoothing_size
 from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
                         smooth, submit_single_threaded, vanilla)
 
@@ -289,7 +290,13 @@ class FaithfulDetails:
 
 @dataclass
 class AnalysisResult:
-    """Everything one analysis produced. Images are (3, H, W) float32 in [0, 1]."""
+    """Everything one analysis produced. Images are (3, H, W) float32 in [0, 1].
+
+    ``clean_image`` and ``attacked_image`` are in the analysis' pixel space (``pixel_size``: the
+    denoiser's size with a denoiser, pixel_space.smoothing_size), where noise, perturbation norms
+    and radii live; ``clean_view`` and ``attacked_view`` are the same images as the classifier saw
+    them (resized to ``classifier_size``), which the attention maps are drawn over.
+    """
 
     config: AnalysisConfig
     class_names: tuple[str, ...]
@@ -302,6 +309,18 @@ class AnalysisResult:
     fvit: ModelComparison
     faithful: FaithfulDetails
     timing: dict[str, float]
+    clean_view: np.ndarray
+    attacked_view: np.ndarray
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """(H, W) of the pixel space the analysis worked in."""
+        return tuple(int(v) for v in self.clean_image.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def classifier_size(self) -> tuple[int, int]:
+        """(H, W) of the classifier's input."""
+        return tuple(int(v) for v in self.clean_view.shape[1:])  # type: ignore[return-value]
 
     @property
     def perturbation(self) -> np.ndarray:
@@ -315,6 +334,7 @@ class AnalysisResult:
             "config": self.config.to_dict(),
             "class_names": list(self.class_names),
             "grid_size": list(self.grid_size),
+            "pixel_space": {"size": list(self.pixel_size), "classifier_input": list(self.classifier_size)},
             "image_digest": self.image_digest,
             "attack": self.attack,
             "vanilla": self.vanilla.to_json(),
@@ -499,7 +519,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     clf = pair.classifier
     cfg.validate(num_patches=clf.num_patches)
     arr = _as_tensor_image(image)
-    prepared = prepare_image(arr, clf.img_size, mode=cfg.image_mode).astype(np.float32)
+    prepared = prepare_image(arr, smoothing_size(pair, cfg.mode), mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)
     digest = image_digest(prepared)
     t0 = timer.lap("load", t0)
@@ -714,12 +734,13 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
     )
     timer.lap("metrics", t0)
     x_np, adv_np = x[0].cpu().numpy().copy(), x_adv[0].cpu().numpy().copy()
+    views = resize_pixels(torch.cat([x, x_adv]).float().cpu(), clf.img_size).numpy()
     attack_info = {"name": cfg.attack, "params": _plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())),
                    "linf": float(delta.abs().max()), "l2": l2, "crafted_on": "fvit" if cfg.attack == "eot_dds" else "vanilla"}
     result = AnalysisResult(
         config=cfg, class_names=tuple(names), grid_size=clf.grid_size, image_digest=digest,
         clean_image=x_np, attacked_image=adv_np, attack=attack_info, vanilla=vanilla_cmp, fvit=fvit_cmp,
-        faithful=faithful, timing=timer.finish(),
+        faithful=faithful, timing=timer.finish(), clean_view=views[0].copy(), attacked_view=views[1].copy(),
     )
     _check_finite(result)
     return result
@@ -741,7 +762,7 @@ def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) 
         from .denoise import one_shot_denoise, timestep_for_sigma
 
         t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
-        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star, out_size=pair.classifier.img_size)).all()):
+        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star)).all()):
             raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
 
 

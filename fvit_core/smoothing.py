@@ -543,16 +543,16 @@ def smooth(
 
 def _model_inputs(clf: PixelViT, den: Denoiser | None, noisy: torch.Tensor, mode: str, t_star: int | None,
                   steps: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Float32 pixels for the ViT: denoised (dds, denoise-only, multistep) or clipped (rs)."""
-    out_size = clf.img_size
+    """Float32 pixels for the ViT, still in the smoothing space (the ViT resizes them as its first
+    layer, pixel_space): denoised (dds, denoise-only, multistep) or clipped (rs)."""
     if mode == "rs":
         return noisy.clamp(0.0, 1.0)
     if mode == "multistep":
         step_gen = None
         if generator is not None and noisy.device.type == "cpu":
             step_gen = generator
-        return multistep_denoise(den, noisy, t_star, n_steps=steps, generator=step_gen, out_size=out_size)
-    return one_shot_denoise(den, noisy, t_star, out_size=out_size)
+        return multistep_denoise(den, noisy, t_star, n_steps=steps, generator=step_gen)
+    return one_shot_denoise(den, noisy, t_star)
 
 
 def vanilla(pair: ModelPair, images: torch.Tensor, *, method: str = "raw", head_fusion: str = "mean"

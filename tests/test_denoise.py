@@ -47,14 +47,16 @@ def test_one_shot_matches_diffusers_pred_original_sample(tiny_pair):
     assert torch.allclose(ours, (theirs + 1) / 2, atol=1e-5)
 
 
-def test_one_shot_resizes_between_model_sizes(tiny_pair):
+def test_one_shot_output_size_and_range(tiny_pair):
     den = tiny_pair.denoiser
-    x = torch.rand(1, 3, 48, 40)
+    x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         out = one_shot_denoise(den, x, 50)
         out_small = one_shot_denoise(den, x, 50, out_size=(16, 16))
-    assert out.shape == (1, 3, 48, 40) and out_small.shape == (1, 3, 16, 16)
+    assert out.shape == (1, 3, 32, 32) and out_small.shape == (1, 3, 16, 16)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    with pytest.raises(ValueError, match="denoiser takes 32x32"):
+        one_shot_denoise(den, torch.rand(1, 3, 48, 40), 50)  # noise must be added at the UNet's size
 
 
 def test_multistep_is_seeded_and_in_range(tiny_pair):

@@ -43,6 +43,7 @@ from .. import certify, distributed, metrics
 from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..images import load_image, prepare_image
+from ..pixel_space import smoothing_size
 from ..models import ModelPair
 from ..smoothing import PRECISION_CHOICES, smooth
 from .data import ImageItem
@@ -163,8 +164,7 @@ def time_seconds(text: str) -> float:
 def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
     """One row: CERTIFY with n0 selection and n estimation draws, and the top-k radius."""
     start = time.perf_counter()
-    clf = pair.classifier
-    pixels = prepare_image(load_image(root / item.path), clf.img_size, mode=cfg.image_mode)
+    pixels = prepare_image(load_image(root / item.path), smoothing_size(pair, cfg.mode), mode=cfg.image_mode)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
     g = distributed.generator_for(cfg.seed, "certify", item.path, cfg.mode, cfg.sigma, cfg.method)
     common = dict(sigma=cfg.sigma, mode=cfg.mode, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,

@@ -45,6 +45,7 @@ from ..attacks import ATTACKS, get_attack, run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..images import load_image, prepare_image
 from ..models import ModelPair, load_pair
+from ..pixel_space import smoothing_size
 from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
 from .data import ImageItem, list_items, read_label_map, select
 from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
@@ -260,10 +261,22 @@ class ImageEvaluation:
 
     def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path):
         self.cfg, self.pair, self.item = cfg, pair, item
-        clf = pair.classifier
-        pixels = prepare_image(load_image(root / item.path), clf.img_size, mode=cfg.image_mode)
-        self.x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None].to(pair.device)
+        self.decoded = load_image(root / item.path)
+        self.prepared: dict[tuple[int, int], torch.Tensor] = {}
         self.units = _Units()
+
+    def x(self, s: Setting) -> torch.Tensor:
+        """The image (1, 3, H, W) prepared in the pixel space of ``s``'s mode (pixel_space): one
+        space for the vanilla ViT and every denoising mode, the classifier's size for rs."""
+        size = smoothing_size(self.pair, s.mode)
+        if size not in self.prepared:
+            pixels = prepare_image(self.decoded, size, mode=self.cfg.image_mode)
+            self.prepared[size] = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None].to(
+                self.pair.device)
+        return self.prepared[size]
+
+    def _space(self, s: Setting) -> tuple[int, int]:
+        return smoothing_size(self.pair, s.mode)
 
     # -- units ------------------------------------------------------------------------------
 
@@ -271,21 +284,21 @@ class ImageEvaluation:
         return distributed.generator_for(self.cfg.seed, "eval", self.item.path, *parts)
 
     def _unit_keys(self, s: Setting) -> list[tuple]:
-        akey = attack_key(s)
-        keys = [("attack", akey), ("vanilla", None, s.method)]
+        akey, space = attack_key(s), self._space(s)
+        keys = [("attack", akey, space), ("vanilla", None, s.method, space)]
         if s.smoothed:
             keys += [("clean", s.mode, s.sigma, s.method), ("attacked", akey, s.mode, s.sigma, s.method)]
         else:
-            keys.append(("vanilla", akey, s.method))
+            keys.append(("vanilla", akey, s.method, space))
         if self.cfg.perturbation_test:
             keys.append(("pt", s.mode, s.sigma, s.method))
         return keys
 
     def _attack(self, s: Setting) -> torch.Tensor:
         cfg = self.cfg
-        labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.x.device)
+        labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
         seed = distributed.derive_seed(cfg.seed, "attack", self.item.path, *attack_key(s))
-        return run_attack(s.attack, self.pair.classifier, self.x, labels, attack_arguments(cfg, s),
+        return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack_arguments(cfg, s),
                           denoiser=self.pair.denoiser, seed=seed)
 
     def _vanilla(self, image: torch.Tensor, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -304,24 +317,25 @@ class ImageEvaluation:
         if not self.cfg.shared_noise or s.mode == "denoise-only":
             return None
         g = self._generator("noise", s.mode, s.sigma, s.method)
-        return torch.randn((self.cfg.n_samples, *self.x.shape[1:]), generator=g) * s.sigma
+        return torch.randn((self.cfg.n_samples, *self.x(s).shape[1:]), generator=g) * s.sigma
 
     def _clean(self, s: Setting) -> tuple[SmoothedOutput, SmoothedOutput | None, torch.Tensor | None]:
         """(clean estimate, independent second estimate or None, shared noise or None)."""
         g = self._generator("clean", s.mode, s.sigma, s.method)
         noise = self._shared_noise(s)
         if noise is None:
-            batch = torch.cat([self.x, self.x]) if self.cfg.noise_floor else self.x
+            x = self.x(s)
+            batch = torch.cat([x, x]) if self.cfg.noise_floor else x
             outs = self._smooth(batch, s, g)
             return outs[0], (outs[1] if self.cfg.noise_floor else None), None
-        clean = self._smooth(self.x, s, g, noise=noise)[0]
+        clean = self._smooth(self.x(s), s, g, noise=noise)[0]
         floor = None
         if self.cfg.noise_floor:
-            floor = self._smooth(self.x, s, self._generator("floor", s.mode, s.sigma, s.method))[0]
+            floor = self._smooth(self.x(s), s, self._generator("floor", s.mode, s.sigma, s.method))[0]
         return clean, floor, noise
 
     def _attacked(self, s: Setting) -> SmoothedOutput:
-        x_adv = self.units.values[("attack", attack_key(s))]
+        x_adv = self.units.values[("attack", attack_key(s), self._space(s))]
         noise = self.units.values[("clean", s.mode, s.sigma, s.method)][2]
         g = self._generator("attacked", *attack_key(s), s.mode, s.sigma, s.method)
         return self._smooth(x_adv, s, g, noise=noise)[0]
@@ -331,8 +345,8 @@ class ImageEvaluation:
         if s.smoothed:
             attention = self.units.values[("clean", s.mode, s.sigma, s.method)][0].attention
         else:
-            attention = self.units.values[("vanilla", None, s.method)][0]
-        batch = perturbed_batch(self.x[0], attention, clf.grid_size, fill=self.cfg.pt_fill)
+            attention = self.units.values[("vanilla", None, s.method, self._space(s))][0]
+        batch = perturbed_batch(self.x(s)[0], attention, clf.grid_size, fill=self.cfg.pt_fill)
         if s.smoothed:
             # The smoothed prediction with pt_samples draws; the explanation computed alongside
             # is not used, so the cheapest method is asked for.
@@ -349,7 +363,7 @@ class ImageEvaluation:
         if kind == "attack":
             return self._attack(s)
         if kind == "vanilla":
-            image = self.x if key[1] is None else self.units.values[("attack", key[1])]
+            image = self.x(s) if key[1] is None else self.units.values[("attack", key[1], key[3])]
             return self._vanilla(image, s.method)
         if kind == "clean":
             return self._clean(s)
@@ -371,9 +385,9 @@ class ImageEvaluation:
 
     def _row(self, s: Setting, keys: list[tuple]) -> dict:
         cfg, v = self.cfg, self.units.values
-        akey = attack_key(s)
-        x_adv = v[("attack", akey)]
-        vanilla_clean = v[("vanilla", None, s.method)]
+        akey, space = attack_key(s), self._space(s)
+        x_adv = v[("attack", akey, space)]
+        vanilla_clean = v[("vanilla", None, s.method, space)]
         floor = agreement = radius = None
         n_samples = None
         if s.smoothed:
@@ -387,9 +401,9 @@ class ImageEvaluation:
             agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, cfg.k))
             radius = self._topk_radius(clean_out.attention, s)
         else:
-            clean, attacked = vanilla_clean, v[("vanilla", akey, s.method)]
+            clean, attacked = vanilla_clean, v[("vanilla", akey, s.method, space)]
         pred_clean, pred_attacked = int(np.argmax(clean[1])), int(np.argmax(attacked[1]))
-        delta = (x_adv - self.x).flatten()
+        delta = (x_adv - self.x(s)).flatten()
         row = {
             "image": self.item.path, "index": self.item.index, "label": self.item.label,
             "mode": s.mode, "attack": s.attack, "eps": s.eps, "sigma": s.sigma, "method": s.method, "k": cfg.k,

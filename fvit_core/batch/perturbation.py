@@ -39,16 +39,23 @@ def removal_counts(num_patches: int, fractions: Sequence[float] = FRACTIONS) -> 
 
 
 def remove_patches(image: torch.Tensor, patches: Sequence[int], grid: tuple[int, int], fill: str) -> torch.Tensor:
-    """A copy of ``image`` (3, H, W) with the listed patches (row-major over ``grid``) filled."""
+    """A copy of ``image`` (3, H, W) with the listed patches (row-major over ``grid``) filled.
+
+    The image may be in a smoothing space larger than the classifier's input (pixel_space): a
+    patch then covers the pixels that the classifier's resize maps onto it, rows
+    round(r H / rows) .. round((r + 1) H / rows) (exactly r * patch .. (r + 1) * patch when the
+    grid divides the size)."""
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
     rows, cols = grid
-    height, width = image.shape[-2] // rows, image.shape[-1] // cols
+    height, width = image.shape[-2], image.shape[-1]
     out = image.clone()
     value = image.mean(dim=(1, 2), keepdim=True) if fill == "mean" else torch.zeros(3, 1, 1, dtype=image.dtype)
     for patch in patches:
         r, c = divmod(int(patch), cols)
-        out[:, r * height:(r + 1) * height, c * width:(c + 1) * width] = value.to(image.device)
+        top, bottom = round(r * height / rows), round((r + 1) * height / rows)
+        left, right = round(c * width / cols), round((c + 1) * width / cols)
+        out[:, top:bottom, left:right] = value.to(image.device)
     return out
 
 

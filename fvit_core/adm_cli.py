@@ -1,0 +1,49 @@
+"""``fvit convert-adm CHECKPOINT OUT_DIR``: a guided-diffusion checkpoint as a diffusers folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.adm.ADM_PRESETS (kept light)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert-adm", help="convert an OpenAI guided-diffusion / improved-diffusion UNet checkpoint to diffusers",
+        description="Convert an OpenAI guided-diffusion (ADM) UNet checkpoint into a diffusers folder (unet/ "
+                    "safetensors + scheduler/) that --denoiser OUT_DIR loads. The checkpoint is read with "
+                    "torch.load(weights_only=True): no code is unpickled.")
+    p.add_argument("checkpoint", help="the .pt file, e.g. 256x256_diffusion_uncond.pt")
+    p.add_argument("out_dir", help="new folder for the diffusers model")
+    p.add_argument("--preset", default="256x256_diffusion_uncond", choices=PRESETS,
+                   help="the published model's flags (default: 256x256_diffusion_uncond)")
+    p.add_argument("--flags", type=Path, metavar="FLAGS.json",
+                   help="guided-diffusion's own flags as JSON (image_size, num_channels, num_res_blocks, "
+                        "attention_resolutions, num_head_channels, ...); replaces --preset")
+    p.set_defaults(handler=run)
+
+
+def _read_flags(path: Path) -> dict:
+    if not path.is_file() or path.stat().st_size > 64 * 1024:
+        raise ValueError(f"--flags {path}: not a regular file of at most 64 KiB")
+    try:
+        flags = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--flags {path}: not valid JSON ({exc})") from exc
+    if not isinstance(flags, dict):
+        raise ValueError(f"--flags {path}: must hold a JSON object of flag: value pairs")
+    return flags
+
+
+def run(ns: argparse.Namespace) -> int:
+    from .adm import convert_adm, count_parameters, resolve_flags
+
+    flags = _read_flags(ns.flags) if ns.flags else None
+    out = convert_adm(ns.checkpoint, ns.out_dir, flags=flags, preset=None if flags is not None else ns.preset)
+    record = json.loads((out / "adm_flags.json").read_text())
+    arch = resolve_flags(record["flags"])
+    print(f"wrote {out} ({count_parameters(arch) / 1e6:.1f}M parameters, {arch.image_size}x{arch.image_size}, "
+          f"{arch.out_channels} output channels); use it with --denoiser {out}")
+    return 0

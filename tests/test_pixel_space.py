@@ -1,0 +1,99 @@
+"""One smoothing space (docs/METHOD.md): with a denoiser larger than the classifier, noise is added
+at the denoiser's size, so the UNet sees exactly the noise it was trained on at t*."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.models import TINY_UNET_ARGS, ModelPair, load_denoiser
+from fvit_core.pipeline import AnalysisConfig, analyze
+from fvit_core.pixel_space import is_uniform_rescale, resize_pixels, smoothing_size
+
+SIGMA = 0.25
+
+
+@pytest.fixture(scope="module")
+def mixed_pair(tmp_path_factory, tiny_pair) -> ModelPair:
+    """The tiny 32 px classifier with a 64 px tiny UNet, loaded through the real loader."""
+    folder = tmp_path_factory.mktemp("den64")
+    torch.manual_seed(1)
+    UNet2DModel(**{**TINY_UNET_ARGS, "sample_size": 64}).save_pretrained(folder / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    return ModelPair(classifier=tiny_pair.classifier, denoiser=load_denoiser(folder), name="mixed")
+
+
+def _record_unet_inputs(pair: ModelPair) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], object]:
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args):
+        calls.append((args[0].detach().float().clone(), torch.as_tensor(args[1]).clone()))
+
+    return calls, pair.denoiser.unet.register_forward_pre_hook(hook)
+
+
+def test_unet_sees_white_noise_of_twice_sigma_at_its_own_size(mixed_pair):
+    image = np.random.default_rng(0).random((3, 48, 48), dtype=np.float32)
+    calls, handle = _record_unet_inputs(mixed_pair)
+    try:
+        result = analyze(image, AnalysisConfig(attack="none", sigma=SIGMA, n_samples=16, precision="float32",
+                                               bootstrap=0, noise_floor=False), pair=mixed_pair)
+    finally:
+        handle.remove()
+    t_star = timestep_for_sigma(mixed_pair.denoiser.alphas_cumprod, SIGMA)
+    abar = float(mixed_pair.denoiser.alphas_cumprod[t_star])
+    clean = torch.from_numpy(result.clean_image)
+    assert tuple(clean.shape) == (3, 64, 64) and result.faithful.t_star == t_star == 145
+    assert result.to_json()["pixel_space"] == {"size": [64, 64], "classifier_input": [32, 32]}
+    residuals = []
+    for x_t, timesteps in calls:
+        assert tuple(x_t.shape[-2:]) == (64, 64) and bool((timesteps == t_star).all())
+        noise = x_t / abar ** 0.5 - (2 * clean - 1)  # the diffusion-space noise the UNet must remove
+        if float(noise.abs().max()) > 1e-4:  # the finiteness check denoises the clean image once
+            residuals.append(noise)
+    noise = torch.cat(residuals)
+    assert noise.shape[0] >= 32  # 16 clean + 16 attacked ("none") samples
+    assert float(noise.std()) == pytest.approx(2 * SIGMA, rel=0.02)
+    for dim in (-1, -2):  # neighbouring pixels, horizontally and vertically
+        a, b = noise.narrow(dim, 0, 63).flatten(), noise.narrow(dim, 1, 63).flatten()
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
+
+
+def test_resizing_noise_instead_would_change_it():
+    """The pitfall the smoothing space avoids: noise added at 32 px, then resized to 64, is
+    neither of std 2*sigma nor white (so the test above can fail)."""
+    noise = 2 * SIGMA * torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    up = torch.nn.functional.interpolate(noise, size=(64, 64), mode="bicubic", antialias=True, align_corners=False)
+    a, b = up[..., :-1].flatten(), up[..., 1:].flatten()
+    assert float(up.std()) < 0.9 * 2 * SIGMA and float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.5
+
+
+def test_classifier_resizes_the_smoothing_space_as_its_first_layer(mixed_pair):
+    clf = mixed_pair.classifier
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(clf(x), clf(resize_pixels(x, (32, 32))), atol=1e-6)
+    assert smoothing_size(mixed_pair, "dds") == (64, 64) and smoothing_size(mixed_pair, "rs") == (32, 32)
+    assert smoothing_size(ModelPair(classifier=clf, denoiser=None), "dds") == (32, 32)
+    assert is_uniform_rescale((64, 64), (32, 32)) and not is_uniform_rescale((64, 48), (32, 32))
+
+
+def test_rs_keeps_the_classifier_size_and_perturbation_norms_live_in_the_space(mixed_pair):
+    image = np.random.default_rng(1).random((3, 40, 40), dtype=np.float32)
+    base = dict(attack="fgsm", eps=8 / 255, n_samples=4, bootstrap=0, noise_floor=False, precision="float32")
+    rs = analyze(image, AnalysisConfig(mode="rs", **base), pair=mixed_pair)
+    dds = analyze(image, AnalysisConfig(mode="dds", **base), pair=mixed_pair)
+    assert rs.pixel_size == (32, 32) and dds.pixel_size == (64, 64)
+    assert dds.classifier_size == (32, 32) and dds.clean_view.shape == (3, 32, 32)
+    # Linf budget holds in the space the attack was crafted in; L2 grows with the pixel count.
+    for result in (rs, dds):
+        assert result.attack["linf"] <= 8 / 255 + 1e-6
+        assert result.attack["l2"] <= 8 / 255 * np.sqrt(result.clean_image.size) + 1e-5
+
+
+def test_denoiser_refuses_noise_made_at_another_size(mixed_pair):
+    with pytest.raises(ValueError, match="denoiser takes 64x64"):
+        one_shot_denoise(mixed_pair.denoiser, torch.rand(1, 3, 32, 32), 145)
