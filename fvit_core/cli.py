@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_analyze(sub)
     register_training(sub)
     from .eval_cli import register as register_eval; register_eval(sub)  # noqa: E702  (fvit eval / certify)
-    from .adm_cli import register as register_adm; register_adm(sub)  # noqa: E702  (fvit convert-adm)
+    from .models_cli import register as register_models; register_models(sub)  # noqa: E702  (convert-adm, save-classifier)
     return parser
 
 

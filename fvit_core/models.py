@@ -325,7 +325,8 @@ def load_classifier(
 
     vit = create_vit(str(source), num_classes=num_classes or 1000, img_size=img_size, pretrained=pretrained)
     data_cfg = timm.data.resolve_data_config({}, model=vit)
-    return PixelViT(vit, mean=data_cfg["mean"], std=data_cfg["std"], class_names=class_names)
+    return PixelViT(vit, mean=data_cfg["mean"], std=data_cfg["std"],
+                    class_names=class_names or imagenet_class_names(vit))
 
 
 def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) -> PixelViT:
@@ -352,8 +353,8 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
     check_finite_weights(vit, f"classifier {folder}")
     pcfg = config.get("pretrained_cfg", {})
     names = class_names or pcfg.get("label_names") or config.get("label_names")
-    if names is None and vit.num_classes == len(CIFAR10_CLASSES):
-        names = None
+    if names is None:
+        names = imagenet_class_names(vit)
     return PixelViT(
         vit,
         mean=pcfg.get("mean", (0.5, 0.5, 0.5)),
@@ -514,14 +515,39 @@ def build_default_unet() -> nn.Module:
     return UNet2DModel(**DEFAULT_UNET_ARGS)
 
 
+def models_dir() -> Path:
+    """The folder named pairs and the dashboard read local models from: $FVIT_MODELS_DIR, else
+    the shipped assets/models."""
+    return Path(os.environ.get("FVIT_MODELS_DIR") or MODELS_DIR).expanduser().resolve()
+
+
 @dataclass(frozen=True)
 class ModelPairSpec:
-    """Where a named (classifier, denoiser) pair comes from."""
+    """Where a named (classifier, denoiser) pair comes from.
+
+    ``classifier`` and ``denoiser`` are folders: absolute paths, or names of sub-folders of the
+    models directory (:func:`models_dir`, read when the pair is loaded). A missing classifier
+    folder is replaced by timm's ``hub_classifier`` with hub weights when downloads are allowed;
+    ``how_to_get`` tells the user how to put the missing files in place.
+    """
 
     name: str
     classifier: str
     denoiser: str
     description: str = ""
+    hub_classifier: str | None = None
+    how_to_get: str = ""
+    training_data: str = ""
+
+    def classifier_path(self) -> Path:
+        return models_dir() / self.classifier if not Path(self.classifier).is_absolute() else Path(self.classifier)
+
+    def denoiser_path(self) -> Path:
+        return models_dir() / self.denoiser if not Path(self.denoiser).is_absolute() else Path(self.denoiser)
+
+    def available(self) -> bool:
+        """Whether both folders are in place (no download needed)."""
+        return self.classifier_path().is_dir() and self.denoiser_path().is_dir()
 
 
 MODEL_PAIRS: dict[str, ModelPairSpec] = {
@@ -530,6 +556,22 @@ MODEL_PAIRS: dict[str, ModelPairSpec] = {
         classifier=str(MODELS_DIR / "cifar10-vit"),
         denoiser=str(MODELS_DIR / "cifar10-ddpm"),
         description="Shipped CIFAR-10 pair: ViT (patch 4, 64 patches) + DDPM UNet, trained by this project.",
+        training_data="CIFAR-10 (10 classes, 32x32 px)",
+    ),
+    # The paper's setting (Hu et al. 2024; Carlini et al. 2023): docs/REALSIZE.md says how to get it.
+    "imagenet-vit-b16": ModelPairSpec(
+        name="imagenet-vit-b16",
+        classifier="imagenet-vit-b16",
+        denoiser="imagenet-adm-256",
+        description="The paper's setting: timm's ViT-B/16 (ImageNet-1k, 224 px, 196 patches) + OpenAI's "
+                    "unconditional 256x256 guided-diffusion UNet (552M parameters); DDS at 256 px.",
+        hub_classifier="vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        how_to_get="classifier: `fvit save-classifier vit_base_patch16_224.augreg2_in21k_ft_in1k "
+                   "$FVIT_MODELS_DIR/imagenet-vit-b16 --allow-download` (or pass --allow-download to use the hub "
+                   "copy); denoiser: download 256x256_diffusion_uncond.pt (linked from openai/guided-diffusion's "
+                   "README) and run `fvit convert-adm 256x256_diffusion_uncond.pt $FVIT_MODELS_DIR/imagenet-adm-256`; "
+                   "docs/REALSIZE.md has the steps",
+        training_data="ImageNet-1k (1000 classes, 224x224 px; denoiser trained on ImageNet at 256x256 px)",
     ),
 }
 
@@ -570,9 +612,38 @@ def load_pair(
         raise ModelLoadError(f"unknown model pair {name!r}; known: {', '.join(MODEL_PAIRS)}")
     check_device(device)
     spec = MODEL_PAIRS.get(name)
-    clf_source = classifier or spec.classifier  # type: ignore[union-attr]
-    den_source = denoiser or spec.denoiser  # type: ignore[union-attr]
-    clf = load_classifier(clf_source, pretrained=allow_download and not Path(clf_source).exists())
-    den = load_denoiser(den_source, allow_download=allow_download)
+    if classifier is not None:
+        clf = load_classifier(classifier, pretrained=allow_download and not Path(classifier).exists())
+    else:
+        clf = _pair_classifier(spec, allow_download)  # type: ignore[arg-type]
+    if denoiser is not None:
+        den = load_denoiser(denoiser, allow_download=allow_download)
+    else:
+        folder = spec.denoiser_path()  # type: ignore[union-attr]
+        if not folder.is_dir():
+            raise ModelLoadError(f"the denoiser of the {spec.name!r} pair is not in {folder}; {spec.how_to_get}")  # type: ignore[union-attr]
+        den = load_denoiser(folder)
     label = name if classifier is None and denoiser is None else "custom"
     return ModelPair(classifier=clf, denoiser=den, name=label).to(device)
+
+
+def _pair_classifier(spec: ModelPairSpec, allow_download: bool) -> PixelViT:
+    folder = spec.classifier_path()
+    if folder.is_dir():
+        return load_classifier(folder)
+    if spec.hub_classifier is not None and allow_download:
+        return load_classifier(spec.hub_classifier, pretrained=True)
+    raise ModelLoadError(f"the classifier of the {spec.name!r} pair is not in {folder}; {spec.how_to_get}")
+
+
+def imagenet_class_names(vit: nn.Module) -> tuple[str, ...] | None:
+    """Class names from timm's own ImageNet metadata for a model whose head is an ImageNet subset
+    (1000 or 21k classes, timm.data.infer_imagenet_subset), the first synonym of each ("tench",
+    "goldfish"); None for any other head."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(vit)
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    return tuple(info.index_to_description(i).split(",")[0].strip() for i in range(int(vit.num_classes)))

@@ -35,8 +35,10 @@ def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"size must be (height, width) with both >= 1, got {tuple(size)}")
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    resized = F.interpolate(x, size=tuple(int(v) for v in size), mode="bicubic", antialias=True, align_corners=False)
-    return resized.clamp(0.0, 1.0)
+    # Antialiased bicubic has no bfloat16 kernel on the CPU: resize in float32, return x's dtype.
+    resized = F.interpolate(x.float(), size=tuple(int(v) for v in size), mode="bicubic", antialias=True,
+                            align_corners=False)
+    return resized.clamp(0.0, 1.0).to(x.dtype)
 
 
 def is_uniform_rescale(size: tuple[int, int], target: tuple[int, int]) -> bool:

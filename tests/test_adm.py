@@ -15,7 +15,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
-from fvit_core import adm_cli
+from fvit_core import models_cli
 from fvit_core.adm import ADM_PRESETS, convert_adm, count_parameters, resolve_flags, unet_config
 from fvit_core.cli import main
 from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
@@ -75,7 +75,7 @@ def test_256_preset_is_the_published_architecture():
     assert arch.attention_levels == (False, False, False, True, True, True)
     assert config["down_block_types"][:3] == ("ResnetDownsampleBlock2D",) * 3
     assert count_parameters(arch) == 552_814_086  # guided-diffusion's 256x256 uncond UNet
-    assert set(adm_cli.PRESETS) == set(ADM_PRESETS)
+    assert set(models_cli.PRESETS) == set(ADM_PRESETS)
 
 
 def test_schedules_follow_guided_diffusion():

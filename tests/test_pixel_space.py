@@ -97,3 +97,11 @@ def test_rs_keeps_the_classifier_size_and_perturbation_norms_live_in_the_space(m
 def test_denoiser_refuses_noise_made_at_another_size(mixed_pair):
     with pytest.raises(ValueError, match="denoiser takes 64x64"):
         one_shot_denoise(mixed_pair.denoiser, torch.rand(1, 3, 32, 32), 145)
+
+
+def test_resize_keeps_bfloat16_inputs_in_bfloat16():
+    """The bfloat16 copies of the DDS networks resize too (no bfloat16 antialiased kernel on CPUs)."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    y = resize_pixels(x.bfloat16(), (32, 32))
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 32, 32)
+    assert float((y.float() - resize_pixels(x, (32, 32))).abs().max()) < 0.02

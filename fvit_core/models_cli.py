@@ -1,4 +1,6 @@
-"""``fvit convert-adm CHECKPOINT OUT_DIR``: a guided-diffusion checkpoint as a diffusers folder."""
+"""Putting real-size models in place: ``fvit convert-adm CHECKPOINT OUT_DIR`` (a guided-diffusion
+checkpoint as a diffusers folder) and ``fvit save-classifier NAME OUT_DIR`` (a timm model with hub
+weights as a local classifier folder). docs/REALSIZE.md walks through both."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_save_classifier(sub)
     p = sub.add_parser(
         "convert-adm", help="convert an OpenAI guided-diffusion / improved-diffusion UNet checkpoint to diffusers",
         description="Convert an OpenAI guided-diffusion (ADM) UNet checkpoint into a diffusers folder (unet/ "
@@ -46,4 +49,32 @@ def run(ns: argparse.Namespace) -> int:
     arch = resolve_flags(record["flags"])
     print(f"wrote {out} ({count_parameters(arch) / 1e6:.1f}M parameters, {arch.image_size}x{arch.image_size}, "
           f"{arch.out_channels} output channels); use it with --denoiser {out}")
+    return 0
+
+
+def _register_save_classifier(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "save-classifier", help="download a timm ViT's hub weights once and save it as a local classifier folder",
+        description="Create timm model NAME with its hub weights and save it as a classifier folder (config.json + "
+                    "model.safetensors, with its class names) that --classifier OUT_DIR and the dashboard load "
+                    "offline. Needs --allow-download.")
+    p.add_argument("name", help="timm model name, e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k")
+    p.add_argument("out_dir", help="new folder, e.g. $FVIT_MODELS_DIR/imagenet-vit-b16")
+    p.add_argument("--allow-download", dest="allow_download", action="store_true",
+                   help="allow the hub download (required: without it nothing is fetched)")
+    p.set_defaults(handler=run_save_classifier)
+
+
+def run_save_classifier(ns: argparse.Namespace) -> int:
+    from .models import load_classifier, save_classifier
+
+    out = Path(ns.out_dir).expanduser()
+    if not ns.allow_download:
+        raise ValueError("saving hub weights needs --allow-download (nothing is downloaded without it)")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; choose a new folder")
+    model = load_classifier(ns.name, pretrained=True)
+    save_classifier(model, out, model_args={})
+    print(f"wrote {out} ({model.num_classes} classes, {model.img_size[0]}x{model.img_size[1]} px, "
+          f"{model.num_patches} patches); use it with --classifier {out}")
     return 0
