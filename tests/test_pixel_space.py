@@ -17,13 +17,19 @@ SIGMA = 0.25
 
 
 @pytest.fixture(scope="module")
-def mixed_pair(tmp_path_factory, tiny_pair) -> ModelPair:
-    """The tiny 32 px classifier with a 64 px tiny UNet, loaded through the real loader."""
+def den64_dir(tmp_path_factory):
+    """A tiny 64 px UNet saved through diffusers' save_pretrained."""
     folder = tmp_path_factory.mktemp("den64")
     torch.manual_seed(1)
     UNet2DModel(**{**TINY_UNET_ARGS, "sample_size": 64}).save_pretrained(folder / "unet", safe_serialization=True)
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
-    return ModelPair(classifier=tiny_pair.classifier, denoiser=load_denoiser(folder), name="mixed")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_pair(den64_dir, tiny_pair) -> ModelPair:
+    """The tiny 32 px classifier with the 64 px tiny UNet, loaded through the real loader."""
+    return ModelPair(classifier=tiny_pair.classifier, denoiser=load_denoiser(den64_dir), name="mixed")
 
 
 def _record_unet_inputs(pair: ModelPair) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], object]:
@@ -105,3 +111,22 @@ def test_resize_keeps_bfloat16_inputs_in_bfloat16():
     y = resize_pixels(x.bfloat16(), (32, 32))
     assert y.dtype == torch.bfloat16 and y.shape == (2, 3, 32, 32)
     assert float((y.float() - resize_pixels(x, (32, 32))).abs().max()) < 0.02
+
+
+def test_eval_rows_live_in_each_modes_pixel_space(den64_dir, tiny_pair_dir, image_folder, tmp_path):
+    """Batch evaluation: vanilla and DDS rows share one attacked 64 px image; RS rows have their
+    own attack at the classifier's 32 px (4 times fewer pixels: about half the L2 norm)."""
+    from conftest import read_rows
+    from fvit_core.batch.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(data=str(image_folder), out=str(tmp_path / "eval"), classifier=str(tiny_pair_dir / "classifier"),
+                        denoiser=str(den64_dir), modes=("vanilla", "rs", "dds"), limit=2, n_samples=2, pt_samples=2,
+                        steps=5, progress=False, figures=False, precision="float32"))
+    rows = read_rows(tmp_path / "eval")
+    by = {(r["image"], r["mode"]): r for r in rows}
+    for image in {r["image"] for r in rows}:
+        vanilla, dds, rs = by[(image, "vanilla")], by[(image, "dds")], by[(image, "rs")]
+        assert vanilla["perturbation_l2"] == dds["perturbation_l2"]
+        assert dds["perturbation_l2"] > 1.5 * rs["perturbation_l2"]
+        for row in (vanilla, dds, rs):
+            assert row["perturbation_linf"] <= 8 / 255 + 1e-6
