@@ -81,6 +81,9 @@ BOUNDS: dict[str, Bound] = {
     "check_samples": Bound(2, 1_000_000, True, "samples per checked point"),
     "radii": Bound(0.0, 1000.0, False, "L2 radius of the certified-accuracy table"),
 }
+# Bootstrap resamples x samples: the bootstrap holds about 40 bytes per (resample, sample) pair
+# at once (index and count arrays), so 10 M pairs is about 400 MB.
+MAX_BOOTSTRAP_DRAWS = 10_000_000
 # Lists of fvit eval's grid and certify's table: how many values each may hold.
 MAX_LIST = 1000
 # fvit eval's grid: attacks x budgets x modes x sigmas x methods.
@@ -122,16 +125,17 @@ def check_optional(name: str, value: Any, **kwargs: Any) -> None:
         check(name, value, **kwargs)
 
 
-def check_list(name: str, values: Any, item: str | None = None, *, allow_empty: bool = False) -> None:
+def check_list(name: str, values: Any, item: str | None = None, *, allow_empty: bool = False,
+               bound_free: bool = False) -> None:
     """A list setting (fvit eval's sigmas, certify's radii): at most MAX_LIST values, each within
-    the bounds of ``item`` (default: ``name``)."""
+    the bounds of ``item`` (default: ``name``); ``bound_free``: a list of names, length only."""
     if not isinstance(values, (list, tuple)):
         raise ValueError(f"{name} must be a list of values, got {short_repr(values)}")
     if not values and not allow_empty:
         raise ValueError(f"give at least one value for {name}")
     if len(values) > MAX_LIST:
         raise ValueError(f"{name} holds {len(values):,} values, over the limit of {MAX_LIST:,}")
-    for value in values:
+    for value in () if bound_free else values:
         check(item or name, value)
 
 

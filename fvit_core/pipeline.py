@@ -24,6 +24,7 @@ import torch
 from . import certify, limits, metrics
 from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from .denoise import check_schedule
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
@@ -128,6 +129,10 @@ class AnalysisConfig:
         if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
             raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
                              f"got {self.noise_floor_estimator!r}")
+        if self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
+            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
         if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
             raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
         if self.image_mode not in ("resize", "center_crop"):
@@ -477,6 +482,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     t0 = time.perf_counter()
     clf = pair.classifier
     cfg.validate(num_patches=clf.num_patches)
+    check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)  # t* > 0, steps <= t*: before any work
     arr = _as_tensor_image(image)
     prepared = prepare_image(arr, clf.img_size, mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)

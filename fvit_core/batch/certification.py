@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import certify, distributed, metrics
+from .. import certify, distributed, limits, metrics
 from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from ..denoise import check_schedule
 from ..images import load_image, prepare_image
 from ..models import ModelPair
 from ..smoothing import PRECISION_CHOICES, smooth
@@ -56,6 +57,9 @@ COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "tim
 NOT_RUN = "-"
 HEADER = "\t".join(COLUMNS)
 CONFIG_FILE = "certify_config.json"
+# The numeric settings of a run, each checked against limits.BOUNDS.
+CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "sigma", "n0", "n", "alpha", "k", "beta", "multistep_steps",
+                                    "check_random", "check_samples", "batch_size", "seed")
 
 
 @dataclass
@@ -111,20 +115,9 @@ class CertifyConfig:
             raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
-        if not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {self.sigma!r}")
-        if not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5) (e.g. 0.001), got {self.alpha!r}")
-        if not 0.0 < self.beta <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
-        if self.check_random < 0 or (self.check_samples is not None and self.check_samples < 2):
-            raise ValueError("check_random must be >= 0 and check_samples >= 2")
-        for name in ("n0", "n", "k", "batch_size", "multistep_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not self.radii or any(not (math.isfinite(r) and r >= 0) for r in self.radii):
-            raise ValueError(f"radii must be L2 radii >= 0, got {self.radii!r}")
+        # Every number against its documented bounds (limits.BOUNDS), before any work.
+        limits.check_settings(self, CERTIFY_NUMBERS)
+        limits.check_list("radii", self.radii)
 
 
 def _encode(row: dict) -> str:
@@ -244,6 +237,7 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
     files = certify_row_files(cfg.out)
     prepare_run(cfg, ctx, CONFIG_FILE, files)
     pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)
     items = selected_items(cfg, pair)
     done = files.done_keys()
     todo = [item for item in distributed.shard(items, ctx) if item.path not in done]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,9 +39,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import certify, distributed, metrics
+from .. import certify, distributed, limits, metrics
 from ..attacks import ATTACKS, get_attack, run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from ..denoise import check_schedule
 from ..images import load_image, prepare_image
 from ..models import ModelPair, load_pair
 from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
@@ -51,6 +51,9 @@ from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
 from .store import RowFiles, atomic_write_text, json_line
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
+# The numeric settings of a run, each checked against limits.BOUNDS.
+EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "steps", "k", "beta", "renyi_alpha", "n_samples", "pt_samples",
+                                 "multistep_steps", "batch_size", "seed")
 CONFIG_FILE = "eval_config.json"
 
 
@@ -118,23 +121,18 @@ class EvalConfig:
         _choices((self.head_fusion,), HEAD_FUSIONS, "head fusion")
         _choices((self.pt_fill,), FILLS, "perturbation-test fill")
         _choices((self.precision,), PRECISION_CHOICES, "precision")
-        for value in self.sigmas:
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {value!r}")
-        for value in self.eps:
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"eps must be >= 0 (pixel units, e.g. 8/255), got {value!r}")
-        for name, low in (("n_samples", 2 if self.noise_floor else 1), ("pt_samples", 1), ("k", 1),
-                          ("batch_size", 1), ("multistep_steps", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if not 0.0 < self.beta <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
-        if not self.renyi_alpha > 1.0:
-            raise ValueError(f"renyi_alpha must be > 1, got {self.renyi_alpha!r}")
+        # Every number against its documented bounds (limits.BOUNDS), before any work.
         if any(mode != "vanilla" for mode in self.modes) and not self.sigmas:
             raise ValueError("smoothed modes need at least one sigma")
+        limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
+        limits.check_list("eps", self.eps)
+        for name in ("attacks", "modes", "methods"):
+            limits.check_list(name, getattr(self, name), bound_free=True)
+        limits.check_settings(self, EVAL_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
+        grid = len(settings_grid(self))
+        if grid > limits.MAX_GRID:
+            raise ValueError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
+                             f"limit of {limits.MAX_GRID:,}; split it over several runs")
         known = {p.name for a in self.attacks for p in get_attack(a).params}
         unknown = sorted(set(self.attack_params) - known)
         if unknown:
@@ -519,6 +517,9 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
     if cfg.k > pair.classifier.num_patches:
         raise ValueError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
+    for mode in (m for m in cfg.modes if m != "vanilla"):
+        for sigma in cfg.sigmas:
+            check_schedule(pair.denoiser, sigma, mode, cfg.multistep_steps)
     items = selected_items(cfg, pair)
     grid = settings_grid(cfg)
     done = files.done_keys()
