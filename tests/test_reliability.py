@@ -323,7 +323,12 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("load_classifier: missing folder",
      lambda c: models.load_classifier("./no/such/folder"), "classifier folder not found"),
     ("load_classifier: unknown timm name", lambda c: models.load_classifier("not_a_model"), "unknown timm model"),
-    ("load_classifier: not a ViT", lambda c: models.load_classifier("resnet18"), "is not a timm VisionTransformer"),
+    ("load_classifier: not a ViT", lambda c: models.load_classifier("resnet18", random_weights=True), "is not a timm VisionTransformer"),
+    ("load_classifier: timm name without downloads (random weights)",
+     lambda c: models.load_classifier("vit_tiny_patch16_224"), r"is a timm model name: without downloading, its "
+     r"weights would be random .*--allow-download"),
+    ("load_pair: timm name without downloads",
+     lambda c: models.load_pair("default", classifier="vit_tiny_patch16_224"), "its weights would be random"),
     ("load_classifier: missing .safetensors file",
      lambda c: models.load_classifier("/no/such/model.safetensors"), "weights file not found"),
     ("load_denoiser: missing folder", lambda c: models.load_denoiser("/no/such/folder"), "denoiser folder not found"),
