@@ -1018,9 +1018,9 @@ def test_sigkill_at_every_kill_point_loses_and_repeats_nothing(command, kill_ima
     assert _without(json.loads((out / summary).read_text()), *timing) == \
         _without(json.loads((reference / summary).read_text()), *timing)
     # What a kill between writing and renaming leaves: hidden temporary files, never read, at most
-    # one per kill (store.atomic_write_text does not clean them up on the next run).
+    # one per kill (store.atomic_write does not clean them up on the next run).
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    assert len(leftovers) <= len(kills) and all(re.fullmatch(r"\.[\w.]+\.tmp\d+", n) for n in leftovers), leftovers
+    assert len(leftovers) <= len(kills) and all(re.fullmatch(r"\.[\w.-]+\.tmp(\.\w+)?", n) for n in leftovers), leftovers
 
 
 def _row_key(command: str) -> Callable[[str], Any]:

@@ -32,7 +32,7 @@ import datetime
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,12 @@ from .. import certify, distributed, limits, metrics
 from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..denoise import check_schedule
-from ..images import load_image, prepare_image
+from ..images import ImageError, load_image, prepare_image
 from ..models import ModelPair
 from ..smoothing import PRECISION_CHOICES, smooth
 from .data import ImageItem
-from .evaluate import load_models, prepare_run, progress_bar, selected_items
+from .evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
+from .report import skipped_markdown
 from .store import RowFiles, atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
@@ -99,9 +100,10 @@ class CertifyConfig:
     dist_backend: str = "gloo"
     progress: bool = True
     figures: bool = True
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "radii", "batch_size", "device",
-                             "allow_download", "dist_backend", "progress", "figures"})
+                             "allow_download", "dist_backend", "progress", "figures", "strict"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,6 +229,7 @@ class CertifyReport:
     seconds: float
     rank: int
     world_size: int
+    skipped: list[dict] = field(default_factory=list)  # rank 0: every rank's unreadable images
 
 
 def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) -> CertifyReport:
@@ -242,15 +245,28 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
     done = files.done_keys()
     todo = [item for item in distributed.shard(items, ctx) if item.path not in done]
     root = Path(cfg.data).expanduser()
+    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
+    written = 0
     with files.log(ctx.rank, ctx.world_size) as log, progress_bar(len(todo), ctx, "certify", cfg.progress) as bar:
         for item in todo:
-            log.append(_encode(certify_image(cfg, pair, item, root)))
+            try:
+                row = certify_image(cfg, pair, item, root)
+            except ImageError as exc:
+                skipped.record(root, item, exc)
+            except ValueError as exc:  # say which image a failure is about
+                raise ValueError(f"{root / item.path}: {exc}") from exc
+            else:
+                log.append(_encode(row))
+                written += 1
             bar.update(1)
+    skipped.save()
     distributed.barrier(ctx)
-    report = CertifyReport(out=Path(cfg.out), rows_written=len(todo), rows_total=None,
+    report = CertifyReport(out=Path(cfg.out), rows_written=written, rows_total=None,
                            seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
-        report.rows_total = finish_certify(cfg, files, {item.path for item in items}, ctx, report.seconds)
+        report.skipped = skipped.collect()
+        report.rows_total = finish_certify(cfg, files, {item.path for item in items}, ctx, report.seconds,
+                                           skipped=report.skipped)
     return report
 
 
@@ -318,7 +334,7 @@ def _markdown(summary: dict) -> str:
 
 
 def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distributed.DistContext,
-                   seconds: float) -> int:
+                   seconds: float, skipped: list[dict] | tuple = ()) -> int:
     """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
     from .report import hardware
 
@@ -332,7 +348,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
         f"{r['radius']!r},{r['certified_accuracy']!r},{r['low']!r},{r['high']!r},"
         f"{'' if r['topk_certified_fraction'] is None else repr(r['topk_certified_fraction'])}" for r in summary["table"]]
     atomic_write_text(out / "certified_accuracy.csv", "\n".join(csv_lines) + "\n")
-    atomic_write_text(out / "certified_accuracy.md", _markdown(summary))
+    atomic_write_text(out / "certified_accuracy.md", _markdown(summary) + skipped_markdown(skipped))
     atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
     if cfg.figures:
         from .plots import certified_accuracy_curve, radius_histogram
@@ -346,6 +362,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     info = {"command": "certify", "rows": len(current), "rows_missing": len(planned) - len(current),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
-            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device}
+            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device,
+            "images_skipped": len(skipped), "skipped": list(skipped)}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
     return len(current)

@@ -43,7 +43,7 @@ from .. import certify, distributed, limits, metrics
 from ..attacks import ATTACKS, get_attack, run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from ..denoise import check_schedule
-from ..images import load_image, prepare_image
+from ..images import ImageError, load_image, prepare_image
 from ..models import ModelPair, load_pair
 from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
 from .data import ImageItem, list_items, read_label_map, select
@@ -102,13 +102,14 @@ class EvalConfig:
     dist_backend: str = "gloo"
     progress: bool = True
     figures: bool = True
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
     # Fields that may change between a run and its resumption: where things are, how fast,
     # and the grid and image selection (rows are keyed by image and setting). Every other field
     # changes the numbers, so a folder holding rows made with other values is refused.
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
                              "batch_size", "device", "allow_download", "dist_backend", "progress",
-                             "figures"})
+                             "figures", "strict"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -438,6 +439,44 @@ class EvalReport:
     seconds: float
     rank: int
     world_size: int
+    skipped: list[dict] = field(default_factory=list)  # rank 0: every rank's unreadable images
+
+
+class SkippedImages:
+    """Images of this rank that could not be read, recorded so the run can go on.
+
+    Without ``strict`` an unreadable image (any :class:`ImageError`) is recorded with its path and
+    reason and the run goes on; rank 0 collects every rank's list (:func:`collect`) into the
+    summary and run_info.json. With ``strict`` the first one stops the run, with its path. A
+    resumed run tries skipped images again (they have no rows), so the list is of this run only.
+    """
+
+    def __init__(self, out: str | Path, ctx: distributed.DistContext, strict: bool):
+        self.out, self.ctx, self.strict = Path(out), ctx, strict
+        self.items: list[dict] = []
+
+    def path(self, rank: int) -> Path:
+        return self.out / f".skipped.rank{rank}.json"
+
+    def record(self, root: Path, item: ImageItem, exc: ImageError) -> None:
+        where = root / item.path
+        if self.strict:
+            raise ValueError(f"{where}: {exc} (--strict stops at the first unreadable image; without it, such "
+                             "images are skipped and counted)") from exc
+        self.items.append({"image": item.path, "reason": str(exc)})
+
+    def save(self) -> None:
+        atomic_write_text(self.path(self.ctx.rank), json.dumps(self.items) + "\n")
+
+    def collect(self) -> list[dict]:
+        """Rank 0, after the barrier: every rank's list (their files removed)."""
+        found: list[dict] = []
+        for rank in range(self.ctx.world_size):
+            path = self.path(rank)
+            if path.is_file():
+                found += json.loads(path.read_text())
+                path.unlink()
+        return sorted(found, key=lambda entry: entry["image"])
 
 
 def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> None:
@@ -527,20 +566,33 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     total = sum(len(settings) for _, settings in work)
     written = 0
     root = Path(cfg.data).expanduser()
+    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
     with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", cfg.progress) as bar:
         for item, settings in work:
             if not settings:
                 continue
-            for row in ImageEvaluation(cfg, pair, item, root).rows(settings):
-                log.append(json_line(row))
-                written += 1
-                bar.update(1)
+            try:
+                evaluation = ImageEvaluation(cfg, pair, item, root)
+            except ImageError as exc:
+                skipped.record(root, item, exc)
+                bar.update(len(settings))
+                continue
+            try:
+                for row in evaluation.rows(settings):
+                    log.append(json_line(row))
+                    written += 1
+                    bar.update(1)
+            except ValueError as exc:  # say which image a failure is about
+                raise ValueError(f"{root / item.path}: {exc}") from exc
+    skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,
                         seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         from .report import finish_eval
 
+        report.skipped = skipped.collect()
         planned = {row_key(item.path, s) for item in items for s in grid}
-        report.rows_total, report.rows_missing = finish_eval(cfg, files, planned, ctx, report.seconds)
+        report.rows_total, report.rows_missing = finish_eval(cfg, files, planned, ctx, report.seconds,
+                                                             skipped=report.skipped)
     return report
