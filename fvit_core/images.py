@@ -127,6 +127,11 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _clock() -> float:
+    """Seconds on a monotonic clock (the decode budget's; a test replaces it)."""
+    return time.monotonic()
+
+
 class DecodeTimeout(Exception):
     """Raised inside Pillow's read loop when a decode is over its time budget (not an OSError, so
     Pillow's truncation handling cannot swallow it)."""
@@ -143,14 +148,14 @@ class _BudgetedBytes(io.BytesIO):
     def __init__(self, data: bytes, max_seconds: float | None):
         super().__init__(data)
         self.max_seconds = max_seconds
-        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.deadline = None if max_seconds is None else _clock() + max_seconds
 
     def read(self, size: int | None = -1) -> bytes:
         self.check()
         return super().read(size)
 
     def check(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and _clock() > self.deadline:
             raise DecodeTimeout(self.max_seconds)
 
 
@@ -274,9 +279,9 @@ def _decode_opened(image: Image.Image, label: str, *, owned: bool, budget: _Budg
 # --------------------------------------------------------------------------------------------
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-# Rows per band: about a million pixels, so the temporaries of a band (float32 copies, the
-# band converted to RGB or RGBA) stay near 20 MB whatever the image size.
-_BAND_PIXELS = 1 << 20
+# Rows per band: about 260,000 pixels, so the temporaries of a band (float32 copies, the
+# band converted to RGB or RGBA) stay near 10 MB whatever the image size.
+_BAND_PIXELS = 1 << 18
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
