@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for case in build_corpus():
         results.append((f"corpus/{case.name}", measure(case.data, ns.max_pixels, ns.max_bytes, ns.timeout)))
-    print(f"corpus: {len(results)} files in {time.perf_counter() - t0:.1f} s")
+    slow = max(results, key=lambda r: r[1]["seconds"])
+    big = max(results, key=lambda r: r[1]["peak_bytes"])
+    print(f"corpus: {len(results)} files in {time.perf_counter() - t0:.1f} s; slowest {slow[1]['seconds']:.3f} s "
+          f"({slow[0]}), largest peak +{big[1]['peak_bytes'] / 1e6:.1f} MB ({big[0]})")
     if not ns.no_large:
         for name, data in large_cases(ns.pixels).items():
             report = measure(data, ns.max_pixels, ns.max_bytes, ns.timeout)
