@@ -231,9 +231,12 @@ def _name_truncation(exc: ImageError, data: bytes, warned: list[str]) -> ImageEr
         return exc
     said = " ".join([text, *warned]).lower()
     fmt = _format_from_magic(data)
-    if fmt is None or not any(word in said for word in _SHORT_READ):
+    # A WebP file states its length in its RIFF header; libwebp only says it cannot decode.
+    riff_short = fmt == "WebP" and len(data) >= 8 and int.from_bytes(data[4:8], "little") + 8 > len(data)
+    if fmt is None or not (riff_short or any(word in said for word in _SHORT_READ)):
         return exc
-    detail = text.split(": ", 1)[1] if ": " in text and text.startswith("corrupted") else "its data ends early"
+    detail = (f"its header announces {int.from_bytes(data[4:8], 'little') + 8:,}" if riff_short
+              else text.split(": ", 1)[1] if ": " in text and text.startswith("corrupted") else "its data ends early")
     return ImageError(f"truncated {fmt} file ({len(data):,} bytes; {detail}), re-export or re-download it")
 
 

@@ -169,6 +169,19 @@ def test_truncated_tiffs_are_called_truncated_and_print_nothing(capfd) -> None:
     assert out == "" and err == "", err[:500]
 
 
+def test_every_refused_truncation_is_called_truncated(capfd) -> None:
+    cases = [c for c in build_corpus() if c.family == "truncated"]
+    refused = 0
+    for case in cases:
+        try:
+            load_image(case.data)
+        except ImageError as exc:
+            refused += 1
+            assert "truncated" in str(exc) and "cannot identify" not in str(exc), (case.name, str(exc))
+    assert len(cases) == 48 and refused >= 46  # a GIF cut after its first frame's data still decodes
+    assert capfd.readouterr() == ("", "")
+
+
 def test_truncated_tiff_in_the_cli_is_one_line(tmp_path, capfd) -> None:
     path = tmp_path / "cut.tiff"
     path.write_bytes(_truncated_tiffs()[0][1])
