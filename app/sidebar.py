@@ -69,19 +69,27 @@ def init_defaults() -> None:
 
 
 def _decoded(name: str, data: bytes, source: str, label: str | None) -> state.LoadedImage:
-    """Decode once per distinct file (the result, or the error, is remembered for this session)."""
-    memo: dict = st.session_state.setdefault("_decoded", {})
+    """Decode once per distinct file: the last decoded image and the last refusals (messages
+    only) are remembered for this session, so reruns neither decode again nor retry a refused
+    file; older decoded images are dropped (state.DECODED_IMAGES_PER_SESSION says why)."""
+    images: dict = st.session_state.setdefault("_decoded", {})
+    refused: dict = st.session_state.setdefault("_refused", {})
     key = (source, name, state.bytes_digest(data))
-    if key not in memo:
-        if len(memo) > 16:
-            memo.clear()
+    if key in refused:
+        raise state.ImageError(refused[key])
+    if key not in images:
         try:
-            memo[key] = state.load_upload(name, data, source=source, true_label=label)
+            image = state.load_upload(name, data, source=source, true_label=label)
         except state.ImageError as exc:
-            memo[key] = exc
-    if isinstance(memo[key], Exception):
-        raise memo[key]
-    return memo[key]
+            # The message, not the exception: its traceback would keep the decoder's frames alive.
+            while len(refused) >= state.REFUSALS_PER_SESSION:
+                refused.pop(next(iter(refused)))
+            refused[key] = str(exc)
+            raise state.ImageError(str(exc)) from None
+        while len(images) >= state.DECODED_IMAGES_PER_SESSION:
+            images.pop(next(iter(images)))
+        images[key] = image
+    return images[key]
 
 
 def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any]:

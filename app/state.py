@@ -20,7 +20,7 @@ import numpy as np
 
 from fvit_core.attacks import AttackSpec, ParamSpec
 from fvit_core.images import ImageError, image_digest, load_image
-from fvit_core.models import ModelLoadError
+from fvit_core.models import ModelLoadError, resolve_model_dir
 from fvit_core.pipeline import AnalysisConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +29,19 @@ DEFAULT_MODELS_DIR = REPO_ROOT / "assets" / "models"
 UPLOAD_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 MAX_UPLOAD_BYTES = 20_000_000  # keep equal to server.maxUploadSize (MB) in .streamlit/config.toml
 # Decoded pixels stay in the session (the CLI must see the same file), so cap them below the
-# engine's 40 M default: 16 M pixels is 192 MB of float32 per session at worst.
+# engine's 40 M default: 16 M pixels is 192 MB of float32 per decoded image.
 MAX_UPLOAD_PIXELS = 16_000_000
+# A session keeps the last decoded upload (sidebar._decoded), plus at most two older images that
+# something on the page still shows: the last good image (while a newer upload is refused) and
+# the image of the analysis on screen (while new settings wait for a click). So at most 3
+# decoded images per session, usually 1: 3 x 192 MB at the pixel limit. Refusals are kept as
+# messages (the last 16), so a refused file is not decoded again on every rerun.
+DECODED_IMAGES_PER_SESSION = 1
+REFUSALS_PER_SESSION = 16
+# A decode running longer than this is stopped (images.load_image's budget): a 16-megapixel
+# upload decodes in under 2 s on one idle core (scripts/measure_decode.py), so 15 s leaves room
+# for a busy server and still frees the thread soon after a hostile upload.
+MAX_DECODE_SECONDS = 15.0
 DEFAULT_GALLERY_IMAGE = "cifar10_airplane_2.png"  # classified correctly by the shipped ViT
 
 # Settings that take long enough that the dashboard asks for a click instead of rerunning on
@@ -74,13 +85,14 @@ def bytes_digest(data: bytes) -> str:
 
 
 def load_upload(name: str, data: bytes, *, source: str = "upload", true_label: str | None = None,
-                max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> LoadedImage:
+                max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS,
+                max_seconds: float = MAX_DECODE_SECONDS) -> LoadedImage:
     """Decode an uploaded file (bytes) with the engine's validated decoder.
 
     Raises ImageError (a ValueError) with a message for the page: not an image, truncated,
-    oversized, unsupported format.
+    oversized, unsupported format, or a decode stopped after ``max_seconds``.
     """
-    pixels = load_image(bytes(data), max_bytes=max_bytes, max_pixels=max_pixels)
+    pixels = load_image(bytes(data), max_bytes=max_bytes, max_pixels=max_pixels, max_seconds=max_seconds)
     return LoadedImage(name=_safe_name(name), data=bytes(data), pixels=pixels, digest=image_digest(pixels),
                        source=source, true_label=true_label)
 
@@ -204,32 +216,38 @@ def folder_role(path: Path) -> str | None:
 
 
 def local_model_folders(role: str, root: Path | None = None) -> list[str]:
-    """Names of the direct sub-folders of the models directory that hold a ``role`` model."""
+    """Names of the direct sub-folders of the models directory that hold a ``role`` model.
+
+    Each name goes through the engine's guard, :func:`fvit_core.models.resolve_model_dir` (the
+    one the tests attack): hidden names, folders that are symlinks out of the directory, and
+    folders with a weights file or a sub-folder (``unet/``) linking out of it are not listed.
+    """
     root = root or models_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _inside(p, root) and folder_role(p) == role)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """True when ``path`` resolves inside ``root`` (a symlink must not lead elsewhere)."""
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except OSError:
-        return False
+    names = []
+    for entry in sorted(root.iterdir()):
+        try:
+            folder = resolve_model_dir(entry.name, root)
+        except (ModelLoadError, OSError):
+            continue
+        if folder_role(folder) == role:
+            names.append(entry.name)
+    return names
 
 
 def resolve_local_model(name: str, role: str, root: Path | None = None) -> str:
     """The absolute path of the models-directory sub-folder ``name``; ModelLoadError otherwise.
 
-    Only names listed by :func:`local_model_folders` are accepted, so no path outside the
-    models directory can be reached from the page.
+    The name is checked again at load time by :func:`fvit_core.models.resolve_model_dir` (the
+    folder may have changed since it was listed), and must hold a ``role`` model.
     """
     root = root or models_dir()
-    if name not in local_model_folders(role, root):
+    folder = resolve_model_dir(name, root)
+    if folder_role(folder) != role:
         raise ModelLoadError(f"{name!r} is not a {role} folder in the models directory {root} "
                              "(set FVIT_MODELS_DIR to use another directory)")
-    return str((root / name).resolve())
+    return str(folder)
 
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")

@@ -44,7 +44,7 @@ def build_pair(device: str):
     sched = DDPMScheduler(**scheduler_config(arch))
     den = Denoiser(unet=unet, alphas_cumprod=sched.alphas_cumprod.double(), num_train_timesteps=1000,
                    sample_size=256, source="random 256x256_diffusion_uncond")
-    clf = load_classifier("vit_base_patch16_224")  # random weights, ImageNet head and class names
+    clf = load_classifier("vit_base_patch16_224", random_weights=True)  # ImageNet head and class names
     return ModelPair(classifier=clf, denoiser=den, name="realsize-random").to(device)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -100,8 +99,14 @@ def run_analyze(ns: argparse.Namespace) -> int:
     from .models import load_pair
     from .pipeline import analyze
 
+    from .batch.store import check_writable_file, check_writable_folder
+
     cfg = config_from_args(ns)
     cfg.validate()  # settings first: a typo fails in milliseconds, before any model is loaded
+    if ns.json and ns.json != "-":  # outputs next: a bad path must not cost the analysis
+        check_writable_file(ns.json, "--json")
+    if ns.out:
+        check_writable_folder(ns.out, "--out")
     image = load_image(ns.image)
     # --allow-download does not override HF_HUB_OFFLINE set by the user: offline stays offline.
     pair = load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device,
@@ -140,10 +145,9 @@ def _summary(result) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from .batch.store import atomic_write_text
+
+    atomic_write_text(path, text)  # a unique temporary name, removed if the write fails
 
 
 def _list_attacks(ns: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from .denoise import one_shot_denoise, timestep_for_sigma
+from .limits import short_repr as _short
 from .metrics import topk_indices
 from .models import Denoiser
 from .pixel_space import is_uniform_rescale
@@ -99,9 +100,13 @@ class ParamSpec:
 
     def _as_number(self, value: object) -> float | int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{self.name} must be a number ({self.kind}), got {value!r}")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"{self.name} must be finite, got {value!r}")
+            raise ValueError(f"{self.name} must be a number ({self.kind}), got {_short(value)}")
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer too large for a float (a 400-digit setting)
+            finite = False
+        if not finite:
+            raise ValueError(f"{self.name} must be finite (a number in {self.min}..{self.max}), got {_short(value)}")
         if self.kind == "float":
             return float(value)
         if isinstance(value, numbers.Integral) or float(value).is_integer():

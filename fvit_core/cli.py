@@ -66,9 +66,15 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(huggingface_hub|diffusers|timm|torchattacks)(\.|$)")
 
 
+# An error line never grows with the input: a value echoed from a 100 MB settings file is cut.
+MAX_ERROR_CHARS = 500
+
+
 def _one_line(exc: BaseException) -> str:
-    """The message on one line (library messages often span several), never empty."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The message on one line (library messages often span several), never empty, at most
+    MAX_ERROR_CHARS characters."""
+    text = " ".join(str(exc)[: 4 * MAX_ERROR_CHARS].split()) or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 if __name__ == "__main__":

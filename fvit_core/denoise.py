@@ -34,6 +34,29 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     return int(hits[0, 0])
 
 
+def check_schedule(denoiser: Denoiser | None, sigma: float, mode: str, multistep_steps: int = 10) -> int | None:
+    """t* for a smoothing mode that denoises (None for rs), refusing the degenerate settings.
+
+    - t* = 0: sigma is below the schedule's first noise level, so the "denoiser" would be asked
+      to remove noise at timestep 0 (none): the FViT would be the vanilla ViT on noisy pixels;
+    - multistep with more steps than t*: steps would repeat timesteps (and a huge count only
+      costs memory and time), so at most t* steps.
+    Both are refused with the smallest sigma, or the largest step count, that works.
+    """
+    if mode == "rs" or denoiser is None:
+        return None
+    t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma)
+    if t_star == 0:
+        abar = denoiser.alphas_cumprod.to(torch.float64)
+        smallest = float(torch.sqrt((1.0 - abar[0]) / abar[0])) / 2.0
+        raise ValueError(f"sigma={sigma:g} is below the denoiser's smallest noise level: t* would be 0 (nothing to "
+                         f"denoise); use sigma > {smallest:.3g}, or mode rs")
+    if mode == "multistep" and multistep_steps > t_star:
+        raise ValueError(f"multistep_steps={multistep_steps} exceeds t*={t_star} (sigma {sigma:g}): at most one step "
+                         f"per timestep; use multistep_steps <= {t_star}")
+    return t_star
+
+
 def check_timestep(denoiser: Denoiser, t_star: int) -> int:
     """t* must index the denoiser's schedule: 0 <= t* < num_train_timesteps."""
     if isinstance(t_star, bool) or not isinstance(t_star, numbers.Integral) or not 0 <= t_star < len(denoiser.alphas_cumprod):

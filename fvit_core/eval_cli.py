@@ -60,6 +60,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="no progress bar")
     p.add_argument("--no-figures", dest="figures", action="store_false", default=argparse.SUPPRESS,
                    help="write the tables but not the figures")
+    p.add_argument("--strict", dest="strict", action="store_true", default=argparse.SUPPRESS,
+                   help="stop at the first unreadable image (default: skip it, name it in the summary and go on)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -140,7 +142,9 @@ def run_eval_command(ns: argparse.Namespace) -> int:
     report = run_eval(eval_config_from_args(ns))
     if report.rank == 0:
         missing = f", {report.rows_missing} missing" if report.rows_missing else ""
-        print(f"fvit eval: {report.rows_total} rows{missing} ({report.rows_written} new on rank 0, "
+        skipped = (f", {len(report.skipped)} unreadable image(s) skipped (listed in the summary)"
+                   if report.skipped else "")
+        print(f"fvit eval: {report.rows_total} rows{missing}{skipped} ({report.rows_written} new on rank 0, "
               f"{report.world_size} process(es), {report.seconds:.1f} s); summary in {report.out / 'summary.md'}")
     return 0
 
@@ -150,7 +154,8 @@ def run_certify_command(ns: argparse.Namespace) -> int:
 
     report = run_certify(CertifyConfig(**_values(ns, CertifyConfig)))
     if report.rank == 0:
-        print(f"fvit certify: {report.rows_total} images ({report.rows_written} new on rank 0, "
+        skipped = f", {len(report.skipped)} unreadable image(s) skipped" if report.skipped else ""
+        print(f"fvit certify: {report.rows_total} images{skipped} ({report.rows_written} new on rank 0, "
               f"{report.world_size} process(es), {report.seconds:.1f} s); table in "
               f"{report.out / 'certified_accuracy.md'}")
     return 0

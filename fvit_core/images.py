@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF
 _SUPPORTED_TEXT = "PNG, JPEG, WebP, BMP, TIFF, GIF"
 DEFAULT_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000
+# Wall-clock budget of one decode: a 40-megapixel file decodes in about 7 s on one idle core.
+DEFAULT_MAX_SECONDS = 30.0
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 PrepareMode = Literal["resize", "center_crop"]
@@ -51,6 +54,7 @@ def load_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> np.ndarray:
     """Decode an image into float32 pixels of shape (3, H, W) in [0, 1].
 
@@ -60,23 +64,39 @@ def load_image(
         max_pixels: reject images with more than this many pixels (W * H), checked from the
             header before any pixel is decoded. Pillow's own bomb limit (2 * MAX_IMAGE_PIXELS)
             still applies above it.
+        max_seconds: stop a decode that runs longer than this (wall clock; None: no limit). The
+            decoder is fed 64 kB at a time and the clock is checked before each piece, so a
+            decode stops within one piece of the limit (not for PIL images, already decoded).
 
     Formats: PNG, JPEG, WebP, BMP, TIFF, GIF (first frame). EXIF orientation is applied. Modes:
     RGBA / LA / P with transparency are composited over white; I;16 is scaled by 1/65535; I by
     its bit depth (<= 255: 8-bit, <= 65535: 16-bit, else by its maximum); F is kept if its
     maximum is <= 1, else divided by its maximum; CMYK, 1, L, P and others convert to RGB.
 
+    Cost (docs/DEPLOY.md has the measured numbers): the conversion works in bands of rows, so
+    memory is the decoded image (at most 4 bytes per pixel for 8-bit files, as Pillow stores
+    them) plus the float32 result (12 bytes per pixel), plus the decoder's own buffers; time is
+    bounded by the pixel limit, by :data:`MAX_JPEG_SCANS` (a progressive JPEG's cost is
+    scans x blocks) and by ``max_seconds``. Warnings of the decoders (Pillow, libtiff) never
+    reach the terminal: one that says the file is cut short makes the error say "truncated".
+
     Raises:
-        ImageError: empty, oversized, truncated, corrupted or unsupported input.
+        ImageError: empty, oversized, truncated, corrupted or unsupported input, or a decode
+            that took too long.
     """
     if isinstance(source, Image.Image):
         _check_pixel_count(source.size, max_pixels)
-        return _decode_opened(source, source.format or "image")
+        return _decode_opened(source, source.format or "image", owned=False)
     data = _read_bytes(source, max_bytes)
-    with warnings.catch_warnings():
-        # A bomb warning means the header promises a huge image: refuse it, never decode it.
+    with warnings.catch_warnings(record=True) as caught:
+        # Decoder warnings are recorded, never printed (a CLI error must stay one line); a bomb
+        # warning means the header promises a huge image: refuse it, never decode it.
+        warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _decode_bytes(data, max_pixels)
+        try:
+            return _decode_bytes(data, max_pixels, max_seconds)
+        except ImageError as exc:
+            raise _name_truncation(exc, data, [str(w.message) for w in caught]) from exc.__cause__
 
 
 def _read_bytes(source: ImageSource, max_bytes: int) -> bytes:
@@ -107,19 +127,121 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _decode_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+def _clock() -> float:
+    """Seconds on a monotonic clock (the decode budget's; a test replaces it)."""
+    return time.monotonic()
+
+
+class DecodeTimeout(Exception):
+    """Raised inside Pillow's read loop when a decode is over its time budget (not an OSError, so
+    Pillow's truncation handling cannot swallow it)."""
+
+
+class _BudgetedBytes(io.BytesIO):
+    """The encoded bytes as Pillow reads them, checking a deadline before each read.
+
+    Pillow's decoders are fed in pieces (ImageFile.load reads 64 kB at a time and decodes each),
+    so a decoder that loops on crafted data is stopped at its next read, in this thread: nothing
+    keeps running after the error.
+    """
+
+    def __init__(self, data: bytes, max_seconds: float | None):
+        super().__init__(data)
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else _clock() + max_seconds
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.check()
+        return super().read(size)
+
+    def check(self) -> None:
+        if self.deadline is not None and _clock() > self.deadline:
+            raise DecodeTimeout(self.max_seconds)
+
+
+def _decode_bytes(data: bytes, max_pixels: int, max_seconds: float | None) -> np.ndarray:
+    stream = _BudgetedBytes(data, max_seconds)
     try:
-        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+        with Image.open(stream, formats=SUPPORTED_FORMATS) as image:
             _check_pixel_count(image.size, max_pixels)
-            return _decode_opened(image, image.format or "image")
+            if image.format == "JPEG":
+                _check_jpeg_scans(data)
+            return _decode_opened(image, image.format or "image", owned=True, budget=stream)
+    except DecodeTimeout as exc:
+        raise ImageError(f"decoding took longer than {max_seconds:g} s and was stopped: the file is built to make "
+                         "the decoder loop, or is too large for this server; re-export it") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image header claims too many pixels (decompression bomb): {exc}") from exc
     except UnidentifiedImageError as exc:
+        fmt = _format_from_magic(data)
+        if fmt is not None:  # a supported format whose header Pillow could not parse: damaged or cut short
+            raise ImageError(f"corrupted or truncated {fmt} file (its header could not be read), re-export or "
+                             "re-download it") from exc
         raise ImageError(f"not a readable image (supported: {_SUPPORTED_TEXT}): cannot identify image file") from exc
     except ImageError:
         raise
     except Exception as exc:  # a plugin failing while parsing the header
-        raise ImageError(f"not a readable image (supported: {_SUPPORTED_TEXT}): {exc}") from exc
+        raise ImageError(f"not a readable image (supported: {_SUPPORTED_TEXT}): {_first_line(exc)}") from exc
+
+
+# A progressive JPEG is decoded scan by scan, each scan a pass over every 8x8 block: a file that
+# repeats one tiny scan thousands of times costs minutes (600,000 scans of 31 bytes kept libjpeg
+# busy for over 10 minutes on a 16-megapixel image). Encoders write about 10 scans (libjpeg's
+# progressive script for colour; mozjpeg's optimised scripts stay under 70); 100 bounds the work
+# at 100 passes, under 0.2 s at 16 megapixels (scripts/measure_decode.py).
+MAX_JPEG_SCANS = 100
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Refuse a JPEG with more than MAX_JPEG_SCANS start-of-scan markers, before decoding.
+
+    Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
+    every FF DA pair is a real start of scan, or one inside metadata (an EXIF thumbnail): the
+    count is exact or an over-count, and costs one pass over the bytes.
+    """
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(f"JPEG file has {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (a progressive JPEG from "
+                         "a camera or an editor has about 10): such a file makes the decoder work for minutes; "
+                         "re-export it")
+
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"),
+)
+
+
+def _format_from_magic(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with (None: none of them)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
+
+
+_SHORT_READ = ("truncated", "only got", "premature end", "unexpected end", "not enough data", "ended early",
+               "bytes not processed")
+
+
+def _name_truncation(exc: ImageError, data: bytes, warned: list[str]) -> ImageError:
+    """Say "truncated" when the decoder's own words (its error or a warning) say the data ended
+    early; otherwise the error as it is."""
+    text = str(exc)
+    if not (text.startswith("corrupted or truncated") or text.startswith("not a readable image")):
+        return exc
+    said = " ".join([text, *warned]).lower()
+    fmt = _format_from_magic(data)
+    # A WebP file states its length in its RIFF header; libwebp only says it cannot decode.
+    riff_short = fmt == "WebP" and len(data) >= 8 and int.from_bytes(data[4:8], "little") + 8 > len(data)
+    if fmt is None or not (riff_short or any(word in said for word in _SHORT_READ)):
+        return exc
+    detail = (f"its header announces {int.from_bytes(data[4:8], 'little') + 8:,}" if riff_short
+              else text.split(": ", 1)[1] if ": " in text and text.startswith("corrupted") else "its data ends early")
+    return ImageError(f"truncated {fmt} file ({len(data):,} bytes; {detail}), re-export or re-download it")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
@@ -132,43 +254,85 @@ def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _decode_opened(image: Image.Image, label: str) -> np.ndarray:
-    """Decode the first frame of an opened image, orient it and convert it to (3, H, W) floats."""
+def _decode_opened(image: Image.Image, label: str, *, owned: bool, budget: _BudgetedBytes | None = None) -> np.ndarray:
+    """Decode the first frame of an opened image, orient it and convert it to (3, H, W) floats.
+
+    ``owned``: the image is ours to modify (orientation applied in place, so no second copy of
+    the decoded pixels is kept); a caller's PIL image is left as it was.
+    """
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        pixels = _to_rgb(image)
-    except ImageError:
+        if budget is not None:
+            budget.check()
+        if owned:
+            ImageOps.exif_transpose(image, in_place=True)
+        elif image.getexif().get(0x0112, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (ImageError, DecodeTimeout):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(f"corrupted or truncated {label} file, re-export or re-download it: {message}") from exc
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        raise ImageError(f"corrupted or truncated {label} file, re-export or re-download it: {_first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------------------------
-# Mode conversion: each returns (H, W, 3) float32 in [0, 1]
+# Mode conversion: (3, H, W) float32 in [0, 1], written band by band
 # --------------------------------------------------------------------------------------------
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Rows per band: about 260,000 pixels, so the temporaries of a band (float32 copies, the
+# band converted to RGB or RGBA) stay near 10 MB whatever the image size.
+_BAND_PIXELS = 1 << 18
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
+    """The (3, H, W) float32 pixels of a decoded image, converted band by band.
+
+    Each band goes through the same operations the whole image would (convert, scale, composite),
+    so the numbers do not depend on the band size; only the global scale of I and F images needs
+    a first pass over the bands (their maximum).
+    """
+    width, height = image.size
     mode = image.mode
     # A tRNS colour key (info["transparency"]) only matters for 8-bit modes; 16-bit grey keeps its scale.
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info):
-        return _composite_over_white(image)
-    if mode.startswith("I;16"):
-        return _grey(np.asarray(image).astype(np.float32) / 65535.0)
-    if mode == "I":
-        return _grey(_scale_integer(np.asarray(image)))
-    if mode == "F":
-        return _grey(_scale_float(np.asarray(image)))
-    if mode in ("1", "L"):
-        return _grey(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # RGB, CMYK, YCbCr, P, ...
+        convert = _composite_over_white
+    elif mode.startswith("I;16"):
+        convert = lambda band: _grey(np.asarray(band).astype(np.float32) / 65535.0)  # noqa: E731
+    elif mode == "I":
+        scale = _integer_scale(_peak(image))
+        convert = lambda band: _grey(np.clip(np.asarray(band).astype(np.float32), 0.0, None) / scale)  # noqa: E731
+    elif mode == "F":
+        peak = _peak(image, finite=True)
+        convert = lambda band: _grey(_scale_float(np.asarray(band), peak))  # noqa: E731
+    elif mode in ("1", "L"):
+        convert = lambda band: _grey(np.asarray(band.convert("L"), dtype=np.float32) / 255.0)  # noqa: E731
+    else:  # RGB, CMYK, YCbCr, P, ...
+        convert = lambda band: np.asarray(band.convert("RGB"), dtype=np.float32) / 255.0  # noqa: E731
+    out = np.empty((3, height, width), dtype=np.float32)
+    for top, bottom in _bands(width, height):
+        out[:, top:bottom] = convert(image.crop((0, top, width, bottom))).transpose(2, 0, 1)
+    return out
+
+
+def _bands(width: int, height: int) -> list[tuple[int, int]]:
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def _peak(image: Image.Image, *, finite: bool = False) -> float:
+    """The largest value of a one-band I or F image (band by band); NaN/infinity refused."""
+    width, height = image.size
+    peak = -np.inf
+    for top, bottom in _bands(width, height):
+        values = np.asarray(image.crop((0, top, width, bottom)))
+        if finite and not np.isfinite(values).all():
+            raise ImageError("floating-point image holds NaN or infinite values; save it as 8- or 16-bit")
+        if values.size:
+            peak = max(peak, float(values.astype(np.float32).max()))
+    return float(peak)
 
 
 def _composite_over_white(image: Image.Image) -> np.ndarray:
@@ -182,20 +346,14 @@ def _grey(values: np.ndarray) -> np.ndarray:
     return np.repeat(values[..., None], 3, axis=-1)
 
 
-def _scale_integer(values: np.ndarray) -> np.ndarray:
+def _integer_scale(peak: float) -> float:
     """32-bit integer grey: infer the bit depth from the range (8, 16, else by the maximum)."""
-    values = np.clip(values.astype(np.float32), 0.0, None)  # exact below 2**24
-    peak = float(values.max()) if values.size else 0.0
-    scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-    return (values / scale).astype(np.float32)
+    return 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
 
 
-def _scale_float(values: np.ndarray) -> np.ndarray:
+def _scale_float(values: np.ndarray, peak: float) -> np.ndarray:
     """Float grey: taken as [0, 1] when its maximum is <= 1, else divided by its maximum."""
     values = values.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise ImageError("floating-point image holds NaN or infinite values; save it as 8- or 16-bit")
-    peak = float(values.max()) if values.size else 0.0
     return (values / peak if peak > 1.0 else values).astype(np.float32)
 
 
@@ -256,7 +414,7 @@ def image_digest(image: np.ndarray) -> str:
     """A cache key: first 16 hex digits of sha256(shape, float32 bytes)."""
     pixels = np.ascontiguousarray(image, dtype=np.float32)
     hasher = hashlib.sha256(np.asarray(pixels.shape, dtype=np.int64).tobytes())
-    hasher.update(pixels.tobytes())
+    hasher.update(memoryview(pixels).cast("B"))  # no copy of the pixels (tobytes would make one)
     return hasher.hexdigest()[:16]
 
 

@@ -300,17 +300,21 @@ def load_classifier(
     img_size: int | None = None,
     pretrained: bool = False,
     class_names: Sequence[str] | None = None,
+    random_weights: bool = False,
 ) -> PixelViT:
     """Load a ViT classifier from a local folder, a local safetensors file or a timm name.
 
     Args:
         source: a folder saved by :func:`save_classifier` (config.json + model.safetensors), a
             ``.safetensors`` file (architecture then read from a config.json beside it), or a
-            timm registry name such as ``vit_base_patch16_224`` (hub weights only with
-            ``pretrained=True``; random weights otherwise).
+            timm registry name such as ``vit_base_patch16_224`` (hub weights with
+            ``pretrained=True``).
         num_classes, img_size: override the architecture (registry names only).
         pretrained: download weights from the hub for a registry name.
         class_names: labels for the classes (default: from the checkpoint, else "class i").
+        random_weights: build a registry name with random weights (for tests and training);
+            without it, a registry name without ``pretrained`` is refused, because analysing a
+            randomly initialised ViT gives chance-level predictions that look like results.
     """
     path = Path(source).expanduser()
     if path.suffix == ".safetensors":
@@ -323,6 +327,14 @@ def load_classifier(
         raise ModelLoadError(f"classifier folder not found: {source}")
     import timm
 
+    if not pretrained and not random_weights:
+        if not timm.is_model(str(source)):
+            raise ModelLoadError(f"unknown timm model {str(source)!r}; see timm.list_models('vit_*')")
+        raise ModelLoadError(
+            f"classifier {str(source)!r} is a timm model name: without downloading, its weights would be random "
+            "(chance-level predictions). Allow downloads to use the hub's weights (CLI: --allow-download; "
+            "dashboard: FVIT_ALLOW_DOWNLOAD=1), or give a folder with config.json + model.safetensors"
+        )
     vit = create_vit(str(source), num_classes=num_classes or 1000, img_size=img_size, pretrained=pretrained)
     data_cfg = timm.data.resolve_data_config({}, model=vit)
     return PixelViT(vit, mean=data_cfg["mean"], std=data_cfg["std"],

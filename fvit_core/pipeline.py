@@ -21,9 +21,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import certify, metrics
+from . import certify, limits, metrics
 from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from .denoise import check_schedule
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .pixel_space import resize_pixels, smoothing_size
@@ -39,6 +40,9 @@ ProgressFn = Callable[[str, float], None]
 # - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
 #   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
 NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
+# The numeric settings of an analysis, each checked against limits.BOUNDS.
+ANALYSIS_NUMBERS: tuple[str, ...] = ("sigma", "n_samples", "batch_size", "bootstrap", "multistep_steps", "k", "beta",
+                                     "confidence_alpha", "renyi_alpha", "early_stop_alpha", "eps", "steps", "seed")
 
 
 @dataclass
@@ -119,35 +123,23 @@ class AnalysisConfig:
             raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
         if self.mode not in SMOOTHING_MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
-        _positive(self.sigma, "sigma", "e.g. 0.25 (pixel units)")
-        _whole(self.n_samples, "n_samples", 2 if self.noise_floor else 1)
-        _whole(self.batch_size, "batch_size", 1)
-        _whole(self.bootstrap, "bootstrap", 0)
-        if not 0.0 < float(self.beta) <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
-        if not 0.0 < float(self.confidence_alpha) < 0.5:
-            raise ValueError(f"confidence_alpha must be in (0, 0.5), got {self.confidence_alpha!r}")
-        if not (math.isfinite(self.renyi_alpha) and self.renyi_alpha > 1.0):
-            raise ValueError(f"renyi_alpha must be a finite number > 1, got {self.renyi_alpha!r}")
-        _whole(self.multistep_steps, "multistep_steps", 1)
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be a whole number in 0..2**63-1, got {self.seed!r}")
+        # Every number against its documented bounds (limits.BOUNDS), before any work.
+        limits.check_settings(self, ANALYSIS_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
             raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
                              f"got {self.noise_floor_estimator!r}")
+        if self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
+            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
         if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
             raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
-        if not 0.0 < float(self.early_stop_alpha) < 1.0:
-            raise ValueError(f"early_stop_alpha must be in (0, 1), got {self.early_stop_alpha!r}")
         if self.image_mode not in ("resize", "center_crop"):
             raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
-        _whole(self.k, "k", 1)
         if num_patches is not None and self.k > num_patches:
             raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
-        if self.eps is not None and not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be >= 0 (pixel units, e.g. 8/255), got {self.eps!r}")
         get_attack(self.attack).resolve(self.attack_arguments())
 
     def _check_types(self) -> None:
@@ -160,9 +152,9 @@ class AnalysisConfig:
             allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
             if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
                 wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
-                raise ValueError(f"{spec.name} must be {wanted}, got {value!r}")
+                raise ValueError(f"{spec.name} must be {wanted}, got {limits.short_repr(value)}")
         if not all(isinstance(key, str) for key in self.attack_params):
-            raise ValueError(f"attack_params must map parameter names to values, got {self.attack_params!r}")
+            raise ValueError(f"attack_params must map parameter names to values, got {limits.short_repr(self.attack_params)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,34 +166,26 @@ class AnalysisConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown settings {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            shown = ", ".join(limits.short_repr(name, 40).strip("'") for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise ValueError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "AnalysisConfig":
+        text = limits.read_settings_text(path, "settings file")
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read settings file {path}: {exc}") from exc
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))
-
-
-def _positive(value: Any, name: str, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, {hint}; got {value!r}")
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float),
                                               "dict": (dict,)}
 _FIELD_WORDS = {"str": "a string", "bool": "true or false", "int": "a whole number", "float": "a number",
                 "dict": "a mapping of parameter names to values", "None": "null"}
-
-
-def _whole(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 
 @dataclass
@@ -518,6 +502,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     t0 = time.perf_counter()
     clf = pair.classifier
     cfg.validate(num_patches=clf.num_patches)
+    check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)  # t* > 0, steps <= t*: before any work
     arr = _as_tensor_image(image)
     prepared = prepare_image(arr, smoothing_size(pair, cfg.mode), mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)

@@ -264,7 +264,45 @@ def _bombs() -> list[CorpusCase]:
     cases.append(CorpusCase("bomb_png_ztxt.png", small[:33] + text + small[33:], "either", "decompression bomb"))
     iccp = _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 8_000_000, 9))
     cases.append(CorpusCase("bomb_png_iccp.png", small[:33] + iccp + small[33:], "either", "decompression bomb"))
+    # Decode-time bombs: a progressive JPEG whose cost is (scans x blocks). At 4000x4000 one
+    # repeated AC scan made libjpeg work for minutes; these are small and refused by scan count.
+    cases.append(CorpusCase("bomb_jpeg_scans_1000.jpg", progressive_scan_bomb(64, 1000), "error", "decompression bomb"))
+    cases.append(CorpusCase("bomb_jpeg_scans_200_512px.jpg", progressive_scan_bomb(512, 200), "error",
+                            "decompression bomb"))
     return cases
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of every segment of a baseline or progressive JPEG; an SOS segment's
+    range includes its entropy-coded data (up to the next marker that is not a restart)."""
+    segments, i = [(0xD8, 0, 2)], 2
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            segments.append((marker, i, i + 2))
+            break
+        end = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, i, end))
+        i = end
+    return segments
+
+
+def progressive_scan_bomb(side: int, scans: int) -> bytes:
+    """A flat grey ``side`` x ``side`` progressive JPEG whose shortest AC scan is repeated until the
+    file holds ``scans`` scans: tiny per scan, but each one is a pass over every block."""
+    data = _encode(Image.new("RGB", (side, side), (128, 128, 128)), "JPEG", progressive=True, quality=90)
+    segments = jpeg_segments(data)
+    sos = [(start, end) for marker, start, end in segments if marker == 0xDA]
+    start, end = min(sos[1:], key=lambda se: se[1] - se[0])  # sos[0] is the DC scan
+    eoi = segments[-1][1]
+    return data[:eoi] + data[start:end] * max(scans - len(sos), 0) + data[eoi:]
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_the_pair_analyses_in_the_denoisers_pixel_space(stand_in_pair, capsys):
 
 
 def test_imagenet_heads_get_timm_class_names():
-    vit = load_classifier("vit_tiny_patch16_224").vit  # random weights: only the head's size matters here
+    vit = load_classifier("vit_tiny_patch16_224", random_weights=True).vit  # random weights: only the head's size matters here
     names = imagenet_class_names(vit)
     assert len(names) == 1000 and names[:2] == ("tench", "goldfish") and names[-1] == "toilet tissue"
     assert imagenet_class_names(make_tiny_vit(0).vit) is None  # 10 classes: not ImageNet
@@ -70,7 +70,7 @@ def test_save_classifier_needs_download_permission(tmp_path, capsys):
 
 
 def test_a_saved_timm_model_keeps_its_architecture_and_names(tmp_path):
-    model = load_classifier("vit_tiny_patch16_224")
+    model = load_classifier("vit_tiny_patch16_224", random_weights=True)
     save_classifier(model, tmp_path / "vit", model_args={})
     again = load_classifier(tmp_path / "vit")
     assert again.img_size == (224, 224) and again.class_names == model.class_names and again.num_classes == 1000

@@ -82,33 +82,43 @@ def _explain(x_fn=lambda c: c.x, **kw) -> Callable[[Ctx], Any]:
     return lambda c: attention.explain(c.clf, x_fn(c), **kw)
 
 
+def _eval_cfg(**change):
+    from fvit_core.batch.evaluate import EvalConfig
+    return EvalConfig(data="data", out="out", **change)
+
+
+def _certify_cfg(**change):
+    from fvit_core.batch.certification import CertifyConfig
+    return CertifyConfig(data="data", out="out", **change)
+
+
 W = np.random.default_rng(0).random(16)
 
 # (id, call, message the user sees). Ids read "<entry point>: <what is wrong>".
 BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     # pipeline.analyze (AnalysisConfig.validate + image checks)
-    ("analyze: sigma < 0", _analyze(sigma=-0.1), "sigma must be a positive number"),
-    ("analyze: sigma nan", _analyze(sigma=float("nan")), "sigma must be a positive number"),
+    ("analyze: sigma < 0", _analyze(sigma=-0.1), r"sigma must be a number in \[0.001, 4\]"),
+    ("analyze: sigma nan", _analyze(sigma=float("nan")), r"sigma must be a number in \[0.001, 4\]"),
     ("analyze: zero samples", _analyze(n_samples=0), "n_samples must be a whole number"),
-    ("analyze: one sample with a noise floor", _analyze(n_samples=1), "n_samples must be a whole number >= 2"),
+    ("analyze: one sample with a noise floor", _analyze(n_samples=1), "n_samples must be a whole number in 2..100,000"),
     ("analyze: k > patches", _analyze(k=17), "k=17 exceeds the model's 16 patches"),
-    ("analyze: k = 0", _analyze(k=0), "k must be a whole number >= 1"),
-    ("analyze: eps < 0", _analyze(eps=-1.0), "eps must be >= 0"),
+    ("analyze: k = 0", _analyze(k=0), "k must be a whole number in 1..65,536"),
+    ("analyze: eps < 0", _analyze(eps=-1.0), r"eps must be a number in \[0, 1,000\]"),
     ("analyze: eps over the range", _analyze(eps=1.0), "eps=1.0 is outside the allowed range"),
     ("analyze: eps as text", _analyze(eps="8/255"), "eps must be a number"),
-    ("analyze: steps = 0", _analyze(steps=0), "steps=0 is outside the allowed range"),
+    ("analyze: steps = 0", _analyze(steps=0), "steps must be a whole number in 1..100,000"),
     ("analyze: unknown attack", _analyze(attack="nope"), "unknown attack 'nope'; choose one of"),
     ("analyze: unknown method", _analyze(method="nope"), "unknown method 'nope'; choose one of"),
     ("analyze: unknown mode", _analyze(mode="nope"), "unknown mode 'nope'; choose one of"),
     ("analyze: unknown head fusion", _analyze(head_fusion="median"), "unknown head fusion 'median'"),
     ("analyze: unknown image mode", _analyze(image_mode="pad"), "image_mode must be 'resize' or 'center_crop'"),
-    ("analyze: beta = 0", _analyze(beta=0.0), r"beta must be in \(0, 1\]"),
-    ("analyze: confidence alpha 0.7", _analyze(confidence_alpha=0.7), r"confidence_alpha must be in \(0, 0.5\)"),
-    ("analyze: renyi alpha inf", _analyze(renyi_alpha=float("inf")), "renyi_alpha must be a finite number > 1"),
-    ("analyze: batch size 0", _analyze(batch_size=0), "batch_size must be a whole number >= 1"),
-    ("analyze: bootstrap < 0", _analyze(bootstrap=-1), "bootstrap must be a whole number >= 0"),
+    ("analyze: beta = 0", _analyze(beta=0.0), r"beta must be a number in \(0, 1\]"),
+    ("analyze: confidence alpha 0.7", _analyze(confidence_alpha=0.7), r"confidence_alpha must be a number in \(0, 0.5\)"),
+    ("analyze: renyi alpha inf", _analyze(renyi_alpha=float("inf")), r"renyi_alpha must be a number in \(1, 1,000\]"),
+    ("analyze: batch size 0", _analyze(batch_size=0), "batch_size must be a whole number in 1..4,096"),
+    ("analyze: bootstrap < 0", _analyze(bootstrap=-1), "bootstrap must be a whole number in 0..10,000"),
     ("analyze: multistep steps 0",
-     _analyze(mode="multistep", multistep_steps=0), "multistep_steps must be a whole number >= 1"),
+     _analyze(mode="multistep", multistep_steps=0), "multistep_steps must be a whole number in 1..1,000"),
     ("analyze: seed < 0", _analyze(seed=-1), r"seed must be a whole number in 0..2\*\*63-1"),
     ("analyze: seed as text", _analyze(seed="3"), "seed must be a whole number"),
     ("analyze: boolean as text", _analyze(shared_noise="false"), "shared_noise must be true or false"),
@@ -118,7 +128,37 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
      _analyze(attack_params={"bogus": 1}), "attack 'pgd' has no parameter 'bogus'"),
     ("analyze: eps for an attack without one",
      _analyze(attack="gn", eps=0.1, steps=None), "attack 'gn' has no parameter 'eps'"),
-    ("analyze: sigma beyond the denoiser", _analyze(sigma=500.0), "exceeds the denoiser's noise range"),
+    ("analyze: sigma beyond the bound", _analyze(sigma=500.0), r"sigma must be a number in \[0.001, 4\]"),
+    # Round two (issue 15): upper bounds, degenerate values and huge numbers, refused before any work.
+    ("analyze: sigma 1e-300", _analyze(sigma=1e-300), r"sigma must be a number in \[0.001, 4\].*got 1e-300"),
+    ("analyze: sigma so small that t* = 0", _analyze(sigma=0.002), r"sigma=0.002 is below the denoiser's smallest noise "
+     r"level: t\* would be 0"),
+    ("analyze: multistep steps over t*", _analyze(mode="multistep", sigma=0.05, multistep_steps=500),
+     r"multistep_steps=500 exceeds t\*=\d+ \(sigma 0.05\)"),
+    ("analyze: multistep steps 1e9", _analyze(mode="multistep", multistep_steps=10**9),
+     "multistep_steps must be a whole number in 1..1,000"),
+    ("analyze: samples 1e12", _analyze(n_samples=10**12), "n_samples must be a whole number in 2..100,000"),
+    ("analyze: samples and batch 1e6", _analyze(n_samples=10**6, batch_size=10**6),
+     "n_samples must be a whole number in 2..100,000"),
+    ("analyze: batch 1e6", _analyze(batch_size=10**6), "batch_size must be a whole number in 1..4,096"),
+    ("analyze: 400-digit samples", _analyze(n_samples=10**400), "n_samples must be .* got an integer of 401 digits"),
+    ("analyze: 400-digit attack steps", _analyze(steps=None, attack_params={"steps": 10**400}),
+     "steps must be finite .* got an integer of 401 digits"),
+    ("analyze: bootstrap 1e9", _analyze(bootstrap=10**9), "bootstrap must be a whole number in 0..10,000"),
+    ("analyze: bootstrap x samples", _analyze(bootstrap=10_000, n_samples=10_000),
+     r"bootstrap x n_samples = 10,000 x 10,000 is over the limit of 10,000,000"),
+    ("analyze: renyi alpha 1e308", _analyze(renyi_alpha=1e308), r"renyi_alpha must be a number in \(1, 1,000\]"),
+    ("analyze: a megabyte of text as seed", _analyze(seed="9" * 1_000_000), r"seed must be a whole number, got '9{56}\.\.\.$"),
+    ("eval: samples 1e7", lambda c: _eval_cfg(n_samples=10**7).validate(), "n_samples must be a whole number in 2..100,000"),
+    ("eval: sigma 1e-300", lambda c: _eval_cfg(sigmas=(1e-300,)).validate(), r"sigma must be a number in \[0.001, 4\]"),
+    ("eval: 2,000 budgets", lambda c: _eval_cfg(eps=(0.01,) * 2000).validate(), "eps holds 2,000 values, over the limit"),
+    ("eval: pt samples 1e9", lambda c: _eval_cfg(pt_samples=10**9).validate(), "pt_samples must be a whole number in 1..100,000"),
+    ("eval: limit 0", lambda c: _eval_cfg(limit=0).validate(), "limit must be a whole number in 1..100,000,000"),
+    ("certify: n 1e9", lambda c: _certify_cfg(n=10**9).validate(), "n must be a whole number in 1..1,000,000"),
+    ("certify: check samples 1", lambda c: _certify_cfg(check_samples=1).validate(),
+     "check_samples must be a whole number in 2..1,000,000"),
+    ("certify: no radii", lambda c: _certify_cfg(radii=()).validate(), "give at least one value for radii"),
+    ("certify: radius inf", lambda c: _certify_cfg(radii=(float("inf"),)).validate(), r"radii must be a number in \[0, 1,000\]"),
     ("analyze: image HWC",
      lambda c: analyze(c.img.transpose(1, 2, 0), AnalysisConfig(**FAST), pair=c.pair), r"image must be \(3, H, W\)"),
     ("analyze: image 2-D",
@@ -284,7 +324,12 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("load_classifier: missing folder",
      lambda c: models.load_classifier("./no/such/folder"), "classifier folder not found"),
     ("load_classifier: unknown timm name", lambda c: models.load_classifier("not_a_model"), "unknown timm model"),
-    ("load_classifier: not a ViT", lambda c: models.load_classifier("resnet18"), "is not a timm VisionTransformer"),
+    ("load_classifier: not a ViT", lambda c: models.load_classifier("resnet18", random_weights=True), "is not a timm VisionTransformer"),
+    ("load_classifier: timm name without downloads (random weights)",
+     lambda c: models.load_classifier("vit_tiny_patch16_224"), r"is a timm model name: without downloading, its "
+     r"weights would be random .*--allow-download"),
+    ("load_pair: timm name without downloads",
+     lambda c: models.load_pair("default", classifier="vit_tiny_patch16_224"), "its weights would be random"),
     ("load_classifier: missing .safetensors file",
      lambda c: models.load_classifier("/no/such/model.safetensors"), "weights file not found"),
     ("load_denoiser: missing folder", lambda c: models.load_denoiser("/no/such/folder"), "denoiser folder not found"),
@@ -974,9 +1019,9 @@ def test_sigkill_at_every_kill_point_loses_and_repeats_nothing(command, kill_ima
     assert _without(json.loads((out / summary).read_text()), *timing) == \
         _without(json.loads((reference / summary).read_text()), *timing)
     # What a kill between writing and renaming leaves: hidden temporary files, never read, at most
-    # one per kill (store.atomic_write_text does not clean them up on the next run).
+    # one per kill (store.atomic_write does not clean them up on the next run).
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    assert len(leftovers) <= len(kills) and all(re.fullmatch(r"\.[\w.]+\.tmp\d+", n) for n in leftovers), leftovers
+    assert len(leftovers) <= len(kills) and all(re.fullmatch(r"\.[\w.-]+\.tmp(\.\w+)?", n) for n in leftovers), leftovers
 
 
 def _row_key(command: str) -> Callable[[str], Any]:

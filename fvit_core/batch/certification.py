@@ -32,22 +32,24 @@ import datetime
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import certify, distributed, metrics
+from .. import certify, distributed, limits, metrics
 from ..attacks import run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from ..images import load_image, prepare_image
+from ..denoise import check_schedule
+from ..images import ImageError, load_image, prepare_image
 from ..pixel_space import smoothing_size
 from ..models import ModelPair
 from ..smoothing import PRECISION_CHOICES, smooth
 from .data import ImageItem
-from .evaluate import load_models, prepare_run, progress_bar, selected_items
+from .evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
+from .report import skipped_markdown
 from .store import RowFiles, atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
@@ -57,6 +59,9 @@ COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "tim
 NOT_RUN = "-"
 HEADER = "\t".join(COLUMNS)
 CONFIG_FILE = "certify_config.json"
+# The numeric settings of a run, each checked against limits.BOUNDS.
+CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "sigma", "n0", "n", "alpha", "k", "beta", "multistep_steps",
+                                    "check_random", "check_samples", "batch_size", "seed")
 
 
 @dataclass
@@ -96,9 +101,10 @@ class CertifyConfig:
     dist_backend: str = "gloo"
     progress: bool = True
     figures: bool = True
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "radii", "batch_size", "device",
-                             "allow_download", "dist_backend", "progress", "figures"})
+                             "allow_download", "dist_backend", "progress", "figures", "strict"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,20 +118,9 @@ class CertifyConfig:
             raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
-        if not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {self.sigma!r}")
-        if not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5) (e.g. 0.001), got {self.alpha!r}")
-        if not 0.0 < self.beta <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
-        if self.check_random < 0 or (self.check_samples is not None and self.check_samples < 2):
-            raise ValueError("check_random must be >= 0 and check_samples >= 2")
-        for name in ("n0", "n", "k", "batch_size", "multistep_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not self.radii or any(not (math.isfinite(r) and r >= 0) for r in self.radii):
-            raise ValueError(f"radii must be L2 radii >= 0, got {self.radii!r}")
+        # Every number against its documented bounds (limits.BOUNDS), before any work.
+        limits.check_settings(self, CERTIFY_NUMBERS)
+        limits.check_list("radii", self.radii)
 
 
 def _encode(row: dict) -> str:
@@ -234,6 +229,7 @@ class CertifyReport:
     seconds: float
     rank: int
     world_size: int
+    skipped: list[dict] = field(default_factory=list)  # rank 0: every rank's unreadable images
 
 
 def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) -> CertifyReport:
@@ -244,19 +240,33 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
     files = certify_row_files(cfg.out)
     prepare_run(cfg, ctx, CONFIG_FILE, files)
     pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)
     items = selected_items(cfg, pair)
     done = files.done_keys()
     todo = [item for item in distributed.shard(items, ctx) if item.path not in done]
     root = Path(cfg.data).expanduser()
+    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
+    written = 0
     with files.log(ctx.rank, ctx.world_size) as log, progress_bar(len(todo), ctx, "certify", cfg.progress) as bar:
         for item in todo:
-            log.append(_encode(certify_image(cfg, pair, item, root)))
+            try:
+                row = certify_image(cfg, pair, item, root)
+            except ImageError as exc:
+                skipped.record(root, item, exc)
+            except ValueError as exc:  # say which image a failure is about
+                raise ValueError(f"{root / item.path}: {exc}") from exc
+            else:
+                log.append(_encode(row))
+                written += 1
             bar.update(1)
+    skipped.save()
     distributed.barrier(ctx)
-    report = CertifyReport(out=Path(cfg.out), rows_written=len(todo), rows_total=None,
+    report = CertifyReport(out=Path(cfg.out), rows_written=written, rows_total=None,
                            seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
-        report.rows_total = finish_certify(cfg, files, {item.path for item in items}, ctx, report.seconds)
+        report.skipped = skipped.collect()
+        report.rows_total = finish_certify(cfg, files, {item.path for item in items}, ctx, report.seconds,
+                                           skipped=report.skipped)
     return report
 
 
@@ -324,7 +334,7 @@ def _markdown(summary: dict) -> str:
 
 
 def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distributed.DistContext,
-                   seconds: float) -> int:
+                   seconds: float, skipped: list[dict] | tuple = ()) -> int:
     """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
     from .report import hardware
 
@@ -338,7 +348,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
         f"{r['radius']!r},{r['certified_accuracy']!r},{r['low']!r},{r['high']!r},"
         f"{'' if r['topk_certified_fraction'] is None else repr(r['topk_certified_fraction'])}" for r in summary["table"]]
     atomic_write_text(out / "certified_accuracy.csv", "\n".join(csv_lines) + "\n")
-    atomic_write_text(out / "certified_accuracy.md", _markdown(summary))
+    atomic_write_text(out / "certified_accuracy.md", _markdown(summary) + skipped_markdown(skipped))
     atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
     if cfg.figures:
         from .plots import certified_accuracy_curve, radius_histogram
@@ -352,6 +362,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     info = {"command": "certify", "rows": len(current), "rows_missing": len(planned) - len(current),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
-            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device}
+            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device,
+            "images_skipped": len(skipped), "skipped": list(skipped)}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
     return len(current)

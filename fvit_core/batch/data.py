@@ -37,10 +37,13 @@ def read_label_map(source: str | os.PathLike | dict) -> dict[str, int | str]:
     if isinstance(source, dict):
         data = source
     else:
+        from ..limits import read_settings_text, short_repr
+
+        text = read_settings_text(source, "label map")
         try:
-            data = json.loads(Path(source).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the label map {source}: {exc}") from exc
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"cannot read the label map {source}: {short_repr(str(exc), 200)}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in data.values()):
         raise ValueError("the label map must be a JSON object {\"folder\": class index or class name, ...}")
     return data

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,10 +39,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import certify, distributed, metrics
+from .. import certify, distributed, limits, metrics
 from ..attacks import ATTACKS, get_attack, run_attack
 from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from ..images import load_image, prepare_image
+from ..denoise import check_schedule
+from ..images import ImageError, load_image, prepare_image
 from ..models import ModelPair, load_pair
 from ..pixel_space import smoothing_size
 from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
@@ -52,6 +52,9 @@ from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
 from .store import RowFiles, atomic_write_text, json_line
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
+# The numeric settings of a run, each checked against limits.BOUNDS.
+EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "steps", "k", "beta", "renyi_alpha", "n_samples", "pt_samples",
+                                 "multistep_steps", "batch_size", "seed")
 CONFIG_FILE = "eval_config.json"
 
 
@@ -100,13 +103,14 @@ class EvalConfig:
     dist_backend: str = "gloo"
     progress: bool = True
     figures: bool = True
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
     # Fields that may change between a run and its resumption: where things are, how fast,
     # and the grid and image selection (rows are keyed by image and setting). Every other field
     # changes the numbers, so a folder holding rows made with other values is refused.
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
                              "batch_size", "device", "allow_download", "dist_backend", "progress",
-                             "figures"})
+                             "figures", "strict"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,23 +123,18 @@ class EvalConfig:
         _choices((self.head_fusion,), HEAD_FUSIONS, "head fusion")
         _choices((self.pt_fill,), FILLS, "perturbation-test fill")
         _choices((self.precision,), PRECISION_CHOICES, "precision")
-        for value in self.sigmas:
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"sigma must be positive (pixel units, e.g. 0.25), got {value!r}")
-        for value in self.eps:
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"eps must be >= 0 (pixel units, e.g. 8/255), got {value!r}")
-        for name, low in (("n_samples", 2 if self.noise_floor else 1), ("pt_samples", 1), ("k", 1),
-                          ("batch_size", 1), ("multistep_steps", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if not 0.0 < self.beta <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {self.beta!r}")
-        if not self.renyi_alpha > 1.0:
-            raise ValueError(f"renyi_alpha must be > 1, got {self.renyi_alpha!r}")
+        # Every number against its documented bounds (limits.BOUNDS), before any work.
         if any(mode != "vanilla" for mode in self.modes) and not self.sigmas:
             raise ValueError("smoothed modes need at least one sigma")
+        limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
+        limits.check_list("eps", self.eps)
+        for name in ("attacks", "modes", "methods"):
+            limits.check_list(name, getattr(self, name), bound_free=True)
+        limits.check_settings(self, EVAL_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
+        grid = len(settings_grid(self))
+        if grid > limits.MAX_GRID:
+            raise ValueError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
+                             f"limit of {limits.MAX_GRID:,}; split it over several runs")
         known = {p.name for a in self.attacks for p in get_attack(a).params}
         unknown = sorted(set(self.attack_params) - known)
         if unknown:
@@ -454,6 +453,44 @@ class EvalReport:
     seconds: float
     rank: int
     world_size: int
+    skipped: list[dict] = field(default_factory=list)  # rank 0: every rank's unreadable images
+
+
+class SkippedImages:
+    """Images of this rank that could not be read, recorded so the run can go on.
+
+    Without ``strict`` an unreadable image (any :class:`ImageError`) is recorded with its path and
+    reason and the run goes on; rank 0 collects every rank's list (:func:`collect`) into the
+    summary and run_info.json. With ``strict`` the first one stops the run, with its path. A
+    resumed run tries skipped images again (they have no rows), so the list is of this run only.
+    """
+
+    def __init__(self, out: str | Path, ctx: distributed.DistContext, strict: bool):
+        self.out, self.ctx, self.strict = Path(out), ctx, strict
+        self.items: list[dict] = []
+
+    def path(self, rank: int) -> Path:
+        return self.out / f".skipped.rank{rank}.json"
+
+    def record(self, root: Path, item: ImageItem, exc: ImageError) -> None:
+        where = root / item.path
+        if self.strict:
+            raise ValueError(f"{where}: {exc} (--strict stops at the first unreadable image; without it, such "
+                             "images are skipped and counted)") from exc
+        self.items.append({"image": item.path, "reason": str(exc)})
+
+    def save(self) -> None:
+        atomic_write_text(self.path(self.ctx.rank), json.dumps(self.items) + "\n")
+
+    def collect(self) -> list[dict]:
+        """Rank 0, after the barrier: every rank's list (their files removed)."""
+        found: list[dict] = []
+        for rank in range(self.ctx.world_size):
+            path = self.path(rank)
+            if path.is_file():
+                found += json.loads(path.read_text())
+                path.unlink()
+        return sorted(found, key=lambda entry: entry["image"])
 
 
 def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> None:
@@ -533,6 +570,9 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
     if cfg.k > pair.classifier.num_patches:
         raise ValueError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
+    for mode in (m for m in cfg.modes if m != "vanilla"):
+        for sigma in cfg.sigmas:
+            check_schedule(pair.denoiser, sigma, mode, cfg.multistep_steps)
     items = selected_items(cfg, pair)
     grid = settings_grid(cfg)
     done = files.done_keys()
@@ -540,20 +580,33 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     total = sum(len(settings) for _, settings in work)
     written = 0
     root = Path(cfg.data).expanduser()
+    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
     with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", cfg.progress) as bar:
         for item, settings in work:
             if not settings:
                 continue
-            for row in ImageEvaluation(cfg, pair, item, root).rows(settings):
-                log.append(json_line(row))
-                written += 1
-                bar.update(1)
+            try:
+                evaluation = ImageEvaluation(cfg, pair, item, root)
+            except ImageError as exc:
+                skipped.record(root, item, exc)
+                bar.update(len(settings))
+                continue
+            try:
+                for row in evaluation.rows(settings):
+                    log.append(json_line(row))
+                    written += 1
+                    bar.update(1)
+            except ValueError as exc:  # say which image a failure is about
+                raise ValueError(f"{root / item.path}: {exc}") from exc
+    skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,
                         seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         from .report import finish_eval
 
+        report.skipped = skipped.collect()
         planned = {row_key(item.path, s) for item in items for s in grid}
-        report.rows_total, report.rows_missing = finish_eval(cfg, files, planned, ctx, report.seconds)
+        report.rows_total, report.rows_missing = finish_eval(cfg, files, planned, ctx, report.seconds,
+                                                             skipped=report.skipped)
     return report

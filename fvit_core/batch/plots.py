@@ -11,7 +11,6 @@ Files are written atomically (temporary file + os.replace).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,11 +28,9 @@ _PANEL_IN = 2.4
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=200)
-    os.replace(tmp, path)
-    return path
+    from .store import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix.lstrip(".") or "png"))
 
 
 def _panels(keys: Sequence[tuple[str, str]]):

@@ -105,10 +105,12 @@ def eval_markdown(records: list[dict], k: int) -> str:
 
 
 def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistContext,
-                seconds: float) -> tuple[int, int]:
+                seconds: float, skipped: Sequence[dict] = ()) -> tuple[int, int]:
     """Merge the row files, write the summary (CSV, Markdown, JSON), figures and run info.
 
-    Returns (rows of this command's grid present, rows of it missing).
+    ``skipped``: the images this run could not read ({"image", "reason"}), counted in the
+    Markdown summary and listed in run_info.json. Returns (rows of this command's grid present,
+    rows of it missing).
     """
     from .evaluate import MODES, key_of_row
 
@@ -117,7 +119,7 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     current = [row for row in rows if key_of_row(row) in planned]
     records = summarise(current, EVAL_GROUP, EVAL_METRICS, order=_group_order(MODES))
     atomic_write_text(out / "summary.csv", to_csv(records, EVAL_GROUP, EVAL_METRICS))
-    atomic_write_text(out / "summary.md", eval_markdown(records, cfg.k))
+    atomic_write_text(out / "summary.md", eval_markdown(records, cfg.k) + skipped_markdown(skipped))
     atomic_write_text(out / "summary.json", json.dumps(
         [{k: _estimate_json(v) for k, v in r.items()} for r in records], indent=1) + "\n")
     if cfg.figures:
@@ -130,6 +132,16 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
             "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser},
-            "device": cfg.device}
+            "device": cfg.device, "images_skipped": len(skipped), "skipped": list(skipped)}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
     return len(current), missing
+
+
+def skipped_markdown(skipped: Sequence[dict]) -> str:
+    """The summary's note on unreadable images ('' when there were none)."""
+    if not skipped:
+        return ""
+    lines = [f"\n## Skipped images\n\n{len(skipped)} image(s) could not be read and have no rows (run with "
+             "--strict to stop at the first one instead):\n"]
+    lines += [f"- `{entry['image']}`: {entry['reason']}" for entry in skipped]
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -97,9 +96,9 @@ def save_checkpoint(
     tensors.update(opt_tensors)
     meta = {"step": step, "total_steps": total_steps, "optimizer": opt_meta, "extra": extra,
             "rng": torch.get_rng_state().tolist()}
-    tmp = folder / (CHECKPOINT + ".tmp")
-    save_file(tensors, str(tmp), metadata={"fvit": json.dumps(meta)})
-    os.replace(tmp, folder / CHECKPOINT)
+    from ..batch.store import atomic_write
+
+    atomic_write(folder / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata={"fvit": json.dumps(meta)}))
 
 
 def load_checkpoint(folder: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> dict | None:
@@ -176,6 +175,6 @@ def _sync() -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    from ..batch.store import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
