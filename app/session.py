@@ -26,13 +26,13 @@ RESULT_CACHE_SIZE = 32
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading models…")
-def cached_pair(kind: str, classifier: str | None, denoiser: str | None) -> ModelPair:
+def cached_pair(kind: str, classifier: str | None, denoiser: str | None, pair: str = "default") -> ModelPair:
     """Load a model pair once per server (read-only afterwards)."""
-    return load_pair("default", classifier=classifier, denoiser=denoiser, allow_download=kind == "hub")
+    return load_pair(pair, classifier=classifier, denoiser=denoiser, allow_download=kind == "hub")
 
 
 def pair_for(models: state.ModelChoice) -> ModelPair:
-    return cached_pair(models.kind, models.classifier, models.denoiser)
+    return cached_pair(models.kind, models.classifier, models.denoiser, models.pair)
 
 
 def model_input(models: state.ModelChoice, errors: list[str]) -> tuple[tuple[int, int], int] | None:
@@ -129,6 +129,10 @@ def update(values) -> None:
             if not st.button("Run analysis", key="run", type="primary"):
                 return
     report, bar = progress_bar("Analysing:")
+    if state.expensive_reason(config):
+        # Any click reruns the page, which stops this run at its next progress report (after the
+        # forward batch in progress); the settings then wait for "Run analysis" again.
+        st.button("Cancel", key="cancel_run", help="stop this analysis after the batch in progress")
     try:
         result = compute(values.image, config, values.models, report)
     except ValueError as exc:

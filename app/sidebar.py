@@ -30,7 +30,7 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "confidence_alpha": _DEFAULTS.confidence_alpha, "precision": _DEFAULTS.precision,
     "noise_floor_estimator": _DEFAULTS.noise_floor_estimator, "early_stop": _DEFAULTS.early_stop,
 }
-SAMPLE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+SAMPLE_CHOICES: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
                  "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
 MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
@@ -147,16 +147,41 @@ def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode:
 # --------------------------------------------------------------------------------------------
 
 
+PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.models.MODEL_PAIRS
+
+
+def _kind_label(kind: str) -> str:
+    if kind.startswith(PAIR_KIND):
+        name = kind[len(PAIR_KIND):]
+        return f"{name} ({state.MODEL_PAIRS[name].training_data.split(' (')[0]}, real size)"
+    return MODEL_KIND_LABELS.get(kind, kind)
+
+
+def _start_small() -> None:
+    """A real-size pair on a CPU starts with the fewest samples (it waits for a click anyway)."""
+    kind = st.session_state.get("model_kind", "")
+    if kind.startswith(PAIR_KIND) and state.MODEL_PAIRS[kind[len(PAIR_KIND):]].cpu_seconds_per_sample:
+        st.session_state["n_samples"] = SAMPLE_CHOICES[0]
+
+
 def models_section(errors: list[str]) -> state.ModelChoice:
-    """Shipped pair, a local folder of the models directory, or (if allowed) hub names."""
-    kinds = ["default", "local"] + (["hub"] if state.downloads_allowed() else [])
+    """Shipped pair, a named real-size pair whose files are present, a local folder of the models
+    directory, or (if allowed) hub names."""
+    pairs = [PAIR_KIND + name for name in state.available_pairs()]
+    kinds = ["default", *pairs, "local"] + (["hub"] if state.downloads_allowed() else [])
     if st.session_state.get("model_kind") not in kinds:
         st.session_state["model_kind"] = "default"
     with st.expander("Models", expanded=st.session_state["model_kind"] != "default"):
-        kind = st.selectbox("Classifier and denoiser", kinds, key="model_kind", format_func=MODEL_KIND_LABELS.get)
+        kind = st.selectbox("Classifier and denoiser", kinds, key="model_kind", format_func=_kind_label,
+                            on_change=_start_small)
         if "hub" not in kinds:
             st.caption("Hub models are off: start the app with FVIT_ALLOW_DOWNLOAD=1 to allow downloads.")
+        if not pairs:
+            st.caption("The paper's ImageNet pair (imagenet-vit-b16) appears here once its files are in the models "
+                       "directory: docs/REALSIZE.md.")
         try:
+            if kind.startswith(PAIR_KIND):
+                return _named_pair(kind[len(PAIR_KIND):])
             if kind == "local":
                 return _local_models()
             if kind == "hub":
@@ -168,6 +193,16 @@ def models_section(errors: list[str]) -> state.ModelChoice:
             errors.append(f"Models: {exc}")
             return st.session_state.get("last_good_models", state.ModelChoice())
     return state.ModelChoice()
+
+
+def _named_pair(name: str) -> state.ModelChoice:
+    spec = state.MODEL_PAIRS[name]
+    st.caption(spec.description)
+    if spec.cpu_seconds_per_sample:
+        st.caption(f"On a CPU each DDS sample takes about {spec.cpu_seconds_per_sample:.0f} s in float32 (half that "
+                   "where bfloat16 is native; measured on 2 cores, docs/PERFORMANCE.md): analyses wait for a click, "
+                   f"start with N = {SAMPLE_CHOICES[0]}, show progress and can be cancelled.")
+    return state.ModelChoice("pair", pair=name)
 
 
 def _local_models() -> state.ModelChoice:

@@ -20,12 +20,12 @@ import numpy as np
 
 from fvit_core.attacks import AttackSpec, ParamSpec
 from fvit_core.images import ImageError, image_digest, load_image
-from fvit_core.models import ModelLoadError, resolve_model_dir
+from fvit_core.models import MODEL_PAIRS, ModelLoadError, resolve_model_dir
+from fvit_core.models import models_dir as engine_models_dir
 from fvit_core.pipeline import AnalysisConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
-DEFAULT_MODELS_DIR = REPO_ROOT / "assets" / "models"
 UPLOAD_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 MAX_UPLOAD_BYTES = 20_000_000  # keep equal to server.maxUploadSize (MB) in .streamlit/config.toml
 # Decoded pixels stay in the session (the CLI must see the same file), so cap them below the
@@ -186,18 +186,45 @@ class ModelChoice:
     kind: str = "default"
     classifier: str | None = None
     denoiser: str | None = None
+    pair: str = "default"  # a name of fvit_core.models.MODEL_PAIRS (kind "pair")
 
     @property
     def allow_download(self) -> bool:
         return self.kind == "hub"
 
     def config_fields(self) -> dict[str, Any]:
-        return {"model": "default", "classifier": self.classifier, "denoiser": self.denoiser}
+        return {"model": self.pair, "classifier": self.classifier, "denoiser": self.denoiser}
+
+
+def available_pairs(root: Path | None = None) -> list[str]:
+    """Named pairs besides the shipped one whose two folders are in the models directory and
+    pass its guard (models.resolve_model_dir): the dashboard offers only these."""
+    root = root or models_dir()
+    names = []
+    for name, spec in MODEL_PAIRS.items():
+        if name == "default" or Path(spec.classifier).is_absolute() or Path(spec.denoiser).is_absolute():
+            continue
+        try:
+            resolve_model_dir(spec.classifier, root), resolve_model_dir(spec.denoiser, root)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def pair_cost_seconds(config: AnalysisConfig) -> float | None:
+    """Rough seconds of one analysis of a real-size named pair on a CPU (None for quick pairs):
+    the clean and the attacked estimate, N samples each, at the measured cost per sample."""
+    spec = MODEL_PAIRS.get(config.model)
+    if spec is None or spec.cpu_seconds_per_sample is None or not str(config.device).startswith("cpu"):
+        return None
+    return 2 * config.n_samples * spec.cpu_seconds_per_sample
 
 
 def models_dir() -> Path:
-    """The only folder local models are read from: $FVIT_MODELS_DIR, else assets/models."""
-    return Path(os.environ.get("FVIT_MODELS_DIR") or DEFAULT_MODELS_DIR).resolve()
+    """The only folder local models are read from: $FVIT_MODELS_DIR, else assets/models (the
+    engine's models.models_dir, which named pairs read too)."""
+    return engine_models_dir()
 
 
 def downloads_allowed() -> bool:
@@ -294,6 +321,9 @@ def expensive_reason(config: AnalysisConfig) -> str | None:
         reasons.append(f"{queries} queries")
     if config.mode == "multistep":
         reasons.append("multi-step denoising")
+    cost = pair_cost_seconds(config)
+    if cost is not None:
+        reasons.append(f"real-size models on a CPU: about {cost / 60:.0f} min")
     return "; ".join(reasons) or None
 
 

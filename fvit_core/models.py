@@ -527,6 +527,10 @@ def build_default_unet() -> nn.Module:
     return UNet2DModel(**DEFAULT_UNET_ARGS)
 
 
+# benchmarks/bench_realsize.py on the 2-core machine, float32 (docs/PERFORMANCE.md, "Real size").
+CPU_SECONDS_PER_SAMPLE_REALSIZE = 30.0
+
+
 def models_dir() -> Path:
     """The folder named pairs and the dashboard read local models from: $FVIT_MODELS_DIR, else
     the shipped assets/models."""
@@ -550,6 +554,9 @@ class ModelPairSpec:
     hub_classifier: str | None = None
     how_to_get: str = ""
     training_data: str = ""
+    # Measured seconds per DDS sample on the project's 2-core CPU in float32 (docs/PERFORMANCE.md),
+    # for pairs too large to run interactively there; None when a sample takes a few milliseconds.
+    cpu_seconds_per_sample: float | None = None
 
     def classifier_path(self) -> Path:
         return models_dir() / self.classifier if not Path(self.classifier).is_absolute() else Path(self.classifier)
@@ -584,6 +591,7 @@ MODEL_PAIRS: dict[str, ModelPairSpec] = {
                    "README) and run `fvit convert-adm 256x256_diffusion_uncond.pt $FVIT_MODELS_DIR/imagenet-adm-256`; "
                    "docs/REALSIZE.md has the steps",
         training_data="ImageNet-1k (1000 classes, 224x224 px; denoiser trained on ImageNet at 256x256 px)",
+        cpu_seconds_per_sample=CPU_SECONDS_PER_SAMPLE_REALSIZE,
     ),
 }
 

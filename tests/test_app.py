@@ -432,3 +432,36 @@ def test_a_broken_models_directory_gives_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("FVIT_MODELS_DIR", str(tmp_path))
     at = run_app(model_kind="local")
     assert any("needs at least one classifier folder" in e.value for e in at.error)
+
+
+def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, monkeypatch):
+    """With imagenet-vit-b16's two folders in the models directory (small stand-ins here), the
+    pair is selectable; on a CPU it states its cost, starts with the fewest samples and waits for
+    a click; the run then works in the denoiser's pixel space, with progress and a Cancel button."""
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import TINY_VIT_ARGS, make_tiny_vit
+    from fvit_core.adm import convert_adm
+    from fvit_core.models import save_classifier
+
+    fixtures = ROOT / "tests" / "fixtures" / "adm"
+    monkeypatch.setenv("FVIT_MODELS_DIR", str(tmp_path))
+    offered = lambda at: any("imagenet-vit-b16" in option for option in at.selectbox(key="model_kind").options)  # noqa: E731
+    assert not offered(run_app())
+    save_classifier(make_tiny_vit(0), tmp_path / "imagenet-vit-b16", model_args=TINY_VIT_ARGS)
+    torch.save({k: v.float() for k, v in load_file(str(fixtures / "small-conv_weights.safetensors")).items()},
+               tmp_path / "adm.pt")
+    convert_adm(tmp_path / "adm.pt", tmp_path / "imagenet-adm-256",
+                flags=json.loads((fixtures / "small-conv_flags.json").read_text()))
+    at = run_app()
+    assert offered(at)
+    at.selectbox(key="model_kind").set_value("pair:imagenet-vit-b16").run()
+    assert at.session_state["n_samples"] == 4
+    assert any("each DDS sample takes about" in c.value for c in at.caption)
+    assert any("real-size models on a CPU" in i.value for i in at.info)
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error
+    result = current(at).result
+    assert result.config.model == "imagenet-vit-b16" and result.pixel_size == (16, 16)
+    assert result.classifier_size == (32, 32) and result.faithful.n_samples == 4
