@@ -32,7 +32,9 @@ SETTING_DEFAULTS: dict[str, Any] = {
 }
 SAMPLE_CHOICES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
-                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
+                 "transformer_attribution": "Transformer Attribution (LRP x grad)", "lrp": "full LRP",
+                 "partial_lrp": "partial LRP (last block)"}
 MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
                "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
 PRECISION_LABELS = {"auto": "auto (bfloat16 where native)", "float32": "float32", "bfloat16": "bfloat16"}
