@@ -138,6 +138,25 @@ def test_same_command_twice_adds_nothing_and_other_settings_are_refused(eval_ref
     assert "n_samples 8 -> 16" in capsys.readouterr().err
 
 
+
+def test_a_folder_from_before_a_new_setting_resumes_with_its_default(eval_reference, image_folder, tiny_pair_dir,
+                                                                     tmp_path, capsys):
+    import shutil
+
+    source, rows = eval_reference
+    out = tmp_path / "older"
+    shutil.copytree(source, out)
+    stored = json.loads((out / "eval_config.json").read_text())
+    for name in ("sensitivity_samples", "sensitivity_radius", "sensitivity_norm"):
+        del stored[name]  # as written before the setting existed
+    (out / "eval_config.json").write_text(json.dumps(stored))
+    assert main(eval_command(image_folder, tiny_pair_dir, out) + ["--no-figures"]) == 0
+    assert read_rows(out) == rows
+    (out / "eval_config.json").write_text(json.dumps(stored))
+    assert main(eval_command(image_folder, tiny_pair_dir, out) + ["--sensitivity-samples", "2"]) == 2
+    assert "sensitivity_samples 0 -> 2" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # Resume after kill -9
 # --------------------------------------------------------------------------------------------
