@@ -177,6 +177,8 @@ def check_lrp_model(vit: nn.Module) -> None:
         raise ValueError("LRP explanations need a ViT classifying from its [CLS] token (global_pool='token')")
     if not isinstance(vit.head, nn.Linear) or not isinstance(getattr(vit, "fc_norm", nn.Identity()), nn.Identity):
         raise ValueError("LRP explanations need a single linear head on the [CLS] token")
+    if getattr(vit, "dynamic_img_size", False):
+        raise ValueError("LRP explanations need a fixed input size (dynamic_img_size=False)")
     embed = vit.patch_embed
     proj = getattr(embed, "proj", None)
     if not isinstance(embed, PatchEmbed) or not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(

@@ -156,3 +156,24 @@ def test_matches_chefer_reference_on_the_shipped_classifier():
         for row_ours, row_ref in zip(ours_np, theirs):
             assert np.abs(row_ours - row_ref).max() <= 1e-5 * np.abs(row_ref).max(), method
             assert spearmanr(row_ours, row_ref).statistic > 0.9999, method
+
+
+def test_any_timm_vit_registers_no_embed_class_layer_scale():
+    """The grid and the prefix tokens come from the model: 4 register tokens, position codes on the
+    patches only, LayerScale; forward matches, relevance is conserved, every method gives P values."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
+                            depth=2, reg_tokens=4, no_embed_class=True, init_values=0.1).eval()
+    for block in vit.blocks:
+        block.attn.fused_attn = False
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(forward_logits(vit, x), vit(x))
+        relevance, _ = relevance_pass(vit, _forward(vit, x), torch.tensor([0, 3]), "conservative")
+    torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(2), rtol=0, atol=5e-3)
+    for method in LRP_METHODS:
+        with torch.enable_grad():
+            _, weights, _ = lrp_patch_relevance(vit, x, method)
+        assert weights.shape == (2, 16) and torch.isfinite(weights).all()
