@@ -276,6 +276,8 @@ def expensive_reason(config: AnalysisConfig) -> str | None:
         reasons.append(f"{queries} queries")
     if config.mode == "multistep":
         reasons.append("multi-step denoising")
+    if config.sensitivity_samples:
+        reasons.append(f"neighbourhood sensitivity ({config.sensitivity_samples} x {config.n_samples} samples)")
     return "; ".join(reasons) or None
 
 

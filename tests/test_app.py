@@ -157,6 +157,7 @@ def test_expensive_settings_are_recognised():
     assert "denoiser" in state.expensive_reason(AnalysisConfig(attack="eot_dds"))
     assert "AutoAttack" in state.expensive_reason(AnalysisConfig(attack="autoattack"))
     assert "steps" in state.expensive_reason(AnalysisConfig(attack_params={"steps": 200}))
+    assert "sensitivity (8 x 64" in state.expensive_reason(AnalysisConfig(sensitivity_samples=8))
 
 
 def test_local_models_only_from_the_models_directory(tiny_pair_dir, tmp_path):
