@@ -29,10 +29,13 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "bootstrap": _DEFAULTS.bootstrap, "renyi_alpha": _DEFAULTS.renyi_alpha,
     "confidence_alpha": _DEFAULTS.confidence_alpha, "precision": _DEFAULTS.precision,
     "noise_floor_estimator": _DEFAULTS.noise_floor_estimator, "early_stop": _DEFAULTS.early_stop,
+    "sensitivity_samples": _DEFAULTS.sensitivity_samples,
 }
 SAMPLE_CHOICES: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
-                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
+                 "transformer_attribution": "Transformer Attribution (LRP x grad)", "lrp": "full LRP",
+                 "partial_lrp": "partial LRP (last block)"}
 MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
                "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
 PRECISION_LABELS = {"auto": "auto (bfloat16 where native)", "float32": "float32", "bfloat16": "bfloat16"}
@@ -295,6 +298,9 @@ def advanced_section() -> None:
                           "top-k sets is far below the Monte Carlo noise (docs/PERFORMANCE.md)")
         st.checkbox("Stop sampling early once label and top-k set are settled", key="early_stop",
                     help="sequential test at level 0.05; saves samples mostly for small k")
+        st.number_input("Sensitivity perturbations M (0 = off)", 0, 64, step=4, key="sensitivity_samples",
+                        help="neighbourhood sensitivity over M random images in the Linf ball of radius 0.02; "
+                             "costs M x N samples for the FViT")
         st.number_input("Bootstrap resamples", 0, 2000, step=50, key="bootstrap")
         st.number_input("Rényi order α", 1.01, 100.0, step=0.5, key="renyi_alpha")
         st.number_input("Confidence level α (certificates)", 0.0001, 0.1, step=0.001, format="%.4f",

@@ -324,6 +324,8 @@ def expensive_reason(config: AnalysisConfig) -> str | None:
     cost = pair_cost_seconds(config)
     if cost is not None:
         reasons.append(f"real-size models on a CPU: about {cost / 60:.0f} min")
+    if config.sensitivity_samples:
+        reasons.append(f"neighbourhood sensitivity ({config.sensitivity_samples} x {config.n_samples} samples)")
     return "; ".join(reasons) or None
 
 

@@ -25,7 +25,8 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--attack": ("attack", str, "attack name from the registry (fvit attacks lists them) or 'none'"),
     "--eps": ("eps", parse_number, "attack budget in pixel units, e.g. 8/255 (Linf) or 0.5 (L2)"),
     "--steps": ("steps", int, "attack iterations"),
-    "--method": ("method", str, "explanation: raw | rollout | grad_rollout | gradcam"),
+    "--method": ("method", str, "explanation: raw | rollout | grad_rollout | gradcam | transformer_attribution | "
+                                "lrp | partial_lrp"),
     "--head-fusion": ("head_fusion", str, "mean | max | min over heads"),
     "--sigma": ("sigma", parse_number, "smoothing noise std in pixel units (e.g. 0.25)"),
     "--n-samples": ("n_samples", int, "noise samples per image for the FViT"),
@@ -39,6 +40,11 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--precision": ("precision", str, "DDS networks in auto | float32 | bfloat16 (auto: bfloat16 where native)"),
     "--noise-floor-estimator": ("noise_floor_estimator", str,
                                 "bootstrap (from the clean samples) | independent (a second clean estimate)"),
+    "--sensitivity-samples": ("sensitivity_samples", int,
+                              "neighbourhood sensitivity: M random perturbations (0 = off, at most 64; the FViT "
+                              "smooths each with --n-samples draws)"),
+    "--sensitivity-radius": ("sensitivity_radius", parse_number, "radius of the sensitivity ball, pixel units (0.02)"),
+    "--sensitivity-norm": ("sensitivity_norm", str, "Linf | L2 ball for the sensitivity perturbations"),
 }
 
 

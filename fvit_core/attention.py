@@ -20,6 +20,9 @@ an all-zero row becomes uniform 1/P):
   dA the gradient of the target logit; R = I; R <- R + Abar @ R; [CLS] row.
 - ``gradcam``: last block, each head's [CLS] row weighted by that head's mean gradient over the
   [CLS] row's patch columns, relu, heads fused.
+- ``transformer_attribution``, ``lrp``, ``partial_lrp``: the LRP baselines of Chefer et al.
+  (CVPR 2021), computed by :mod:`fvit_core.lrp` (relevance rules there and in
+  docs/EXPLANATIONS.md); their signed relevances go through the same clamp and renormalisation.
 
 Head fusion (``mean``, ``max``, ``min``) replaces the mean over heads in every method.
 
@@ -41,10 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lrp import LRP_METHODS, lrp_patch_relevance
 from .models import PixelViT
 from .pixel_space import is_uniform_rescale
 
-EXPLANATION_METHODS: tuple[str, ...] = ("raw", "rollout", "grad_rollout", "gradcam")
+EXPLANATION_METHODS: tuple[str, ...] = (
+    "raw", "rollout", "grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp"
+)
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 # Pixels slightly outside [0, 1] from float round-off (resizing, attacks) are accepted.
@@ -301,7 +307,14 @@ _METHODS: dict[str, _MethodSpec] = {
     "grad_rollout": _MethodSpec(needs_grad=True, last_layer_only=False, cls_only=False, reduce=_reduce_grad_rollout),
     "gradcam": _MethodSpec(needs_grad=True, last_layer_only=True, cls_only=False, reduce=_reduce_gradcam),
 }
-assert tuple(_METHODS) == EXPLANATION_METHODS
+# The LRP methods propagate relevance with their own traced forward pass (fvit_core.lrp); the spec
+# only says whether they differentiate the logits (transformer_attribution reads dy/dA).
+_LRP_SPECS: dict[str, _MethodSpec] = {
+    name: _MethodSpec(needs_grad=name == "transformer_attribution", last_layer_only=False, cls_only=False,
+                      reduce=_reduce_raw)
+    for name in LRP_METHODS
+}
+assert tuple(_METHODS) + tuple(_LRP_SPECS) == EXPLANATION_METHODS
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,6 +323,8 @@ assert tuple(_METHODS) == EXPLANATION_METHODS
 
 
 def _check_method(method: str) -> _MethodSpec:
+    if method in _LRP_SPECS:
+        return _LRP_SPECS[method]
     if method not in _METHODS:
         raise ValueError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLANATION_METHODS)}")
     return _METHODS[method]
@@ -499,7 +514,8 @@ def _compute(
 
 
 def needs_gradients(method: str) -> bool:
-    """Whether ``method`` differentiates the logits (grad_rollout, gradcam) or is forward-only."""
+    """Whether ``method`` differentiates the logits (grad_rollout, gradcam, transformer_attribution)
+    or is forward-only (the other LRP methods propagate relevance with explicit rules, in float32)."""
     return _check_method(method).needs_grad
 
 
@@ -520,7 +536,8 @@ def explain(
     logits and the last block's [CLS] row; same numbers up to float round-off.
 
     Args:
-        method: raw | rollout | grad_rollout | gradcam (module docstring, method.md section 4).
+        method: raw | rollout | grad_rollout | gradcam | transformer_attribution | lrp |
+            partial_lrp (module docstring, method.md section 4, docs/EXPLANATIONS.md).
         head_fusion: mean | max | min over heads.
         target: class per image (or one class for all) whose logit the gradient methods
             differentiate; default the predicted class.
@@ -535,7 +552,9 @@ def explain(
     _check_model(model)
     check_pixels(model, x)
     chosen = _check_target(model, target, x.shape[0], x.device)
-    if differentiable:
+    if method in _LRP_SPECS:
+        logits, weights, chosen = _explain_lrp(model, x, method, head_fusion, chosen, differentiable)
+    elif differentiable:
         logits, weights, chosen = _explain_differentiable(model, x, spec, head_fusion, chosen)
     elif spec.needs_grad:
         # Inference tensors cannot enter autograd: clone outside inference mode. x itself requires
@@ -568,6 +587,34 @@ def _explain_differentiable(
     with torch.enable_grad():
         x_graph = x if x.requires_grad or not spec.needs_grad else x.detach().requires_grad_(True)
         return _compute(model, x_graph, spec, head_fusion, target, create_graph=True)
+
+
+def _explain_lrp(
+    model: PixelViT, x: Tensor, method: str, head_fusion: str, target: Tensor | None, differentiable: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LRP methods on pixels ``x``: (logits, unnormalised (B, P) relevance, target)."""
+    if differentiable:
+        if torch.is_inference_mode_enabled():
+            raise ValueError(
+                "explain(differentiable=True) builds an autograd graph; call it outside torch.inference_mode() "
+                "(or use differentiable=False for a detached map)"
+            )
+        with torch.enable_grad():
+            x_graph = x if x.requires_grad else x.detach().requires_grad_(True)
+            return lrp_patch_relevance(model.vit, (x_graph - model.mean) / model.std, method, target=target,
+                                       head_fusion=head_fusion, create_graph=True)
+    if method == "transformer_attribution":
+        # As for the gradient methods: a fresh tensor outside inference mode, autograd on locally.
+        with torch.inference_mode(False), torch.enable_grad():
+            x_graph = x.detach().clone().requires_grad_(True)
+            target = None if target is None else target.clone()
+            logits, weights, chosen = lrp_patch_relevance(
+                model.vit, (x_graph - model.mean) / model.std, method, target=target, head_fusion=head_fusion
+            )
+            return logits.detach(), weights.detach(), chosen
+    with torch.no_grad():
+        return lrp_patch_relevance(model.vit, (x - model.mean) / model.std, method, target=target,
+                                   head_fusion=head_fusion)
 
 
 def layer_head_maps(model: PixelViT, x: Tensor) -> Tensor:

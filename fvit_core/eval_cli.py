@@ -77,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _shared(e, "--mode", as_list=True, dest="modes", extra_help="; plus vanilla (no smoothing)")
     _shared(e, "--method", as_list=True, dest="methods")
     _shared(e, "--n-samples")
+    for flag in ("--sensitivity-samples", "--sensitivity-radius", "--sensitivity-norm"):
+        _shared(e, flag)
     e.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other attack parameter, given to the attacks that have it (repeatable)")
     e.add_argument("--shared-noise", dest="shared_noise", action="store_true", default=argparse.SUPPRESS,

@@ -74,6 +74,9 @@ BOUNDS: dict[str, Bound] = {
     "limit": Bound(1, 100_000_000, True, "images to evaluate"),
     # fvit eval
     "pt_samples": Bound(1, 100_000, True, "smoothing samples per perturbed image"),
+    # neighbourhood sensitivity (fvit_core/sensitivity.py; 0 = off)
+    "sensitivity_samples": Bound(0, 64, True, "perturbations per image for the neighbourhood sensitivity"),
+    "sensitivity_radius": Bound(0.0, 1.0, False, "radius of the sensitivity ball in pixel units", open_low=True),
     # fvit certify
     "n0": Bound(1, 1_000_000, True, "selection samples"),
     "n": Bound(1, 1_000_000, True, "estimation samples"),

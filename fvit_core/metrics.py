@@ -6,14 +6,19 @@ or nested sequences, computes in float64 and returns numpy values or Python floa
 - T_k(w) = indices of the k largest entries of w, ties broken by the lower index.
 - V_k(w, w') = |T_k(w) ∩ T_k(w')| / k in [0, 1] (explanation stability).
 - Divergences D(p || q) of two class distributions (prediction stability), natural logarithm.
+- Map metrics (docs/METRICS.md gives definitions and sources): Spearman and Kendall rank
+  correlation over all patches, Pearson correlation, SSIM on the patch grid, centroid shift in
+  patch units, and the mass of a map inside another map's top-k set (:func:`map_metrics`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import numpy as np
 from scipy.special import logsumexp, rel_entr
+from scipy.stats import kendalltau, rankdata
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence[float]]  # noqa: F821  (torch is optional here)
 
@@ -164,3 +169,147 @@ def label_flip(p: ArrayLike, q: ArrayLike) -> bool | np.ndarray:
         raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
     flipped = np.argmax(a, axis=-1) != np.argmax(b, axis=-1)
     return bool(flipped) if a.ndim == 1 else flipped
+
+
+# --------------------------------------------------------------------------------------------
+# Map metrics: whole-map similarity of two explanations (docs/METRICS.md)
+# --------------------------------------------------------------------------------------------
+
+# Names in the order the JSON, the eval rows and the tables use. For all but centroid_shift,
+# higher means more alike (1 for identical maps); centroid_shift is 0 for identical maps.
+MAP_METRICS: tuple[str, ...] = ("spearman", "kendall", "pearson", "ssim", "centroid_shift", "topk_mass")
+# SSIM constants of Wang et al. (2004) for data range L = 1 (each map is scaled by its maximum),
+# and the side of the square uniform window: 3 patches, so a CIFAR 8x8 grid has 36 windows
+# (the usual 7x7 or 11x11 windows would leave 4 or none).
+SSIM_K1, SSIM_K2, SSIM_WINDOW = 0.01, 0.03, 3
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson correlation; NaN where a row is constant (correlation undefined)."""
+    da, db = a - a.mean(axis=-1, keepdims=True), b - b.mean(axis=-1, keepdims=True)
+    denom = np.sqrt((da * da).sum(axis=-1) * (db * db).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (da * db).sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def pearson(w1: ArrayLike, w2: ArrayLike) -> float | np.ndarray:
+    """Pearson correlation of two maps over all patches; NaN if either map is constant."""
+    a, b = _pair(w1, w2)
+    value = _pearson_rows(a, b)
+    return float(value) if a.ndim == 1 else value
+
+
+def spearman(w1: ArrayLike, w2: ArrayLike) -> float | np.ndarray:
+    """Spearman rank correlation over all patches (ties get average ranks, as scipy.stats.spearmanr):
+    the Pearson correlation of scipy.stats.rankdata ranks. NaN if either map is constant."""
+    a, b = _pair(w1, w2)
+    value = _pearson_rows(rankdata(a, axis=-1), rankdata(b, axis=-1))
+    return float(value) if a.ndim == 1 else value
+
+
+def kendall(w1: ArrayLike, w2: ArrayLike) -> float | np.ndarray:
+    """Kendall's tau-b over all patches (scipy.stats.kendalltau); NaN if either map is constant."""
+    a, b = _pair(w1, w2)
+    rows = np.atleast_2d(a), np.atleast_2d(b)
+    values = np.array([_kendall_row(x, y) for x, y in zip(*rows)])
+    return float(values[0]) if a.ndim == 1 else values
+
+
+def _kendall_row(x: np.ndarray, y: np.ndarray) -> float:
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan  # scipy warns and returns NaN; say so without the warning
+    return float(kendalltau(x, y).statistic)
+
+
+def _grid(w: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows < 1 or cols < 1 or rows * cols != w.shape[-1]:
+        raise ValueError(f"grid {grid} does not hold {w.shape[-1]} patches; pass the model's grid_size (rows, cols)")
+    return w.reshape(*w.shape[:-1], rows, cols)
+
+
+def centroid(w: ArrayLike, grid: tuple[int, int]) -> np.ndarray:
+    """Centre of mass (row, col) of a non-negative map in patch units (patch (i, j) at (i, j)).
+
+    (P,) -> (2,), (B, P) -> (B, 2). A map with zero total mass has no centre: ValueError.
+    """
+    a = _as_array(w, "w")
+    if np.any(a < 0):
+        raise ValueError("centroid needs a non-negative map (explanations are clamped at 0)")
+    total = a.sum(axis=-1)
+    if np.any(total <= 0):
+        raise ValueError("centroid of a map with zero total mass is undefined")
+    maps = _grid(a, grid)
+    rows = np.arange(maps.shape[-2], dtype=np.float64)
+    cols = np.arange(maps.shape[-1], dtype=np.float64)
+    r = (maps.sum(axis=-1) * rows).sum(axis=-1) / total
+    c = (maps.sum(axis=-2) * cols).sum(axis=-1) / total
+    return np.stack([r, c], axis=-1)
+
+
+def centroid_shift(w1: ArrayLike, w2: ArrayLike, grid: tuple[int, int]) -> float | np.ndarray:
+    """Euclidean distance between the two maps' centres of mass, in patches (0 when identical)."""
+    a, b = _pair(w1, w2)
+    value = np.linalg.norm(centroid(a, grid) - centroid(b, grid), axis=-1)
+    return float(value) if a.ndim == 1 else value
+
+
+def ssim(w1: ArrayLike, w2: ArrayLike, grid: tuple[int, int]) -> float | np.ndarray:
+    """Structural similarity (Wang et al. 2004) of two maps on the patch grid.
+
+    Each map is divided by its maximum (data range L = 1), then SSIM is computed in every
+    position of a uniform SSIM_WINDOW x SSIM_WINDOW window inside the grid (no padding; smaller
+    grids use the whole side) with population moments and C1 = (0.01 L)^2, C2 = (0.03 L)^2, and
+    averaged. 1 for maps equal up to scale; in [-1, 1].
+    """
+    a, b = _pair(w1, w2)
+    if np.any(a < 0) or np.any(b < 0):
+        raise ValueError("ssim needs non-negative maps (explanations are clamped at 0)")
+    x, y = _grid(_scaled_by_max(a), grid), _grid(_scaled_by_max(b), grid)
+    window = (min(SSIM_WINDOW, x.shape[-2]), min(SSIM_WINDOW, x.shape[-1]))
+    view = np.lib.stride_tricks.sliding_window_view
+    xs, ys = view(x, window, axis=(-2, -1)), view(y, window, axis=(-2, -1))  # (..., R', C', h, w)
+    mx, my = xs.mean(axis=(-2, -1)), ys.mean(axis=(-2, -1))
+    vx = (xs * xs).mean(axis=(-2, -1)) - mx * mx
+    vy = (ys * ys).mean(axis=(-2, -1)) - my * my
+    cov = (xs * ys).mean(axis=(-2, -1)) - mx * my
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    local = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    value = local.mean(axis=(-2, -1))
+    return float(value) if a.ndim == 1 else value
+
+
+def _scaled_by_max(w: np.ndarray) -> np.ndarray:
+    top = w.max(axis=-1, keepdims=True)
+    return np.where(top > 0, w / np.where(top > 0, top, 1.0), 0.0)
+
+
+def topk_mass(w_reference: ArrayLike, w_other: ArrayLike, k: int) -> float | np.ndarray:
+    """Share of ``w_other``'s mass inside the top-k set of ``w_reference``: sum over T_k(w_ref)
+    of w_other / sum(w_other), in [0, 1] for non-negative maps (the attacked map's mass on the
+    clean map's most important patches)."""
+    a, b = _pair(w_reference, w_other)
+    k = _check_k(k, a.shape[-1])
+    if np.any(b < 0):
+        raise ValueError("topk_mass needs a non-negative map (explanations are clamped at 0)")
+    total = b.sum(axis=-1)
+    inside = np.where(_ranks(a) < k, b, 0.0).sum(axis=-1)
+    value = np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+    return float(value) if a.ndim == 1 else value
+
+
+def map_metrics(w_reference: ArrayLike, w_other: ArrayLike, grid: tuple[int, int], k: int
+                ) -> dict[str, float | None] | dict[str, np.ndarray]:
+    """Every MAP_METRICS value of ``w_other`` against ``w_reference`` (e.g. attacked vs clean).
+
+    (P,) inputs give {name: float or None} (None where a correlation is undefined: a constant
+    map); (B, P) inputs give {name: (B,) array} with NaN there.
+    """
+    a, b = _pair(w_reference, w_other)
+    values = {
+        "spearman": spearman(a, b), "kendall": kendall(a, b), "pearson": pearson(a, b), "ssim": ssim(a, b, grid),
+        "centroid_shift": centroid_shift(a, b, grid), "topk_mass": topk_mass(a, b, k),
+    }
+    if a.ndim == 2:
+        return values
+    return {name: (float(value) if math.isfinite(value) else None) for name, value in values.items()}

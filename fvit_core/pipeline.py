@@ -28,6 +28,7 @@ from .denoise import check_schedule
 from .images import image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .pixel_space import resize_pixels, smoothing_size
+from .sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
 from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
                         smooth, submit_single_threaded, vanilla)
 
@@ -42,7 +43,8 @@ ProgressFn = Callable[[str, float], None]
 NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
 # The numeric settings of an analysis, each checked against limits.BOUNDS.
 ANALYSIS_NUMBERS: tuple[str, ...] = ("sigma", "n_samples", "batch_size", "bootstrap", "multistep_steps", "k", "beta",
-                                     "confidence_alpha", "renyi_alpha", "early_stop_alpha", "eps", "steps", "seed")
+                                     "confidence_alpha", "renyi_alpha", "early_stop_alpha", "eps", "steps", "seed",
+                                     "sensitivity_samples", "sensitivity_radius")
 
 
 @dataclass
@@ -88,6 +90,12 @@ class AnalysisConfig:
     early_stop: bool = False
     early_stop_alpha: float = 0.05
     noise_floor_estimator: str = "bootstrap"
+    # Neighbourhood sensitivity (fvit_core/sensitivity.py): M random perturbations in the
+    # sensitivity_norm ball of sensitivity_radius around the clean image; 0 switches it off.
+    # Costs M vanilla explanations and M smoothed estimates of n_samples each (M <= 64).
+    sensitivity_samples: int = 0
+    sensitivity_radius: float = 0.02
+    sensitivity_norm: str = "Linf"
 
     def attack_arguments(self) -> dict:
         """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied."""
@@ -140,6 +148,10 @@ class AnalysisConfig:
             raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
         if num_patches is not None and self.k > num_patches:
             raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
+        if self.sensitivity_samples:
+            check_sensitivity_settings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm)
+        elif self.sensitivity_norm not in SENSITIVITY_NORMS:
+            raise ValueError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {self.sensitivity_norm!r}")
         get_attack(self.attack).resolve(self.attack_arguments())
 
     def _check_types(self) -> None:
@@ -213,11 +225,16 @@ class ModelComparison:
     overlap_curve: np.ndarray
     divergences: dict[str, float]
     label_flip: bool
+    # metrics.MAP_METRICS of the attacked map against the clean one (None: undefined, a flat map)
+    map_metrics: dict[str, float | None] = field(default_factory=dict)
+    # {"max", "mean"} neighbourhood sensitivity of the clean map (FViT: plus "floor"); None when off
+    sensitivity: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         return {"clean": self.clean.to_json(), "attacked": self.attacked.to_json(),
                 "topk_overlap": self.topk_overlap, "overlap_curve": self.overlap_curve.tolist(),
-                "divergences": self.divergences, "label_flip": self.label_flip}
+                "divergences": self.divergences, "label_flip": self.label_flip,
+                "map_metrics": self.map_metrics, "sensitivity": self.sensitivity}
 
 
 @dataclass
@@ -258,6 +275,8 @@ class FaithfulDetails:
     attention_se_attacked: np.ndarray
     certified: Certificates
     denoised_sample: np.ndarray
+    # metrics.MAP_METRICS between two clean estimates (the same noise floor as V_k's); None when off
+    map_metrics_floor: dict[str, float | None] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -269,6 +288,7 @@ class FaithfulDetails:
             "votes": {"clean": self.votes_clean.tolist(), "attacked": self.votes_attacked.tolist()},
             "attention_se": {"clean": self.attention_se_clean.tolist(), "attacked": self.attention_se_attacked.tolist()},
             "certified": self.certified.to_json(),
+            "map_metrics_floor": self.map_metrics_floor,
         }
 
 
@@ -352,14 +372,51 @@ def _view(probs: np.ndarray, attention: np.ndarray, names: tuple[str, ...]) -> I
     return ImageView(label=label, label_name=names[label], confidence=float(probs[label]), probs=probs, attention=attention)
 
 
-def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float) -> ModelComparison:
+def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float, grid: tuple[int, int]
+             ) -> ModelComparison:
     div = {name: float(v) for name, v in metrics.divergences(clean.probs, attacked.probs, renyi_alpha=renyi_alpha).items()}
     return ModelComparison(
         clean=clean, attacked=attacked,
         topk_overlap=float(metrics.topk_overlap(clean.attention, attacked.attention, k)),
         overlap_curve=np.asarray(metrics.overlap_curve(clean.attention, attacked.attention), dtype=np.float64),
         divergences=div, label_flip=clean.label != attacked.label,
+        map_metrics=metrics.map_metrics(clean.attention, attacked.attention, grid, k),
     )
+
+
+def floor_pairs(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs of clean FViT maps whose differences are Monte Carlo noise only: (A, B), each (n, P).
+
+    The same estimators as the V_k floor: the clean estimate and the independent second one
+    (n = 1), or the means of two bootstrap resamples of the clean samples (n = cfg.bootstrap).
+    None when the noise floor is off or cannot be estimated.
+    """
+    if not cfg.noise_floor:
+        return None
+    if second is not None:
+        return clean.attention[None], second.attention[None]
+    samples = clean.samples_attention
+    if samples is None or clean.n_samples < 2 or cfg.bootstrap < 1:
+        return None
+    n = len(samples)
+    idx = rng.integers(0, n, (2, cfg.bootstrap, n))
+    return _resample_means(samples, idx[0]), _resample_means(samples, idx[1])
+
+
+def map_metrics_floor(pairs: tuple[np.ndarray, np.ndarray] | None, grid: tuple[int, int], k: int
+                      ) -> dict[str, float | None] | None:
+    """metrics.MAP_METRICS between noise-only pairs (floor_pairs), averaged over the pairs."""
+    if pairs is None:
+        return None
+    values = metrics.map_metrics(pairs[0], pairs[1], grid, k)
+    return {name: _nanmean(value) for name, value in values.items()}
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else None
 
 
 def bootstrap_overlap(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -527,8 +584,13 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
             outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
         _check_smoothed_finite(outs)
         t0 = timer.lap("smoothing", t0)
+        perturbed = None
+        if cfg.sensitivity_samples:
+            report("sensitivity", 0.95)
+            perturbed = _sensitivity_stage(cfg, pair, x)
+            t0 = timer.lap("sensitivity", t0)
 
-    result = _assemble(cfg, pair, prepared, digest, x, stage, outs, timer, t0)
+    result = _assemble(cfg, pair, prepared, digest, x, stage, outs, timer, t0, perturbed)
     report("done", 1.0)
     return result
 
@@ -667,6 +729,21 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
     return outs
 
 
+def _sensitivity_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Explanations at M perturbed copies of the clean image: (vanilla (M, P), FViT (M, P)).
+
+    One batched vanilla pass and one smoothing call over the M images (each n_samples draws);
+    the ball draws and the smoothing noise come from their own seeded generators.
+    """
+    draws = torch.Generator().manual_seed((cfg.seed + 2) % 2**63)
+    images = ball_perturbations(x, cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm, draws)
+    att_v, _ = vanilla(pair, images, method=cfg.method, head_fusion=cfg.head_fusion)
+    kwargs = dict(_smooth_kwargs(cfg, lambda stage, fraction: None, 0.0, 1.0), keep_samples=False)
+    outs = smooth(pair, images.cpu(), n_samples=cfg.n_samples,
+                  generator=torch.Generator().manual_seed((cfg.seed + 3) % 2**63), **kwargs)
+    return att_v, np.stack([out.attention for out in outs])
+
+
 def _noise_floor(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
                  rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
     """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off."""
@@ -684,15 +761,25 @@ def _noise_floor(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOut
 
 
 def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest: str, x: torch.Tensor,
-              stage: _AttackStage, outs: list[SmoothedOutput], timer: _Timer, t0: float) -> AnalysisResult:
+              stage: _AttackStage, outs: list[SmoothedOutput], timer: _Timer, t0: float,
+              perturbed: tuple[np.ndarray, np.ndarray] | None = None) -> AnalysisResult:
     clf, names = pair.classifier, pair.classifier.class_names
     x_adv = stage.x_adv
     clean_s, adv_s = outs[0], outs[1]
     second = outs[2] if len(outs) > 2 else None
     att_v, probs_v = stage.attention.copy(), stage.probs.copy()  # results never alias the cache
-    vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), cfg.k, cfg.renyi_alpha)
+    grid = clf.grid_size
+    vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), cfg.k,
+                           cfg.renyi_alpha, grid)
     fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names), _view(adv_s.probs, adv_s.attention, names),
-                        cfg.k, cfg.renyi_alpha)
+                        cfg.k, cfg.renyi_alpha, grid)
+    # Its own generator, so the V_k floor and intervals keep their numbers.
+    pairs = floor_pairs(cfg, clean_s, second, np.random.default_rng([cfg.seed, 13]))
+    if perturbed is not None:
+        vanilla_cmp.sensitivity = sensitivity(att_v[0], perturbed[0])
+        floor_changes = None if pairs is None else relative_change(pairs[0], pairs[1])
+        fvit_cmp.sensitivity = {**sensitivity(clean_s.attention, perturbed[1]),
+                                "floor": None if floor_changes is None else float(floor_changes.mean())}
     rng = np.random.default_rng(cfg.seed)
     ci = None
     if cfg.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
@@ -716,6 +803,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
         votes_clean=clean_s.votes, votes_attacked=adv_s.votes,
         attention_se_clean=clean_s.attention_se, attention_se_attacked=adv_s.attention_se,
         certified=certs, denoised_sample=clean_s.denoised_sample,
+        map_metrics_floor=map_metrics_floor(pairs, grid, cfg.k),
     )
     timer.lap("metrics", t0)
     x_np, adv_np = x[0].cpu().numpy().copy(), x_adv[0].cpu().numpy().copy()

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain, needs_gradients
+from .lrp import LRP_METHODS
 from .denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from .models import Denoiser, ModelPair, PixelViT
 
@@ -68,7 +69,7 @@ def resolve_precision(precision: str, device: torch.device | str, method: str = 
     """The precision the networks run in: ``precision`` itself, or for "auto" bfloat16 where the
     device computes it natively (native_bfloat16) and the explanation ``method`` needs no
     gradients, float32 elsewhere (gradients in bfloat16 were not measured, so "auto" does not
-    choose them).
+    choose them; nor for the LRP methods, whose rules divide by activations).
 
     bfloat16 is the fast default because its effect was measured and is far inside the Monte
     Carlo error (docs/PERFORMANCE.md: same smoothed label on 50 of 50 test images, top-8 overlap
@@ -76,7 +77,9 @@ def resolve_precision(precision: str, device: torch.device | str, method: str = 
     """
     if precision == "auto":
         needs_grad = method in EXPLANATION_METHODS and needs_gradients(method)
-        return "bfloat16" if native_bfloat16(torch.device(device)) and not needs_grad else "float32"
+        # The LRP rules divide by activations; their effect in bfloat16 was not measured either.
+        float32_only = needs_grad or method in LRP_METHODS
+        return "bfloat16" if native_bfloat16(torch.device(device)) and not float32_only else "float32"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     return precision

@@ -35,3 +35,10 @@ t check fvit certify --data "$DATA" --limit 30 --sigma 0.25 --n0 100 --n 1000 --
 #    (eot_dds, 4 draws per step), against vanilla and DDS at sigma 0.25: 200 images.
 t adaptive fvit eval --data "$DATA" --limit 200 --attack eot_dds --eps 8/255 --mode vanilla,dds \
   --method raw --sigma 0.25 --n-samples 32 --no-perturbation-test --no-progress --out "$OUT/adaptive"
+
+# 6. The LRP baselines (Chefer et al. 2021) beside the attention methods, with the map metrics
+#    (rank correlations, SSIM, centroid shift, top-k mass; each with the FViT's noise floor) and
+#    the neighbourhood sensitivity (8 draws in the Linf ball of radius 0.02): 500 images.
+t maps fvit eval --data "$DATA" --limit 500 --attack pgd --eps 2/255,4/255,8/255,16/255 \
+  --mode vanilla,rs,dds --method raw,rollout,grad_rollout,transformer_attribution,lrp,partial_lrp \
+  --sigma 0.25 --n-samples 32 --sensitivity-samples 8 --no-progress --out "$OUT/maps"

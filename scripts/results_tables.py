@@ -2,9 +2,10 @@
 
     python scripts/results_tables.py [runs/results]
 
-Reads <dir>/main/summary.csv and <dir>/sigma/summary.csv (written by `fvit eval`) and prints the
-headline tables: V_k by attack budget, accuracy by budget, the perturbation test and
-divergences at 8/255, and the sigma trade-off. Every cell is a mean (or rate) over images with
+Reads <dir>/main/summary.csv, <dir>/sigma/summary.csv and <dir>/maps/summary.csv (written by
+`fvit eval`) and prints the headline tables: V_k by attack budget, accuracy by budget, the
+perturbation test and divergences at 8/255, the sigma trade-off, and (run 6) the LRP baselines
+with the map metrics, their noise floors and the neighbourhood sensitivity. Every cell is a mean (or rate) over images with
 its 95% confidence interval, as in the summaries.
 """
 
@@ -17,6 +18,12 @@ from pathlib import Path
 EPS = ("2/255", "4/255", "8/255", "16/255")
 MODES = ("vanilla", "rs", "dds")
 METHODS = ("raw", "rollout", "grad_rollout")
+ALL_METHODS = (*METHODS, "transformer_attribution", "lrp", "partial_lrp")
+# docs/METRICS.md; True where higher means more alike (centroid shift: lower)
+MAP_METRICS = {"topk_overlap": True, "spearman": True, "kendall": True, "pearson": True, "ssim": True,
+               "centroid_shift": False, "topk_mass": True}
+MAP_HEADINGS = {"topk_overlap": "V_8", "spearman": "Spearman", "kendall": "Kendall", "pearson": "Pearson",
+                "ssim": "SSIM", "centroid_shift": "centroid shift", "topk_mass": "top-8 mass"}
 
 
 def load(path: Path) -> list[dict]:
@@ -41,6 +48,75 @@ def find(rows: list[dict], **want: str) -> dict | None:
         if all((eps_name(row["eps"]) if key == "eps" else row[key]) == value for key, value in want.items()):
             return row
     return None
+
+
+def interval(row: dict | None, metric: str) -> tuple[float, float] | None:
+    if row is None or not row.get(f"{metric}_mean"):
+        return None
+    return float(row[f"{metric}_lo"]), float(row[f"{metric}_hi"])
+
+
+def separation(vanilla: dict | None, smoothed: dict | None, metric: str, higher_is_steadier: bool) -> str:
+    """How the smoothed model's clean-vs-attacked value compares, by disjoint 95% intervals, with
+    the vanilla ViT's (steadier / same / less steady) and with its own noise floor (at floor /
+    beyond floor: the attack's effect is (not) distinguishable from Monte Carlo noise)."""
+    v, d = interval(vanilla, metric), interval(smoothed, metric)
+    floor = interval(smoothed, "topk_overlap_floor" if metric == "topk_overlap" else f"{metric}_floor")
+    if v is None or d is None:
+        return "n/a"
+    if (d[0] > v[1]) if higher_is_steadier else (d[1] < v[0]):
+        versus = "steadier"
+    elif (d[1] < v[0]) if higher_is_steadier else (d[0] > v[1]):
+        versus = "less steady"
+    else:
+        versus = "same"
+    if floor is None:
+        return versus
+    beyond = (d[1] < floor[0]) if higher_is_steadier else (d[0] > floor[1])
+    return f"{versus}, {'beyond' if beyond else 'at'} floor"
+
+
+def maps_tables(rows: list[dict]) -> None:
+    """The LRP baselines and the map metrics (run 6 of scripts/results_runs.sh)."""
+    n = rows[0]["n"]
+    print(f"### Top-k overlap V_8 under PGD, every method ({n} images)\n")
+    body = []
+    for method in ALL_METHODS:
+        for mode in MODES:
+            found = [find(rows, eps=e, mode=mode, method=method) for e in EPS]
+            floor = cell(found[0], "topk_overlap_floor") if mode != "vanilla" else "-"
+            body.append([method, mode, *(cell(r, "topk_overlap") for r in found), floor])
+    print(table(["method", "mode", *EPS, "noise floor"], body))
+    print(f"\n### Map metrics clean vs attacked at PGD 8/255, with the smoothed models' noise floors ({n} images)\n")
+    body = []
+    for method in ALL_METHODS:
+        for mode in MODES:
+            row = find(rows, eps="8/255", mode=mode, method=method)
+            cells = []
+            for metric in list(MAP_METRICS)[1:]:
+                value = cell(row, metric, 2)
+                cells.append(value if mode == "vanilla" else f"{value}<br>floor {cell(row, f'{metric}_floor', 2)}")
+            body.append([method, mode, *cells])
+    print(table(["method", "mode", *(MAP_HEADINGS[m] for m in list(MAP_METRICS)[1:])], body))
+    print(f"\n### Which metrics separate DDS from the vanilla ViT at PGD 8/255 ({n} images)\n")
+    print("DDS against vanilla by disjoint 95% intervals (steadier / same / less steady), and DDS's "
+          "clean-vs-attacked value against its own noise floor (beyond floor: the attack's effect exceeds "
+          "Monte Carlo noise; at floor: it does not).\n")
+    body = []
+    for metric, higher in MAP_METRICS.items():
+        body.append([MAP_HEADINGS[metric], *(separation(find(rows, eps="8/255", mode="vanilla", method=m),
+                                                        find(rows, eps="8/255", mode="dds", method=m), metric, higher)
+                                             for m in ALL_METHODS)])
+    print(table(["metric", *ALL_METHODS], body))
+    if any(r.get("sensitivity_max_mean") for r in rows):
+        print(f"\n### Neighbourhood sensitivity of the clean explanation ({n} images)\n")
+        body = []
+        for method in ALL_METHODS:
+            for mode in MODES:
+                row = find(rows, eps="8/255", mode=mode, method=method)
+                body.append([method, mode, cell(row, "sensitivity_max"), cell(row, "sensitivity_mean"),
+                             cell(row, "sensitivity_floor") if mode != "vanilla" else "-"])
+        print(table(["method", "mode", "max-sensitivity", "avg-sensitivity", "floor (two clean estimates)"], body))
 
 
 def table(header: list[str], body: list[list[str]]) -> str:
@@ -94,6 +170,10 @@ def main(root: Path) -> None:
                          cell(row, "clean_accuracy"), cell(row, "attacked_accuracy"), cell(row, "label_flip_rate")])
         print(table(["mode", "sigma", "V_8 clean/attacked", "noise floor", "clean acc.", "acc. under attack",
                      "label flips"], body))
+    maps_path = root / "maps" / "summary.csv"
+    if maps_path.exists():
+        print()
+        maps_tables(load(maps_path))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app import state  # noqa: E402
+from app import metrics_table, state  # noqa: E402
 from fvit_core.attacks import ATTACKS  # noqa: E402
 from fvit_core.images import ImageError  # noqa: E402
 from fvit_core.pipeline import AnalysisConfig  # noqa: E402
@@ -157,6 +157,7 @@ def test_expensive_settings_are_recognised():
     assert "denoiser" in state.expensive_reason(AnalysisConfig(attack="eot_dds"))
     assert "AutoAttack" in state.expensive_reason(AnalysisConfig(attack="autoattack"))
     assert "steps" in state.expensive_reason(AnalysisConfig(attack_params={"steps": 200}))
+    assert "sensitivity (8 x 64" in state.expensive_reason(AnalysisConfig(sensitivity_samples=8))
 
 
 def test_local_models_only_from_the_models_directory(tiny_pair_dir, tmp_path):
@@ -268,6 +269,11 @@ def test_default_load_shows_a_complete_comparison(default_app):
     assert "PGD (Linf): eps 8/255" in text and "N = 8 samples" in text and "σ = 0.25" in text
     assert len(at.image) >= 4  # preview, two attention figures, inputs row
     assert result.config.n_samples == 8 and result.config.attack_params["steps"] == 2
+    (table,) = at.dataframe  # the metrics table: one row per metric, the FViT's floor beside it
+    frame = table.value
+    assert list(frame.columns) == list(metrics_table.COLUMNS) and len(frame) == 9
+    assert frame["FViT"][1] == f"{result.fvit.map_metrics['spearman']:.3f}"
+    assert frame["FViT noise floor"][0] == f"{result.faithful.topk_overlap_floor:.3f}"
 
 
 @pytest.mark.parametrize("page", PAGES[1:])
@@ -465,3 +471,17 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
     result = current(at).result
     assert result.config.model == "imagenet-vit-b16" and result.pixel_size == (16, 16)
     assert result.classifier_size == (32, 32) and result.faithful.n_samples == 4
+
+
+def test_metrics_table_rows(tiny_pair):
+    from fvit_core.pipeline import AnalysisConfig, analyze
+
+    image = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
+    cfg = AnalysisConfig(n_samples=4, steps=1, bootstrap=10, k=4, sensitivity_samples=2)
+    result = analyze(image, cfg, pair=tiny_pair)
+    rows = metrics_table.metrics_rows(result)
+    assert [r["metric"] for r in rows][0] == "top-4 overlap V_4" and len(rows) == 9
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["SSIM on the patch grid"]["FViT noise floor"] == f"{result.faithful.map_metrics_floor['ssim']:.3f}"
+    assert by_metric["max-sensitivity"]["vanilla ViT"] == f"{result.vanilla.sensitivity['max']:.3f}"
+    assert by_metric["avg-sensitivity"]["FViT noise floor"] == f"{result.fvit.sensitivity['floor']:.3f}"

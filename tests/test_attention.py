@@ -263,7 +263,7 @@ def test_concurrent_explanations_match_sequential(tiny_vit):
 @pytest.mark.parametrize(
     "kwargs,x,match",
     [
-        ({"method": "lrp"}, None, "valid: raw, rollout, grad_rollout, gradcam"),
+        ({"method": "lime"}, None, "valid: raw, rollout, grad_rollout, gradcam, transformer_attribution, lrp, partial_lrp"),
         ({"head_fusion": "median"}, None, "valid: mean, max, min"),
         ({}, torch.rand(3, 32, 32), r"shape \(B, 3, 32, 32\)"),
         ({}, torch.rand(1, 3, 64, 64), r"shape \(B, 3, 32, 32\)"),

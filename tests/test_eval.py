@@ -16,6 +16,8 @@ import torch
 from scipy import stats
 
 from conftest import EVAL_TEST_ROWS, eval_command, read_rows
+
+from fvit_core.metrics import MAP_METRICS
 from fvit_core.batch import evaluate as ev
 from fvit_core.batch.perturbation import (FRACTIONS, perturbation_auc, perturbed_batch, removal_counts,
                                           remove_patches, split_hits)
@@ -90,14 +92,41 @@ def test_rows_have_documented_fields(eval_reference):
         assert row["perturbation_linf"] <= row["eps"] + 1e-6
         if row["mode"] == "vanilla":
             assert row["sigma"] is None and row["topk_overlap_floor"] is None and row["n_samples"] is None
+            assert row["map_metrics_floor"] is None
         else:
             assert row["n_samples"] == 8 and 0.0 <= row["topk_overlap_floor"] <= 1.0
+            assert list(row["map_metrics_floor"]) == list(MAP_METRICS)
+        assert list(row["map_metrics"]) == list(MAP_METRICS) and row["sensitivity"] is None
+        values = row["map_metrics"]
+        assert 0.0 <= values["topk_mass"] <= 1.0 and values["centroid_shift"] >= 0.0
+        assert all(values[name] is None or -1.0 <= values[name] <= 1.0 for name in ("spearman", "kendall", "pearson"))
     raw = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert all(r["seconds"] > 0 for r in raw)
     assert {"summary.csv", "summary.md", "summary.json", "overlap_vs_eps.png", "overlap_vs_sigma.png",
             "run_info.json"} <= {p.name for p in out.iterdir()}
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary) == 12 and all(s["n"] == 6 for s in summary)
+    for record in summary:
+        assert record["spearman"]["n"] > 0 and record["sensitivity_max"]["n"] == 0
+        assert (record["spearman_floor"]["n"] > 0) == (record["mode"] != "vanilla")
+    assert "Spearman floor" in (out / "summary.md").read_text()
+
+
+def test_sensitivity_rows_and_summary(image_folder, tiny_pair_dir, tmp_path):
+    from fvit_core.cli import main
+
+    out = tmp_path / "sens"
+    command = ["eval", "--data", str(image_folder), "--out", str(out), "--classifier", str(tiny_pair_dir / "classifier"),
+               "--denoiser", str(tiny_pair_dir / "denoiser"), "--limit", "1", "--eps", "8/255", "--mode", "vanilla,dds",
+               "--method", "raw", "--n-samples", "4", "--k", "4", "--steps", "2", "--no-progress", "--no-figures",
+               "--no-perturbation-test", "--sensitivity-samples", "2", "--sensitivity-radius", "0.05"]
+    assert main(command) == 0
+    rows = {row["mode"]: row for row in read_rows(out)}
+    vanilla, dds = rows["vanilla"]["sensitivity"], rows["dds"]["sensitivity"]
+    assert 0 < vanilla["mean"] <= vanilla["max"] and vanilla["floor"] is None
+    assert 0 < dds["mean"] <= dds["max"] and dds["floor"] > 0
+    summary = {r["mode"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert summary["dds"]["sensitivity_max"]["mean"] == pytest.approx(dds["max"])
 
 
 def test_same_command_twice_adds_nothing_and_other_settings_are_refused(eval_reference, image_folder, tiny_pair_dir,
@@ -107,6 +136,25 @@ def test_same_command_twice_adds_nothing_and_other_settings_are_refused(eval_ref
     assert read_rows(out) == rows
     assert main(eval_command(image_folder, tiny_pair_dir, out) + ["--n-samples", "16"]) == 2
     assert "n_samples 8 -> 16" in capsys.readouterr().err
+
+
+
+def test_a_folder_from_before_a_new_setting_resumes_with_its_default(eval_reference, image_folder, tiny_pair_dir,
+                                                                     tmp_path, capsys):
+    import shutil
+
+    source, rows = eval_reference
+    out = tmp_path / "older"
+    shutil.copytree(source, out)
+    stored = json.loads((out / "eval_config.json").read_text())
+    for name in ("sensitivity_samples", "sensitivity_radius", "sensitivity_norm"):
+        del stored[name]  # as written before the setting existed
+    (out / "eval_config.json").write_text(json.dumps(stored))
+    assert main(eval_command(image_folder, tiny_pair_dir, out) + ["--no-figures"]) == 0
+    assert read_rows(out) == rows
+    (out / "eval_config.json").write_text(json.dumps(stored))
+    assert main(eval_command(image_folder, tiny_pair_dir, out) + ["--sensitivity-samples", "2"]) == 2
+    assert "sensitivity_samples 0 -> 2" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

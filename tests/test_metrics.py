@@ -141,3 +141,100 @@ def test_label_flip():
     assert label_flip(P, Q) is False
     assert label_flip([0.4, 0.6], Q) is True
     np.testing.assert_array_equal(label_flip([[0.4, 0.6], [0.9, 0.1]], [Q, Q]), [True, False])
+
+
+# ---------------------------------------------------------------------------------- map metrics
+
+from fvit_core.metrics import (  # noqa: E402
+    MAP_METRICS,
+    centroid,
+    centroid_shift,
+    kendall,
+    map_metrics,
+    pearson,
+    spearman,
+    ssim,
+    topk_mass,
+)
+
+
+def _blob(grid=(8, 8), at=(2, 3)) -> np.ndarray:
+    """A map with mass 0.5 at ``at``, 0.25 right of it and 0.25 below it; zero elsewhere."""
+    m = np.zeros(grid)
+    r, c = at
+    m[r, c], m[r, c + 1], m[r + 1, c] = 0.5, 0.25, 0.25
+    return m.ravel()
+
+
+def test_map_metrics_of_identical_maps():
+    w = np.random.default_rng(0).random(64)
+    w /= w.sum()
+    values = map_metrics(w, w, (8, 8), 8)
+    assert list(values) == list(MAP_METRICS)
+    for name in ("spearman", "kendall", "pearson", "ssim"):
+        assert values[name] == pytest.approx(1.0)
+    assert values["centroid_shift"] == 0.0
+    assert values["topk_mass"] == pytest.approx(np.sort(w)[-8:].sum())  # the map's own top-8 mass
+
+
+def test_rank_correlations_of_reversed_ranks_are_minus_one():
+    w = np.arange(1, 17, dtype=float)
+    assert spearman(w, w[::-1].copy()) == pytest.approx(-1.0)
+    assert kendall(w, w[::-1].copy()) == pytest.approx(-1.0)
+    assert pearson(w, w[::-1].copy()) == pytest.approx(-1.0)
+    # a monotone but non-linear transform keeps the ranks, not the linear correlation
+    assert spearman(w, w**3) == pytest.approx(1.0) and kendall(w, w**3) == pytest.approx(1.0)
+    assert pearson(w, w**3) < 0.95
+    # one swapped pair out of C(4, 2) = 6: tau = (5 - 1) / 6, rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert kendall([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
+    assert spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
+
+
+def test_correlations_of_a_constant_map_are_undefined():
+    values = map_metrics(np.full(16, 1 / 16), np.arange(16.0) / 120, (4, 4), 4)
+    assert values["spearman"] is None and values["kendall"] is None and values["pearson"] is None
+    assert values["topk_mass"] == pytest.approx((0 + 1 + 2 + 3) / 120)  # ties: top-4 of a flat map = patches 0..3
+
+
+def test_centroid_and_its_shift_in_patch_units():
+    w = _blob()
+    np.testing.assert_allclose(centroid(w, (8, 8)), [2.25, 3.25])
+    assert centroid_shift(w, _blob(at=(2, 4)), (8, 8)) == pytest.approx(1.0)  # one column right
+    assert centroid_shift(w, _blob(at=(3, 5)), (8, 8)) == pytest.approx(math.sqrt(5))
+    batch = centroid_shift(np.stack([w, w]), np.stack([w, _blob(at=(5, 3))]), (8, 8))
+    np.testing.assert_allclose(batch, [0.0, 3.0])
+    with pytest.raises(ValueError, match="grid"):
+        centroid_shift(w, w, (4, 4))
+
+
+def test_ssim_on_the_grid_by_hand():
+    # 3x3 grid: one window. x constant (1 after scaling), y = (0, ..., 8) / 8.
+    x, y = np.ones(9), np.arange(9.0)
+    mx, my = 1.0, 0.5
+    vy = np.var(y / 8)
+    c1, c2 = 0.01**2, 0.03**2
+    expected = (2 * mx * my + c1) * c2 / ((mx**2 + my**2 + c1) * (vy + c2))
+    assert ssim(x, y, (3, 3)) == pytest.approx(expected)
+    assert ssim(y, 3 * y, (3, 3)) == pytest.approx(1.0)  # equal up to scale
+    # a shifted blob shares little structure: far below 1, and symmetric
+    a, b = _blob(), _blob(at=(4, 5))
+    assert ssim(a, b, (8, 8)) < 0.5
+    assert ssim(a, b, (8, 8)) == pytest.approx(ssim(b, a, (8, 8)))
+
+
+def test_topk_mass_counts_the_other_maps_mass_on_the_reference_top_k():
+    clean = np.array([0.4, 0.3, 0.2, 0.1])
+    attacked = np.array([0.1, 0.1, 0.3, 0.5])
+    assert topk_mass(clean, attacked, 2) == pytest.approx(0.2)
+    assert topk_mass(clean, attacked[::-1].copy(), 2) == pytest.approx(0.8)
+    np.testing.assert_allclose(topk_mass(np.stack([clean, clean]), np.stack([attacked, clean]), 1), [0.1, 0.4])
+
+
+def test_map_metrics_batched_equal_per_row():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((3, 16)), rng.random((3, 16))
+    batched = map_metrics(a, b, (4, 4), 4)
+    for i in range(3):
+        single = map_metrics(a[i], b[i], (4, 4), 4)
+        for name in MAP_METRICS:
+            assert batched[name][i] == pytest.approx(single[name])

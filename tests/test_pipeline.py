@@ -102,6 +102,8 @@ def test_concurrent_analyses_equal_sequential_ones(tiny_pair):
     ({"sigma": -0.1}, "sigma"), ({"n_samples": 0}, "n_samples"), ({"k": 17}, "exceeds"),
     ({"eps": -1.0}, "eps"), ({"attack": "nope"}, "unknown attack"), ({"method": "nope"}, "unknown method"),
     ({"mode": "nope"}, "unknown mode"), ({"beta": 0.0}, "beta"),
+    ({"sensitivity_samples": 65}, "0..64"), ({"sensitivity_samples": 2, "sensitivity_radius": 0.0}, "radius"),
+    ({"sensitivity_norm": "L1"}, "sensitivity_norm"),
 ])
 def test_invalid_settings_are_refused_with_a_message(tiny_pair, change, message):
     cfg = AnalysisConfig(**{**FAST, **change})
@@ -280,3 +282,35 @@ def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
     pipeline.clear_cache()
     assert _strip(analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(overlapped)
     assert overlapped.timing["attack"] > 0 and overlapped.faithful.n_samples == FAST["n_samples"]
+
+
+@pytest.mark.parametrize("estimator", ["bootstrap", "independent"])
+def test_map_metrics_and_their_floor_in_the_json(tiny_pair, estimator):
+    from fvit_core.metrics import MAP_METRICS, map_metrics
+
+    result = analyze(_image(seed=7), AnalysisConfig(**{**FAST, "noise_floor_estimator": estimator}), pair=tiny_pair)
+    data = json.loads(result.dumps())
+    for model in ("vanilla", "fvit"):
+        clean, attacked = (np.array(data[model][side]["attention"]) for side in ("clean", "attacked"))
+        assert data[model]["map_metrics"] == pytest.approx(map_metrics(clean, attacked, (4, 4), 4))
+        assert data[model]["sensitivity"] is None  # off by default
+    floor = data["fvit"]["map_metrics_floor"]
+    assert list(floor) == list(MAP_METRICS)
+    assert -1 <= floor["spearman"] <= 1 and floor["centroid_shift"] >= 0 and 0 <= floor["topk_mass"] <= 1
+    if estimator == "independent":  # one pair: the clean estimate against the second one
+        assert "map_metrics_floor" in data["fvit"] and floor["ssim"] <= 1
+    no_floor = analyze(_image(seed=7), AnalysisConfig(**{**FAST, "noise_floor": False}), pair=tiny_pair)
+    assert no_floor.faithful.map_metrics_floor is None
+
+
+def test_neighbourhood_sensitivity_with_its_floor(tiny_pair):
+    cfg = AnalysisConfig(**{**FAST, "sensitivity_samples": 3, "sensitivity_radius": 0.05})
+    result = analyze(_image(seed=8), cfg, pair=tiny_pair)
+    v, f = result.vanilla.sensitivity, result.fvit.sensitivity
+    assert 0 < v["mean"] <= v["max"] and 0 < f["mean"] <= f["max"]
+    assert f["floor"] > 0  # two clean Monte Carlo estimates differ too
+    assert result.timing["sensitivity"] > 0
+    # a vanishing radius leaves the deterministic vanilla map (almost) unchanged
+    tiny = analyze(_image(seed=8), AnalysisConfig(**{**FAST, "sensitivity_samples": 2, "sensitivity_radius": 1e-7}),
+                   pair=tiny_pair)
+    assert tiny.vanilla.sensitivity["max"] < 1e-3

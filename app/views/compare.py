@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import components
+from app import components, metrics_table
 from fvit_core import figures
 
 cur = components.page_header(
@@ -22,6 +22,7 @@ if cur is not None:
             components.prediction_cards(result, which)
             if which == "fvit":
                 components.certificate_cards(result)
+    metrics_table.show(result)
     st.markdown("#### Inputs")
     components.show_figure(cur, "inputs", lambda: figures.inputs_figure(result),
                            caption="clean · attacked · perturbation (amplified; grey = unchanged) · one denoised "

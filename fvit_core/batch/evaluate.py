@@ -12,7 +12,9 @@ that needs them:
 - the vanilla ViT's explanation per (image, method), clean and per attacked image;
 - the smoothed clean estimate and its independent second estimate (the noise floor) per
   (mode, sigma, method): shared by every attack and budget;
-- the perturbation test per (mode, sigma, method), on the clean image.
+- the perturbation test per (mode, sigma, method), on the clean image;
+- the neighbourhood sensitivity per (mode, sigma, method), on the clean image (when
+  ``sensitivity_samples`` > 0).
 A row's ``seconds`` is its share of the units it used (each unit's time divided by the number
 of rows of this run that use it), so the seconds of an image's rows add up to its cost.
 
@@ -46,6 +48,7 @@ from ..denoise import check_schedule
 from ..images import ImageError, load_image, prepare_image
 from ..models import ModelPair, load_pair
 from ..pixel_space import smoothing_size
+from ..sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
 from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
 from .data import ImageItem, list_items, read_label_map, select
 from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
@@ -54,7 +57,7 @@ from .store import RowFiles, atomic_write_text, json_line
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
 # The numeric settings of a run, each checked against limits.BOUNDS.
 EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "steps", "k", "beta", "renyi_alpha", "n_samples", "pt_samples",
-                                 "multistep_steps", "batch_size", "seed")
+                                 "multistep_steps", "batch_size", "seed", "sensitivity_samples", "sensitivity_radius")
 CONFIG_FILE = "eval_config.json"
 
 
@@ -91,6 +94,12 @@ class EvalConfig:
     perturbation_test: bool = True
     pt_samples: int = 16
     pt_fill: str = "mean"
+    # Neighbourhood sensitivity (fvit_core/sensitivity.py): M perturbations per image in the
+    # sensitivity_norm ball of sensitivity_radius; 0 = off. Costs M explanations (vanilla) or
+    # M smoothed estimates of n_samples draws (smoothed modes) per (image, mode, sigma, method).
+    sensitivity_samples: int = 0
+    sensitivity_radius: float = 0.02
+    sensitivity_norm: str = "Linf"
     multistep_steps: int = 10
     image_mode: str = "resize"
     # The DDS networks' precision, as in `fvit analyze` (smoothing.resolve_precision): "auto" is
@@ -124,6 +133,11 @@ class EvalConfig:
         _choices((self.pt_fill,), FILLS, "perturbation-test fill")
         _choices((self.precision,), PRECISION_CHOICES, "precision")
         # Every number against its documented bounds (limits.BOUNDS), before any work.
+        if self.sensitivity_samples:
+            check_sensitivity_settings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm)
+        elif self.sensitivity_norm not in SENSITIVITY_NORMS:
+            raise ValueError(f"sensitivity norm must be one of {', '.join(SENSITIVITY_NORMS)}, "
+                             f"got {self.sensitivity_norm!r}")
         if any(mode != "vanilla" for mode in self.modes) and not self.sigmas:
             raise ValueError("smoothed modes need at least one sigma")
         limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
@@ -262,6 +276,7 @@ class ImageEvaluation:
         self.cfg, self.pair, self.item = cfg, pair, item
         self.decoded = load_image(root / item.path)
         self.prepared: dict[tuple[int, int], torch.Tensor] = {}
+        self.grid = pair.classifier.grid_size
         self.units = _Units()
 
     def x(self, s: Setting) -> torch.Tensor:
@@ -291,6 +306,8 @@ class ImageEvaluation:
             keys.append(("vanilla", akey, s.method, space))
         if self.cfg.perturbation_test:
             keys.append(("pt", s.mode, s.sigma, s.method))
+        if self.cfg.sensitivity_samples:
+            keys.append(("sens", s.mode, s.sigma, s.method))
         return keys
 
     def _attack(self, s: Setting) -> torch.Tensor:
@@ -357,6 +374,21 @@ class ImageEvaluation:
                 predictions = clf(batch.to(self.pair.device)).argmax(-1).tolist()
         return split_hits(predictions, self.item.label)
 
+    def _sensitivity(self, s: Setting) -> dict[str, float | None]:
+        """Max / mean sensitivity of the clean explanation over the ball draws (and, smoothed, the
+        floor: the same relative change between the clean estimate and its second estimate)."""
+        cfg = self.cfg
+        draws = self._generator("sensitivity-draws")  # the same M images for every mode and method
+        images = ball_perturbations(self.x(s), cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm,
+                                    draws)
+        if not s.smoothed:
+            attention, _ = vanilla(self.pair, images, method=s.method, head_fusion=cfg.head_fusion)
+            return {**sensitivity(self.units.values[("vanilla", None, s.method, self._space(s))][0], attention), "floor": None}
+        clean_out, floor_out, _ = self.units.values[("clean", s.mode, s.sigma, s.method)]
+        outs = self._smooth(images.cpu(), s, self._generator("sensitivity", s.mode, s.sigma, s.method))
+        floor = None if floor_out is None else float(relative_change(clean_out.attention, floor_out.attention))
+        return {**sensitivity(clean_out.attention, np.stack([o.attention for o in outs])), "floor": floor}
+
     def _compute(self, key: tuple, s: Setting) -> Any:
         kind = key[0]
         if kind == "attack":
@@ -368,6 +400,8 @@ class ImageEvaluation:
             return self._clean(s)
         if kind == "attacked":
             return self._attacked(s)
+        if kind == "sens":
+            return self._sensitivity(s)
         return self._perturbation_test(s)
 
     # -- rows -------------------------------------------------------------------------------
@@ -387,7 +421,7 @@ class ImageEvaluation:
         akey, space = attack_key(s), self._space(s)
         x_adv = v[("attack", akey, space)]
         vanilla_clean = v[("vanilla", None, s.method, space)]
-        floor = agreement = radius = None
+        floor = agreement = radius = map_floor = None
         n_samples = None
         if s.smoothed:
             clean_out, floor_out, _ = v[("clean", s.mode, s.sigma, s.method)]
@@ -397,6 +431,7 @@ class ImageEvaluation:
             n_samples = clean_out.n_samples
             if floor_out is not None:
                 floor = float(metrics.topk_overlap(clean_out.attention, floor_out.attention, cfg.k))
+                map_floor = metrics.map_metrics(clean_out.attention, floor_out.attention, self.grid, cfg.k)
             agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, cfg.k))
             radius = self._topk_radius(clean_out.attention, s)
         else:
@@ -416,6 +451,10 @@ class ImageEvaluation:
                            metrics.divergences(clean[1], attacked[1], renyi_alpha=cfg.renyi_alpha).items()},
             "topk_radius": radius,
             "perturbation_linf": float(delta.abs().max()), "perturbation_l2": float(delta.norm()),
+            # metrics.MAP_METRICS, attacked vs clean; the floor: second clean estimate vs clean
+            "map_metrics": metrics.map_metrics(clean[0], attacked[0], self.grid, cfg.k),
+            "map_metrics_floor": map_floor,
+            "sensitivity": v.get(("sens", s.mode, s.sigma, s.method)),
         }
         row.update(self._pt_fields(s))
         row["seconds"] = self.units.share(keys)
@@ -508,8 +547,11 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
         fixed = [f.name for f in dataclasses.fields(cfg) if f.name not in cfg.FREE_FIELDS]
-        changed = [f"{name} {_jsonable(stored.get(name))!r} -> {_jsonable(current[name])!r}"
-                   for name in fixed if _jsonable(stored.get(name)) != _jsonable(current[name])]
+        # A field added after the rows were made counts as its default there (the rows' numbers
+        # did not depend on it), so older folders still resume with the default.
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        changed = [f"{name} {_jsonable(stored.get(name, defaults.get(name)))!r} -> {_jsonable(current[name])!r}"
+                   for name in fixed if _jsonable(stored.get(name, defaults.get(name))) != _jsonable(current[name])]
         if changed:
             raise ValueError(f"{out} holds rows made with other settings ({'; '.join(changed)}); "
                              "use a new --out, or the same settings to resume")

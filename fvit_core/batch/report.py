@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import distributed
+from ..metrics import MAP_METRICS
 from .store import RowFiles, atomic_write_text
 from .summary import Estimate, Metric, summarise, to_csv, to_markdown
 
@@ -27,6 +28,27 @@ EVAL_GROUP = ("attack", "eps", "mode", "sigma", "method")
 
 def _div(name: str):
     return lambda row: (row.get("divergence") or {}).get(name)
+
+
+def _field(group: str, name: str):
+    """row[group][name], None when the row lacks the group (older rows, metric switched off)."""
+    return lambda row: (row.get(group) or {}).get(name)
+
+
+_MAP_HEADINGS = {"spearman": "Spearman", "kendall": "Kendall", "pearson": "Pearson", "ssim": "SSIM",
+                 "centroid_shift": "centroid shift (patches)", "topk_mass": "top-k mass"}
+# Map metrics (attacked vs clean) and the FViT's floor (second clean estimate vs clean), then
+# the neighbourhood sensitivity (docs/METRICS.md).
+MAP_SUMMARY_METRICS: tuple[Metric, ...] = tuple(
+    metric for name in MAP_METRICS for metric in (
+        Metric(name, _field("map_metrics", name), "mean", _MAP_HEADINGS[name]),
+        Metric(f"{name}_floor", _field("map_metrics_floor", name), "mean", f"{_MAP_HEADINGS[name]} floor"),
+    )
+) + (
+    Metric("sensitivity_max", _field("sensitivity", "max"), "mean", "max-sensitivity"),
+    Metric("sensitivity_mean", _field("sensitivity", "mean"), "mean", "avg-sensitivity"),
+    Metric("sensitivity_floor", _field("sensitivity", "floor"), "mean", "sensitivity floor"),
+)
 
 
 EVAL_METRICS: tuple[Metric, ...] = (
@@ -45,10 +67,13 @@ EVAL_METRICS: tuple[Metric, ...] = (
     Metric("renyi", _div("renyi"), "mean", "Renyi"),
     Metric("topk_radius", lambda r: r["topk_radius"], "mean", "top-k radius (L2)"),
     Metric("seconds", lambda r: r["seconds"], "mean", "s / image"),
+    *MAP_SUMMARY_METRICS,
 )
 _MAIN_TABLE = ("topk_overlap", "topk_overlap_floor", "topk_overlap_vanilla", "clean_accuracy", "attacked_accuracy",
                "label_flip_rate", "seconds")
 _SECOND_TABLE = ("pt_auc_positive", "pt_auc_negative", "kl", "js", "tv", "hellinger", "renyi", "topk_radius")
+_MAP_TABLE = tuple(m.name for m in MAP_SUMMARY_METRICS[:2 * len(MAP_METRICS)])
+_SENSITIVITY_TABLE = ("sensitivity_max", "sensitivity_mean", "sensitivity_floor")
 
 
 def fmt_eps(eps: float | None) -> str:
@@ -101,6 +126,10 @@ def eval_markdown(records: list[dict], k: int) -> str:
         to_markdown(records, columns, [by_name[n] for n in _MAIN_TABLE]),
         "## Perturbation test, prediction divergences (nats), certified top-k radius\n",
         to_markdown(records, columns, [by_name[n] for n in _SECOND_TABLE]),
+        "## Map metrics, attacked vs clean, with the noise floor (two clean estimates; docs/METRICS.md)\n",
+        to_markdown(records, columns, [by_name[n] for n in _MAP_TABLE]),
+        "## Neighbourhood sensitivity of the clean explanation (relative L2 change; n/a when off)\n",
+        to_markdown(records, columns, [by_name[n] for n in _SENSITIVITY_TABLE]),
     ])
 
 
