@@ -528,7 +528,7 @@ def build_default_unet() -> nn.Module:
 
 
 # benchmarks/bench_realsize.py on the 2-core machine, float32 (docs/PERFORMANCE.md, "Real size").
-CPU_SECONDS_PER_SAMPLE_REALSIZE = 30.0
+CPU_SECONDS_PER_SAMPLE_REALSIZE = 23.0
 
 
 def models_dir() -> Path:
