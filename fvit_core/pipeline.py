@@ -24,7 +24,7 @@ import torch
 from . import certify, metrics
 from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from .images import image_digest, prepare_image
+from .images import PREPARE_MODES, image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
                         smooth, submit_single_threaded, vanilla)
@@ -140,8 +140,8 @@ class AnalysisConfig:
             raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
         if not 0.0 < float(self.early_stop_alpha) < 1.0:
             raise ValueError(f"early_stop_alpha must be in (0, 1), got {self.early_stop_alpha!r}")
-        if self.image_mode not in ("resize", "center_crop"):
-            raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
+        if self.image_mode not in PREPARE_MODES:
+            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {self.image_mode!r}")
         _whole(self.k, "k", 1)
         if num_patches is not None and self.k > num_patches:
             raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
@@ -261,7 +261,7 @@ class FaithfulDetails:
     mode: str
     sigma: float
     t_star: int | None
-    n_samples: int
+    n_samples: int  # drawn per estimate: fewer than config.n_samples when sampling stopped early
     precision: str  # what the DDS networks ran in (config "auto" resolved)
     noise_floor_estimator: str | None  # NOISE_FLOOR_ESTIMATORS, None when there is no floor
     topk_overlap_floor: float | None
@@ -273,10 +273,12 @@ class FaithfulDetails:
     attention_se_attacked: np.ndarray
     certified: Certificates
     denoised_sample: np.ndarray
+    stopped_early: bool = False  # early stopping (config.early_stop) ended sampling before config.n_samples
 
     def to_json(self) -> dict:
         return {
             "mode": self.mode, "sigma": self.sigma, "t_star": self.t_star, "n_samples": self.n_samples,
+            "stopped_early": self.stopped_early,
             "precision": self.precision, "noise_floor_estimator": self.noise_floor_estimator,
             "topk_overlap_floor": self.topk_overlap_floor,
             "topk_overlap_ci": list(self.topk_overlap_ci) if self.topk_overlap_ci else None,
@@ -502,7 +504,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     prepared = prepare_image(arr, clf.img_size, mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)
     digest = image_digest(prepared)
-    t0 = timer.lap("load", t0)
+    t0 = timer.lap("prepare", t0)
 
     with torch.inference_mode():
         _check_models_finite(pair, x, cfg)
@@ -710,7 +712,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
         topk_overlap_floor=floor, topk_overlap_ci=ci, topk_overlap_floor_ci=floor_ci,
         votes_clean=clean_s.votes, votes_attacked=adv_s.votes,
         attention_se_clean=clean_s.attention_se, attention_se_attacked=adv_s.attention_se,
-        certified=certs, denoised_sample=clean_s.denoised_sample,
+        certified=certs, denoised_sample=clean_s.denoised_sample, stopped_early=bool(clean_s.stopped_early),
     )
     timer.lap("metrics", t0)
     x_np, adv_np = x[0].cpu().numpy().copy(), x_adv[0].cpu().numpy().copy()
