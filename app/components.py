@@ -12,17 +12,13 @@ from fvit_core import figures
 from fvit_core.pipeline import AnalysisResult
 
 SCREEN_DPI = 200
-_SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
 
 SELECTION_LABELS = {"second-estimate": "the second clean estimate's votes",
                     "vanilla-prediction": "the vanilla ViT's clean prediction",
                     "shared": "the estimation votes (not independent)"}
 
 
-def sub(number) -> str:
-    """A number as subscript digits, for labels such as V₈ and D₂."""
-    return f"{number:g}".translate(_SUBSCRIPT)
-_PNG_MEMO_SIZE = 24
+sub = figures.sub  # V₈, D₂: the charts' spelling_PNG_MEMO_SIZE = 24
 
 
 def page_header(title: str, intro: str) -> session.Current | None:
@@ -69,7 +65,32 @@ def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], ca
 
 
 def show_plotly(fig, key: str) -> None:
-    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+    # No "download as PNG" button in the chart's toolbar: exports are on the Export page, with the
+    # settings in the file (and the toolbar's button names no method, sigma or N).
+    st.plotly_chart(fig, key=key, width="stretch",
+                    config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage", "lasso2d", "select2d"]})
+
+
+INPUT_PX = 160
+
+
+def show_inputs(cur: session.Current) -> None:
+    """Clean, attacked, amplified perturbation and one denoised sample, enlarged without smoothing
+    (plain arrays: no figure to render on every rerun)."""
+    result = cur.result
+    shown, gain = figures.perturbation_view(result)
+    d = result.faithful
+    denoised = {"dds": f"denoised sample (σ = {d.sigma:g})", "rs": f"noisy input (σ = {d.sigma:g})",
+                "denoise-only": "denoised (no noise)", "multistep": f"denoised, multi-step (σ = {d.sigma:g})"}
+    panels = (("clean", result.clean_image), ("attacked", result.attacked_image),
+              (f"perturbation ×{gain:.0f} (grey = unchanged)", shown),
+              (denoised.get(d.mode, "model input") + ", as the FViT classifies it", d.denoised_sample))
+    for column, (caption, image) in zip(st.columns(len(panels)), panels):
+        pixels = figures.to_hwc(image)
+        repeat = max(1, INPUT_PX // max(pixels.shape[:2]))
+        column.image((pixels.repeat(repeat, axis=0).repeat(repeat, axis=1) * 255).round().astype("uint8"),
+                     caption=caption, width=min(INPUT_PX, pixels.shape[1] * repeat))
+    st.caption(figures.settings_text(result))
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +102,7 @@ def floor_verdict(result: AnalysisResult) -> str:
     """Whether the FViT's V_k differs from its Monte Carlo noise floor, in words."""
     d, v = result.faithful, result.fvit.topk_overlap
     if d.topk_overlap_floor is None:
-        return "No noise floor computed (switch it on under Advanced): V_k alone cannot separate attack from sampling noise."
+        return "No noise floor computed (switch it on under Advanced): Vₖ alone cannot separate attack from sampling noise."
     ci = f" (95% CI {d.topk_overlap_ci[0]:.2f}–{d.topk_overlap_ci[1]:.2f})" if d.topk_overlap_ci else ""
     reaches = v >= d.topk_overlap_floor or (d.topk_overlap_ci is not None and d.topk_overlap_ci[1] >= d.topk_overlap_floor)
     if reaches:
@@ -119,7 +140,7 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
                     delta_arrow="off", help=help_text)
         right.metric("Noise floor (clean vs clean)", "1.00", delta="deterministic", delta_color="gray",
                      delta_arrow="off", help="The vanilla ViT has no sampling: two runs on the clean image agree "
-                                             "exactly, so every drop in V_k is the attack's.")
+                                             "exactly, so every drop in Vₖ is the attack's.")
         st.caption(f"V{sub(k)} = {cmp_.topk_overlap:.2f}: {round((1 - cmp_.topk_overlap) * k)} of the {k} focal "
                    "patches moved under the attack.")
         return
@@ -133,8 +154,8 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
     right.metric("Noise floor (clean vs clean)", f"{floor:.2f}" if floor is not None else "n/a",
                  delta=f"95% CI {floor_ci[0]:.2f}–{floor_ci[1]:.2f}" if floor_ci else None,
                  delta_color="gray", delta_arrow="off",
-                 help="V_k between two independent FViT estimates on the same clean image: what sampling noise "
-                      "alone does. An attack effect shows only as V_k clearly below this.")
+                 help="Vₖ between two independent FViT estimates on the same clean image: what sampling noise "
+                      "alone does. An attack effect shows only as Vₖ clearly below this.")
     st.caption(floor_verdict(result))
 
 

@@ -18,7 +18,7 @@ import streamlit as st
 
 from app import state
 from fvit_core.explorer import layer_head_attention
-from fvit_core.models import ModelPair, load_pair
+from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
 from fvit_core.pipeline import AnalysisConfig, AnalysisResult, analyze
 
 log = logging.getLogger(__name__)
@@ -35,15 +35,18 @@ def pair_for(models: state.ModelChoice) -> ModelPair:
     return cached_pair(models.kind, models.classifier, models.denoiser)
 
 
-def model_input(models: state.ModelChoice, errors: list[str]) -> tuple[tuple[int, int], int] | None:
-    """(input size, number of patches) of the chosen classifier; None (and a message) on failure."""
+def model_input(models: state.ModelChoice, errors: list[str]) -> state.ModelInfo | None:
+    """Input size, patches, classes and training data of the chosen classifier; None (and a
+    message) on failure."""
     try:
         clf = pair_for(models).classifier
     except ValueError as exc:  # ModelLoadError
         errors.append(f"Cannot load the models: {exc}")
         return None
     st.session_state["last_good_models"] = models
-    return clf.img_size, clf.num_patches
+    spec = MODEL_PAIRS.get("default") if models.kind == "default" else None
+    return state.ModelInfo(input_size=tuple(clf.img_size), num_patches=clf.num_patches,
+                           class_names=tuple(clf.class_names), training_data=spec.training_data if spec else None)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+import re
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -110,6 +111,34 @@ def model_label(result: AnalysisResult, which: str) -> str:
     if which == "fvit":
         return f"Faithful ViT ({MODE_NAMES.get(result.faithful.mode, result.faithful.mode)})"
     raise ValueError(f"which must be 'vanilla' or 'fvit', got {which!r}")
+
+
+METHOD_NAMES: dict[str, str] = {"raw": "raw attention", "rollout": "attention rollout",
+                                "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+
+
+def method_name(method: str) -> str:
+    """An explanation method as people read it ('attention rollout'); unknown keys as given."""
+    return METHOD_NAMES.get(method, method.replace("_", " "))
+
+
+_SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
+
+
+def sub(number) -> str:
+    """A number as Unicode subscript digits (V₈, D₂): one spelling in charts and in the page's cards."""
+    return f"{number:g}".translate(_SUBSCRIPT)
+
+
+def settings_text(result: AnalysisResult) -> str:
+    """The settings every figure states: 'attention rollout (heads: mean) · DDS σ = 0.25, N = 64 · top-8'.
+
+    N is the number of samples actually drawn per estimate (fewer than asked after early stopping).
+    """
+    cfg, d = result.config, result.faithful
+    stopped = f" of {cfg.n_samples}" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
+    return (f"{method_name(cfg.method)} (heads: {cfg.head_fusion}) · {MODE_NAMES.get(d.mode, d.mode)} "
+            f"σ = {d.sigma:g}, N = {d.n_samples}{stopped} · top-{cfg.k}")
 
 
 def comparison(result: AnalysisResult, which: str) -> ModelComparison:
@@ -284,8 +313,8 @@ def compare_figure(result: AnalysisResult) -> Figure:
                     ax.set_ylabel(name, labelpad=2)
             axes[0, col].set_title(f"{model_label(result, which)}\n{_overlap_text(result, which)}")
         _attention_colorbar(fig, mappable, axes[:, 1], "vertical")
-        fig.suptitle(f"{attack_summary(result).split(':')[0]}, {perturbation_summary(result)}; top-{k} outlined",
-                     fontsize=6)
+        fig.suptitle(f"{attack_summary(result).split(':')[0]}, {perturbation_summary(result)}; top-{k} outlined\n"
+                     f"{settings_text(result)}", fontsize=6)
         return fig
 
 
@@ -307,6 +336,7 @@ def attention_figure(result: AnalysisResult, which: str, *, vmax: float | None =
             mappable = draw_attention(ax, image, view.attention, grid, k, vmax, lost=lost if name == "attacked" else None)
             ax.set_title(f"{name}: {_view_caption(view)}")
         _attention_colorbar(fig, mappable, axes, "horizontal")
+        fig.suptitle(f"{model_label(result, which)}: {settings_text(result)}", fontsize=6)
         return fig
 
 
@@ -324,6 +354,7 @@ def inputs_figure(result: AnalysisResult) -> Figure:
             ax.imshow(to_hwc(image), interpolation="nearest")
             ax.set_title(title, fontsize=6)
             _image_axes(ax)
+        fig.suptitle(settings_text(result), fontsize=6)
         return fig
 
 
@@ -350,6 +381,7 @@ def distributions_figure(result: AnalysisResult, top: int = 10) -> Figure:
             ax.set_xlabel("probability")
             ax.set_xlim(0, 1)
             ax.legend(loc="lower right")
+        fig.suptitle(settings_text(result), fontsize=6)
         return fig
 
 
@@ -364,7 +396,7 @@ def votes_figure(result: AnalysisResult, top: int = 10) -> Figure:
         _bars(ax, names, d.votes_clean[classes], d.votes_attacked[classes], COLORS["fvit"])
         ax.set_xlabel(f"votes (of {d.n_samples} noise samples)")
         ax.set_xlim(0, d.n_samples)
-        ax.set_title(f"{model_label(result, 'fvit')}: votes per class")
+        ax.set_title(f"{model_label(result, 'fvit')}: votes per class\n{settings_text(result)}")
         ax.legend(loc="lower right")
         return fig
 
@@ -388,7 +420,7 @@ def divergence_figure(result: AnalysisResult) -> Figure:
         fig = _new_figure(SINGLE_COLUMN_IN, 1.35)
         ax = fig.subplots()
         c = result.faithful.certified
-        ax.set_title(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}, σ = {result.faithful.sigma:g}", fontsize=6)
+        ax.set_title(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}\n{settings_text(result)}", fontsize=6)
         y = np.arange(len(rows))
         ax.barh(y, values, color=[c for _, _, c in rows], height=0.6)
         ax.set_yticks(y, [label for label, _, _ in rows])
@@ -431,6 +463,7 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0.5, p + 0.5)
         ax.legend(loc="lower right")
+        ax.set_title(settings_text(result), fontsize=6)
         return fig
 
 
@@ -572,42 +605,112 @@ def _plotly_outlines(fig, indices: np.ndarray, grid: tuple[int, int], shape: tup
                       line=dict(color=color, width=2, dash=dash), row=row, col=col)
 
 
-def plotly_compare(result: AnalysisResult) -> go.Figure:
-    """Interactive version of :func:`compare_figure`: hover shows each patch's attention weight."""
+def patch_ranks(attention: np.ndarray) -> np.ndarray:
+    """Rank of every patch by weight: 1 = the largest (ties in patch order, as topk_indices)."""
+    order = np.argsort(-np.asarray(attention, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def patch_hover_data(cmp_: ModelComparison, grid: tuple[int, int]) -> np.ndarray:
+    """Per patch (rows, cols, 5): index, clean weight, clean rank, attacked weight, attacked rank,
+    for the hover text of a map (the same on the clean and the attacked panel)."""
+    clean, attacked = np.asarray(cmp_.clean.attention), np.asarray(cmp_.attacked.attention)
+    columns = (np.arange(len(clean)), clean, patch_ranks(clean), attacked, patch_ranks(attacked))
+    return np.stack([attention_grid(c, grid) for c in columns], axis=-1)
+
+
+_PATCH_HOVER = ("patch %{customdata[0]:.0f}<br>clean: weight %{customdata[1]:.4f}, rank %{customdata[2]:.0f}"
+                "<br>attacked: weight %{customdata[3]:.4f}, rank %{customdata[4]:.0f}<extra></extra>")
+
+
+def _square_axes(fig, n_panels: int) -> None:
+    """Square pixels in every panel: each y axis anchored to its own x axis (anchoring all of
+    them to the first x axis stretches the other panels)."""
+    for i in range(1, n_panels + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1, constrain="domain",
+                                             autorange="reversed", showticklabels=False, showgrid=False, zeroline=False)
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+
+
+def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: int, col: int,
+                     hover: np.ndarray) -> None:
+    """One map: the image, its patch weights on the shared colour axis, top-k outlines and, on
+    the attacked image, the clean top-k patches it lost (dotted)."""
+    go, _ = _plotly()
+    k, grid = result.config.k, result.grid_size
+    cmp_ = comparison(result, which)
+    image = result.clean_image if name == "clean" else result.attacked_image
+    height, width = image.shape[1:]
+    ph, pw = height / grid[0], width / grid[1]
+    view = getattr(cmp_, name)
+    fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8), hoverinfo="skip"), row=row, col=col)
+    fig.add_trace(go.Heatmap(
+        z=attention_grid(view.attention, grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
+        coloraxis="coloraxis", opacity=OVERLAY_ALPHA, name=f"{which} {name}", customdata=hover,
+        hovertemplate=_PATCH_HOVER, xgap=0, ygap=0,
+    ), row=row, col=col)
+    _plotly_outlines(fig, topk_indices(view.attention, k), grid, (height, width), row, col, TOPK_EDGE)
+    if name == "attacked":
+        lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
+        _plotly_outlines(fig, lost, grid, (height, width), row, col, LOST_EDGE, "dot")
+
+
+def plotly_attention_maps(result: AnalysisResult, which: str, *, vmax: float | None = None,
+                          height: int = 360) -> go.Figure:
+    """One model's clean and attacked focal-point maps side by side (the Compare page's maps).
+
+    Square patches, one colour scale 0..``vmax`` (default :func:`attention_scale`, shared with
+    the other model); hovering a patch shows its index and its weight and rank (1 = largest) on
+    the clean and on the attacked image. Cyan: top-k patches; dotted white: clean top-k lost.
+    """
     go, make_subplots = _plotly()
-    k, grid, vmax = result.config.k, result.grid_size, attention_scale(result)
-    rows, cols = grid
-    height, width = result.clean_image.shape[1:]
-    ph, pw = height / rows, width / cols
+    cmp_ = comparison(result, which)
+    vmax = attention_scale(result) if vmax is None else vmax
+    titles = [f"{name}: {getattr(cmp_, name).label_name} ({getattr(cmp_, name).confidence:.2f})"
+              for name in ("clean", "attacked")]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.03)
+    hover = patch_hover_data(cmp_, result.grid_size)
+    for col, name in enumerate(("clean", "attacked"), start=1):
+        _attention_panel(fig, result, which, name, 1, col, hover)
+    _square_axes(fig, 2)
+    # The colour bar lies under the maps: beside them it would take width from the maps.
+    fig.update_layout(
+        **{**_PLOTLY_LAYOUT, "margin": dict(l=2, r=2, t=30, b=2)}, height=height,
+        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=vmax,
+                       colorbar=dict(title=dict(text="attention weight", side="top"), orientation="h",
+                                     thickness=10, len=0.9, y=-0.04, yanchor="top")),
+        hoverlabel=dict(font_size=13), dragmode="zoom",
+    )
+    return fig
+
+
+def plotly_compare(result: AnalysisResult) -> go.Figure:
+    """Interactive version of :func:`compare_figure`: the four maps on one colour scale, square
+    patches, hover with each patch's index, weight and rank on the clean and attacked image."""
+    _, make_subplots = _plotly()
+    k = result.config.k
     titles = []
     for name in ("clean", "attacked"):
         for which in MODEL_KEYS:
             view = getattr(comparison(result, which), name)
             titles.append(f"{model_label(result, which)}, {name}: {view.label_name} ({view.confidence:.2f})")
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
-    for row, (name, image) in enumerate((("clean", result.clean_image), ("attacked", result.attacked_image)), start=1):
+    hovers = {which: patch_hover_data(comparison(result, which), result.grid_size) for which in MODEL_KEYS}
+    for row, name in enumerate(("clean", "attacked"), start=1):
         for col, which in enumerate(MODEL_KEYS, start=1):
-            cmp_ = comparison(result, which)
-            view = getattr(cmp_, name)
-            fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8), hoverinfo="skip"), row=row, col=col)
-            fig.add_trace(go.Heatmap(
-                z=attention_grid(view.attention, grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
-                coloraxis="coloraxis", opacity=OVERLAY_ALPHA, name=f"{which} {name}",
-                hovertemplate="patch row %{y:.0f}, col %{x:.0f} (px)<br>attention %{z:.4f}<extra></extra>",
-            ), row=row, col=col)
-            _plotly_outlines(fig, topk_indices(view.attention, k), grid, (height, width), row, col, TOPK_EDGE)
-            if name == "attacked":
-                lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
-                _plotly_outlines(fig, lost, grid, (height, width), row, col, LOST_EDGE, "dot")
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x")
+            _attention_panel(fig, result, which, name, row, col, hovers[which])
+    _square_axes(fig, 4)
     fig.update_layout(
-        **_PLOTLY_LAYOUT, height=760,
-        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=vmax, colorbar=dict(title="attention weight")),
-        title=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
-              f"V_{k}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
-              + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
-                 if result.faithful.topk_overlap_floor is not None else ""),
+        **_PLOTLY_LAYOUT, height=860,
+        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
+        title=dict(text=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
+                        f"V{sub(k)}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
+                        + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
+                           if result.faithful.topk_overlap_floor is not None else "")
+                        + f"<br><sub>{settings_text(result)}</sub>"),
     )
     return fig
 
@@ -621,9 +724,8 @@ def plotly_inputs(result: AnalysisResult) -> go.Figure:
     fig = make_subplots(rows=1, cols=4, subplot_titles=[t for t, _ in panels], horizontal_spacing=0.02)
     for col, (_, image) in enumerate(panels, start=1):
         fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8)), row=1, col=col)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=300)
+    _square_axes(fig, 4)
+    fig.update_layout(**_PLOTLY_LAYOUT, height=340, title=dict(text=f"<sub>{settings_text(result)}</sub>"))
     return fig
 
 
@@ -645,7 +747,8 @@ def plotly_distributions(result: AnalysisResult, top: int = 10) -> go.Figure:
         fig.update_xaxes(title_text="probability", range=[0, 1], row=1, col=col)
     fig.update_yaxes(autorange="reversed", title_text="class")
     fig.update_layout(**_PLOTLY_LAYOUT, barmode="group", height=max(320, 90 + 34 * len(classes)),
-                      title="Prediction distributions, clean vs attacked", legend=dict(orientation="h", y=-0.15))
+                      title=f"Prediction distributions, clean vs attacked<br><sub>{settings_text(result)}</sub>",
+                      legend=dict(orientation="h", y=-0.15))
     return fig
 
 
@@ -662,7 +765,7 @@ def plotly_votes(result: AnalysisResult, top: int = 10) -> go.Figure:
     fig.update_xaxes(title_text=f"votes (of {d.n_samples} noise samples)", range=[0, d.n_samples])
     fig.update_yaxes(autorange="reversed", title_text="class")
     fig.update_layout(**_PLOTLY_LAYOUT, barmode="group", height=max(300, 80 + 30 * len(classes)),
-                      title=f"{model_label(result, 'fvit')}: hard votes per class")
+                      title=f"{model_label(result, 'fvit')}: hard votes per class<br><sub>{settings_text(result)}</sub>")
     return fig
 
 
@@ -670,14 +773,15 @@ def plotly_divergence(result: AnalysisResult) -> go.Figure:
     """Measured Renyi divergences vs the FViT's prediction-stability bound (log scale)."""
     go, _ = _plotly()
     rows = divergence_rows(result)
-    labels = [label.replace("D$_{", "D_").replace("}$", "") for label, _, _ in rows]
+    labels = [re.sub(r"D\$_\{([^}]*)\}\$", lambda m: "D" + sub(float(m.group(1))), label) for label, _, _ in rows]
     values = [max(v, 1e-6) for _, v, _ in rows]
     fig = go.Figure(go.Bar(y=labels, x=values, orientation="h", marker_color=[c for _, _, c in rows],
                            text=[f"{v:.3g}" for _, v, _ in rows], textposition="outside",
                            hovertemplate="%{y}: %{x:.4g} nats<extra></extra>"))
     fig.update_xaxes(type="log", dtick=1, title_text="Rényi divergence, clean vs attacked (nats, log scale)")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(**_PLOTLY_LAYOUT, height=260, title="Prediction stability: measured divergence vs bound")
+    fig.update_layout(**_PLOTLY_LAYOUT, height=280,
+                      title=f"Prediction stability: measured divergence vs bound<br><sub>{settings_text(result)}</sub>")
     return fig
 
 
@@ -692,10 +796,10 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
     for which in MODEL_KEYS:
         fig.add_trace(go.Scatter(x=ks, y=comparison(result, which).overlap_curve, name=model_label(result, which),
                                  line=dict(color=COLORS[which], width=2.5),
-                                 hovertemplate="k=%{x}: V_k=%{y:.3f}<extra></extra>"))
+                                 hovertemplate="k = %{x}: Vₖ = %{y:.3f}<extra></extra>"))
     if d.topk_overlap_ci is not None:
         v, (lo, hi) = result.fvit.topk_overlap, d.topk_overlap_ci
-        fig.add_trace(go.Scatter(x=[k], y=[v], mode="markers", name=f"FViT V_{k}, 95% bootstrap CI",
+        fig.add_trace(go.Scatter(x=[k], y=[v], mode="markers", name=f"FViT V{sub(k)}, 95% bootstrap CI",
                                  marker=dict(color=COLORS["fvit"], size=9),
                                  error_y=dict(type="data", symmetric=False, array=[hi - v], arrayminus=[v - lo])))
     if d.topk_overlap_floor is not None:
@@ -708,8 +812,9 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
                                  marker=dict(color=COLORS["floor"], size=9, symbol="square-open"), error_y=err))
     fig.add_vline(x=k, line=dict(color=COLORS["current"], dash="dot"))
     fig.update_xaxes(title_text="k (number of top patches)", range=[0.5, p + 0.5])
-    fig.update_yaxes(title_text="top-k overlap V_k (clean vs attacked)", range=[0, 1.02])
-    fig.update_layout(**_PLOTLY_LAYOUT, height=440, title="Top-k overlap as a function of k",
+    fig.update_yaxes(title_text="top-k overlap Vₖ (clean vs attacked)", range=[0, 1.02])
+    fig.update_layout(**_PLOTLY_LAYOUT, height=440,
+                      title=f"Top-k overlap as a function of k<br><sub>{settings_text(result)}</sub>",
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -721,19 +826,19 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
     s = data["sigma"]
     k = int(rows[0]["k"]) if rows else 0
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                        subplot_titles=(f"top-{k} overlap V_{k}", "FViT confidence", "certified radius (L2)"))
+                        subplot_titles=(f"top-{k} overlap V{sub(k)}", "FViT confidence", "certified radius (L2)"))
 
     def line(y, name, color, col, **kw):
         fig.add_trace(go.Scatter(x=s, y=y, name=name, mode="lines+markers", line=dict(color=color, **kw.pop("line", {})),
                                  **kw), row=1, col=col)
 
-    line(data["vanilla_overlap"], "vanilla ViT V_k", COLORS["vanilla"], 1)
+    line(data["vanilla_overlap"], "vanilla ViT Vₖ", COLORS["vanilla"], 1)
     if np.isfinite(data["fvit_overlap_ci_low"]).any():
         fig.add_trace(go.Scatter(x=np.concatenate([s, s[::-1]]),
                                  y=np.concatenate([data["fvit_overlap_ci_high"], data["fvit_overlap_ci_low"][::-1]]),
                                  fill="toself", fillcolor=_rgba(COLORS["fvit"], 0.15), line=dict(width=0),
                                  mode="lines", name="FViT 95% CI", hoverinfo="skip"), row=1, col=1)
-    line(data["fvit_overlap"], "FViT V_k", COLORS["fvit"], 1)
+    line(data["fvit_overlap"], "FViT Vₖ", COLORS["fvit"], 1)
     line(data["noise_floor"], "noise floor", COLORS["floor"], 1, line=dict(dash="dash"))
     line(data["fvit_clean_confidence"], "FViT clean confidence", _rgba(COLORS["fvit"], 0.5), 2)
     line(data["fvit_attacked_confidence"], "FViT attacked confidence", COLORS["fvit"], 2)

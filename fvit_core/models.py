@@ -512,6 +512,7 @@ class ModelPairSpec:
     classifier: str
     denoiser: str
     description: str = ""
+    training_data: str = ""  # what the classifier learnt from, as shown beside the dashboard's upload
 
 
 MODEL_PAIRS: dict[str, ModelPairSpec] = {
@@ -520,6 +521,7 @@ MODEL_PAIRS: dict[str, ModelPairSpec] = {
         classifier=str(MODELS_DIR / "cifar10-vit"),
         denoiser=str(MODELS_DIR / "cifar10-ddpm"),
         description="Shipped CIFAR-10 pair: ViT (patch 4, 64 patches) + DDPM UNet, trained by this project.",
+        training_data="the CIFAR-10 training split (50,000 photos of 32×32 px)",
     ),
 }
 

@@ -402,7 +402,7 @@ def test_sigma_sweep_runs_on_click_and_marks_the_current_sigma():
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
     (spec,) = plotly_specs(at)
-    fvit = next(t for t in spec["data"] if t.get("name") == "FViT V_k")
+    fvit = next(t for t in spec["data"] if t.get("name") == "FViT Vₖ")
     assert list(plotly_values(fvit["x"])) == [0.12, 0.25]
     assert 0.25 in {s["x0"] for s in spec["layout"]["shapes"] if s["x0"] == s.get("x1")}
     assert len(at.dataframe[0].value) == 2
