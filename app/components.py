@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import streamlit as st
 from matplotlib.figure import Figure
@@ -18,7 +18,8 @@ SELECTION_LABELS = {"second-estimate": "the second clean estimate's votes",
                     "shared": "the estimation votes (not independent)"}
 
 
-sub = figures.sub  # V₈, D₂: the charts' spelling_PNG_MEMO_SIZE = 24
+sub = figures.sub  # V₈, D₂: the charts' spelling
+_PNG_MEMO_SIZE = 24
 
 
 def page_header(title: str, intro: str) -> session.Current | None:
@@ -59,6 +60,28 @@ def figure_png(cur: session.Current, name: str, build: Callable[[], Figure]) -> 
     return memo[key]
 
 
+_KEPT_SIZE = 40
+
+
+def kept(cur: session.Current, key: tuple):
+    """What :func:`kept_bytes` built for this analysis under ``key``, or None."""
+    return st.session_state.get("_kept", {}).get((cur.key, key))
+
+
+def kept_bytes(cur: session.Current, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()`` once per (analysis, key), kept in the session: download buttons get the same
+    bytes on every rerun, and a new analysis drops the old ones."""
+    memo: dict = st.session_state.setdefault("_kept", {})
+    full = (cur.key, key)
+    if full not in memo:
+        for old in [k for k in memo if k[0] != cur.key]:
+            del memo[old]
+        while len(memo) >= _KEPT_SIZE:
+            memo.pop(next(iter(memo)))
+        memo[full] = build()
+    return memo[full]
+
+
 def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], caption: str | None = None,
                 width: int | str = "stretch") -> None:
     st.image(figure_png(cur, name, build), caption=caption, width=width)
@@ -67,7 +90,9 @@ def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], ca
 def show_plotly(fig, key: str) -> None:
     # No "download as PNG" button in the chart's toolbar: exports are on the Export page, with the
     # settings in the file (and the toolbar's button names no method, sigma or N).
-    st.plotly_chart(fig, key=key, width="stretch",
+    # theme=None: Streamlit's theme recolours the low end of colour scales (inferno turned pink), and the
+    # charts must look as the exported HTML does.
+    st.plotly_chart(fig, key=key, width="stretch", theme=None,
                     config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage", "lasso2d", "select2d"]})
 
 

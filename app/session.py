@@ -17,7 +17,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from app import state
-from fvit_core.explorer import layer_head_attention
+from fvit_core.explorer import layer_head_attention, smoothed_layer_head_attention
 from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
 from fvit_core.pipeline import AnalysisConfig, AnalysisResult, analyze
 
@@ -147,11 +147,24 @@ def update(values) -> None:
 
 
 def layer_maps(cur: Current) -> Any:
-    """Per-layer, per-head maps (2, L, heads, P) for the current result, cached per result."""
+    """The vanilla ViT's per-layer, per-head maps (2, L, heads, P) for the current result, cached per result."""
     memo: dict = st.session_state.setdefault("_layer_maps", {})
     if cur.key not in memo:
         memo.clear()
         memo[cur.key] = layer_head_attention(pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image)
+    return memo[cur.key]
+
+
+def fvit_layer_maps(cur: Current) -> Any:
+    """The Faithful ViT's per-layer, per-head maps (2, L, heads, P), averaged over the analysis's
+    noise samples (same mode, sigma, N and seed), cached per result."""
+    memo: dict = st.session_state.setdefault("_fvit_layer_maps", {})
+    if cur.key not in memo:
+        memo.clear()
+        cfg, d = cur.result.config, cur.result.faithful
+        memo[cur.key] = smoothed_layer_head_attention(
+            pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image, mode=d.mode, sigma=d.sigma,
+            n_samples=d.n_samples, seed=cfg.seed, multistep_steps=cfg.multistep_steps)
     return memo[cur.key]
 
 

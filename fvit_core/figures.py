@@ -467,6 +467,15 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
         return fig
 
 
+def sweep_settings_text(rows: Sequence[dict]) -> str:
+    """What a sweep held fixed: 'attention rollout (heads: mean) · N = 64 · top-8' (sigma varies)."""
+    if not rows:
+        return ""
+    first = rows[0]
+    method = f"{method_name(first['method'])} (heads: {first.get('head_fusion', '?')}) · " if "method" in first else ""
+    return f"{method}N = {first['n_samples']} · top-{first['k']}"
+
+
 def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None) -> Figure:
     """Top-k overlap, FViT confidence and certified radii as functions of sigma (sweep rows)."""
     data = _sweep_columns(rows)
@@ -475,6 +484,7 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
         fig = _new_figure(SINGLE_COLUMN_IN, 4.4)
         ax_v, ax_c, ax_r = fig.subplots(3, 1, sharex=True)
         k = int(rows[0]["k"]) if rows else 0
+        ax_v.set_title(f"Sweep over σ: {sweep_settings_text(rows)}", fontsize=6)
         ax_v.plot(s, data["vanilla_overlap"], color=COLORS["vanilla"], marker="o", label="vanilla ViT")
         ax_v.plot(s, data["fvit_overlap"], color=COLORS["fvit"], marker="o", label="FViT")
         if np.isfinite(data["fvit_overlap_ci_low"]).any():
@@ -529,7 +539,8 @@ def _sigma_ticks(ax, sigmas: np.ndarray) -> None:
     ax.minorticks_off()
 
 
-def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int]) -> Figure:
+def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
+                       subtitle: str = "") -> Figure:
     """Per-layer, per-head [CLS] attention of the vanilla ViT, clean (left) vs attacked (right).
 
     ``maps``: (2, L, heads, P) from :func:`fvit_core.explorer.layer_head_attention`. The colour
@@ -552,7 +563,10 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int]) -> Figure:
                         ax.set_title(f"{('clean', 'attacked')[image]}\nhead {head + 1}", fontsize=6)
                     if image == 0 and head == 0:
                         ax.set_ylabel(f"layer {layer + 1}", fontsize=6)
-        fig.suptitle("Vanilla ViT [CLS] attention per layer and head (scale shared within a row)", fontsize=6)
+        fig.suptitle(f"{model} [CLS] attention per layer and head (scale shared within a row)"
+                     + (f"\n{subtitle}" if subtitle else ""), fontsize=6)
+        fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=ATTENTION_CMAP), ax=axes,
+                     fraction=0.03, pad=0.01, label="weight ÷ the row's largest weight")
         return fig
 
 
@@ -590,6 +604,15 @@ def _plotly():
 def _rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def inferno_scale() -> list[list]:
+    """The inferno colour scale as plotly stops with rgb() colours. Streamlit's chart component
+    misreads the hex stop '#000004' (value 0 drawn lavender), so no hex strings are passed."""
+    from plotly.colors import hex_to_rgb, sequential
+
+    stops = sequential.Inferno
+    return [[i / (len(stops) - 1), "rgb({}, {}, {})".format(*hex_to_rgb(c))] for i, c in enumerate(stops)]
 
 
 _PLOTLY_LAYOUT: dict[str, Any] = dict(template="plotly_white", font=dict(size=12), margin=dict(l=10, r=10, t=60, b=10))
@@ -679,7 +702,7 @@ def plotly_attention_maps(result: AnalysisResult, which: str, *, vmax: float | N
     # The colour bar lies under the maps: beside them it would take width from the maps.
     fig.update_layout(
         **{**_PLOTLY_LAYOUT, "margin": dict(l=2, r=2, t=30, b=2)}, height=height,
-        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=vmax,
+        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=vmax,
                        colorbar=dict(title=dict(text="attention weight", side="top"), orientation="h",
                                      thickness=10, len=0.9, y=-0.04, yanchor="top")),
         hoverlabel=dict(font_size=13), dragmode="zoom",
@@ -705,7 +728,7 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
     _square_axes(fig, 4)
     fig.update_layout(
         **_PLOTLY_LAYOUT, height=860,
-        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
+        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
         title=dict(text=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
                         f"V{sub(k)}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
                         + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
@@ -867,12 +890,15 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
     fig.update_yaxes(range=[0, 1.02], title_text="confidence", row=1, col=2)
     fig.update_yaxes(title_text="radius (pixel units)", row=1, col=3)
     fig.update_layout(**_PLOTLY_LAYOUT, height=420, legend=dict(orientation="h", y=-0.25),
-                      title="Sweep over σ" + (f" (current σ = {current_sigma:g})" if current_sigma is not None else ""))
+                      title="Sweep over σ" + (f" (current σ = {current_sigma:g})" if current_sigma is not None else "")
+                            + f"<br><sub>{sweep_settings_text(rows)}</sub>")
     return fig
 
 
-def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int]) -> go.Figure:
-    """Interactive per-layer, per-head attention; each layer scaled by its own maximum."""
+def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
+                       subtitle: str = "") -> go.Figure:
+    """Interactive per-layer, per-head attention; each layer scaled by its own maximum (the colour
+    bar is the fraction of it; hover gives the weight itself)."""
     go, make_subplots = _plotly()
     maps = _check_layer_maps(maps, grid_size)
     _, layers, heads, _ = maps.shape
@@ -886,14 +912,16 @@ def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int]) -> go.Figur
             for h in range(heads):
                 fig.add_trace(go.Heatmap(z=attention_grid(maps[i, layer, h], grid_size) / scale, coloraxis="coloraxis",
                                          customdata=attention_grid(maps[i, layer, h], grid_size),
-                                         hovertemplate="attention %{customdata:.4f}<extra></extra>"),
+                                         hovertemplate=f"layer {layer + 1}, head {h + 1}, {('clean', 'attacked')[i]}"
+                                                       "<br>weight %{customdata:.4f}<extra></extra>"),
                               row=layer + 1, col=i * heads + h + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    _square_axes(fig, layers * 2 * heads)
     fig.update_annotations(font_size=9)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=140 * layers + 80,
-                      coloraxis=dict(colorscale="Inferno", cmin=0, cmax=1, colorbar=dict(title="÷ layer max")),
-                      title="Vanilla ViT [CLS] attention per layer and head, clean vs attacked")
+    fig.update_layout(**_PLOTLY_LAYOUT, height=110 * layers + 110,
+                      coloraxis=dict(colorscale=inferno_scale(), cmin=0, cmax=1,
+                                     colorbar=dict(title=dict(text="weight ÷ layer's largest", side="right"))),
+                      title=f"{model} [CLS] attention per layer and head, clean vs attacked"
+                            + (f"<br><sub>{subtitle}</sub>" if subtitle else ""))
     return fig
 
 
@@ -976,12 +1004,16 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "topk_overlap", "topk_overlap_ci_low", "topk_overlap_ci_high", "noise_floor", "noise_floor_ci_low",
     "noise_floor_ci_high", "kl", "js", "tv", "hellinger", "renyi", "renyi_alpha", "class_radius_l2",
     "topk_radius_l2", "topk_radius_linf", "prediction_bound", "perturbation_l2", "perturbation_linf",
-    "attack", "mode", "sigma", "n_samples", "seed",
+    "attack", "method", "head_fusion", "mode", "sigma", "n_samples", "n_samples_requested", "seed",
 )
 
 
 def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
-    """One row of key metrics per model (vanilla, fvit); fields that do not apply are None."""
+    """One row of key metrics per model (vanilla, fvit); fields that do not apply are None.
+
+    Every row names the analysis settings (explanation method, head fusion, sigma, N drawn and
+    asked, k, seed), so a row read on its own says what it measured; ``mode`` is empty for the
+    vanilla ViT, which is not smoothed."""
     d, c, cfg = result.faithful, result.faithful.certified, result.config
     rows = []
     for which in MODEL_KEYS:
@@ -1003,8 +1035,9 @@ def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "topk_radius_linf": c.topk_radius_linf if fvit else None,
             "prediction_bound": c.prediction_bound if fvit else None,
             "perturbation_l2": result.attack["l2"], "perturbation_linf": result.attack["linf"],
-            "attack": result.attack["name"], "mode": d.mode if fvit else None, "sigma": d.sigma if fvit else None,
-            "n_samples": d.n_samples if fvit else None, "seed": cfg.seed,
+            "attack": result.attack["name"], "method": cfg.method, "head_fusion": cfg.head_fusion,
+            "mode": d.mode if fvit else None, "sigma": d.sigma, "n_samples": d.n_samples,
+            "n_samples_requested": cfg.n_samples, "seed": cfg.seed,
         })
     return rows
 
@@ -1064,25 +1097,32 @@ def export_bundle(
     sweep_rows: Sequence[dict] | None = None,
     layer_maps: np.ndarray | None = None,
     formats: tuple[str, ...] = FIGURE_FORMATS,
+    progress: Callable[[str, float], None] | None = None,
 ) -> bytes:
     """Everything of one analysis in a ZIP: figures (``formats`` + interactive HTML sharing one
     copy of plotly.js), result JSON, metrics CSV, settings JSON, the input image and a README with
-    the command that reproduces it."""
+    the command that reproduces it. ``progress(figure name, fraction done)`` is called before
+    each figure (a ZIP takes seconds: most of it is rendering the figures)."""
+    report = progress or (lambda name, fraction: None)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        figures: list[tuple[str, Figure, Any]] = [(s.name, s.matplotlib(result), s.plotly(result))
-                                                  for s in RESULT_FIGURES.values()]
+        builders: list[tuple[str, Callable[[], Figure], Callable[[], Any]]] = [
+            (s.name, lambda s=s: s.matplotlib(result), lambda s=s: s.plotly(result)) for s in RESULT_FIGURES.values()]
         if sweep_rows:
             sigma = result.config.sigma
-            figures.append(("sigma_sweep", sigma_sweep_figure(sweep_rows, sigma), plotly_sigma_sweep(sweep_rows, sigma)))
+            builders.append(("sigma_sweep", lambda: sigma_sweep_figure(sweep_rows, sigma),
+                             lambda: plotly_sigma_sweep(sweep_rows, sigma)))
             archive.writestr("sigma_sweep.csv", rows_to_csv(sweep_rows))
         if layer_maps is not None:
-            figures.append(("layer_heads", layer_heads_figure(layer_maps, result.grid_size),
-                            plotly_layer_heads(layer_maps, result.grid_size)))
-        for name, fig, interactive in figures:
+            builders.append(("layer_heads", lambda: layer_heads_figure(layer_maps, result.grid_size),
+                             lambda: plotly_layer_heads(layer_maps, result.grid_size)))
+        for i, (name, build, build_interactive) in enumerate(builders):
+            report(name, i / len(builders))
+            fig = build()
             for fmt in formats:
                 archive.writestr(f"figures/{name}.{fmt}", figure_to_bytes(fig, fmt))
-            archive.writestr(f"interactive/{name}.html", plotly_to_html(interactive, include_plotlyjs="directory"))
+            archive.writestr(f"interactive/{name}.html", plotly_to_html(build_interactive(), include_plotlyjs="directory"))
+        report("results", 1.0)
         from plotly.offline import get_plotlyjs
 
         archive.writestr("interactive/plotly.min.js", get_plotlyjs())  # once, beside the pages: offline

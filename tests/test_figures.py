@@ -199,6 +199,11 @@ def test_result_json_and_metrics_csv(result):
     assert float(rows[0]["topk_overlap"]) == result.vanilla.topk_overlap
     assert float(rows[1]["noise_floor"]) == result.faithful.topk_overlap_floor
     assert rows[0]["noise_floor"] == "" and float(rows[1]["sigma"]) == result.config.sigma
+    for row in rows:  # every row names the settings it was measured with
+        assert row["method"] == result.config.method and row["head_fusion"] == result.config.head_fusion
+        assert float(row["sigma"]) == result.config.sigma and int(row["k"]) == result.config.k
+        assert int(row["n_samples"]) == result.faithful.n_samples and int(row["n_samples_requested"]) == result.config.n_samples
+    assert rows[0]["mode"] == "" and rows[1]["mode"] == result.faithful.mode
     assert float(rows[1]["topk_radius_l2"]) == result.faithful.certified.topk_radius_l2
 
 

@@ -27,7 +27,18 @@ if cur is not None:
     st.session_state["_sweep_rows"] = (cur.key, rows)
     if len(rows) > 1:
         components.show_plotly(figures.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
-    st.dataframe(rows, hide_index=True, column_order=(
-        "sigma", "vanilla_overlap", "fvit_overlap", "noise_floor", "fvit_overlap_ci_low", "fvit_overlap_ci_high",
-        "fvit_clean_label", "fvit_attacked_label", "fvit_attacked_confidence", "class_radius", "topk_radius_l2",
-        "topk_radius_linf", "t_star"))
+    columns = {  # readable headers; the CSV export keeps the field names
+        "sigma": ("σ", "%.2f"), "vanilla_overlap": ("Vanilla Vₖ", "%.2f"), "fvit_overlap": ("FViT Vₖ", "%.2f"),
+        "noise_floor": ("Noise floor", "%.2f"), "fvit_overlap_ci_low": ("FViT CI low", "%.2f"),
+        "fvit_overlap_ci_high": ("FViT CI high", "%.2f"), "fvit_clean_label": ("FViT clean", None),
+        "fvit_attacked_label": ("FViT attacked", None), "fvit_attacked_confidence": ("Confidence", "%.2f"),
+        "class_radius": ("Class radius", "%.3f"), "topk_radius_l2": ("Top-k radius L2", "%.4f"),
+        "topk_radius_linf": ("Top-k radius L∞", "%.5f"), "t_star": ("t*", "%d"), "n_samples": ("N", "%d"),
+    }
+    config = {name: (st.column_config.NumberColumn(label, format=fmt, width="small") if fmt
+                     else st.column_config.TextColumn(label, width="small"))
+              for name, (label, fmt) in columns.items()}
+    st.dataframe(rows, hide_index=True, column_order=tuple(columns), column_config=config, width="stretch")
+    if rows:
+        st.caption(f"Vₖ at k = {rows[0]['k']}; {figures.method_name(rows[0]['method'])}; radii in pixel units; "
+                   "class radius 0 where CERTIFY abstains.")
