@@ -289,12 +289,57 @@ def test_every_page_renders(default_app, page):
     elif page.endswith("sigma.py"):
         assert at.button(key="run_sweep").label == "Run sweep"
     elif page.endswith("layers.py"):
-        assert at.dataframe and len(at.image) >= 2
+        specs = plotly_specs(at)
+        assert len(specs) == 2 and len(at.dataframe) == 2  # vanilla ViT and FViT, each with its colour bar
+        assert [s["layout"]["title"]["text"].split(" [CLS]")[0] for s in specs] == ["Vanilla ViT", "Faithful ViT (DDS)"]
+        assert all("colorbar" in s["layout"]["coloraxis"] for s in specs)
     elif page.endswith("export.py"):
         keys = {b.key for b in at.get("download_button")}
-        assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image", "dl_zip"} <= keys
+        assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image"} <= keys
         assert any("fvit analyze cifar10" in c.value for c in at.code)
+        at.button(key="build_zip").click().run()  # the ZIP is built on request, then kept for this analysis
+        zip_button = next(b for b in at.get("download_button") if b.key == "dl_zip")
+        assert zip_button.proto.label.startswith("Download the ZIP (")
     at.switch_page("views/compare.py").run()
+
+
+def test_compare_shows_interactive_maps_on_one_colour_scale(default_app):
+    at = default_app
+    at.switch_page("views/compare.py").run()
+    result = current(at).result
+    specs = plotly_specs(at)
+    assert len(specs) == 2  # vanilla ViT, FViT: clean and attacked maps each
+    scale = {s["layout"]["coloraxis"]["cmax"] for s in specs}
+    assert len(scale) == 1 and scale.pop() == pytest.approx(max(
+        float(np.max(v.attention)) for c in (result.vanilla, result.fvit) for v in (c.clean, c.attacked)))
+    for spec in specs:
+        heatmaps = [t for t in spec["data"] if t["type"] == "heatmap"]
+        assert len(heatmaps) == 2 and all("rank" in t["hovertemplate"] for t in heatmaps)
+        assert spec["layout"]["yaxis"]["scaleanchor"] == "x" and spec["layout"]["yaxis2"]["scaleanchor"] == "x2"
+
+
+def test_sidebar_says_what_the_model_is_and_groups_the_settings(default_app):
+    at = default_app
+    text = "\n".join(c.value for c in at.sidebar.caption)
+    assert "input 32×32 px" in text and "It knows 10 classes only: airplane, automobile" in text
+    assert "CIFAR-10 training split" in text
+    assert [t.label for t in at.sidebar.tabs] == ["Image", "FViT", "Explanation", "Attack"]
+    assert "true class: **airplane**" in text  # the gallery's labels.json
+
+
+def test_a_non_square_upload_gets_a_notice_and_pad_keeps_its_shape():
+    at = run_app()
+    at.file_uploader(key="upload").set_value(("dog_photo.png", encode(random_rgb(1, height=300, width=600)),
+                                              "image/png")).run()
+    assert not at.exception
+    notices = " ".join(w.value for w in at.sidebar.warning)
+    assert "600×300 is not square: resize stretches it" in notices and "shrunk about 19×" in notices
+    assert "true class: **dog**" in "\n".join(c.value for c in at.sidebar.caption)  # from the file name
+    at.radio(key="image_mode").set_value("pad").run()
+    assert current(at).result.config.image_mode == "pad"
+    assert "pad adds black bars above and below" in " ".join(w.value for w in at.sidebar.warning)
+    clean = current(at).result.clean_image
+    assert clean[:, :7].max() < 0.02 and clean[:, -7:].max() < 0.02  # 8 of 32 rows are the bars
 
 
 def test_changing_sigma_updates_numbers_and_charts():
