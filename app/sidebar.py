@@ -91,7 +91,9 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any
     containers, for what the model is (above the uploader) and for the preview, filled once the
     model is known."""
     about = st.container()
-    upload = st.file_uploader("Upload an image", type=list(state.UPLOAD_TYPES), key="upload",
+    # No type= filter: Streamlit would print the eight extensions in a line cut off at this width;
+    # the caption below lists them, and the engine's decoder rejects anything else with a message.
+    upload = st.file_uploader("Upload an image", key="upload",
                               help="PNG, JPEG, WebP, BMP, TIFF or GIF (first frame); up to 20 MB. A file named "
                                    "after one of the model's classes (cat_01.jpg) shows that class as the true one.")
     st.caption("PNG · JPEG · WebP · BMP · TIFF · GIF, up to 20 MB")

@@ -218,6 +218,12 @@ def top_classes(probs: Sequence[np.ndarray], top: int) -> np.ndarray:
     return chosen[np.argsort(-stacked[:, chosen].max(axis=0), kind="stable")]
 
 
+def _floor_offset(num_patches: int) -> float:
+    """How far right of k the noise-floor marker sits, so its interval does not cover the FViT's
+    V_k interval at k (about 2% of the axis)."""
+    return max(0.4, 0.02 * num_patches)
+
+
 def chance_overlap(num_patches: int) -> np.ndarray:
     """Expected V_k of two independent uniformly random top-k sets: k / P for k = 1..P."""
     return np.arange(1, num_patches + 1) / num_patches
@@ -455,7 +461,7 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
             yerr = None
             if d.topk_overlap_floor_ci is not None:
                 yerr = [[floor - d.topk_overlap_floor_ci[0]], [d.topk_overlap_floor_ci[1] - floor]]
-            ax.errorbar([k + 0.4], [floor], yerr=yerr, color=COLORS["floor"], capsize=2, linewidth=0.8,
+            ax.errorbar([k + _floor_offset(p)], [floor], yerr=yerr, color=COLORS["floor"], capsize=2, linewidth=0.8,
                         marker="s", markerfacecolor="white", label="noise floor (clean vs clean)")
         ax.axvline(k, color=COLORS["current"], linestyle=":", linewidth=0.8)
         ax.set_xlabel("k (number of top patches)")
@@ -616,6 +622,8 @@ def inferno_scale() -> list[list]:
 
 
 _PLOTLY_LAYOUT: dict[str, Any] = dict(template="plotly_white", font=dict(size=12), margin=dict(l=10, r=10, t=60, b=10))
+# Subplots with their own titles under a two-line figure title (title + settings) need more room.
+_TITLED_SUBPLOTS: dict[str, Any] = {**_PLOTLY_LAYOUT, "margin": dict(l=10, r=10, t=100, b=10)}
 
 
 def _plotly_outlines(fig, indices: np.ndarray, grid: tuple[int, int], shape: tuple[int, int], row: int, col: int,
@@ -769,7 +777,7 @@ def plotly_distributions(result: AnalysisResult, top: int = 10) -> go.Figure:
             ), row=1, col=col)
         fig.update_xaxes(title_text="probability", range=[0, 1], row=1, col=col)
     fig.update_yaxes(autorange="reversed", title_text="class")
-    fig.update_layout(**_PLOTLY_LAYOUT, barmode="group", height=max(320, 90 + 34 * len(classes)),
+    fig.update_layout(**_TITLED_SUBPLOTS, barmode="group", height=max(320, 90 + 34 * len(classes)),
                       title=f"Prediction distributions, clean vs attacked<br><sub>{settings_text(result)}</sub>",
                       legend=dict(orientation="h", y=-0.15))
     return fig
@@ -831,7 +839,7 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
         if d.topk_overlap_floor_ci is not None:
             err = dict(type="data", symmetric=False, array=[d.topk_overlap_floor_ci[1] - floor],
                        arrayminus=[floor - d.topk_overlap_floor_ci[0]])
-        fig.add_trace(go.Scatter(x=[k + 0.4], y=[floor], mode="markers", name="noise floor (clean vs clean)",
+        fig.add_trace(go.Scatter(x=[k + _floor_offset(p)], y=[floor], mode="markers", name="noise floor (clean vs clean)",
                                  marker=dict(color=COLORS["floor"], size=9, symbol="square-open"), error_y=err))
     fig.add_vline(x=k, line=dict(color=COLORS["current"], dash="dot"))
     fig.update_xaxes(title_text="k (number of top patches)", range=[0.5, p + 0.5])
@@ -889,7 +897,7 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
     fig.update_yaxes(range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="confidence", row=1, col=2)
     fig.update_yaxes(title_text="radius (pixel units)", row=1, col=3)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=420, legend=dict(orientation="h", y=-0.25),
+    fig.update_layout(**_TITLED_SUBPLOTS, height=420, legend=dict(orientation="h", y=-0.25),
                       title="Sweep over σ" + (f" (current σ = {current_sigma:g})" if current_sigma is not None else "")
                             + f"<br><sub>{sweep_settings_text(rows)}</sub>")
     return fig
@@ -917,7 +925,7 @@ def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
                               row=layer + 1, col=i * heads + h + 1)
     _square_axes(fig, layers * 2 * heads)
     fig.update_annotations(font_size=9)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=110 * layers + 110,
+    fig.update_layout(**_TITLED_SUBPLOTS, height=110 * layers + 110,
                       coloraxis=dict(colorscale=inferno_scale(), cmin=0, cmax=1,
                                      colorbar=dict(title=dict(text="weight ÷ layer's largest", side="right"))),
                       title=f"{model} [CLS] attention per layer and head, clean vs attacked"
