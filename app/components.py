@@ -34,18 +34,25 @@ def page_header(title: str, intro: str) -> session.Current | None:
     if session.is_stale():
         st.warning("Showing the last completed analysis: the sidebar's settings have not been computed "
                    "(see the message above).")
-    st.caption(summary_line(cur.result))
+    st.caption(summary_line(cur.result, cur.image))
     return cur
 
 
-def summary_line(result: AnalysisResult) -> str:
-    """Attack, perturbation size, FViT settings and time of one analysis, on one line."""
-    d = result.faithful
+def summary_line(result: AnalysisResult, image=None) -> str:
+    """Image (and its true class when known), attack, perturbation size, explanation, FViT
+    settings and time of one analysis, on one line."""
+    d, cfg = result.faithful, result.config
     crafted = "on the FViT (adaptive)" if result.attack["crafted_on"] == "fvit" else "on the vanilla ViT (transfer)"
     t_star = f", t* = {d.t_star}" if d.t_star is not None else ""
-    return (f"**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
-            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples, "
-            f"top-{result.config.k} of {len(result.vanilla.overlap_curve)} patches. "
+    drawn = f" of {cfg.n_samples} (stopped early)" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
+    shown = ""
+    if image is not None:
+        truth = f", true class **{image.true_label}**" if image.true_label else ", true class unknown"
+        shown = f"**Image** {image.name}{truth}. "
+    return (f"{shown}**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
+            f"**Explanation** {figures.method_name(cfg.method)} (heads: {cfg.head_fusion}). "
+            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
+            f"top-{cfg.k} of {len(result.vanilla.overlap_curve)} patches. "
             f"Computed in {result.timing['total']:.1f} s.")
 
 

@@ -735,7 +735,7 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
             _attention_panel(fig, result, which, name, row, col, hovers[which])
     _square_axes(fig, 4)
     fig.update_layout(
-        **_PLOTLY_LAYOUT, height=860,
+        **_TITLED_SUBPLOTS, height=900,
         coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
         title=dict(text=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
                         f"V{sub(k)}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
