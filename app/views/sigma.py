@@ -27,18 +27,23 @@ if cur is not None:
     st.session_state["_sweep_rows"] = (cur.key, rows)
     if len(rows) > 1:
         components.show_plotly(figures.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
-    columns = {  # readable headers; the CSV export keeps the field names
+    # Readable headers, one interval column, one prediction column: the table fits a laptop's width
+    # (the CSV export keeps every field under its own name).
+    shown = [{**row, "fvit_ci": (f"{row['fvit_overlap_ci_low']:.2f}–{row['fvit_overlap_ci_high']:.2f}"
+                                 if row["fvit_overlap_ci_low"] is not None else "n/a"),
+              "fvit_labels": f"{row['fvit_clean_label']} → {row['fvit_attacked_label']}",
+              "class_radius_shown": "abstain" if row["abstain"] else f"{row['class_radius']:.3f}"}
+             for row in rows]
+    columns = {
         "sigma": ("σ", "%.2f"), "vanilla_overlap": ("Vanilla Vₖ", "%.2f"), "fvit_overlap": ("FViT Vₖ", "%.2f"),
-        "noise_floor": ("Noise floor", "%.2f"), "fvit_overlap_ci_low": ("FViT CI low", "%.2f"),
-        "fvit_overlap_ci_high": ("FViT CI high", "%.2f"), "fvit_clean_label": ("FViT clean", None),
-        "fvit_attacked_label": ("FViT attacked", None), "fvit_attacked_confidence": ("Confidence", "%.2f"),
-        "class_radius": ("Class radius", "%.3f"), "topk_radius_l2": ("Top-k radius L2", "%.4f"),
-        "topk_radius_linf": ("Top-k radius L∞", "%.5f"), "t_star": ("t*", "%d"), "n_samples": ("N", "%d"),
+        "fvit_ci": ("FViT 95% CI", None), "noise_floor": ("Noise floor", "%.2f"),
+        "fvit_labels": ("FViT label", None), "fvit_attacked_confidence": ("Confidence", "%.2f"),
+        "class_radius_shown": ("Class radius", None), "topk_radius_l2": ("Top-k L2", "%.4f"),
+        "topk_radius_linf": ("Top-k L∞", "%.5f"), "t_star": ("t*", "%d"),
     }
-    config = {name: (st.column_config.NumberColumn(label, format=fmt, width="small") if fmt
-                     else st.column_config.TextColumn(label, width="small"))
+    config = {name: (st.column_config.NumberColumn(label, format=fmt) if fmt else st.column_config.TextColumn(label))
               for name, (label, fmt) in columns.items()}
-    st.dataframe(rows, hide_index=True, column_order=tuple(columns), column_config=config, width="stretch")
+    st.dataframe(shown, hide_index=True, column_order=tuple(columns), column_config=config, width="stretch")
     if rows:
-        st.caption(f"Vₖ at k = {rows[0]['k']}; {figures.method_name(rows[0]['method'])}; radii in pixel units; "
-                   "class radius 0 where CERTIFY abstains.")
+        st.caption(f"Vₖ at k = {rows[0]['k']}; {figures.method_name(rows[0]['method'])}, N = {rows[0]['n_samples']}; FViT label: clean → attacked; "
+                   "radii in pixel units (L∞ = L2 / √(3HW)).")
