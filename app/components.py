@@ -89,11 +89,6 @@ def kept_bytes(cur: session.Current, key: tuple, build: Callable[[], Any]) -> An
     return memo[full]
 
 
-def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], caption: str | None = None,
-                width: int | str = "stretch") -> None:
-    st.image(figure_png(cur, name, build), caption=caption, width=width)
-
-
 def show_plotly(fig, key: str) -> None:
     # No "download as PNG" button in the chart's toolbar: exports are on the Export page, with the
     # settings in the file (and the toolbar's button names no method, sigma or N).

@@ -105,7 +105,7 @@ def fit_notice(image_size: tuple[int, int], input_size: tuple[int, int], mode: s
         notes.append(f"shrunk about {factor:.0f}× ({w}×{h} → {tw}×{th} px): the model sees far less detail than the file has")
     aspect, target = w / h, tw / th
     if abs(aspect / target - 1.0) > ASPECT_TOLERANCE:
-        shape = f"{w}×{h} is not {'square' if tw == th else f'{tw}:{th}'}"
+        shape = f"{w}×{h}, not {'square' if tw == th else f'{tw}:{th} like the model'}"
         effect = {"resize": "resize stretches it (choose pad or centre crop to keep its shape)",
                   "center_crop": f"centre crop cuts {'the sides' if aspect > target else 'top and bottom'} off",
                   "pad": f"pad adds black bars {'above and below' if aspect > target else 'left and right'}"}

@@ -192,6 +192,32 @@ def test_hub_names_need_permission_and_are_never_paths(monkeypatch, tmp_path):
         state.check_hub_name("local", "classifier")
 
 
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_fit_notice_says_what_fitting_does_to_the_image():
+    assert state.fit_notice((32, 32), (32, 32), "resize") is None
+    assert state.fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
+    shrunk = state.fit_notice((512, 512), (32, 32), "resize")
+    assert shrunk == ("This image is shrunk about 16× (512×512 → 32×32 px): the model sees far less detail "
+                      "than the file has.")
+    tall = state.fit_notice((40, 20), (32, 32), "center_crop")
+    assert tall == "This image is 20×40, not square: centre crop cuts top and bottom off."
+    assert "pad adds black bars left and right" in state.fit_notice((40, 20), (32, 32), "pad")
+    assert "resize stretches it" in state.fit_notice((20, 40), (32, 32), "resize")
+    assert state.fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
+
+
+def test_true_label_from_a_class_named_file():
+    assert state.label_from_name("cat_01.jpg", CIFAR10) == "cat"
+    assert state.label_from_name("My-Dog.PNG", CIFAR10) == "dog"
+    assert state.label_from_name("category.png", CIFAR10) is None  # not a whole word
+    assert state.label_from_name("cat_and_dog.png", CIFAR10) is None  # two classes: unknown
+    assert state.label_from_name("golden_retriever.jpg", ("golden retriever", "tabby")) == "golden retriever"
+    info = state.ModelInfo((32, 32), 64, CIFAR10, "the CIFAR-10 training split")
+    assert "input 32×32 px (64 patches)" in info.describe("pair") and "10 classes only" in info.describe("pair")
+
+
 def test_result_cache_keeps_the_most_recent():
     cache = state.ResultCache(2)
     cache.put("a", 1), cache.put("b", 2)
@@ -333,7 +359,7 @@ def test_a_non_square_upload_gets_a_notice_and_pad_keeps_its_shape():
                                               "image/png")).run()
     assert not at.exception
     notices = " ".join(w.value for w in at.sidebar.warning)
-    assert "600×300 is not square: resize stretches it" in notices and "shrunk about 19×" in notices
+    assert "600×300, not square: resize stretches it" in notices and "shrunk about 19×" in notices
     assert "true class: **dog**" in "\n".join(c.value for c in at.sidebar.caption)  # from the file name
     at.radio(key="image_mode").set_value("pad").run()
     assert current(at).result.config.image_mode == "pad"

@@ -209,7 +209,7 @@ def test_dashboard_as_a_person_uses_it(server, tmp_path):
             photo = tmp_path / "dog_photo.png"
             photo.write_bytes(_png(600, 300))
             page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(photo))
-            expect(page.get_by_text("600×300 is not square", exact=False)).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
+            expect(page.get_by_text("600×300, not square", exact=False)).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
             expect(page.get_by_text("dog_photo.png", exact=False).first).to_be_visible()
             _wait_until_idle(page)
 
