@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import streamlit as st
 from matplotlib.figure import Figure
@@ -12,16 +12,13 @@ from fvit_core import figures
 from fvit_core.pipeline import AnalysisResult
 
 SCREEN_DPI = 200
-_SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
 
 SELECTION_LABELS = {"second-estimate": "the second clean estimate's votes",
                     "vanilla-prediction": "the vanilla ViT's clean prediction",
                     "shared": "the estimation votes (not independent)"}
 
 
-def sub(number) -> str:
-    """A number as subscript digits, for labels such as V₈ and D₂."""
-    return f"{number:g}".translate(_SUBSCRIPT)
+sub = figures.sub  # V₈, D₂: the charts' spelling
 _PNG_MEMO_SIZE = 24
 
 
@@ -37,18 +34,25 @@ def page_header(title: str, intro: str) -> session.Current | None:
     if session.is_stale():
         st.warning("Showing the last completed analysis: the sidebar's settings have not been computed "
                    "(see the message above).")
-    st.caption(summary_line(cur.result))
+    st.caption(summary_line(cur.result, cur.image))
     return cur
 
 
-def summary_line(result: AnalysisResult) -> str:
-    """Attack, perturbation size, FViT settings and time of one analysis, on one line."""
-    d = result.faithful
+def summary_line(result: AnalysisResult, image=None) -> str:
+    """Image (and its true class when known), attack, perturbation size, explanation, FViT
+    settings and time of one analysis, on one line."""
+    d, cfg = result.faithful, result.config
     crafted = "on the FViT (adaptive)" if result.attack["crafted_on"] == "fvit" else "on the vanilla ViT (transfer)"
     t_star = f", t* = {d.t_star}" if d.t_star is not None else ""
-    return (f"**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
-            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples, "
-            f"top-{result.config.k} of {len(result.vanilla.overlap_curve)} patches. "
+    drawn = f" of {cfg.n_samples} (stopped early)" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
+    shown = ""
+    if image is not None:
+        truth = f", true class **{image.true_label}**" if image.true_label else ", true class unknown"
+        shown = f"**Image** {image.name}{truth}. "
+    return (f"{shown}**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
+            f"**Explanation** {figures.method_name(cfg.method)} (heads: {cfg.head_fusion}). "
+            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
+            f"top-{cfg.k} of {len(result.vanilla.overlap_curve)} patches. "
             f"Computed in {result.timing['total']:.1f} s.")
 
 
@@ -63,13 +67,57 @@ def figure_png(cur: session.Current, name: str, build: Callable[[], Figure]) -> 
     return memo[key]
 
 
-def show_figure(cur: session.Current, name: str, build: Callable[[], Figure], caption: str | None = None,
-                width: int | str = "stretch") -> None:
-    st.image(figure_png(cur, name, build), caption=caption, width=width)
+_KEPT_SIZE = 40
+
+
+def kept(cur: session.Current, key: tuple):
+    """What :func:`kept_bytes` built for this analysis under ``key``, or None."""
+    return st.session_state.get("_kept", {}).get((cur.key, key))
+
+
+def kept_bytes(cur: session.Current, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()`` once per (analysis, key), kept in the session: download buttons get the same
+    bytes on every rerun, and a new analysis drops the old ones."""
+    memo: dict = st.session_state.setdefault("_kept", {})
+    full = (cur.key, key)
+    if full not in memo:
+        for old in [k for k in memo if k[0] != cur.key]:
+            del memo[old]
+        while len(memo) >= _KEPT_SIZE:
+            memo.pop(next(iter(memo)))
+        memo[full] = build()
+    return memo[full]
 
 
 def show_plotly(fig, key: str) -> None:
-    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+    # No "download as PNG" button in the chart's toolbar: exports are on the Export page, with the
+    # settings in the file (and the toolbar's button names no method, sigma or N).
+    # theme=None: Streamlit's theme recolours the low end of colour scales (inferno turned pink), and the
+    # charts must look as the exported HTML does.
+    st.plotly_chart(fig, key=key, width="stretch", theme=None,
+                    config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage", "lasso2d", "select2d"]})
+
+
+INPUT_PX = 160
+
+
+def show_inputs(cur: session.Current) -> None:
+    """Clean, attacked, amplified perturbation and one denoised sample, enlarged without smoothing
+    (plain arrays: no figure to render on every rerun)."""
+    result = cur.result
+    shown, gain = figures.perturbation_view(result)
+    d = result.faithful
+    denoised = {"dds": f"denoised sample (σ = {d.sigma:g})", "rs": f"noisy input (σ = {d.sigma:g})",
+                "denoise-only": "denoised (no noise)", "multistep": f"denoised, multi-step (σ = {d.sigma:g})"}
+    panels = (("clean", result.clean_image), ("attacked", result.attacked_image),
+              (f"perturbation ×{gain:.0f} (grey = unchanged)", shown),
+              (denoised.get(d.mode, "model input") + ", as the FViT classifies it", d.denoised_sample))
+    for column, (caption, image) in zip(st.columns(len(panels)), panels):
+        pixels = figures.to_hwc(image)
+        repeat = max(1, INPUT_PX // max(pixels.shape[:2]))
+        column.image((pixels.repeat(repeat, axis=0).repeat(repeat, axis=1) * 255).round().astype("uint8"),
+                     caption=caption, width=min(INPUT_PX, pixels.shape[1] * repeat))
+    st.caption(figures.settings_text(result))
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +129,7 @@ def floor_verdict(result: AnalysisResult) -> str:
     """Whether the FViT's V_k differs from its Monte Carlo noise floor, in words."""
     d, v = result.faithful, result.fvit.topk_overlap
     if d.topk_overlap_floor is None:
-        return "No noise floor computed (switch it on under Advanced): V_k alone cannot separate attack from sampling noise."
+        return "No noise floor computed (switch it on under Advanced): Vₖ alone cannot separate attack from sampling noise."
     ci = f" (95% CI {d.topk_overlap_ci[0]:.2f}–{d.topk_overlap_ci[1]:.2f})" if d.topk_overlap_ci else ""
     reaches = v >= d.topk_overlap_floor or (d.topk_overlap_ci is not None and d.topk_overlap_ci[1] >= d.topk_overlap_floor)
     if reaches:
@@ -119,7 +167,7 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
                     delta_arrow="off", help=help_text)
         right.metric("Noise floor (clean vs clean)", "1.00", delta="deterministic", delta_color="gray",
                      delta_arrow="off", help="The vanilla ViT has no sampling: two runs on the clean image agree "
-                                             "exactly, so every drop in V_k is the attack's.")
+                                             "exactly, so every drop in Vₖ is the attack's.")
         st.caption(f"V{sub(k)} = {cmp_.topk_overlap:.2f}: {round((1 - cmp_.topk_overlap) * k)} of the {k} focal "
                    "patches moved under the attack.")
         return
@@ -133,8 +181,8 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
     right.metric("Noise floor (clean vs clean)", f"{floor:.2f}" if floor is not None else "n/a",
                  delta=f"95% CI {floor_ci[0]:.2f}–{floor_ci[1]:.2f}" if floor_ci else None,
                  delta_color="gray", delta_arrow="off",
-                 help="V_k between two independent FViT estimates on the same clean image: what sampling noise "
-                      "alone does. An attack effect shows only as V_k clearly below this.")
+                 help="Vₖ between two independent FViT estimates on the same clean image: what sampling noise "
+                      "alone does. An attack effect shows only as Vₖ clearly below this.")
     st.caption(floor_verdict(result))
 
 

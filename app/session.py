@@ -17,8 +17,8 @@ from typing import Any, Callable
 import streamlit as st
 
 from app import state
-from fvit_core.explorer import layer_head_attention
-from fvit_core.models import ModelPair, load_pair
+from fvit_core.explorer import layer_head_attention, smoothed_layer_head_attention
+from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
 from fvit_core.pipeline import AnalysisConfig, AnalysisResult, analyze
 
 log = logging.getLogger(__name__)
@@ -35,15 +35,18 @@ def pair_for(models: state.ModelChoice) -> ModelPair:
     return cached_pair(models.kind, models.classifier, models.denoiser, models.pair)
 
 
-def model_input(models: state.ModelChoice, errors: list[str]) -> tuple[tuple[int, int], int] | None:
-    """(input size, number of patches) of the chosen classifier; None (and a message) on failure."""
+def model_input(models: state.ModelChoice, errors: list[str]) -> state.ModelInfo | None:
+    """Input size, patches, classes and training data of the chosen classifier; None (and a
+    message) on failure."""
     try:
         clf = pair_for(models).classifier
     except ValueError as exc:  # ModelLoadError
         errors.append(f"Cannot load the models: {exc}")
         return None
     st.session_state["last_good_models"] = models
-    return clf.img_size, clf.num_patches
+    spec = MODEL_PAIRS.get(models.pair) if models.kind in ("default", "pair") else None
+    return state.ModelInfo(input_size=tuple(clf.img_size), num_patches=clf.num_patches,
+                           class_names=tuple(clf.class_names), training_data=spec.training_data if spec else None)
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,24 @@ def update(values) -> None:
 
 
 def layer_maps(cur: Current) -> Any:
-    """Per-layer, per-head maps (2, L, heads, P) for the current result, cached per result."""
+    """The vanilla ViT's per-layer, per-head maps (2, L, heads, P) for the current result, cached per result."""
     memo: dict = st.session_state.setdefault("_layer_maps", {})
     if cur.key not in memo:
         memo.clear()
         memo[cur.key] = layer_head_attention(pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image)
+    return memo[cur.key]
+
+
+def fvit_layer_maps(cur: Current) -> Any:
+    """The Faithful ViT's per-layer, per-head maps (2, L, heads, P), averaged over the analysis's
+    noise samples (same mode, sigma, N and seed), cached per result."""
+    memo: dict = st.session_state.setdefault("_fvit_layer_maps", {})
+    if cur.key not in memo:
+        memo.clear()
+        cfg, d = cur.result.config, cur.result.faithful
+        memo[cur.key] = smoothed_layer_head_attention(
+            pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image, mode=d.mode, sigma=d.sigma,
+            n_samples=d.n_samples, seed=cfg.seed, multistep_steps=cfg.multistep_steps)
     return memo[cur.key]
 
 

@@ -6,6 +6,7 @@ passed as ``value=`` as well), so tests and the URL can set them before the firs
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import streamlit as st
 from app import state
 from fvit_core.attacks import ATTACKS
 from fvit_core.attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from fvit_core.images import prepare_image, to_uint8
+from fvit_core.images import PREPARE_MODES, prepare_image, to_uint8
 from fvit_core.pipeline import AnalysisConfig
 from fvit_core.pipeline import NOISE_FLOOR_ESTIMATORS
 from fvit_core.smoothing import PRECISION_CHOICES, SMOOTHING_MODES
@@ -40,7 +41,7 @@ MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no deno
                "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
 PRECISION_LABELS = {"auto": "auto (bfloat16 where native)", "float32": "float32", "bfloat16": "bfloat16"}
 FLOOR_LABELS = {"bootstrap": "bootstrap of the clean samples", "independent": "second clean estimate (N more samples)"}
-MODEL_KIND_LABELS = {"default": "shipped CIFAR-10 pair", "local": "local folders (models directory)",
+MODEL_KIND_LABELS = {"default": "the shipped CIFAR-10 pair", "local": "local folders (models directory)",
                      "hub": "hub download (timm / diffusers)"}
 PREVIEW_PX = 128
 
@@ -95,13 +96,18 @@ def _decoded(name: str, data: bytes, source: str, label: str | None) -> state.Lo
     return images[key]
 
 
-def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any]:
+def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any]:
     """Uploader and gallery; an uploaded file wins while it is present. Returns the image (or the
-    last good image when the new one is broken; the error goes into ``errors``) and an empty
-    container for the preview, filled once the model's input size is known."""
-    st.header("Image")
-    upload = st.file_uploader("Upload an image", type=list(state.UPLOAD_TYPES), key="upload",
-                              help="PNG, JPEG, WebP, BMP, TIFF or GIF (first frame); up to 20 MB")
+    last good image when the new one is broken; the error goes into ``errors``) and two empty
+    containers, for what the model is (above the uploader) and for the preview, filled once the
+    model is known."""
+    about = st.container()
+    # No type= filter: Streamlit would print the eight extensions in a line cut off at this width;
+    # the caption below lists them, and the engine's decoder rejects anything else with a message.
+    upload = st.file_uploader("Upload an image", key="upload",
+                              help="PNG, JPEG, WebP, BMP, TIFF or GIF (first frame); up to 20 MB. A file named "
+                                   "after one of the model's classes (cat_01.jpg) shows that class as the true one.")
+    st.caption("PNG · JPEG · WebP · BMP · TIFF · GIF, up to 20 MB")
     items = state.list_gallery()
     image = None
     if items:
@@ -111,7 +117,7 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any]:
             st.session_state["gallery"] = names[0]
         labels = {item.name: item.label for item in items}
         chosen = st.selectbox("…or pick a sample", names, key="gallery", disabled=upload is not None,
-                              format_func=lambda n: f"{n} ({labels[n]})" if labels.get(n) else n)
+                              format_func=lambda n: f"{labels[n]}: {n}" if labels.get(n) else n)
         item = items[names.index(chosen)]
     try:
         if upload is not None:
@@ -125,24 +131,40 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any]:
         image = st.session_state.get("last_good_image")
     if image is not None:
         st.session_state["last_good_image"] = image
-    st.radio("Fit to the model's input", ("resize", "center_crop"), key="image_mode", horizontal=True,
-             format_func=lambda m: {"resize": "resize", "center_crop": "centre crop"}[m])
-    return image, st.container()
+    st.radio("Fit to the model's input", PREPARE_MODES, key="image_mode", horizontal=True,
+             format_func=state.IMAGE_MODE_LABELS.get,
+             help="resize: the whole image, stretched to the model's shape; centre crop: the largest centred "
+                  "part with the model's shape; pad: the whole image on black bars (letterbox), nothing cut "
+                  "or stretched")
+    return image, about, st.container()
+
+
+def with_true_label(image: state.LoadedImage, info: state.ModelInfo) -> state.LoadedImage:
+    """An upload named after one of the model's classes (cat_01.jpg) gets that class as its true label."""
+    if image.true_label or image.source != "upload":
+        return image
+    label = state.label_from_name(image.name, info.class_names)
+    return dataclasses.replace(image, true_label=label) if label else image
 
 
 def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode: str) -> None:
-    """The image as the classifier sees it (resized or cropped), enlarged without smoothing."""
+    """The image as the classifier sees it (resized, cropped or padded), enlarged without
+    smoothing, and a notice when that changes the image a lot."""
     key = (image.digest, tuple(input_size), mode)
     if st.session_state.get("_preview", (None,))[0] != key:  # resizing a large photo on every rerun is slow
         prepared = to_uint8(prepare_image(image.pixels, input_size, mode=mode))
         repeat = max(1, PREVIEW_PX // max(prepared.shape[:2]))
         st.session_state["_preview"] = (key, np.repeat(np.repeat(prepared, repeat, axis=0), repeat, axis=1))
     shown = st.session_state["_preview"][1]
-    truth = f" · true class: {image.true_label}" if image.true_label else ""
+    truth = f" · true class: **{image.true_label}**" if image.true_label else ""
     where = "uploaded" if image.source == "upload" else image.source
-    st.image(shown, width=PREVIEW_PX)
-    st.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({mode.replace('_', ' ')}) "
-               f"from {image.size_text} · {where} {image.name}{truth}")
+    left, right = st.columns([1, 1.3], vertical_alignment="center")
+    left.image(shown, width=PREVIEW_PX)
+    right.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({state.IMAGE_MODE_LABELS.get(mode, mode)}) "
+                  f"from {image.size_text} · {where} {image.name}{truth}")
+    notice = state.fit_notice(tuple(image.pixels.shape[1:]), tuple(input_size), mode)
+    if notice:
+        st.warning(notice, icon=":material/aspect_ratio:")
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +260,6 @@ def _param_widget(key: str, spec: state.WidgetSpec) -> Any:
 
 def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
     """Attack choice and its parameters, generated from the registry's ParamSpecs."""
-    st.header("Attack")
     name = st.selectbox("Attack", list(ATTACKS), key="attack", format_func=lambda n: ATTACKS[n].label)
     spec = ATTACKS[name]
     st.caption(spec.description.split(". ")[0] + ".")
@@ -264,7 +285,6 @@ def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
 
 def faithful_section(num_patches: int) -> None:
     """sigma, samples, k and the smoothing mode."""
-    st.header("Faithful ViT")
     st.selectbox("Smoothing", SMOOTHING_MODES, key="mode", format_func=MODE_LABELS.get)
     st.slider("σ: noise std (pixel units)", 0.01, 1.0, step=0.01, key="sigma",
               help="Gaussian noise added before denoising, in [0, 1] pixel units (0.25 = a quarter of the range)")
@@ -273,11 +293,10 @@ def faithful_section(num_patches: int) -> None:
     if st.session_state["k"] > num_patches:
         st.session_state["k"] = num_patches
     st.slider("k: top-k focal patches", 1, num_patches, step=1, key="k",
-              help=f"patches compared by the top-k overlap V_k (this model has {num_patches})")
+              help=f"patches compared by the top-k overlap Vₖ (this model has {num_patches})")
 
 
 def explanation_section() -> None:
-    st.header("Explanation")
     st.selectbox("Method", EXPLANATION_METHODS, key="method", format_func=METHOD_LABELS.get)
     st.selectbox("Head fusion", HEAD_FUSIONS, key="head_fusion")
 
@@ -287,8 +306,8 @@ def advanced_section() -> None:
         st.slider("β: required overlap for the top-k certificate", 0.05, 1.0, step=0.05, key="beta")
         st.number_input("Seed", 0, 2**31 - 1, step=1, key="seed", help="same seed, same numbers")
         st.checkbox("Shared noise for clean and attacked (common random numbers)", key="shared_noise",
-                    help="lower variance of the difference, but flatters V_k at small N; off by default")
-        st.checkbox("Noise floor (Monte Carlo V_k between two clean estimates)", key="noise_floor")
+                    help="lower variance of the difference, but flatters Vₖ at small N; off by default")
+        st.checkbox("Noise floor (Monte Carlo Vₖ between two clean estimates)", key="noise_floor")
         st.selectbox("Noise floor estimator", NOISE_FLOOR_ESTIMATORS, key="noise_floor_estimator",
                      format_func=FLOOR_LABELS.get,
                      help="bootstrap: from the clean samples, no extra passes; second estimate: N more samples")
@@ -307,23 +326,38 @@ def advanced_section() -> None:
                         key="confidence_alpha")
 
 
+DEFAULT_MODEL_INFO = state.ModelInfo((32, 32), 64, ())
+SIDEBAR_TABS = ("Image", "FViT", "Explanation", "Attack")
+
+
 def render(model_input) -> SidebarValues:
-    """Draw the sidebar. ``model_input(models, errors)`` gives (input size (H, W), P) of the chosen
-    classifier, or None when the models cannot be loaded (then the last known values are used)."""
+    """Draw the sidebar: one tab per group of settings (image, FViT, explanation, attack), so each
+    is one click away on a laptop screen. ``model_input(models, errors)`` gives the chosen
+    classifier's :class:`state.ModelInfo`, or None when the models cannot be loaded (then the last
+    known one is used)."""
     init_defaults()
     errors: list[str] = []
     with st.sidebar:
-        image, preview = image_section(errors)
-        models = models_section(errors)
-        size, patches = model_input(models, errors) or st.session_state.get("_model_input", ((32, 32), 64))
-        st.session_state["_model_input"] = (size, patches)
+        image_tab, fvit_tab, explanation_tab, attack_tab = st.tabs(list(SIDEBAR_TABS))
+        with image_tab:
+            image, about, preview = image_section(errors)
+        with fvit_tab:
+            models = models_section(errors)
+        info = model_input(models, errors) or st.session_state.get("_model_info", DEFAULT_MODEL_INFO)
+        st.session_state["_model_info"] = info
+        with about:
+            st.caption(info.describe(models.pair if models.kind == "pair" else MODEL_KIND_LABELS[models.kind]))
         if image is not None:
+            image = with_true_label(image, info)
             with preview:
-                show_model_view(image, size, st.session_state["image_mode"])
-        faithful_section(patches)
-        explanation_section()
+                show_model_view(image, info.input_size, st.session_state["image_mode"])
+        with fvit_tab:
+            faithful_section(info.num_patches)
+            advanced_section()
+        with explanation_tab:
+            explanation_section()
         settings = {key: st.session_state[key] for key in SETTING_DEFAULTS}
-        attack_values = attack_section(settings)
-        advanced_section()
+        with attack_tab:
+            attack_values = attack_section(settings)
         settings = {key: st.session_state[key] for key in SETTING_DEFAULTS}
     return SidebarValues(image=image, models=models, settings=settings, attack_params=attack_values, errors=errors)

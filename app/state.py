@@ -79,6 +79,61 @@ class LoadedImage:
         return f"{self.pixels.shape[2]}×{self.pixels.shape[1]} px"
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the dashboard says about the chosen classifier: input size (H, W) in pixels, number of
+    focal patches, class names and (when known) the training data."""
+
+    input_size: tuple[int, int]
+    num_patches: int
+    class_names: tuple[str, ...]
+    training_data: str | None = None
+
+    def describe(self, pair_label: str) -> str:
+        """One paragraph for the sidebar: what the model can and cannot say about a photo."""
+        h, w = self.input_size
+        shown = ", ".join(self.class_names[:12]) + (f", … ({len(self.class_names)} in all)" if len(self.class_names) > 12 else "")
+        trained = f" Trained on {self.training_data}." if self.training_data else " Training data: not recorded."
+        return (f"**Model:** {pair_label}, input {w}×{h} px ({self.num_patches} patches).{trained} "
+                f"It knows {len(self.class_names)} classes only: {shown}. Any other photo still gets one of them.")
+
+
+# An upload shrunk by more than this (per side) to reach the model's input loses most of its detail.
+RESIZE_NOTICE_FACTOR = 4.0
+ASPECT_TOLERANCE = 0.02  # relative difference of aspect ratios still called "the same shape"
+
+IMAGE_MODE_LABELS: dict[str, str] = {"resize": "resize", "center_crop": "centre crop", "pad": "pad (letterbox)"}
+
+
+def fit_notice(image_size: tuple[int, int], input_size: tuple[int, int], mode: str) -> str | None:
+    """A warning when fitting an image (H, W) to the model's input (H, W) changes it a lot: shrunk
+    by more than :data:`RESIZE_NOTICE_FACTOR`, or of another shape than the input (then what the
+    chosen mode does to it). None when neither applies."""
+    (h, w), (th, tw) = image_size, input_size
+    notes = []
+    factor = max(h / th, w / tw)
+    if factor > RESIZE_NOTICE_FACTOR:
+        notes.append(f"shrunk about {factor:.0f}× ({w}×{h} → {tw}×{th} px): the model sees far less detail than the file has")
+    aspect, target = w / h, tw / th
+    if abs(aspect / target - 1.0) > ASPECT_TOLERANCE:
+        shape = f"{w}×{h}, not {'square' if tw == th else f'{tw}:{th} like the model'}"
+        effect = {"resize": "resize stretches it (choose pad or centre crop to keep its shape)",
+                  "center_crop": f"centre crop cuts {'the sides' if aspect > target else 'top and bottom'} off",
+                  "pad": f"pad adds black bars {'above and below' if aspect > target else 'left and right'}"}
+        notes.append(f"{shape}: {effect.get(mode, mode)}")
+    return ("This image is " + "; ".join(notes) + ".") if notes else None
+
+
+def label_from_name(file_name: str, class_names: tuple[str, ...] | list[str]) -> str | None:
+    """The true class named in a file name ('cat_03.jpg', 'my-dog.png' -> 'cat', 'dog'), when
+    exactly one class of the model appears in it as a whole word; else None."""
+    words = [w for w in re.split(r"[^a-z0-9]+", Path(str(file_name)).stem.lower()) if w]
+    text = "_" + "_".join(words) + "_"
+    found = {name for name in class_names
+             if "_" + "_".join(w for w in re.split(r"[^a-z0-9]+", name.lower()) if w) + "_" in text}
+    return found.pop() if len(found) == 1 else None
+
+
 def bytes_digest(data: bytes) -> str:
     """sha256 of encoded bytes (to notice a new upload without decoding it again)."""
     return hashlib.sha256(data).hexdigest()

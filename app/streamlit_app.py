@@ -22,7 +22,9 @@ from app import session, sidebar, state  # noqa: E402
 if not state.downloads_allowed():  # nothing reaches a model hub unless the operator allows it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-st.set_page_config(page_title="FViT: faithful attention under attack", page_icon=":material/center_focus_strong:",
+# The page icon is a local file: a Material icon name would make every page load fetch an SVG
+# from a font host (nothing may leave the machine).
+st.set_page_config(page_title="FViT: faithful attention under attack", page_icon=str(ROOT / "app" / "favicon.png"),
                    layout="wide")
 
 PAGES = [

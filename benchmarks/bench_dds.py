@@ -303,8 +303,7 @@ def _figures_time(result) -> float | None:
     start = time.perf_counter()
     vmax = figures.attention_scale(result)
     for which in figures.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
-        figures.figure_to_bytes(figures.attention_figure(result, which, vmax=vmax), "png", dpi=200)
-    figures.figure_to_bytes(figures.inputs_figure(result), "png", dpi=200)
+        figures.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
     return time.perf_counter() - start
 
 
@@ -326,9 +325,10 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
         rows.append([label, f"{median(totals):.3f}", f"{median(compute):.3f}",
                      f"{median(drawing):.3f}" if fig is not None else "figures.py absent"])
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
-              ["settings", "median s", "analyze", "figures (Compare page, PNG 200 dpi)"], rows,
-              note="Same code path as the app: pipeline.analyze, then fvit_core.figures attention_figure x 2 + "
-                   "inputs_figure rendered with figure_to_bytes.")
+              ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
+              note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "
+                   "fvit_core.figures.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
+                   "maps redrawn) is measured by tests/test_e2e_browser.py, see 'Dashboard in the browser'.")
 
 
 def section_batch(rep: Report, images_dir: Path, count: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,7 +38,7 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--seed": ("seed", int, "random seed (same seed, same JSON)"),
     "--device": ("device", str, "cpu, cuda, cuda:1, ..."),
     "--batch-size": ("batch_size", int, "samples per forward pass"),
-    "--image-mode": ("image_mode", str, "resize | center_crop to the classifier's input size"),
+    "--image-mode": ("image_mode", str, "resize | center_crop | pad (letterbox: black bars, nothing cut) to the classifier's input size"),
     "--precision": ("precision", str, "DDS networks in auto | float32 | bfloat16 (auto: bfloat16 where native)"),
     "--noise-floor-estimator": ("noise_floor_estimator", str,
                                 "bootstrap (from the clean samples) | independent (a second clean estimate)"),
@@ -101,6 +103,7 @@ def _param_value(text: str):
 
 
 def run_analyze(ns: argparse.Namespace) -> int:
+    started = time.perf_counter()
     from .images import load_image
     from .models import load_pair
     from .pipeline import analyze
@@ -117,7 +120,11 @@ def run_analyze(ns: argparse.Namespace) -> int:
     # --allow-download does not override HF_HUB_OFFLINE set by the user: offline stays offline.
     pair = load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device,
                      allow_download=ns.allow_download)
+    load = time.perf_counter() - started
     result = analyze(image, cfg, pair=pair)
+    # The engine times the analysis; the command also spent `load` importing it, decoding the
+    # image and loading the models, which the wall time of a run includes.
+    result.timing = {"load": load, **result.timing, "total": load + result.timing["total"]}
     text = result.dumps()
     if ns.json == "-":
         print(text)
@@ -138,16 +145,38 @@ def run_analyze(ns: argparse.Namespace) -> int:
 def _summary(result) -> str:
     v, f, d = result.vanilla, result.fvit, result.faithful
     floor = f"{d.topk_overlap_floor:.2f}" if d.topk_overlap_floor is not None else "n/a"
+    samples = f"{d.n_samples} samples"
+    if d.stopped_early:
+        samples += f" of {result.config.n_samples}, stopped early"
+    # A negative class is CERTIFY's abstention: no certified majority, so no radius at all.
+    radius = "abstain" if d.certified.predicted_class < 0 else f"{d.certified.class_radius:.3f} (L2)"
+    timing = result.timing
+    load = f" (load {timing['load']:.2f} s)" if "load" in timing else ""
     return "\n".join([
-        f"attack {result.attack['name']}: Linf {result.attack['linf'] * 255:.2f}/255, L2 {result.attack['l2']:.3f}",
-        f"vanilla ViT: {v.clean.label_name} ({v.clean.confidence:.2f}) -> {v.attacked.label_name} "
-        f"({v.attacked.confidence:.2f}); top-{result.config.k} overlap {v.topk_overlap:.2f}",
-        f"FViT ({d.mode}, sigma {d.sigma:g}, {d.n_samples} samples): {f.clean.label_name} ({f.clean.confidence:.2f}) -> "
+        f"attack {result.attack['name']}: Linf {budget_text(result.attack['linf'])}, L2 {result.attack['l2']:.3f}",
+        f"vanilla ViT ({result.config.method}): {v.clean.label_name} ({v.clean.confidence:.2f}) -> "
+        f"{v.attacked.label_name} ({v.attacked.confidence:.2f}); top-{result.config.k} overlap {v.topk_overlap:.2f}",
+        f"FViT ({d.mode}, sigma {d.sigma:g}, {samples}): {f.clean.label_name} ({f.clean.confidence:.2f}) -> "
         f"{f.attacked.label_name} ({f.attacked.confidence:.2f}); top-{result.config.k} overlap {f.topk_overlap:.2f} "
         f"(noise floor {floor})",
-        f"certified: class radius {d.certified.class_radius:.3f} (L2), top-k radius {d.certified.topk_radius_l2:.4f} (L2)",
-        f"time {result.timing['total']:.2f} s",
+        f"certified: class radius {radius}, top-k radius {d.certified.topk_radius_l2:.4f} (L2)",
+        f"time {timing['total']:.2f} s{load}",
     ])
+
+
+def budget_text(value: float) -> str:
+    """A budget in pixel units as a fraction of 255: '8/255', '1.6/255' where that is exact (to
+    float rounding; --eps accepts it back), else two decimals ('2.37/255')."""
+    exact = fraction_of_255(value)
+    return exact if exact is not None else f"{float(value) * 255.0:.2f}/255"
+
+
+def fraction_of_255(value: float) -> str | None:
+    """'8/255' or '1.6/255' when ``value`` * 255 has at most three decimals, else None."""
+    steps = float(value) * 255.0
+    if abs(steps - round(steps, 3)) < 1e-6 * max(1.0, abs(steps)):  # float32 pixels: ~1e-7 relative
+        return f"{round(steps, 3):g}/255"
+    return None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -160,7 +189,16 @@ def _list_attacks(ns: argparse.Namespace) -> int:
     from .attacks import ATTACKS
 
     for spec in ATTACKS.values():
-        params = ", ".join(f"{p.name}={p.default}" for p in spec.params)
+        params = ", ".join(f"{p.name}={_default_text(p)}" for p in spec.params)
         print(f"{spec.name:12s} {spec.norm:5s} {params}")
     return 0
 
+
+
+def _default_text(param) -> str:
+    """A parameter's default as typed on the command line: budgets in /255 units as fractions
+    where exact (8/255, which --eps accepts back), other floats shortest-exact."""
+    value = param.default
+    if param.unit == "/255" and isinstance(value, float) and fraction_of_255(value) is not None:
+        return fraction_of_255(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -8,19 +8,40 @@ import sys
 import warnings
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The training commands take their flags from dataclasses in modules that import torch; their
+# parsers are built only when one of them is the command, so `fvit --help` and option errors of
+# the other commands stay fast (no torch import).
+TRAINING_COMMANDS: dict[str, str] = {
+    "train-classifier": "train or fine-tune the ViT classifier (resumable)",
+    "train-denoiser": "train the DDPM denoiser (resumable)",
+    "evaluate-models": "measure a pair's model-card numbers on a labelled image folder",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fvit`` parser. ``argv`` (the arguments to parse) decides whether the training
+    commands get their full parsers (one of them is the command) or a one-line entry."""
     parser = argparse.ArgumentParser(
         prog="fvit",
         description="Explanation faithfulness of Vision Transformers: vanilla ViT vs Faithful ViT (DDS).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from .analyze_cli import register as register_analyze
-    from .training.cli import register as register_training
+    from .eval_cli import register as register_eval
 
     register_analyze(sub)
-    register_training(sub)
-    from .eval_cli import register as register_eval; register_eval(sub)  # noqa: E702  (fvit eval / certify)
-    from .models_cli import register as register_models; register_models(sub)  # noqa: E702  (convert-adm, save-classifier)
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in TRAINING_COMMANDS for a in args):
+        from .training.cli import register as register_training
+
+        register_training(sub)
+    else:
+        for name, help_text in TRAINING_COMMANDS.items():
+            sub.add_parser(name, help=help_text, description=help_text)
+    register_eval(sub)  # fvit eval / certify
+    from .models_cli import register as register_models
+
+    register_models(sub)  # fvit convert-adm / save-classifier
     return parser
 
 
@@ -31,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     setting, unreadable model or image), 1 for an internal error (a bug: FVIT_DEBUG=1 shows its
     traceback), 130 for Ctrl-C. Tracebacks are never shown otherwise.
     """
-    parser = build_parser()
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     # Offline by default: nothing may reach a model hub unless the user asks (--allow-download).
     # huggingface_hub reads this once, at import, which has not happened yet here.

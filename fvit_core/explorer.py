@@ -30,3 +30,42 @@ def layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarra
     with torch.inference_mode():
         maps = layer_head_maps(pair.classifier, x)
     return maps.detach().cpu().numpy().astype(np.float64)
+
+
+def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarray, *, mode: str,
+                                  sigma: float, n_samples: int, seed: int, multistep_steps: int = 10,
+                                  batch_size: int = 64) -> np.ndarray:
+    """The Faithful ViT's per-layer, per-head [CLS] attention: the mean over ``n_samples`` noise
+    draws of the ViT's maps on the denoised noisy image (the same inputs as the FViT's smoothing:
+    ``mode`` dds / multistep denoise x + N(0, sigma^2), rs classifies the clipped noisy image,
+    denoise-only denoises x once without noise).
+
+    Returns float64 (2, layers, heads, P) like :func:`layer_head_attention`. Seeded: the clean
+    and the attacked image get independent draws from ``torch.Generator().manual_seed(seed)``.
+    """
+    from .denoise import timestep_for_sigma
+    from .smoothing import _model_inputs
+
+    if not sigma > 0 or n_samples < 1:
+        raise ValueError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")
+    if mode != "rs" and pair.denoiser is None:
+        raise ValueError(f"mode {mode!r} needs a denoiser; this pair has none")
+    images = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (clean, attacked)]
+    generator = torch.Generator().manual_seed(int(seed))
+    t_star = None if mode == "rs" else timestep_for_sigma(pair.denoiser.alphas_cumprod, sigma)
+    n = 1 if mode == "denoise-only" else int(n_samples)
+    out = []
+    with torch.inference_mode():
+        for image in images:
+            total = None
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
+                noise = torch.zeros((count, *image.shape)) if mode == "denoise-only" else \
+                    torch.randn((count, *image.shape), generator=generator) * sigma
+                noisy = (image[None] + noise).to(pair.device)
+                inputs = _model_inputs(pair.classifier, pair.denoiser, noisy, mode, t_star, multistep_steps,
+                                       generator if mode == "multistep" else None)
+                maps = layer_head_maps(pair.classifier, inputs.float()).double().sum(dim=0)
+                total = maps if total is None else total + maps
+            out.append((total / n).cpu().numpy())
+    return np.stack(out).astype(np.float64)

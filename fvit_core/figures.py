@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+import re
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -112,6 +113,34 @@ def model_label(result: AnalysisResult, which: str) -> str:
     raise ValueError(f"which must be 'vanilla' or 'fvit', got {which!r}")
 
 
+METHOD_NAMES: dict[str, str] = {"raw": "raw attention", "rollout": "attention rollout",
+                                "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+
+
+def method_name(method: str) -> str:
+    """An explanation method as people read it ('attention rollout'); unknown keys as given."""
+    return METHOD_NAMES.get(method, method.replace("_", " "))
+
+
+_SUBSCRIPT = str.maketrans("0123456789.", "₀₁₂₃₄₅₆₇₈₉.")
+
+
+def sub(number) -> str:
+    """A number as Unicode subscript digits (V₈, D₂): one spelling in charts and in the page's cards."""
+    return f"{number:g}".translate(_SUBSCRIPT)
+
+
+def settings_text(result: AnalysisResult) -> str:
+    """The settings every figure states: 'attention rollout (heads: mean) · DDS σ = 0.25, N = 64 · top-8'.
+
+    N is the number of samples actually drawn per estimate (fewer than asked after early stopping).
+    """
+    cfg, d = result.config, result.faithful
+    stopped = f" of {cfg.n_samples}" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
+    return (f"{method_name(cfg.method)} (heads: {cfg.head_fusion}) · {MODE_NAMES.get(d.mode, d.mode)} "
+            f"σ = {d.sigma:g}, N = {d.n_samples}{stopped} · top-{cfg.k}")
+
+
 def comparison(result: AnalysisResult, which: str) -> ModelComparison:
     """``result.vanilla`` or ``result.fvit`` by name."""
     if which not in MODEL_KEYS:
@@ -187,6 +216,12 @@ def top_classes(probs: Sequence[np.ndarray], top: int) -> np.ndarray:
         return np.arange(n)
     chosen = np.unique(np.concatenate([np.argsort(-row, kind="stable")[:top] for row in stacked]))
     return chosen[np.argsort(-stacked[:, chosen].max(axis=0), kind="stable")]
+
+
+def _floor_offset(num_patches: int) -> float:
+    """How far right of k the noise-floor marker sits, so its interval does not cover the FViT's
+    V_k interval at k (about 2% of the axis)."""
+    return max(0.4, 0.02 * num_patches)
 
 
 def chance_overlap(num_patches: int) -> np.ndarray:
@@ -284,8 +319,8 @@ def compare_figure(result: AnalysisResult) -> Figure:
                     ax.set_ylabel(name, labelpad=2)
             axes[0, col].set_title(f"{model_label(result, which)}\n{_overlap_text(result, which)}")
         _attention_colorbar(fig, mappable, axes[:, 1], "vertical")
-        fig.suptitle(f"{attack_summary(result).split(':')[0]}, {perturbation_summary(result)}; top-{k} outlined",
-                     fontsize=6)
+        fig.suptitle(f"{attack_summary(result).split(':')[0]}, {perturbation_summary(result)}; top-{k} outlined\n"
+                     f"{settings_text(result)}", fontsize=6)
         return fig
 
 
@@ -307,6 +342,7 @@ def attention_figure(result: AnalysisResult, which: str, *, vmax: float | None =
             mappable = draw_attention(ax, image, view.attention, grid, k, vmax, lost=lost if name == "attacked" else None)
             ax.set_title(f"{name}: {_view_caption(view)}")
         _attention_colorbar(fig, mappable, axes, "horizontal")
+        fig.suptitle(f"{model_label(result, which)}: {settings_text(result)}", fontsize=6)
         return fig
 
 
@@ -324,6 +360,7 @@ def inputs_figure(result: AnalysisResult) -> Figure:
             ax.imshow(to_hwc(image), interpolation="nearest")
             ax.set_title(title, fontsize=6)
             _image_axes(ax)
+        fig.suptitle(settings_text(result), fontsize=6)
         return fig
 
 
@@ -350,6 +387,7 @@ def distributions_figure(result: AnalysisResult, top: int = 10) -> Figure:
             ax.set_xlabel("probability")
             ax.set_xlim(0, 1)
             ax.legend(loc="lower right")
+        fig.suptitle(settings_text(result), fontsize=6)
         return fig
 
 
@@ -364,7 +402,7 @@ def votes_figure(result: AnalysisResult, top: int = 10) -> Figure:
         _bars(ax, names, d.votes_clean[classes], d.votes_attacked[classes], COLORS["fvit"])
         ax.set_xlabel(f"votes (of {d.n_samples} noise samples)")
         ax.set_xlim(0, d.n_samples)
-        ax.set_title(f"{model_label(result, 'fvit')}: votes per class")
+        ax.set_title(f"{model_label(result, 'fvit')}: votes per class\n{settings_text(result)}")
         ax.legend(loc="lower right")
         return fig
 
@@ -388,7 +426,7 @@ def divergence_figure(result: AnalysisResult) -> Figure:
         fig = _new_figure(SINGLE_COLUMN_IN, 1.35)
         ax = fig.subplots()
         c = result.faithful.certified
-        ax.set_title(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}, σ = {result.faithful.sigma:g}", fontsize=6)
+        ax.set_title(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}\n{settings_text(result)}", fontsize=6)
         y = np.arange(len(rows))
         ax.barh(y, values, color=[c for _, _, c in rows], height=0.6)
         ax.set_yticks(y, [label for label, _, _ in rows])
@@ -423,7 +461,7 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
             yerr = None
             if d.topk_overlap_floor_ci is not None:
                 yerr = [[floor - d.topk_overlap_floor_ci[0]], [d.topk_overlap_floor_ci[1] - floor]]
-            ax.errorbar([k + 0.4], [floor], yerr=yerr, color=COLORS["floor"], capsize=2, linewidth=0.8,
+            ax.errorbar([k + _floor_offset(p)], [floor], yerr=yerr, color=COLORS["floor"], capsize=2, linewidth=0.8,
                         marker="s", markerfacecolor="white", label="noise floor (clean vs clean)")
         ax.axvline(k, color=COLORS["current"], linestyle=":", linewidth=0.8)
         ax.set_xlabel("k (number of top patches)")
@@ -431,7 +469,17 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0.5, p + 0.5)
         ax.legend(loc="lower right")
+        ax.set_title(settings_text(result), fontsize=6)
         return fig
+
+
+def sweep_settings_text(rows: Sequence[dict]) -> str:
+    """What a sweep held fixed: 'attention rollout (heads: mean) · N = 64 · top-8' (sigma varies)."""
+    if not rows:
+        return ""
+    first = rows[0]
+    method = f"{method_name(first['method'])} (heads: {first.get('head_fusion', '?')}) · " if "method" in first else ""
+    return f"{method}N = {first['n_samples']} · top-{first['k']}"
 
 
 def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None) -> Figure:
@@ -442,6 +490,7 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
         fig = _new_figure(SINGLE_COLUMN_IN, 4.4)
         ax_v, ax_c, ax_r = fig.subplots(3, 1, sharex=True)
         k = int(rows[0]["k"]) if rows else 0
+        ax_v.set_title(f"Sweep over σ: {sweep_settings_text(rows)}", fontsize=6)
         ax_v.plot(s, data["vanilla_overlap"], color=COLORS["vanilla"], marker="o", label="vanilla ViT")
         ax_v.plot(s, data["fvit_overlap"], color=COLORS["fvit"], marker="o", label="FViT")
         if np.isfinite(data["fvit_overlap_ci_low"]).any():
@@ -496,7 +545,8 @@ def _sigma_ticks(ax, sigmas: np.ndarray) -> None:
     ax.minorticks_off()
 
 
-def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int]) -> Figure:
+def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
+                       subtitle: str = "") -> Figure:
     """Per-layer, per-head [CLS] attention of the vanilla ViT, clean (left) vs attacked (right).
 
     ``maps``: (2, L, heads, P) from :func:`fvit_core.explorer.layer_head_attention`. The colour
@@ -519,7 +569,10 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int]) -> Figure:
                         ax.set_title(f"{('clean', 'attacked')[image]}\nhead {head + 1}", fontsize=6)
                     if image == 0 and head == 0:
                         ax.set_ylabel(f"layer {layer + 1}", fontsize=6)
-        fig.suptitle("Vanilla ViT [CLS] attention per layer and head (scale shared within a row)", fontsize=6)
+        fig.suptitle(f"{model} [CLS] attention per layer and head (scale shared within a row)"
+                     + (f"\n{subtitle}" if subtitle else ""), fontsize=6)
+        fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=ATTENTION_CMAP), ax=axes,
+                     fraction=0.03, pad=0.01, label="weight ÷ the row's largest weight")
         return fig
 
 
@@ -559,7 +612,18 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def inferno_scale() -> list[list]:
+    """The inferno colour scale as plotly stops with rgb() colours. Streamlit's chart component
+    misreads the hex stop '#000004' (value 0 drawn lavender), so no hex strings are passed."""
+    from plotly.colors import hex_to_rgb, sequential
+
+    stops = sequential.Inferno
+    return [[i / (len(stops) - 1), "rgb({}, {}, {})".format(*hex_to_rgb(c))] for i, c in enumerate(stops)]
+
+
 _PLOTLY_LAYOUT: dict[str, Any] = dict(template="plotly_white", font=dict(size=12), margin=dict(l=10, r=10, t=60, b=10))
+# Subplots with their own titles under a two-line figure title (title + settings) need more room.
+_TITLED_SUBPLOTS: dict[str, Any] = {**_PLOTLY_LAYOUT, "margin": dict(l=10, r=10, t=100, b=10)}
 
 
 def _plotly_outlines(fig, indices: np.ndarray, grid: tuple[int, int], shape: tuple[int, int], row: int, col: int,
@@ -572,42 +636,112 @@ def _plotly_outlines(fig, indices: np.ndarray, grid: tuple[int, int], shape: tup
                       line=dict(color=color, width=2, dash=dash), row=row, col=col)
 
 
-def plotly_compare(result: AnalysisResult) -> go.Figure:
-    """Interactive version of :func:`compare_figure`: hover shows each patch's attention weight."""
+def patch_ranks(attention: np.ndarray) -> np.ndarray:
+    """Rank of every patch by weight: 1 = the largest (ties in patch order, as topk_indices)."""
+    order = np.argsort(-np.asarray(attention, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def patch_hover_data(cmp_: ModelComparison, grid: tuple[int, int]) -> np.ndarray:
+    """Per patch (rows, cols, 5): index, clean weight, clean rank, attacked weight, attacked rank,
+    for the hover text of a map (the same on the clean and the attacked panel)."""
+    clean, attacked = np.asarray(cmp_.clean.attention), np.asarray(cmp_.attacked.attention)
+    columns = (np.arange(len(clean)), clean, patch_ranks(clean), attacked, patch_ranks(attacked))
+    return np.stack([attention_grid(c, grid) for c in columns], axis=-1)
+
+
+_PATCH_HOVER = ("patch %{customdata[0]:.0f}<br>clean: weight %{customdata[1]:.4f}, rank %{customdata[2]:.0f}"
+                "<br>attacked: weight %{customdata[3]:.4f}, rank %{customdata[4]:.0f}<extra></extra>")
+
+
+def _square_axes(fig, n_panels: int) -> None:
+    """Square pixels in every panel: each y axis anchored to its own x axis (anchoring all of
+    them to the first x axis stretches the other panels)."""
+    for i in range(1, n_panels + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1, constrain="domain",
+                                             autorange="reversed", showticklabels=False, showgrid=False, zeroline=False)
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+
+
+def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: int, col: int,
+                     hover: np.ndarray) -> None:
+    """One map: the image, its patch weights on the shared colour axis, top-k outlines and, on
+    the attacked image, the clean top-k patches it lost (dotted)."""
+    go, _ = _plotly()
+    k, grid = result.config.k, result.grid_size
+    cmp_ = comparison(result, which)
+    image = result.clean_view if name == "clean" else result.attacked_view  # as the classifier saw it
+    height, width = image.shape[1:]
+    ph, pw = height / grid[0], width / grid[1]
+    view = getattr(cmp_, name)
+    fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8), hoverinfo="skip"), row=row, col=col)
+    fig.add_trace(go.Heatmap(
+        z=attention_grid(view.attention, grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
+        coloraxis="coloraxis", opacity=OVERLAY_ALPHA, name=f"{which} {name}", customdata=hover,
+        hovertemplate=_PATCH_HOVER, xgap=0, ygap=0,
+    ), row=row, col=col)
+    _plotly_outlines(fig, topk_indices(view.attention, k), grid, (height, width), row, col, TOPK_EDGE)
+    if name == "attacked":
+        lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
+        _plotly_outlines(fig, lost, grid, (height, width), row, col, LOST_EDGE, "dot")
+
+
+def plotly_attention_maps(result: AnalysisResult, which: str, *, vmax: float | None = None,
+                          height: int = 360) -> go.Figure:
+    """One model's clean and attacked focal-point maps side by side (the Compare page's maps).
+
+    Square patches, one colour scale 0..``vmax`` (default :func:`attention_scale`, shared with
+    the other model); hovering a patch shows its index and its weight and rank (1 = largest) on
+    the clean and on the attacked image. Cyan: top-k patches; dotted white: clean top-k lost.
+    """
     go, make_subplots = _plotly()
-    k, grid, vmax = result.config.k, result.grid_size, attention_scale(result)
-    rows, cols = grid
-    height, width = result.clean_view.shape[1:]
-    ph, pw = height / rows, width / cols
+    cmp_ = comparison(result, which)
+    vmax = attention_scale(result) if vmax is None else vmax
+    titles = [f"{name}: {getattr(cmp_, name).label_name} ({getattr(cmp_, name).confidence:.2f})"
+              for name in ("clean", "attacked")]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.03)
+    hover = patch_hover_data(cmp_, result.grid_size)
+    for col, name in enumerate(("clean", "attacked"), start=1):
+        _attention_panel(fig, result, which, name, 1, col, hover)
+    _square_axes(fig, 2)
+    # The colour bar lies under the maps: beside them it would take width from the maps.
+    fig.update_layout(
+        **{**_PLOTLY_LAYOUT, "margin": dict(l=2, r=2, t=30, b=2)}, height=height,
+        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=vmax,
+                       colorbar=dict(title=dict(text="attention weight", side="top"), orientation="h",
+                                     thickness=10, len=0.9, y=-0.04, yanchor="top")),
+        hoverlabel=dict(font_size=13), dragmode="zoom",
+    )
+    return fig
+
+
+def plotly_compare(result: AnalysisResult) -> go.Figure:
+    """Interactive version of :func:`compare_figure`: the four maps on one colour scale, square
+    patches, hover with each patch's index, weight and rank on the clean and attacked image."""
+    _, make_subplots = _plotly()
+    k = result.config.k
     titles = []
     for name in ("clean", "attacked"):
         for which in MODEL_KEYS:
             view = getattr(comparison(result, which), name)
             titles.append(f"{model_label(result, which)}, {name}: {view.label_name} ({view.confidence:.2f})")
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
-    for row, (name, image) in enumerate((("clean", result.clean_view), ("attacked", result.attacked_view)), start=1):
+    hovers = {which: patch_hover_data(comparison(result, which), result.grid_size) for which in MODEL_KEYS}
+    for row, name in enumerate(("clean", "attacked"), start=1):
         for col, which in enumerate(MODEL_KEYS, start=1):
-            cmp_ = comparison(result, which)
-            view = getattr(cmp_, name)
-            fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8), hoverinfo="skip"), row=row, col=col)
-            fig.add_trace(go.Heatmap(
-                z=attention_grid(view.attention, grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
-                coloraxis="coloraxis", opacity=OVERLAY_ALPHA, name=f"{which} {name}",
-                hovertemplate="patch row %{y:.0f}, col %{x:.0f} (px)<br>attention %{z:.4f}<extra></extra>",
-            ), row=row, col=col)
-            _plotly_outlines(fig, topk_indices(view.attention, k), grid, (height, width), row, col, TOPK_EDGE)
-            if name == "attacked":
-                lost = _lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
-                _plotly_outlines(fig, lost, grid, (height, width), row, col, LOST_EDGE, "dot")
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed", scaleanchor="x")
+            _attention_panel(fig, result, which, name, row, col, hovers[which])
+    _square_axes(fig, 4)
     fig.update_layout(
-        **_PLOTLY_LAYOUT, height=760,
-        coloraxis=dict(colorscale="Inferno", cmin=0.0, cmax=vmax, colorbar=dict(title="attention weight")),
-        title=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
-              f"V_{k}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
-              + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
-                 if result.faithful.topk_overlap_floor is not None else ""),
+        **_TITLED_SUBPLOTS, height=900,
+        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
+        title=dict(text=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
+                        f"V{sub(k)}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
+                        + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
+                           if result.faithful.topk_overlap_floor is not None else "")
+                        + f"<br><sub>{settings_text(result)}</sub>"),
     )
     return fig
 
@@ -621,9 +755,8 @@ def plotly_inputs(result: AnalysisResult) -> go.Figure:
     fig = make_subplots(rows=1, cols=4, subplot_titles=[t for t, _ in panels], horizontal_spacing=0.02)
     for col, (_, image) in enumerate(panels, start=1):
         fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8)), row=1, col=col)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=300)
+    _square_axes(fig, 4)
+    fig.update_layout(**_PLOTLY_LAYOUT, height=340, title=dict(text=f"<sub>{settings_text(result)}</sub>"))
     return fig
 
 
@@ -644,8 +777,9 @@ def plotly_distributions(result: AnalysisResult, top: int = 10) -> go.Figure:
             ), row=1, col=col)
         fig.update_xaxes(title_text="probability", range=[0, 1], row=1, col=col)
     fig.update_yaxes(autorange="reversed", title_text="class")
-    fig.update_layout(**_PLOTLY_LAYOUT, barmode="group", height=max(320, 90 + 34 * len(classes)),
-                      title="Prediction distributions, clean vs attacked", legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(**_TITLED_SUBPLOTS, barmode="group", height=max(320, 90 + 34 * len(classes)),
+                      title=f"Prediction distributions, clean vs attacked<br><sub>{settings_text(result)}</sub>",
+                      legend=dict(orientation="h", y=-0.15))
     return fig
 
 
@@ -662,7 +796,7 @@ def plotly_votes(result: AnalysisResult, top: int = 10) -> go.Figure:
     fig.update_xaxes(title_text=f"votes (of {d.n_samples} noise samples)", range=[0, d.n_samples])
     fig.update_yaxes(autorange="reversed", title_text="class")
     fig.update_layout(**_PLOTLY_LAYOUT, barmode="group", height=max(300, 80 + 30 * len(classes)),
-                      title=f"{model_label(result, 'fvit')}: hard votes per class")
+                      title=f"{model_label(result, 'fvit')}: hard votes per class<br><sub>{settings_text(result)}</sub>")
     return fig
 
 
@@ -670,14 +804,15 @@ def plotly_divergence(result: AnalysisResult) -> go.Figure:
     """Measured Renyi divergences vs the FViT's prediction-stability bound (log scale)."""
     go, _ = _plotly()
     rows = divergence_rows(result)
-    labels = [label.replace("D$_{", "D_").replace("}$", "") for label, _, _ in rows]
+    labels = [re.sub(r"D\$_\{([^}]*)\}\$", lambda m: "D" + sub(float(m.group(1))), label) for label, _, _ in rows]
     values = [max(v, 1e-6) for _, v, _ in rows]
     fig = go.Figure(go.Bar(y=labels, x=values, orientation="h", marker_color=[c for _, _, c in rows],
                            text=[f"{v:.3g}" for _, v, _ in rows], textposition="outside",
                            hovertemplate="%{y}: %{x:.4g} nats<extra></extra>"))
     fig.update_xaxes(type="log", dtick=1, title_text="Rényi divergence, clean vs attacked (nats, log scale)")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(**_PLOTLY_LAYOUT, height=260, title="Prediction stability: measured divergence vs bound")
+    fig.update_layout(**_PLOTLY_LAYOUT, height=280,
+                      title=f"Prediction stability: measured divergence vs bound<br><sub>{settings_text(result)}</sub>")
     return fig
 
 
@@ -692,10 +827,10 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
     for which in MODEL_KEYS:
         fig.add_trace(go.Scatter(x=ks, y=comparison(result, which).overlap_curve, name=model_label(result, which),
                                  line=dict(color=COLORS[which], width=2.5),
-                                 hovertemplate="k=%{x}: V_k=%{y:.3f}<extra></extra>"))
+                                 hovertemplate="k = %{x}: Vₖ = %{y:.3f}<extra></extra>"))
     if d.topk_overlap_ci is not None:
         v, (lo, hi) = result.fvit.topk_overlap, d.topk_overlap_ci
-        fig.add_trace(go.Scatter(x=[k], y=[v], mode="markers", name=f"FViT V_{k}, 95% bootstrap CI",
+        fig.add_trace(go.Scatter(x=[k], y=[v], mode="markers", name=f"FViT V{sub(k)}, 95% bootstrap CI",
                                  marker=dict(color=COLORS["fvit"], size=9),
                                  error_y=dict(type="data", symmetric=False, array=[hi - v], arrayminus=[v - lo])))
     if d.topk_overlap_floor is not None:
@@ -704,12 +839,13 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
         if d.topk_overlap_floor_ci is not None:
             err = dict(type="data", symmetric=False, array=[d.topk_overlap_floor_ci[1] - floor],
                        arrayminus=[floor - d.topk_overlap_floor_ci[0]])
-        fig.add_trace(go.Scatter(x=[k + 0.4], y=[floor], mode="markers", name="noise floor (clean vs clean)",
+        fig.add_trace(go.Scatter(x=[k + _floor_offset(p)], y=[floor], mode="markers", name="noise floor (clean vs clean)",
                                  marker=dict(color=COLORS["floor"], size=9, symbol="square-open"), error_y=err))
     fig.add_vline(x=k, line=dict(color=COLORS["current"], dash="dot"))
     fig.update_xaxes(title_text="k (number of top patches)", range=[0.5, p + 0.5])
-    fig.update_yaxes(title_text="top-k overlap V_k (clean vs attacked)", range=[0, 1.02])
-    fig.update_layout(**_PLOTLY_LAYOUT, height=440, title="Top-k overlap as a function of k",
+    fig.update_yaxes(title_text="top-k overlap Vₖ (clean vs attacked)", range=[0, 1.02])
+    fig.update_layout(**_PLOTLY_LAYOUT, height=440,
+                      title=f"Top-k overlap as a function of k<br><sub>{settings_text(result)}</sub>",
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -721,19 +857,19 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
     s = data["sigma"]
     k = int(rows[0]["k"]) if rows else 0
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                        subplot_titles=(f"top-{k} overlap V_{k}", "FViT confidence", "certified radius (L2)"))
+                        subplot_titles=(f"top-{k} overlap V{sub(k)}", "FViT confidence", "certified radius (L2)"))
 
     def line(y, name, color, col, **kw):
         fig.add_trace(go.Scatter(x=s, y=y, name=name, mode="lines+markers", line=dict(color=color, **kw.pop("line", {})),
                                  **kw), row=1, col=col)
 
-    line(data["vanilla_overlap"], "vanilla ViT V_k", COLORS["vanilla"], 1)
+    line(data["vanilla_overlap"], "vanilla ViT Vₖ", COLORS["vanilla"], 1)
     if np.isfinite(data["fvit_overlap_ci_low"]).any():
         fig.add_trace(go.Scatter(x=np.concatenate([s, s[::-1]]),
                                  y=np.concatenate([data["fvit_overlap_ci_high"], data["fvit_overlap_ci_low"][::-1]]),
                                  fill="toself", fillcolor=_rgba(COLORS["fvit"], 0.15), line=dict(width=0),
                                  mode="lines", name="FViT 95% CI", hoverinfo="skip"), row=1, col=1)
-    line(data["fvit_overlap"], "FViT V_k", COLORS["fvit"], 1)
+    line(data["fvit_overlap"], "FViT Vₖ", COLORS["fvit"], 1)
     line(data["noise_floor"], "noise floor", COLORS["floor"], 1, line=dict(dash="dash"))
     line(data["fvit_clean_confidence"], "FViT clean confidence", _rgba(COLORS["fvit"], 0.5), 2)
     line(data["fvit_attacked_confidence"], "FViT attacked confidence", COLORS["fvit"], 2)
@@ -761,13 +897,16 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
     fig.update_yaxes(range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="confidence", row=1, col=2)
     fig.update_yaxes(title_text="radius (pixel units)", row=1, col=3)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=420, legend=dict(orientation="h", y=-0.25),
-                      title="Sweep over σ" + (f" (current σ = {current_sigma:g})" if current_sigma is not None else ""))
+    fig.update_layout(**_TITLED_SUBPLOTS, height=420, legend=dict(orientation="h", y=-0.25),
+                      title="Sweep over σ" + (f" (current σ = {current_sigma:g})" if current_sigma is not None else "")
+                            + f"<br><sub>{sweep_settings_text(rows)}</sub>")
     return fig
 
 
-def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int]) -> go.Figure:
-    """Interactive per-layer, per-head attention; each layer scaled by its own maximum."""
+def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
+                       subtitle: str = "") -> go.Figure:
+    """Interactive per-layer, per-head attention; each layer scaled by its own maximum (the colour
+    bar is the fraction of it; hover gives the weight itself)."""
     go, make_subplots = _plotly()
     maps = _check_layer_maps(maps, grid_size)
     _, layers, heads, _ = maps.shape
@@ -781,14 +920,16 @@ def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int]) -> go.Figur
             for h in range(heads):
                 fig.add_trace(go.Heatmap(z=attention_grid(maps[i, layer, h], grid_size) / scale, coloraxis="coloraxis",
                                          customdata=attention_grid(maps[i, layer, h], grid_size),
-                                         hovertemplate="attention %{customdata:.4f}<extra></extra>"),
+                                         hovertemplate=f"layer {layer + 1}, head {h + 1}, {('clean', 'attacked')[i]}"
+                                                       "<br>weight %{customdata:.4f}<extra></extra>"),
                               row=layer + 1, col=i * heads + h + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    _square_axes(fig, layers * 2 * heads)
     fig.update_annotations(font_size=9)
-    fig.update_layout(**_PLOTLY_LAYOUT, height=140 * layers + 80,
-                      coloraxis=dict(colorscale="Inferno", cmin=0, cmax=1, colorbar=dict(title="÷ layer max")),
-                      title="Vanilla ViT [CLS] attention per layer and head, clean vs attacked")
+    fig.update_layout(**_TITLED_SUBPLOTS, height=110 * layers + 110,
+                      coloraxis=dict(colorscale=inferno_scale(), cmin=0, cmax=1,
+                                     colorbar=dict(title=dict(text="weight ÷ layer's largest", side="right"))),
+                      title=f"{model} [CLS] attention per layer and head, clean vs attacked"
+                            + (f"<br><sub>{subtitle}</sub>" if subtitle else ""))
     return fig
 
 
@@ -871,12 +1012,16 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "topk_overlap", "topk_overlap_ci_low", "topk_overlap_ci_high", "noise_floor", "noise_floor_ci_low",
     "noise_floor_ci_high", "kl", "js", "tv", "hellinger", "renyi", "renyi_alpha", "class_radius_l2",
     "topk_radius_l2", "topk_radius_linf", "prediction_bound", "perturbation_l2", "perturbation_linf",
-    "attack", "mode", "sigma", "n_samples", "seed",
+    "attack", "method", "head_fusion", "mode", "sigma", "n_samples", "n_samples_requested", "seed",
 )
 
 
 def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
-    """One row of key metrics per model (vanilla, fvit); fields that do not apply are None."""
+    """One row of key metrics per model (vanilla, fvit); fields that do not apply are None.
+
+    Every row names the analysis settings (explanation method, head fusion, sigma, N drawn and
+    asked, k, seed), so a row read on its own says what it measured; ``mode`` is empty for the
+    vanilla ViT, which is not smoothed."""
     d, c, cfg = result.faithful, result.faithful.certified, result.config
     rows = []
     for which in MODEL_KEYS:
@@ -898,8 +1043,9 @@ def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "topk_radius_linf": c.topk_radius_linf if fvit else None,
             "prediction_bound": c.prediction_bound if fvit else None,
             "perturbation_l2": result.attack["l2"], "perturbation_linf": result.attack["linf"],
-            "attack": result.attack["name"], "mode": d.mode if fvit else None, "sigma": d.sigma if fvit else None,
-            "n_samples": d.n_samples if fvit else None, "seed": cfg.seed,
+            "attack": result.attack["name"], "method": cfg.method, "head_fusion": cfg.head_fusion,
+            "mode": d.mode if fvit else None, "sigma": d.sigma, "n_samples": d.n_samples,
+            "n_samples_requested": cfg.n_samples, "seed": cfg.seed,
         })
     return rows
 
@@ -959,25 +1105,32 @@ def export_bundle(
     sweep_rows: Sequence[dict] | None = None,
     layer_maps: np.ndarray | None = None,
     formats: tuple[str, ...] = FIGURE_FORMATS,
+    progress: Callable[[str, float], None] | None = None,
 ) -> bytes:
     """Everything of one analysis in a ZIP: figures (``formats`` + interactive HTML sharing one
     copy of plotly.js), result JSON, metrics CSV, settings JSON, the input image and a README with
-    the command that reproduces it."""
+    the command that reproduces it. ``progress(figure name, fraction done)`` is called before
+    each figure (a ZIP takes seconds: most of it is rendering the figures)."""
+    report = progress or (lambda name, fraction: None)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        figures: list[tuple[str, Figure, Any]] = [(s.name, s.matplotlib(result), s.plotly(result))
-                                                  for s in RESULT_FIGURES.values()]
+        builders: list[tuple[str, Callable[[], Figure], Callable[[], Any]]] = [
+            (s.name, lambda s=s: s.matplotlib(result), lambda s=s: s.plotly(result)) for s in RESULT_FIGURES.values()]
         if sweep_rows:
             sigma = result.config.sigma
-            figures.append(("sigma_sweep", sigma_sweep_figure(sweep_rows, sigma), plotly_sigma_sweep(sweep_rows, sigma)))
+            builders.append(("sigma_sweep", lambda: sigma_sweep_figure(sweep_rows, sigma),
+                             lambda: plotly_sigma_sweep(sweep_rows, sigma)))
             archive.writestr("sigma_sweep.csv", rows_to_csv(sweep_rows))
         if layer_maps is not None:
-            figures.append(("layer_heads", layer_heads_figure(layer_maps, result.grid_size),
-                            plotly_layer_heads(layer_maps, result.grid_size)))
-        for name, fig, interactive in figures:
+            builders.append(("layer_heads", lambda: layer_heads_figure(layer_maps, result.grid_size),
+                             lambda: plotly_layer_heads(layer_maps, result.grid_size)))
+        for i, (name, build, build_interactive) in enumerate(builders):
+            report(name, i / len(builders))
+            fig = build()
             for fmt in formats:
                 archive.writestr(f"figures/{name}.{fmt}", figure_to_bytes(fig, fmt))
-            archive.writestr(f"interactive/{name}.html", plotly_to_html(interactive, include_plotlyjs="directory"))
+            archive.writestr(f"interactive/{name}.html", plotly_to_html(build_interactive(), include_plotlyjs="directory"))
+        report("results", 1.0)
         from plotly.offline import get_plotlyjs
 
         archive.writestr("interactive/plotly.min.js", get_plotlyjs())  # once, beside the pages: offline

@@ -37,7 +37,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SECONDS = 30.0
 
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
-PrepareMode = Literal["resize", "center_crop"]
+PrepareMode = Literal["resize", "center_crop", "pad"]
+PREPARE_MODES: tuple[str, ...] = ("resize", "center_crop", "pad")
+PAD_VALUE = 0.0  # letterbox bars are black, as in video letterboxing
 
 
 class ImageError(ValueError):
@@ -387,12 +389,24 @@ def center_crop_box(height: int, width: int, target: tuple[int, int]) -> tuple[i
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
+def pad_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, padded_height, padded_width): the smallest canvas with the target's aspect
+    that holds the whole image, and where the image sits in it (centred)."""
+    target_h, target_w = target
+    if width * target_h > height * target_w:  # wider than the target: bars above and below
+        padded_h, padded_w = max(height, round(width * target_h / target_w)), width
+    else:
+        padded_h, padded_w = height, max(width, round(height * target_w / target_h))
+    return (padded_h - height) // 2, (padded_w - width) // 2, padded_h, padded_w
+
+
 def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = "resize") -> np.ndarray:
     """Fit pixels (3, H, W) in [0, 1] to ``size`` = (h, w): returns float32 (3, h, w) in [0, 1].
 
     ``resize`` keeps the whole image (aspect ratio not kept); ``center_crop`` first crops the
-    largest centred region with the target aspect ratio. Resizing is bicubic with antialiasing
-    (denoise.resize_pixels), clamped to [0, 1].
+    largest centred region with the target aspect ratio; ``pad`` (letterbox) first centres the
+    whole image on a black canvas with the target aspect ratio, so nothing is cut or distorted.
+    Resizing is bicubic with antialiasing (denoise.resize_pixels), clamped to [0, 1].
     """
     _check_pixels(image)
     _check_range(image)
@@ -404,8 +418,13 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
     if mode == "center_crop":
         top, left, crop_h, crop_w = center_crop_box(image.shape[1], image.shape[2], target)
         image = image[:, top:top + crop_h, left:left + crop_w]
+    elif mode == "pad":
+        top, left, padded_h, padded_w = pad_box(image.shape[1], image.shape[2], target)
+        canvas = np.full((image.shape[0], padded_h, padded_w), PAD_VALUE, dtype=np.float32)
+        canvas[:, top:top + image.shape[1], left:left + image.shape[2]] = image
+        image = canvas
     elif mode != "resize":
-        raise ValueError(f"mode must be 'resize' or 'center_crop', got {mode!r}")
+        raise ValueError(f"mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
     pixels = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None]
     return resize_pixels(pixels, target)[0].numpy()
 

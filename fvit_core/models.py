@@ -553,7 +553,7 @@ class ModelPairSpec:
     description: str = ""
     hub_classifier: str | None = None
     how_to_get: str = ""
-    training_data: str = ""
+    training_data: str = ""  # what the classifier learnt from, as shown beside the dashboard's upload
     # Measured seconds per DDS sample on the project's 2-core CPU in float32 (docs/PERFORMANCE.md),
     # for pairs too large to run interactively there; None when a sample takes a few milliseconds.
     cpu_seconds_per_sample: float | None = None
@@ -575,7 +575,7 @@ MODEL_PAIRS: dict[str, ModelPairSpec] = {
         classifier=str(MODELS_DIR / "cifar10-vit"),
         denoiser=str(MODELS_DIR / "cifar10-ddpm"),
         description="Shipped CIFAR-10 pair: ViT (patch 4, 64 patches) + DDPM UNet, trained by this project.",
-        training_data="CIFAR-10 (10 classes, 32x32 px)",
+        training_data="the CIFAR-10 training split (50,000 photos of 32×32 px)",
     ),
     # The paper's setting (Hu et al. 2024; Carlini et al. 2023): docs/REALSIZE.md says how to get it.
     "imagenet-vit-b16": ModelPairSpec(

@@ -25,7 +25,7 @@ from . import certify, limits, metrics
 from .attacks import ATTACKS, get_attack, run_attack
 from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from .denoise import check_schedule
-from .images import image_digest, prepare_image
+from .images import PREPARE_MODES, image_digest, prepare_image
 from .models import ModelPair, load_pair
 from .pixel_space import resize_pixels, smoothing_size
 from .sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
@@ -144,8 +144,8 @@ class AnalysisConfig:
                              f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
         if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
             raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
-        if self.image_mode not in ("resize", "center_crop"):
-            raise ValueError(f"image_mode must be 'resize' or 'center_crop', got {self.image_mode!r}")
+        if self.image_mode not in PREPARE_MODES:
+            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {self.image_mode!r}")
         if num_patches is not None and self.k > num_patches:
             raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
         if self.sensitivity_samples:
@@ -263,7 +263,7 @@ class FaithfulDetails:
     mode: str
     sigma: float
     t_star: int | None
-    n_samples: int
+    n_samples: int  # drawn per estimate: fewer than config.n_samples when sampling stopped early
     precision: str  # what the DDS networks ran in (config "auto" resolved)
     noise_floor_estimator: str | None  # NOISE_FLOOR_ESTIMATORS, None when there is no floor
     topk_overlap_floor: float | None
@@ -277,10 +277,12 @@ class FaithfulDetails:
     denoised_sample: np.ndarray
     # metrics.MAP_METRICS between two clean estimates (the same noise floor as V_k's); None when off
     map_metrics_floor: dict[str, float | None] | None = None
+    stopped_early: bool = False  # early stopping (config.early_stop) ended sampling before config.n_samples
 
     def to_json(self) -> dict:
         return {
             "mode": self.mode, "sigma": self.sigma, "t_star": self.t_star, "n_samples": self.n_samples,
+            "stopped_early": self.stopped_early,
             "precision": self.precision, "noise_floor_estimator": self.noise_floor_estimator,
             "topk_overlap_floor": self.topk_overlap_floor,
             "topk_overlap_ci": list(self.topk_overlap_ci) if self.topk_overlap_ci else None,
@@ -564,7 +566,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     prepared = prepare_image(arr, smoothing_size(pair, cfg.mode), mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)
     digest = image_digest(prepared)
-    t0 = timer.lap("load", t0)
+    t0 = timer.lap("prepare", t0)
 
     with torch.inference_mode():
         _check_models_finite(pair, x, cfg)
@@ -803,7 +805,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
         votes_clean=clean_s.votes, votes_attacked=adv_s.votes,
         attention_se_clean=clean_s.attention_se, attention_se_attacked=adv_s.attention_se,
         certified=certs, denoised_sample=clean_s.denoised_sample,
-        map_metrics_floor=map_metrics_floor(pairs, grid, cfg.k),
+        map_metrics_floor=map_metrics_floor(pairs, grid, cfg.k), stopped_early=bool(clean_s.stopped_early),
     )
     timer.lap("metrics", t0)
     x_np, adv_np = x[0].cpu().numpy().copy(), x_adv[0].cpu().numpy().copy()

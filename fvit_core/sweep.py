@@ -39,6 +39,8 @@ def sweep_row(result: AnalysisResult) -> dict[str, Any]:
     return {
         "sigma": float(d.sigma),
         "k": int(result.config.k),
+        "method": result.config.method,
+        "head_fusion": result.config.head_fusion,
         "vanilla_overlap": float(result.vanilla.topk_overlap),
         "fvit_overlap": float(result.fvit.topk_overlap),
         "fvit_overlap_ci_low": ci[0],

@@ -193,6 +193,32 @@ def test_hub_names_need_permission_and_are_never_paths(monkeypatch, tmp_path):
         state.check_hub_name("local", "classifier")
 
 
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_fit_notice_says_what_fitting_does_to_the_image():
+    assert state.fit_notice((32, 32), (32, 32), "resize") is None
+    assert state.fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
+    shrunk = state.fit_notice((512, 512), (32, 32), "resize")
+    assert shrunk == ("This image is shrunk about 16× (512×512 → 32×32 px): the model sees far less detail "
+                      "than the file has.")
+    tall = state.fit_notice((40, 20), (32, 32), "center_crop")
+    assert tall == "This image is 20×40, not square: centre crop cuts top and bottom off."
+    assert "pad adds black bars left and right" in state.fit_notice((40, 20), (32, 32), "pad")
+    assert "resize stretches it" in state.fit_notice((20, 40), (32, 32), "resize")
+    assert state.fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
+
+
+def test_true_label_from_a_class_named_file():
+    assert state.label_from_name("cat_01.jpg", CIFAR10) == "cat"
+    assert state.label_from_name("My-Dog.PNG", CIFAR10) == "dog"
+    assert state.label_from_name("category.png", CIFAR10) is None  # not a whole word
+    assert state.label_from_name("cat_and_dog.png", CIFAR10) is None  # two classes: unknown
+    assert state.label_from_name("golden_retriever.jpg", ("golden retriever", "tabby")) == "golden retriever"
+    info = state.ModelInfo((32, 32), 64, CIFAR10, "the CIFAR-10 training split")
+    assert "input 32×32 px (64 patches)" in info.describe("pair") and "10 classes only" in info.describe("pair")
+
+
 def test_result_cache_keeps_the_most_recent():
     cache = state.ResultCache(2)
     cache.put("a", 1), cache.put("b", 2)
@@ -295,12 +321,57 @@ def test_every_page_renders(default_app, page):
     elif page.endswith("sigma.py"):
         assert at.button(key="run_sweep").label == "Run sweep"
     elif page.endswith("layers.py"):
-        assert at.dataframe and len(at.image) >= 2
+        specs = plotly_specs(at)
+        assert len(specs) == 2 and len(at.dataframe) == 2  # vanilla ViT and FViT, each with its colour bar
+        assert [s["layout"]["title"]["text"].split(" [CLS]")[0] for s in specs] == ["Vanilla ViT", "Faithful ViT (DDS)"]
+        assert all("colorbar" in s["layout"]["coloraxis"] for s in specs)
     elif page.endswith("export.py"):
         keys = {b.key for b in at.get("download_button")}
-        assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image", "dl_zip"} <= keys
+        assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image"} <= keys
         assert any("fvit analyze cifar10" in c.value for c in at.code)
+        at.button(key="build_zip").click().run()  # the ZIP is built on request, then kept for this analysis
+        zip_button = next(b for b in at.get("download_button") if b.key == "dl_zip")
+        assert zip_button.proto.label.startswith("Download the ZIP (")
     at.switch_page("views/compare.py").run()
+
+
+def test_compare_shows_interactive_maps_on_one_colour_scale(default_app):
+    at = default_app
+    at.switch_page("views/compare.py").run()
+    result = current(at).result
+    specs = plotly_specs(at)
+    assert len(specs) == 2  # vanilla ViT, FViT: clean and attacked maps each
+    scale = {s["layout"]["coloraxis"]["cmax"] for s in specs}
+    assert len(scale) == 1 and scale.pop() == pytest.approx(max(
+        float(np.max(v.attention)) for c in (result.vanilla, result.fvit) for v in (c.clean, c.attacked)))
+    for spec in specs:
+        heatmaps = [t for t in spec["data"] if t["type"] == "heatmap"]
+        assert len(heatmaps) == 2 and all("rank" in t["hovertemplate"] for t in heatmaps)
+        assert spec["layout"]["yaxis"]["scaleanchor"] == "x" and spec["layout"]["yaxis2"]["scaleanchor"] == "x2"
+
+
+def test_sidebar_says_what_the_model_is_and_groups_the_settings(default_app):
+    at = default_app
+    text = "\n".join(c.value for c in at.sidebar.caption)
+    assert "input 32×32 px" in text and "It knows 10 classes only: airplane, automobile" in text
+    assert "CIFAR-10 training split" in text
+    assert [t.label for t in at.sidebar.tabs] == ["Image", "FViT", "Explanation", "Attack"]
+    assert "true class: **airplane**" in text  # the gallery's labels.json
+
+
+def test_a_non_square_upload_gets_a_notice_and_pad_keeps_its_shape():
+    at = run_app()
+    at.file_uploader(key="upload").set_value(("dog_photo.png", encode(random_rgb(1, height=300, width=600)),
+                                              "image/png")).run()
+    assert not at.exception
+    notices = " ".join(w.value for w in at.sidebar.warning)
+    assert "600×300, not square: resize stretches it" in notices and "shrunk about 19×" in notices
+    assert "true class: **dog**" in "\n".join(c.value for c in at.sidebar.caption)  # from the file name
+    at.radio(key="image_mode").set_value("pad").run()
+    assert current(at).result.config.image_mode == "pad"
+    assert "pad adds black bars above and below" in " ".join(w.value for w in at.sidebar.warning)
+    clean = current(at).result.clean_image
+    assert clean[:, :7].max() < 0.02 and clean[:, -7:].max() < 0.02  # 8 of 32 rows are the bars
 
 
 def test_changing_sigma_updates_numbers_and_charts():
@@ -408,7 +479,7 @@ def test_sigma_sweep_runs_on_click_and_marks_the_current_sigma():
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
     (spec,) = plotly_specs(at)
-    fvit = next(t for t in spec["data"] if t.get("name") == "FViT V_k")
+    fvit = next(t for t in spec["data"] if t.get("name") == "FViT Vₖ")
     assert list(plotly_values(fvit["x"])) == [0.12, 0.25]
     assert 0.25 in {s["x0"] for s in spec["layout"]["shapes"] if s["x0"] == s.get("x1")}
     assert len(at.dataframe[0].value) == 2

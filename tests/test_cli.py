@@ -36,7 +36,9 @@ def test_analyze_writes_the_documented_json(tiny_pair_dir, images, tmp_path, nam
     assert data["config"]["eps"] == pytest.approx(8 / 255)
     assert data["attack"]["linf"] <= 8 / 255 + 1e-6
     assert data["fvit"]["n_samples"] == 4 and len(data["vanilla"]["clean"]["attention"]) == 16
-    assert "total" in data["timing"]
+    timing = data["timing"]
+    assert timing["load"] > 0 and timing["total"] >= timing["load"] + timing["smoothing"]
+    assert data["fvit"]["stopped_early"] is False
 
 
 def test_config_file_is_reproduced_and_flags_override_it(tiny_pair_dir, images, tmp_path):
@@ -72,3 +74,38 @@ def test_errors_are_one_line_without_traceback(tiny_pair_dir, images, tmp_path, 
 def test_bad_flag_value_exits_non_zero(tmp_path):
     res = _run(["analyze", "x.png", "--eps", "eight"], tmp_path)
     assert res.returncode == 2 and "not a number" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["analyze", "x.png", "--eps", "eight"], ["eval", "--help"]])
+def test_help_and_option_errors_do_not_import_torch(args):
+    """`fvit --help` and argparse errors answer before the engine (torch) is imported."""
+    code = ("import sys\nfrom fvit_core import cli\ntry:\n    cli.main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)" % (args,))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stderr.strip().splitlines()[-1] == "NO-TORCH", res.stderr
+
+
+def test_attacks_lists_budgets_as_fractions_of_255(tmp_path):
+    res = _run(["attacks"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    pgd = next(line for line in res.stdout.splitlines() if line.startswith("pgd "))
+    assert "eps=8/255" in pgd and "alpha=1.6/255" in pgd and "0.0313" not in res.stdout
+
+
+def test_budget_text_is_exact_or_says_two_decimals():
+    from fvit_core.analyze_cli import budget_text, fraction_of_255
+
+    assert budget_text(8 / 255) == "8/255" and budget_text(np.float32(8 / 255)) == "8/255"
+    assert budget_text(1.6 / 255) == "1.6/255" and budget_text(0.01) == "2.55/255"
+    assert fraction_of_255(1 / 7) is None and budget_text(1 / 7) == "36.43/255"
+
+
+def test_summary_prints_abstain_for_an_abstaining_certificate(tiny_pair_dir, images, tmp_path):
+    """4 samples cannot certify: even 4 of 4 votes give p_A >= 0.001^(1/4) = 0.18 < 1/2, so
+    CERTIFY abstains, and the summary must say so rather than print a radius of 0."""
+    res = _run(["analyze", str(images / "small.png"), "--classifier", str(tiny_pair_dir / "classifier"),
+                "--denoiser", str(tiny_pair_dir / "denoiser"), *FAST, "--json", str(tmp_path / "r.json")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["fvit"]["certified"]["predicted_class"] < 0
+    line = next(x for x in res.stdout.splitlines() if x.startswith("certified:"))
+    assert line.startswith("certified: class radius abstain,")

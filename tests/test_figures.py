@@ -27,7 +27,10 @@ def plotly_values(value):
     import base64
 
     if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(value.get("shape", -1))
+        shape = value.get("shape", -1)
+        if isinstance(shape, str):  # plotly writes an n-d shape as "2, 2, 5"
+            shape = tuple(int(n) for n in shape.split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).reshape(shape)
     return np.asarray(value)
 
 
@@ -185,6 +188,46 @@ def test_plotly_compare_shares_the_colour_axis(result):
     heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 4 and {t["coloraxis"] for t in heatmaps} == {"coloraxis"}
     assert data["layout"]["coloraxis"]["cmax"] == pytest.approx(figures.attention_scale(result))
+    # Square pixels in every panel: each y axis anchored to its own x axis (the HTML export
+    # stretched three of four panels when all were anchored to the first).
+    for i, suffix in enumerate(("", "2", "3", "4"), start=1):
+        assert data["layout"][f"yaxis{suffix}"]["scaleanchor"] == f"x{suffix}"
+    assert figures.settings_text(result) in data["layout"]["title"]["text"]
+
+
+def test_patch_ranks_order_by_weight_with_ties_in_patch_order():
+    ranks = figures.patch_ranks(np.array([0.1, 0.5, 0.2, 0.5]))
+    assert list(ranks) == [4, 1, 3, 2]
+
+
+def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
+    vmax = figures.attention_scale(result)
+    data = json.loads(figures.plotly_attention_maps(result, "fvit", vmax=vmax).to_json())
+    heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 2 and data["layout"]["coloraxis"]["cmax"] == pytest.approx(vmax)
+    assert "rank" in heatmaps[0]["hovertemplate"] and "weight" in heatmaps[0]["hovertemplate"]
+    hover = plotly_values(heatmaps[1]["customdata"]).reshape(*result.grid_size, 5)
+    clean, attacked = result.fvit.clean.attention, result.fvit.attacked.attention
+    top = int(np.argmax(attacked))
+    r, c = divmod(top, result.grid_size[1])
+    assert hover[r, c, 0] == top and hover[r, c, 3] == pytest.approx(attacked[top]) and hover[r, c, 4] == 1
+    assert hover[r, c, 1] == pytest.approx(clean[top])
+    assert hover[r, c, 2] == 1 + int(np.sum(clean > clean[top]))  # its rank on the clean map
+    rects = [sh for sh in data["layout"]["shapes"] if sh["line"]["color"] == figures.TOPK_EDGE]
+    assert len(rects) == 2 * result.config.k  # top-k outlined on both maps
+    assert data["layout"]["yaxis2"]["scaleanchor"] == "x2"
+
+
+def test_every_figure_names_method_sigma_n_and_k(result):
+    text = figures.settings_text(result)
+    assert all(part in text for part in ("raw attention", "σ = 0.25", "N = 6", "top-4"))
+    for spec in figures.RESULT_FIGURES.values():
+        fig = spec.matplotlib(result)
+        texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        texts += [ax.get_title() for ax in fig.axes]
+        assert any(text in t for t in texts), spec.name
+        title = json.loads(spec.plotly(result).to_json())["layout"]["title"]["text"]
+        assert text in title, spec.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +242,11 @@ def test_result_json_and_metrics_csv(result):
     assert float(rows[0]["topk_overlap"]) == result.vanilla.topk_overlap
     assert float(rows[1]["noise_floor"]) == result.faithful.topk_overlap_floor
     assert rows[0]["noise_floor"] == "" and float(rows[1]["sigma"]) == result.config.sigma
+    for row in rows:  # every row names the settings it was measured with
+        assert row["method"] == result.config.method and row["head_fusion"] == result.config.head_fusion
+        assert float(row["sigma"]) == result.config.sigma and int(row["k"]) == result.config.k
+        assert int(row["n_samples"]) == result.faithful.n_samples and int(row["n_samples_requested"]) == result.config.n_samples
+    assert rows[0]["mode"] == "" and rows[1]["mode"] == result.faithful.mode
     assert float(rows[1]["topk_radius_l2"]) == result.faithful.certified.topk_radius_l2
 
 
@@ -265,7 +313,7 @@ def test_sigma_sweep_figures_mark_the_current_sigma(sweep_rows):
     assert any(np.allclose(line.get_xdata(), [0.12, 0.12]) for line in fig.axes[0].get_lines())
     data = json.loads(figures.plotly_sigma_sweep(sweep_rows, current_sigma=0.12).to_json())
     assert {s["x0"] for s in data["layout"]["shapes"] if s.get("type") == "line" and s["x0"] == s["x1"]} == {0.12}
-    fvit = next(t for t in data["data"] if t.get("name") == "FViT V_k")
+    fvit = next(t for t in data["data"] if t.get("name") == "FViT Vₖ")
     assert np.allclose(plotly_values(fvit["y"]), [r["fvit_overlap"] for r in sweep_rows])
 
 
@@ -285,7 +333,37 @@ def test_layer_head_overlap_and_figure(layer_maps):
     assert np.all(figures.layer_head_overlap(same, 4) == 1.0)
     overlap = figures.layer_head_overlap(layer_maps, 4)
     assert overlap.shape == (2, 2) and np.all((0 <= overlap) & (overlap <= 1))
-    fig = figures.layer_heads_figure(layer_maps, (4, 4))
-    assert len(fig.axes) == 2 * 2 * 2
+    fig = figures.layer_heads_figure(layer_maps, (4, 4), model="Faithful ViT (DDS)", subtitle="raw attention · N = 6")
+    assert len(fig.axes) == 2 * 2 * 2 + 1  # the maps and one colour bar
+    assert fig.axes[-1].get_ylabel() == "weight ÷ the row's largest weight"
+    assert fig._suptitle.get_text().startswith("Faithful ViT (DDS)") and "N = 6" in fig._suptitle.get_text()
+    data = json.loads(figures.plotly_layer_heads(layer_maps, (4, 4)).to_json())
+    assert data["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "weight ÷ layer's largest"
     with pytest.raises(ValueError, match="2, layers, heads"):
         figures.layer_heads_figure(layer_maps[:1], (4, 4))
+
+
+def test_smoothed_layer_maps_average_the_denoised_samples(result, tiny_pair):
+    """The FViT's per-layer maps: seeded, shaped like the vanilla ones, and with the same mean
+    over N draws as the maps of the individual denoised draws (computed here by hand)."""
+    import torch
+
+    from fvit_core.attention import layer_head_maps
+    from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
+    from fvit_core.explorer import smoothed_layer_head_attention
+
+    args = dict(mode="dds", sigma=0.25, n_samples=5, seed=3)
+    maps = smoothed_layer_head_attention(tiny_pair, result.clean_image, result.attacked_image, batch_size=2, **args)
+    assert maps.shape == (2, 2, 2, 16)
+    np.testing.assert_allclose(maps, smoothed_layer_head_attention(tiny_pair, result.clean_image,
+                                                                   result.attacked_image, **args), atol=1e-6)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.from_numpy(result.clean_image)[None]
+    noisy = x + torch.randn((5, *x.shape[1:]), generator=generator) * 0.25
+    t_star = timestep_for_sigma(tiny_pair.denoiser.alphas_cumprod, 0.25)
+    with torch.inference_mode():
+        expected = layer_head_maps(tiny_pair.classifier, one_shot_denoise(tiny_pair.denoiser, noisy, t_star)).mean(0)
+    np.testing.assert_allclose(maps[0], expected.double().numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="sigma"):
+        smoothed_layer_head_attention(tiny_pair, result.clean_image, result.attacked_image, mode="dds", sigma=0.0,
+                                      n_samples=4, seed=0)

@@ -16,6 +16,7 @@ from PIL import Image, ImageFile
 from fvit_core.images import (
     ImageError,
     center_crop_box,
+    pad_box,
     image_digest,
     load_image,
     prepare_image,
@@ -304,6 +305,22 @@ def test_resize_keeps_the_whole_image_and_center_crop_the_middle() -> None:
     assert center_crop_box(30, 10, (4, 8)) == (12, 0, 5, 10)
 
 
+def test_pad_letterboxes_the_whole_image_without_distortion() -> None:
+    image = np.ones((3, 10, 30), dtype=np.float32)  # white, three times wider than high
+    padded = prepare_image(image, (30, 30), mode="pad")
+    _assert_pixels(padded, 30, 30)
+    # 30x30 canvas: the image fills rows 10..19 at full width, black bars above and below.
+    assert np.allclose(padded[:, 11:19, :], 1.0, atol=1e-5)
+    assert padded[:, :9].max() < 1e-5 and padded[:, 21:].max() < 1e-5
+    assert pad_box(10, 30, (30, 30)) == (10, 0, 30, 30)
+    assert pad_box(30, 10, (4, 8)) == (0, 25, 30, 60)
+    assert pad_box(16, 16, (32, 32)) == (0, 0, 16, 16)  # same aspect: no bars, same as resize
+    square = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(prepare_image(square, (32, 32), mode="pad"), prepare_image(square, (32, 32)))
+    with pytest.raises(ValueError, match="pad"):
+        prepare_image(image, (8, 8), mode="letterbox")
+
+
 def test_prepare_clamps_bicubic_overshoot() -> None:
     checker = (np.indices((16, 16)).sum(axis=0) % 2).astype(np.float32)
     prepared = prepare_image(np.stack([checker] * 3), (40, 40))
@@ -316,7 +333,7 @@ def test_prepare_clamps_bicubic_overshoot() -> None:
         (np.zeros((4, 4, 3), np.float32), (8, 8), "resize", "shape"),
         (np.zeros((3, 4, 4), np.float32), (0, 8), "resize", "positive integers"),
         (np.zeros((3, 4, 4), np.float32), (8,), "resize", "positive integers"),
-        (np.zeros((3, 4, 4), np.float32), (8, 8), "pad", "center_crop"),
+        (np.zeros((3, 4, 4), np.float32), (8, 8), "stretch", "center_crop"),
     ],
 )
 def test_prepare_rejects_bad_arguments(image, size, mode, message) -> None:

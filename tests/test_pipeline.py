@@ -225,6 +225,9 @@ def test_bfloat16_and_early_stop_settings(tiny_pair):
     result = analyze(_image(), cfg, pair=tiny_pair)
     d = result.faithful
     assert d.n_samples == 32  # settled at the first check (sigma this small leaves no spread)
+    fvit_json = result.to_json()["fvit"]
+    assert d.stopped_early and fvit_json["stopped_early"] is True and fvit_json["n_samples"] == 32
+    assert result.to_json()["config"]["n_samples"] == 48  # what was asked stays in the settings
     assert int(d.votes_clean.sum()) == int(d.votes_attacked.sum()) == 32
     assert AnalysisConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     for bad, message in (({"precision": "float16"}, "precision"), ({"early_stop_alpha": 1.5}, "early_stop_alpha")):

@@ -111,7 +111,7 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("analyze: unknown method", _analyze(method="nope"), "unknown method 'nope'; choose one of"),
     ("analyze: unknown mode", _analyze(mode="nope"), "unknown mode 'nope'; choose one of"),
     ("analyze: unknown head fusion", _analyze(head_fusion="median"), "unknown head fusion 'median'"),
-    ("analyze: unknown image mode", _analyze(image_mode="pad"), "image_mode must be 'resize' or 'center_crop'"),
+    ("analyze: unknown image mode", _analyze(image_mode="stretch"), "image_mode must be one of resize, center_crop, pad"),
     ("analyze: beta = 0", _analyze(beta=0.0), r"beta must be a number in \(0, 1\]"),
     ("analyze: confidence alpha 0.7", _analyze(confidence_alpha=0.7), r"confidence_alpha must be a number in \(0, 0.5\)"),
     ("analyze: renyi alpha inf", _analyze(renyi_alpha=float("inf")), r"renyi_alpha must be a number in \(1, 1,000\]"),
@@ -318,7 +318,7 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
      lambda c: images.prepare_image(c.img, (2.5, 3)), "size must be two positive integers"),
     ("prepare_image: size as text", lambda c: images.prepare_image(c.img, "32"), "size must be two positive integers"),
     ("prepare_image: unknown mode",
-     lambda c: images.prepare_image(c.img, (8, 8), mode="pad"), "mode must be 'resize' or 'center_crop'"),
+     lambda c: images.prepare_image(c.img, (8, 8), mode="stretch"), "mode must be one of resize, center_crop, pad"),
     ("to_uint8: 2-D array", lambda c: images.to_uint8(c.img[0]), r"shape \(3, H, W\)"),
     # models.load_*
     ("load_classifier: missing folder",

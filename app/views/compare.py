@@ -7,23 +7,22 @@ from fvit_core import figures
 
 cur = components.page_header(
     "Vanilla ViT vs Faithful ViT: do the focal points survive the attack?",
-    "Attention over the clean and the attacked image; cyan boxes are the top-k focal patches, dashed white "
-    "boxes the clean top-k patches that the attack pushed out. Both columns share one colour scale.",
+    "Attention over the clean and the attacked image; cyan boxes are the top-k focal patches, dotted white "
+    "boxes the clean top-k patches that the attack pushed out. All four maps share one colour scale; hover a "
+    "patch for its weight and rank on both images, drag to zoom, double-click to reset.",
 )
 if cur is not None:
     result = cur.result
     vmax = figures.attention_scale(result)
-    columns = st.columns(2, gap="large")
+    columns = st.columns(2, gap="medium")
     for column, which in zip(columns, figures.MODEL_KEYS):
         with column:
             st.markdown(f"#### {figures.model_label(result, which)}")
-            components.show_figure(cur, f"attention_{which}", lambda w=which: figures.attention_figure(result, w, vmax=vmax))
+            components.show_plotly(figures.plotly_attention_maps(result, which, vmax=vmax), f"maps_{which}")
             components.overlap_cards(result, which)
             components.prediction_cards(result, which)
             if which == "fvit":
                 components.certificate_cards(result)
     metrics_table.show(result)
     st.markdown("#### Inputs")
-    components.show_figure(cur, "inputs", lambda: figures.inputs_figure(result),
-                           caption="clean · attacked · perturbation (amplified; grey = unchanged) · one denoised "
-                                   "sample the FViT classifies")
+    components.show_inputs(cur)

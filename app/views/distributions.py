@@ -18,10 +18,13 @@ if cur is not None:
         components.show_plotly(figures.plotly_votes(result), "plot_votes")
     with right:
         components.show_plotly(figures.plotly_divergence(result), "plot_divergence")
+        names = {"kl": "KL", "js": "Jensen–Shannon", "tv": "total variation", "hellinger": "Hellinger",
+                 "renyi": f"Rényi D{components.sub(result.config.renyi_alpha)}"}
         st.dataframe(
-            [{"model": figures.model_label(result, w), **{k: round(v, 4) for k, v in figures.comparison(result, w).divergences.items()}}
+            [{"Model": figures.model_label(result, w),
+              **{names.get(k, k): round(v, 4) for k, v in figures.comparison(result, w).divergences.items()}}
              for w in figures.MODEL_KEYS],
-            hide_index=True,
+            hide_index=True, width="stretch",
         )
         st.caption(f"Divergences clean → attacked in nats (Rényi of order {result.config.renyi_alpha:g}). The bound "
                    "holds for the FViT's smoothed distribution only; the vanilla ViT has none.")

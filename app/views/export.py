@@ -1,4 +1,8 @@
-"""Export: every figure as PNG / SVG / PDF / interactive HTML, the results, the settings."""
+"""Export: every figure as PNG / SVG / PDF / interactive HTML, the results, the settings.
+
+Every download button gets its bytes, built once per analysis and kept in the session: a button
+whose file is generated on click can lose it when another download reruns the page first.
+"""
 
 import streamlit as st
 
@@ -8,7 +12,8 @@ from fvit_core import figures
 cur = components.page_header(
     "Export figures, results and settings",
     "Publication figures (single-column width, 300 dpi), interactive HTML (works offline), the result as JSON "
-    "and CSV, and a settings file that reproduces this analysis from the command line.",
+    "and CSV, and a settings file that reproduces this analysis from the command line. Every file names the "
+    "explanation method, σ, N and k.",
 )
 if cur is not None:
     result = cur.result
@@ -22,35 +27,60 @@ if cur is not None:
                                     lambda: figures.plotly_sigma_sweep(rows, sigma))
     maps = st.session_state.get("_layer_maps", {}).get(cur.key)
     if maps is not None:
-        available["layer_heads"] = ("Layers and heads", lambda: figures.layer_heads_figure(maps, result.grid_size),
-                                    lambda: figures.plotly_layer_heads(maps, result.grid_size))
+        subtitle = figures.settings_text(result)
+        available["layer_heads"] = ("Layers and heads",
+                                    lambda: figures.layer_heads_figure(maps, result.grid_size, subtitle=subtitle),
+                                    lambda: figures.plotly_layer_heads(maps, result.grid_size, subtitle=subtitle))
     st.markdown("#### Figures")
     name = st.selectbox("Figure", list(available), key="export_figure", format_func=lambda n: available[n][0])
     if not rows or maps is None:
         st.caption("Visit the Sigma sweep (and run it) and the Layers page to add their figures here.")
     title, build, build_plotly = available[name]
+    extra = (rows is not None and name == "sigma_sweep", maps is not None and name == "layer_heads")
+    with st.spinner(f"Rendering {title.lower()}…"):
+        figure = components.kept_bytes(cur, ("figure", name, extra), build)  # the Figure, built once
+        files = {fmt: components.kept_bytes(cur, (name, fmt, extra), lambda f=fmt: figures.figure_to_bytes(figure, f))
+                 for fmt in figures.FIGURE_FORMATS}
+        files["html"] = components.kept_bytes(cur, (name, "html", extra), lambda: figures.plotly_to_html(build_plotly()))
     buttons = st.columns(4)
     for column, fmt in zip(buttons, figures.FIGURE_FORMATS):
-        column.download_button(fmt.upper(), data=lambda f=fmt: figures.figure_to_bytes(build(), f),
-                               file_name=f"{name}.{fmt}", mime=figures.mime_type(fmt), key=f"dl_{fmt}")
-    buttons[3].download_button("HTML (interactive)", data=lambda: figures.plotly_to_html(build_plotly()),
-                               file_name=f"{name}.html", mime="text/html", key="dl_html")
-    components.show_figure(cur, name, build, caption=f"{title} (preview; single-column width)", width=520)
+        column.download_button(fmt.upper(), data=files[fmt], file_name=f"{name}.{fmt}", mime=figures.mime_type(fmt),
+                               key=f"dl_{fmt}", on_click="ignore")
+    buttons[3].download_button("HTML (interactive)", data=files["html"], file_name=f"{name}.html", mime="text/html",
+                               key="dl_html", on_click="ignore")
+    st.image(components.figure_png(cur, name, lambda: figure), caption=f"{title} (preview; single-column width)",
+             width=520)
 
     st.markdown("#### Results and settings")
     image = cur.image
-    cols = st.columns(5)
-    cols[0].download_button("Result JSON", data=lambda: figures.result_json(result), file_name="result.json",
-                            mime="application/json", key="dl_json")
-    cols[1].download_button("Metrics CSV", data=lambda: figures.metrics_csv(result), file_name="metrics.csv",
-                            mime="text/csv", key="dl_csv")
+    cols = st.columns(4)
+    cols[0].download_button("Result JSON", data=components.kept_bytes(cur, ("json",), lambda: figures.result_json(result)),
+                            file_name="result.json", mime="application/json", key="dl_json", on_click="ignore")
+    cols[1].download_button("Metrics CSV", data=components.kept_bytes(cur, ("csv",), lambda: figures.metrics_csv(result)),
+                            file_name="metrics.csv", mime="text/csv", key="dl_csv", on_click="ignore")
     cols[2].download_button("Settings JSON", data=figures.settings_json(result.config), file_name="settings.json",
-                            mime="application/json", key="dl_settings")
-    cols[3].download_button("Input image", data=image.data, file_name=image.name, key="dl_image")
-    cols[4].download_button(
-        "Everything (ZIP)", key="dl_zip", file_name="fvit_analysis.zip", mime="application/zip",
-        data=lambda: figures.export_bundle(result, image_name=image.name, image_bytes=image.data,
-                                           sweep_rows=rows, layer_maps=maps))
+                            mime="application/json", key="dl_settings", on_click="ignore")
+    cols[3].download_button("Input image", data=image.data, file_name=image.name, key="dl_image", on_click="ignore")
+
+    st.markdown("#### Everything in one ZIP")
+    zip_key = ("zip", rows is not None, maps is not None)
+    bundle = components.kept(cur, zip_key)
+    if bundle is None:
+        st.caption("Every figure in PNG, SVG, PDF and HTML, the result, metrics, settings and input image: "
+                   "rendering the figures takes a few seconds.")
+        if st.button("Build the ZIP", key="build_zip"):
+            bar = st.progress(0.0, text="Building the ZIP…")
+
+            def report(stage: str, fraction: float) -> None:
+                bar.progress(min(max(fraction, 0.0), 1.0), text=f"Building the ZIP: {stage.replace('_', ' ')}…")
+
+            bundle = components.kept_bytes(cur, zip_key, lambda: figures.export_bundle(
+                result, image_name=image.name, image_bytes=image.data, sweep_rows=rows, layer_maps=maps,
+                progress=report))
+            bar.empty()
+    if bundle is not None:
+        st.download_button(f"Download the ZIP ({len(bundle) / 1e6:.1f} MB)", data=bundle, key="dl_zip",
+                           file_name="fvit_analysis.zip", mime="application/zip", on_click="ignore", type="primary")
     st.markdown("Reproduce this analysis from the command line (same image, same settings, same numbers):")
     st.code(figures.reproduce_command(image.name), language="bash")
     if cur.models.kind == "hub":

@@ -27,7 +27,23 @@ if cur is not None:
     st.session_state["_sweep_rows"] = (cur.key, rows)
     if len(rows) > 1:
         components.show_plotly(figures.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
-    st.dataframe(rows, hide_index=True, column_order=(
-        "sigma", "vanilla_overlap", "fvit_overlap", "noise_floor", "fvit_overlap_ci_low", "fvit_overlap_ci_high",
-        "fvit_clean_label", "fvit_attacked_label", "fvit_attacked_confidence", "class_radius", "topk_radius_l2",
-        "topk_radius_linf", "t_star"))
+    # Readable headers, one interval column, one prediction column: the table fits a laptop's width
+    # (the CSV export keeps every field under its own name).
+    shown = [{**row, "fvit_ci": (f"{row['fvit_overlap_ci_low']:.2f}–{row['fvit_overlap_ci_high']:.2f}"
+                                 if row["fvit_overlap_ci_low"] is not None else "n/a"),
+              "fvit_labels": f"{row['fvit_clean_label']} → {row['fvit_attacked_label']}",
+              "class_radius_shown": "abstain" if row["abstain"] else f"{row['class_radius']:.3f}"}
+             for row in rows]
+    columns = {
+        "sigma": ("σ", "%.2f"), "vanilla_overlap": ("Vanilla Vₖ", "%.2f"), "fvit_overlap": ("FViT Vₖ", "%.2f"),
+        "fvit_ci": ("FViT 95% CI", None), "noise_floor": ("Noise floor", "%.2f"),
+        "fvit_labels": ("FViT label", None), "fvit_attacked_confidence": ("Confidence", "%.2f"),
+        "class_radius_shown": ("Class radius", None), "topk_radius_l2": ("Top-k L2", "%.4f"),
+        "topk_radius_linf": ("Top-k L∞", "%.5f"), "t_star": ("t*", "%d"),
+    }
+    config = {name: (st.column_config.NumberColumn(label, format=fmt) if fmt else st.column_config.TextColumn(label))
+              for name, (label, fmt) in columns.items()}
+    st.dataframe(shown, hide_index=True, column_order=tuple(columns), column_config=config, width="stretch")
+    if rows:
+        st.caption(f"Vₖ at k = {rows[0]['k']}; {figures.method_name(rows[0]['method'])}, N = {rows[0]['n_samples']}; FViT label: clean → attacked; "
+                   "radii in pixel units (L∞ = L2 / √(3HW)).")

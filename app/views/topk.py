@@ -7,7 +7,7 @@ from fvit_core import figures
 
 cur = components.page_header(
     "Top-k overlap as a function of k",
-    "V_k = share of the clean top-k patches still in the attacked top-k. The dashed line is chance (two random "
+    "Vₖ = share of the clean top-k patches still in the attacked top-k. The dashed line is chance (two random "
     "top-k sets); the square is the FViT's noise floor at the chosen k.",
 )
 if cur is not None:
