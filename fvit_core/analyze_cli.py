@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from fractions import Fraction
 from pathlib import Path

@@ -50,13 +50,13 @@ class CorpusCase:
     red_corner: str | None = None
 
 
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+def encode_image(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
 
 
-def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+def noise_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
@@ -70,10 +70,10 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _mode_images() -> dict[str, Image.Image]:
-    rgb = Image.fromarray(_noise(12, 16, 1))
+    rgb = Image.fromarray(noise_rgb(12, 16, 1))
     grey16 = Image.fromarray((np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300))
     floats = Image.fromarray(np.linspace(0, 1, 12 * 16, dtype=np.float32).reshape(12, 16))
-    rgba = Image.fromarray(np.dstack([_noise(12, 16, 2), np.full((12, 16), 128, np.uint8)]), "RGBA")
+    rgba = Image.fromarray(np.dstack([noise_rgb(12, 16, 2), np.full((12, 16), 128, np.uint8)]), "RGBA")
     return {
         "RGB": rgb, "RGBA": rgba, "LA": rgba.convert("LA"), "L": rgb.convert("L"), "P": rgb.convert("P"),
         "1": rgb.convert("1"), "CMYK": rgb.convert("CMYK"), "I;16": grey16, "F": floats,
@@ -107,7 +107,7 @@ def _valid_formats_and_modes() -> list[CorpusCase]:
             if options.get("compression") == "group4":
                 image = images["1"]
             try:
-                data = _encode(image, fmt, **options)
+                data = encode_image(image, fmt, **options)
             except (OSError, KeyError, ValueError):  # a mode or codec this Pillow build cannot write
                 continue
             tag = mode.replace(";", "") + ("_" + "_".join(map(str, options)) if options else "")
@@ -120,7 +120,7 @@ def _animated() -> list[CorpusCase]:
     frames = [Image.new("RGB", (10, 8), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
     cases = []
     for fmt, options in (("GIF", {}), ("WEBP", {"lossless": True}), ("PNG", {}), ("TIFF", {})):
-        data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
+        data = encode_image(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
         cases.append(CorpusCase(f"animated_{fmt.lower()}.{FORMAT_EXT[fmt]}", data, "ok", "multi-frame (first frame)",
                                 size=(8, 10)))
     return cases
@@ -129,11 +129,11 @@ def _animated() -> list[CorpusCase]:
 def _sizes() -> list[CorpusCase]:
     cases = []
     for fmt in FORMAT_EXT:
-        data = _encode(Image.new("RGB", (1, 1), (200, 10, 30)), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        data = encode_image(Image.new("RGB", (1, 1), (200, 10, 30)), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
         cases.append(CorpusCase(f"one_pixel.{FORMAT_EXT[fmt]}", data, "ok", "1x1 and extreme aspect", size=(1, 1)))
     for fmt, (w, h) in [("PNG", (5000, 1)), ("PNG", (1, 5000)), ("JPEG", (4000, 2)), ("GIF", (2, 3000)),
                         ("BMP", (3000, 1)), ("TIFF", (1, 3000)), ("WEBP", (3000, 3)), ("PNG", (16383, 2))]:
-        data = _encode(Image.fromarray(_noise(h, w, 3)), fmt)
+        data = encode_image(Image.fromarray(noise_rgb(h, w, 3)), fmt)
         cases.append(CorpusCase(f"aspect_{w}x{h}.{FORMAT_EXT[fmt]}", data, "ok", "1x1 and extreme aspect", size=(h, w)))
     return cases
 
@@ -154,24 +154,24 @@ def _orientation() -> list[CorpusCase]:
         size = (8, 12) if orientation <= 4 else (12, 8)
         for fmt, options in (("JPEG", {"quality": 100, "subsampling": 0}), ("PNG", {}), ("WEBP", {"lossless": True}),
                              ("TIFF", {})):
-            data = _encode(Image.fromarray(stored), fmt, exif=exif.tobytes(), **options)
+            data = encode_image(Image.fromarray(stored), fmt, exif=exif.tobytes(), **options)
             cases.append(CorpusCase(f"exif_orientation_{orientation}.{FORMAT_EXT[fmt]}", data, "ok", "EXIF orientation",
                                     size=size, red_corner=_ORIENTED_RED[orientation]))
     for value in (0, 9, 255, 65535):  # out-of-range orientation: ignored, image as stored
         exif = Image.Exif()
         exif[0x0112] = value
-        data = _encode(Image.fromarray(stored), "JPEG", quality=100, subsampling=0, exif=exif.tobytes())
+        data = encode_image(Image.fromarray(stored), "JPEG", quality=100, subsampling=0, exif=exif.tobytes())
         cases.append(CorpusCase(f"exif_orientation_invalid_{value}.jpg", data, "ok", "EXIF orientation", size=(8, 12),
                                 red_corner="top-left"))
     for i, blob in enumerate((b"Exif\x00\x00garbage", b"Exif\x00\x00II*\x00\xff\xff\xff\x7f", b"Exif\x00\x00MM\x00*" + b"\xff" * 40)):
-        data = _encode(Image.fromarray(stored), "JPEG", quality=100, subsampling=0, exif=blob)
+        data = encode_image(Image.fromarray(stored), "JPEG", quality=100, subsampling=0, exif=blob)
         cases.append(CorpusCase(f"exif_corrupt_{i}.jpg", data, "either", "EXIF orientation"))
     return cases
 
 
 def _float_and_wide_tiffs() -> list[CorpusCase]:
     def tiff(values: np.ndarray) -> bytes:
-        return _encode(Image.fromarray(values.astype(np.float32)), "TIFF")
+        return encode_image(Image.fromarray(values.astype(np.float32)), "TIFF")
 
     base = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     nan, inf, neg = base.copy(), base.copy(), base.copy()
@@ -182,11 +182,11 @@ def _float_and_wide_tiffs() -> list[CorpusCase]:
         CorpusCase("float_negative.tiff", tiff(neg), "ok", "valid format x mode", size=(3, 4)),
         CorpusCase("float_huge.tiff", tiff(base * 1e30), "ok", "valid format x mode", size=(3, 4)),
         CorpusCase("float_zero.tiff", tiff(base * 0), "ok", "valid format x mode", size=(3, 4)),
-        CorpusCase("i16_big_endian.tiff", _encode(Image.fromarray(np.full((3, 4), 40000, np.uint16)).convert("I;16B"),
+        CorpusCase("i16_big_endian.tiff", encode_image(Image.fromarray(np.full((3, 4), 40000, np.uint16)).convert("I;16B"),
                                                    "TIFF"), "ok", "valid format x mode", size=(3, 4)),
-        CorpusCase("int32_negative.tiff", _encode(Image.fromarray(np.full((3, 4), -7, np.int32)), "TIFF"), "ok",
+        CorpusCase("int32_negative.tiff", encode_image(Image.fromarray(np.full((3, 4), -7, np.int32)), "TIFF"), "ok",
                    "valid format x mode", size=(3, 4)),
-        CorpusCase("int32_max.png", _encode(Image.fromarray(np.full((3, 4), 2**31 - 1, np.int32)), "TIFF"), "ok",
+        CorpusCase("int32_max.png", encode_image(Image.fromarray(np.full((3, 4), 2**31 - 1, np.int32)), "TIFF"), "ok",
                    "wrong extension", size=(3, 4)),
     ]
 
@@ -260,7 +260,7 @@ def _bombs() -> list[CorpusCase]:
     cases.append(CorpusCase("bomb_png_zlib_7000x7000.png", bomb, "error", "decompression bomb"))
     # A compressed text chunk that inflates to 8 MB (8x the 1 MB limit): Pillow's text-chunk limit must refuse or skip it.
     text = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * 8_000_000, 9))
-    small = _encode(Image.new("RGB", (4, 4)), "PNG")
+    small = encode_image(Image.new("RGB", (4, 4)), "PNG")
     cases.append(CorpusCase("bomb_png_ztxt.png", small[:33] + text + small[33:], "either", "decompression bomb"))
     iccp = _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 8_000_000, 9))
     cases.append(CorpusCase("bomb_png_iccp.png", small[:33] + iccp + small[33:], "either", "decompression bomb"))
@@ -297,7 +297,7 @@ def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
 def progressive_scan_bomb(side: int, scans: int) -> bytes:
     """A flat grey ``side`` x ``side`` progressive JPEG whose shortest AC scan is repeated until the
     file holds ``scans`` scans: tiny per scan, but each one is a pass over every block."""
-    data = _encode(Image.new("RGB", (side, side), (128, 128, 128)), "JPEG", progressive=True, quality=90)
+    data = encode_image(Image.new("RGB", (side, side), (128, 128, 128)), "JPEG", progressive=True, quality=90)
     segments = jpeg_segments(data)
     sos = [(start, end) for marker, start, end in segments if marker == 0xDA]
     start, end = min(sos[1:], key=lambda se: se[1] - se[0])  # sos[0] is the DC scan
@@ -311,8 +311,8 @@ def progressive_scan_bomb(side: int, scans: int) -> bytes:
 
 
 def _damage_sources() -> dict[str, bytes]:
-    image = Image.fromarray(_noise(40, 48, 4))
-    return {fmt: _encode(image, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {})) for fmt in FORMAT_EXT}
+    image = Image.fromarray(noise_rgb(40, 48, 4))
+    return {fmt: encode_image(image, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {})) for fmt in FORMAT_EXT}
 
 
 _CUTS = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -356,7 +356,7 @@ def _zip_bytes() -> bytes:
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:  # a fixed date keeps the bytes reproducible
-        archive.writestr(zipfile.ZipInfo("image.png", date_time=(2024, 1, 1, 0, 0, 0)), _encode(Image.new("RGB", (2, 2)), "PNG"))
+        archive.writestr(zipfile.ZipInfo("image.png", date_time=(2024, 1, 1, 0, 0, 0)), encode_image(Image.new("RGB", (2, 2)), "PNG"))
     return buffer.getvalue()
 
 
@@ -376,7 +376,7 @@ def _non_images() -> list[CorpusCase]:
         "pdf.tiff": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
         "eps.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n(pwned) print\nshowpage\n",
         "zip.png": _zip_bytes(),
-        "gzip.jpg": gzip.compress(_encode(tiny, "PNG"), mtime=0),
+        "gzip.jpg": gzip.compress(encode_image(tiny, "PNG"), mtime=0),
         "elf.jpg": b"\x7fELF\x02\x01\x01" + b"\x00" * 57,
         "pickle.png": b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94.",
         "nul_bytes.png": b"\x00" * 4096,
@@ -407,7 +407,7 @@ def _non_images() -> list[CorpusCase]:
         try:
             image = tiny.convert("1") if fmt == "XBM" else tiny
             fixed = {"creationDate": _EPOCH, "modDate": _EPOCH} if fmt == "PDF" else {}
-            data = _encode(image, fmt, **fixed)
+            data = encode_image(image, fmt, **fixed)
         except (OSError, KeyError, ValueError, TypeError):  # a writer missing in this Pillow build
             continue
         expect: Expect = "ok" if fmt == "MPO" else "error"  # MPO is a JPEG with extra frames: decodes as JPEG
@@ -426,8 +426,8 @@ def _non_images() -> list[CorpusCase]:
 
 
 def _odd_but_valid() -> list[CorpusCase]:
-    image = Image.fromarray(_noise(10, 14, 8))
-    png, jpeg, gif = _encode(image, "PNG"), _encode(image, "JPEG"), _encode(image, "GIF")
+    image = Image.fromarray(noise_rgb(10, 14, 8))
+    png, jpeg, gif = encode_image(image, "PNG"), encode_image(image, "JPEG"), encode_image(image, "GIF")
     private = _png_chunk(b"prVt", b"private data" * 10)
     bad_crc_text = _png_chunk(b"tEXt", b"Comment\x00hello")[:-4] + b"\x00\x00\x00\x00"
     cases = [
@@ -441,9 +441,9 @@ def _odd_but_valid() -> list[CorpusCase]:
         CorpusCase("odd_gif_named_webp.webp", gif, "ok", "wrong extension", size=(10, 14)),
         CorpusCase("odd_no_extension", png, "ok", "wrong extension", size=(10, 14)),
         CorpusCase("odd unicode name \u00e9\u6f22.png", png, "ok", "wrong extension", size=(10, 14)),
-        CorpusCase("odd_jpeg_with_icc.jpg", _encode(image, "JPEG", icc_profile=b"\x00" * 128), "ok", "odd but valid",
+        CorpusCase("odd_jpeg_with_icc.jpg", encode_image(image, "JPEG", icc_profile=b"\x00" * 128), "ok", "odd but valid",
                    size=(10, 14)),
-        CorpusCase("odd_png_dpi_huge.png", _encode(image, "PNG", dpi=(1e7, 1e7)), "ok", "odd but valid", size=(10, 14)),
+        CorpusCase("odd_png_dpi_huge.png", encode_image(image, "PNG", dpi=(1e7, 1e7)), "ok", "odd but valid", size=(10, 14)),
         CorpusCase("odd_tiff_big_endian.tiff", _tiff_big_endian(image), "ok", "odd but valid", size=(10, 14)),
     ]
     return cases

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -17,20 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from fuzz_corpus import build_corpus, jpeg_segments, progressive_scan_bomb
+from fuzz_corpus import build_corpus, encode_image, jpeg_segments, noise_rgb, progressive_scan_bomb
 from fvit_core import cli, images
 from fvit_core.batch import store
 from fvit_core.images import ImageError, load_image
-
-
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -57,7 +46,7 @@ def test_progressive_scan_bomb_is_refused_by_its_structure_before_decoding(monke
 
 
 def test_scan_limit_is_exact_and_ordinary_progressive_files_decode() -> None:
-    ordinary = _encode(Image.fromarray(_noise(48, 64)), "JPEG", progressive=True, quality=90)
+    ordinary = encode_image(Image.fromarray(noise_rgb(48, 64)), "JPEG", progressive=True, quality=90)
     assert 2 <= ordinary.count(b"\xff\xda") <= 12  # what an encoder writes
     assert load_image(ordinary).shape == (3, 48, 64)
     at_limit = progressive_scan_bomb(32, images.MAX_JPEG_SCANS)
@@ -81,7 +70,7 @@ class _Clock:
 def test_a_decode_over_its_time_budget_is_stopped_at_its_next_read(monkeypatch) -> None:
     # A 16-row-per-chunk PNG decode reads many 64 kB pieces; with a clock that advances one second
     # per reading, a 5 s budget must stop it after about 5 reads, in this thread, with one line.
-    data = _encode(Image.fromarray(_noise(600, 800)), "PNG")
+    data = encode_image(Image.fromarray(noise_rgb(600, 800)), "PNG")
     assert len(data) > 10 * 65536
     reads = []
     real_read = io.BytesIO.read
@@ -117,11 +106,11 @@ def test_conversion_allocates_little_beyond_the_result(mode: str) -> None:
     # numpy reports its allocations to tracemalloc (Pillow's do not): the float32 result is 12
     # bytes per pixel; the old whole-image conversion allocated about 45 more for RGBA.
     side = 1600
-    rgb = Image.fromarray(_noise(side, side, 3))
-    image = {"RGB": rgb, "RGBA": Image.fromarray(np.dstack([_noise(side, side, 4), _noise(side, side, 5)[..., 0]]), "RGBA"),
-             "P+tRNS": rgb.convert("P"), "I;16": Image.fromarray(_noise(side, side, 6)[..., 0].astype(np.uint16) * 257)}[mode]
+    rgb = Image.fromarray(noise_rgb(side, side, 3))
+    image = {"RGB": rgb, "RGBA": Image.fromarray(np.dstack([noise_rgb(side, side, 4), noise_rgb(side, side, 5)[..., 0]]), "RGBA"),
+             "P+tRNS": rgb.convert("P"), "I;16": Image.fromarray(noise_rgb(side, side, 6)[..., 0].astype(np.uint16) * 257)}[mode]
     kwargs = {"transparency": 0} if mode == "P+tRNS" else {}
-    data = _encode(image, "PNG", **kwargs)
+    data = encode_image(image, "PNG", **kwargs)
     tracemalloc.start()
     try:
         pixels = load_image(data)
@@ -134,8 +123,8 @@ def test_conversion_allocates_little_beyond_the_result(mode: str) -> None:
 
 
 def test_band_conversion_gives_the_whole_image_numbers(monkeypatch) -> None:
-    rgba = Image.fromarray(np.dstack([_noise(70, 50, 1), _noise(70, 50, 2)[..., 0]]), "RGBA")
-    data = _encode(rgba, "PNG")
+    rgba = Image.fromarray(np.dstack([noise_rgb(70, 50, 1), noise_rgb(70, 50, 2)[..., 0]]), "RGBA")
+    data = encode_image(rgba, "PNG")
     whole = load_image(data)
     monkeypatch.setattr(images, "_BAND_PIXELS", 60)  # one row per band
     assert np.array_equal(load_image(data), whole)
@@ -151,9 +140,9 @@ def test_band_conversion_gives_the_whole_image_numbers(monkeypatch) -> None:
 
 def _truncated_tiffs() -> list[tuple[str, bytes]]:
     cases = [(c.name, c.data) for c in build_corpus() if c.family == "truncated" and c.name.endswith(".tiff")]
-    image = Image.fromarray(_noise(60, 80, 7))
+    image = Image.fromarray(noise_rgb(60, 80, 7))
     for compression in ("tiff_adobe_deflate", "tiff_lzw", "jpeg", "packbits"):
-        data = _encode(image, "TIFF", compression=compression)
+        data = encode_image(image, "TIFF", compression=compression)
         cases += [(f"{compression}_{cut}", data[: int(len(data) * cut)]) for cut in (0.05, 0.5, 0.95)]
     return cases
 
@@ -248,7 +237,7 @@ def test_dashboard_lists_and_loads_only_what_resolve_model_dir_accepts(tiny_pair
 @pytest.fixture
 def small_png(tmp_path) -> Path:
     path = tmp_path / "img.png"
-    Image.fromarray(_noise(32, 32)).save(path)
+    Image.fromarray(noise_rgb(32, 32)).save(path)
     return path
 
 
