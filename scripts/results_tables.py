@@ -77,20 +77,23 @@ def separation(vanilla: dict | None, smoothed: dict | None, metric: str, higher_
 
 
 def maps_tables(rows: list[dict]) -> None:
-    """The LRP baselines and the map metrics (run 6 of scripts/results_runs.sh)."""
+    """The LRP baselines and the map metrics (run 6 of scripts/results_runs.sh), for the budgets
+    and modes the run has."""
     n = rows[0]["n"]
+    eps_list = [e for e in EPS if any(eps_name(r["eps"]) == e for r in rows)]
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     print(f"### Top-k overlap V_8 under PGD, every method ({n} images)\n")
     body = []
     for method in ALL_METHODS:
-        for mode in MODES:
-            found = [find(rows, eps=e, mode=mode, method=method) for e in EPS]
+        for mode in modes:
+            found = [find(rows, eps=e, mode=mode, method=method) for e in eps_list]
             floor = cell(found[0], "topk_overlap_floor") if mode != "vanilla" else "-"
             body.append([method, mode, *(cell(r, "topk_overlap") for r in found), floor])
-    print(table(["method", "mode", *EPS, "noise floor"], body))
+    print(table(["method", "mode", *eps_list, "noise floor"], body))
     print(f"\n### Map metrics clean vs attacked at PGD 8/255, with the smoothed models' noise floors ({n} images)\n")
     body = []
     for method in ALL_METHODS:
-        for mode in MODES:
+        for mode in modes:
             row = find(rows, eps="8/255", mode=mode, method=method)
             cells = []
             for metric in list(MAP_METRICS)[1:]:
@@ -112,7 +115,7 @@ def maps_tables(rows: list[dict]) -> None:
         print(f"\n### Neighbourhood sensitivity of the clean explanation ({n} images)\n")
         body = []
         for method in ALL_METHODS:
-            for mode in MODES:
+            for mode in modes:
                 row = find(rows, eps="8/255", mode=mode, method=method)
                 body.append([method, mode, cell(row, "sensitivity_max"), cell(row, "sensitivity_mean"),
                              cell(row, "sensitivity_floor") if mode != "vanilla" else "-"])
@@ -125,6 +128,12 @@ def table(header: list[str], body: list[list[str]]) -> str:
 
 
 def main(root: Path) -> None:
+    if (root / "main" / "summary.csv").exists():
+        main_tables(root)
+    sigma_and_maps(root)
+
+
+def main_tables(root: Path) -> None:
     main_rows = load(root / "main" / "summary.csv")
     n = main_rows[0]["n"]
     print(f"### Top-k overlap V_8 under PGD ({n} images)\n")
@@ -157,6 +166,9 @@ def main(root: Path) -> None:
         row = find(main_rows, eps="8/255", mode=mode, method="raw")
         body.append([mode, *(cell(row, m) for m in ("kl", "js", "tv", "hellinger", "renyi"))])
     print(table(["mode", "KL", "JS", "TV", "Hellinger", "Renyi (2)"], body))
+
+
+def sigma_and_maps(root: Path) -> None:
     sigma_path = root / "sigma" / "summary.csv"
     if sigma_path.exists():
         rows = load(sigma_path)
