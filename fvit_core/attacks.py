@@ -1,6 +1,6 @@
 """Attack registry: torchattacks attacks and our own, with typed parameters a UI can render.
 
-docs/method.md, section 6. Every attack works in [0, 1] pixel space on a model whose first layer
+docs/METHOD.md, section 6. Every attack works in [0, 1] pixel space on a model whose first layer
 normalises (PixelViT), so budgets are pixel units (eps = 8/255 for Linf, 0.5 for L2) and
 torchattacks' ``set_normalization_used`` is never called.
 
@@ -311,7 +311,7 @@ def _build_eot_dds(ctx: AttackContext) -> AttackFn:
     t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma)
 
     def expected_loss(x_adv: Tensor, labels: Tensor) -> Tensor:
-        # One batch of n_eot * B noisy copies; the noise stays outside the denoiser (method.md 3).
+        # One batch of n_eot * B noisy copies; the noise stays outside the denoiser (METHOD.md 3).
         noisy = x_adv.unsqueeze(0) + sigma * torch.randn((n_eot, *x_adv.shape), device=x_adv.device)
         logits = model(one_shot_denoise(denoiser, noisy.flatten(0, 1), t_star))
         return F.cross_entropy(logits, labels.repeat(n_eot))

@@ -1,4 +1,4 @@
-"""Attention capture (thread safe) and the ViT explanation methods of docs/method.md, section 4.
+"""Attention capture (thread safe) and the ViT explanation methods of docs/METHOD.md, section 4.
 
 Capture design. One cached model serves many threads at once, so hooks registered per call on
 the shared modules would also see other threads' forward passes. Instead every block's
@@ -537,7 +537,7 @@ def explain(
 
     Args:
         method: raw | rollout | grad_rollout | gradcam | transformer_attribution | lrp |
-            partial_lrp (module docstring, method.md section 4, docs/EXPLANATIONS.md).
+            partial_lrp (module docstring, METHOD.md section 4, docs/EXPLANATIONS.md).
         head_fusion: mean | max | min over heads.
         target: class per image (or one class for all) whose logit the gradient methods
             differentiate; default the predicted class.

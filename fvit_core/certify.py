@@ -1,9 +1,9 @@
-"""Certificates for the smoothed ViT (docs/method.md, section 5).
+"""Certificates for the smoothed ViT (docs/METHOD.md, section 5).
 
 - Class certificate: Cohen et al. 2019, PREDICT and CERTIFY from vote counts.
 - Prediction stability: D_alpha(y~(x) || y~(x')) <= alpha R^2 / (2 sigma^2) for ||x - x'||_2 <= R.
 - Top-k attention certificate: the Renyi-DP bound of Liu et al. (generalising Li et al. 2019) in
-  the form stated in method.md 5.3.
+  the form stated in METHOD.md 5.3.
 - Linf from L2: R / sqrt(n).
 
 Radii and sigma are in [0, 1] pixel units, L2 over all n = 3*H*W input dimensions. The Monte
@@ -28,7 +28,7 @@ ABSTAIN = -1
 # Renyi orders searched for the top-k radius; the bound is smooth in log(alpha), and the best
 # order is refined between the grid neighbours of the best grid point.
 DEFAULT_RENYI_ALPHAS = np.geomspace(1.0001, 1000.0, 2000)
-# m^(1 - alpha) of a zero entry is infinite; entries are floored here (method.md 5.3).
+# m^(1 - alpha) of a zero entry is infinite; entries are floored here (METHOD.md 5.3).
 _ATTENTION_FLOOR = 1e-30
 # ceil(beta * k) must not jump a step on round-off (0.3 * 10 = 3.0000000000000004).
 _CEIL_SLACK = 1e-9
@@ -141,7 +141,7 @@ def prediction_stability_bound(radius: float, sigma: float, renyi_alpha: float) 
     if not (math.isfinite(radius) and radius >= 0):
         raise ValueError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
     if not (math.isfinite(renyi_alpha) and renyi_alpha > 0):
-        raise ValueError(f"renyi_alpha must be a finite order > 0 (method.md uses alpha > 1), got {renyi_alpha!r}")
+        raise ValueError(f"renyi_alpha must be a finite order > 0 (METHOD.md uses alpha > 1), got {renyi_alpha!r}")
     return float(renyi_alpha) * float(radius) ** 2 / (2.0 * sigma**2)
 
 
@@ -158,7 +158,7 @@ def linf_from_l2(radius: float, input_dim: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Top-k attention certificate (method.md 5.3)
+# Top-k attention certificate (METHOD.md 5.3)
 # --------------------------------------------------------------------------------------------
 
 
@@ -192,7 +192,7 @@ def _squared_radius(alpha: np.ndarray, boundary: np.ndarray, k0: int, sigma: flo
 def topk_certified_radius(
     m: ArrayLike, k: int, beta: float, sigma: float, alphas: Sequence[float] | None = None
 ) -> float:
-    """L2 radius R within which the smoothed attention keeps V_k >= beta (method.md 5.3).
+    """L2 radius R within which the smoothed attention keeps V_k >= beta (METHOD.md 5.3).
 
     Sort the normalised smoothed attention m (P,) descending; k0 = k - ceil(beta k) + 1; S the
     2 k0 entries of ranks k-k0+1 .. k+k0 (1-based). V_k(w~(x), w~(x')) >= beta for

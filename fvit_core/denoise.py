@@ -1,6 +1,6 @@
 """The denoising step of DDS: sigma -> timestep rule and the one-shot x0 estimate.
 
-docs/method.md, section 3. Pixels live in [0, 1]; the diffusion model works in [-1, 1], so a
+docs/METHOD.md, section 3. Pixels live in [0, 1]; the diffusion model works in [-1, 1], so a
 pixel-space noise std sigma is a diffusion-space std 2*sigma. A DDPM sample at timestep t is
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, so scaling a noisy image by sqrt(abar_t) gives a
 valid x_t exactly when sqrt((1 - abar_t) / abar_t) = 2*sigma.

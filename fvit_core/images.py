@@ -6,7 +6,7 @@ formats, applies the EXIF orientation and converts every mode to RGB with the ri
 (16-bit grey keeps its 16 bits; transparency is composited over white). Any failure is an
 :class:`ImageError` (a ValueError) with one actionable line.
 
-:func:`prepare_image` fits an image to a model's input size (docs/method.md, section 2: pixels
+:func:`prepare_image` fits an image to a model's input size (docs/METHOD.md, section 2: pixels
 in [0, 1], bicubic antialiased resizing), :func:`image_digest` keys caches.
 
 Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set here (truncated files must fail),

@@ -1,4 +1,4 @@
-"""Top-k overlap of explanations and divergences of prediction distributions (docs/method.md, 1).
+"""Top-k overlap of explanations and divergences of prediction distributions (docs/METHOD.md, 1).
 
 Numpy first: every function accepts numpy arrays, torch tensors (detached and moved to the CPU)
 or nested sequences, computes in float64 and returns numpy values or Python floats.
@@ -132,7 +132,7 @@ def divergences(p: ArrayLike, q: ArrayLike, *, renyi_alpha: float = 2.0) -> dict
         tv: total variation, 0.5 * sum |p - q|, in [0, 1].
         hellinger: sqrt(0.5 * sum (sqrt p - sqrt q)^2), in [0, 1].
         renyi: D_alpha(p || q) of order ``renyi_alpha`` (> 0; 1 gives KL), the divergence of the
-            prediction-stability bound (method.md 5.2).
+            prediction-stability bound (METHOD.md 5.2).
 
     Zeros: for kl and renyi, entries below PROBABILITY_FLOOR (1e-12) are raised to it and both
     vectors renormalised, so a class with q = 0 < p gives a large finite value instead of inf.

@@ -1,6 +1,6 @@
 """Model loading: a timm Vision Transformer that takes [0, 1] pixels, and a diffusers DDPM denoiser.
 
-Conventions (docs/method.md, section 2): every model here takes images as float tensors in
+Conventions (docs/METHOD.md, section 2): every model here takes images as float tensors in
 [0, 1] pixel space, shape (B, 3, H, W). The classifier's normalisation (mean/std of its
 checkpoint) is its first layer, so attacks, noise and certified radii all live in pixel space.
 
@@ -51,7 +51,7 @@ class PixelViT(nn.Module):
     Its first layers are :meth:`input_layer`: pixels at another size than :attr:`img_size` (the
     smoothing space of a larger denoiser, docs/METHOD.md) are resized to it, then normalised.
     The wrapped ``vit`` is in eval mode with fused attention switched off in every block, so the
-    attention weights are materialised and can be captured (docs/method.md, section 4).
+    attention weights are materialised and can be captured (docs/METHOD.md, section 4).
     """
 
     def __init__(

@@ -239,7 +239,7 @@ class ModelComparison:
 
 @dataclass
 class Certificates:
-    """Guarantees of the FViT at the clean image (docs/method.md, section 5). Radii in pixel units."""
+    """Guarantees of the FViT at the clean image (docs/METHOD.md, section 5). Radii in pixel units."""
 
     predicted_class: int
     class_radius: float
@@ -477,7 +477,7 @@ def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndar
     n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
     p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), cfg.confidence_alpha)
     k_radius = 0.0
-    # The bound compares ranks up to k + k0 (method.md 5.3): for larger k (or k = P) nothing is
+    # The bound compares ranks up to k + k0 (METHOD.md 5.3): for larger k (or k = P) nothing is
     # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
     k0 = certify.topk_boundary_size(cfg.k, cfg.beta)
     if cfg.k + k0 <= num_patches and cfg.mode != "denoise-only":

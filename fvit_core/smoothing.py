@@ -1,6 +1,6 @@
 """The smoothing sample loop: Denoised Diffusion Smoothing (DDS) and its ablations.
 
-docs/method.md, section 3. For each image x and i = 1..N: draw delta_i ~ N(0, sigma^2 I) in pixel
+docs/METHOD.md, section 3. For each image x and i = 1..N: draw delta_i ~ N(0, sigma^2 I) in pixel
 space (on the CPU, from the caller's generator, so results are identical on every device), form
 the model input for the chosen mode, run the ViT, and accumulate
 

@@ -1,4 +1,4 @@
-"""Attention capture and explanation methods on a tiny random ViT (docs/method.md, section 4)."""
+"""Attention capture and explanation methods on a tiny random ViT (docs/METHOD.md, section 4)."""
 
 from __future__ import annotations
 

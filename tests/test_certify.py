@@ -1,4 +1,4 @@
-"""Certificate formulas against hand-computed cases (docs/method.md, section 5)."""
+"""Certificate formulas against hand-computed cases (docs/METHOD.md, section 5)."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def _smoothed_topk_indicator(x: np.ndarray, k: int, sigma: float, noise: np.ndar
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_topk_radius_holds_under_monte_carlo_perturbations(k):
-    """method.md 5.3: perturbations inside the radius keep the top-k; well beyond it they need not."""
+    """METHOD.md 5.3: perturbations inside the radius keep the top-k; well beyond it they need not."""
     from fvit_core.metrics import topk_overlap
 
     rng = np.random.default_rng(0)

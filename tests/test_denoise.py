@@ -1,4 +1,4 @@
-"""The sigma -> t* rule and the one-shot estimate (docs/method.md, section 3)."""
+"""The sigma -> t* rule and the one-shot estimate (docs/METHOD.md, section 3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Top-k overlap and divergences against hand-computed values (docs/method.md, section 1)."""
+"""Top-k overlap and divergences against hand-computed values (docs/METHOD.md, section 1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``fvit certify``: Cohen et al.'s CERTIFY for every image, plus the top-k attention radius.
 
-Per image x (docs/method.md, section 5): n0 smoothed draws select the class c_A; n fresh draws
+Per image x (docs/METHOD.md, section 5): n0 smoothed draws select the class c_A; n fresh draws
 count its votes n_A and estimate the smoothed attention w~(x); c_A is certified within
 R = sigma * Phi^-1(p_A_lower) (certify.certify_counts, abstaining when p_A_lower < 1/2), and the
 top-k attention within certify.topk_certified_radius(w~(x), k, beta, sigma) (the Monte Carlo
@@ -19,7 +19,7 @@ empirically. For each image with a positive radius R, fresh estimates of w~(x') 
 ``check_samples`` draws (default n) are compared with w~(x) at points x' inside the radius:
 ``check_random`` uniformly random directions scaled to ||x' - x||_2 = R (then clipped to
 [0, 1], which only shortens them), PGD-L2 on the vanilla ViT with budget R, and the top-k
-explanation attack (method.md section 6) with the Linf budget R / sqrt(3HW), whose L2 norm is
+explanation attack (METHOD.md section 6) with the Linf budget R / sqrt(3HW), whose L2 norm is
 at most R. The columns give V_k(w~(x), w~(x')): the minimum over the random points, and per
 attack; ``check_floor`` is V_k of two independent estimates at x itself (the Monte Carlo noise
 floor at that sample count). The certificate promises V_k >= beta at every checked point.

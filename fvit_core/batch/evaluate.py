@@ -1,4 +1,4 @@
-"""``fvit eval``: the evaluation protocols of docs/method.md, section 7, over an image folder.
+"""``fvit eval``: the evaluation protocols of docs/METHOD.md, section 7, over an image folder.
 
 A run evaluates a grid of *settings* (attack, eps, mode, sigma, method) on every selected
 image and appends one JSON row per (image, setting) to ``OUT/rows.jsonl`` as it goes; at the

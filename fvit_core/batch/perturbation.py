@@ -1,5 +1,5 @@
 """The perturbation test of Chefer et al. 2021 ("Transformer interpretability beyond attention
-visualization"), on patches (docs/method.md, section 7).
+visualization"), on patches (docs/METHOD.md, section 7).
 
 For each fraction f in 0.1, 0.2, ..., 0.9, remove the round(f * P) patches the explanation ranks
 most relevant (positive test) or least relevant (negative test) and record whether the model
