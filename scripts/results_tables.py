@@ -76,6 +76,17 @@ def separation(vanilla: dict | None, smoothed: dict | None, metric: str, higher_
     return f"{versus}, {'beyond' if beyond else 'at'} floor"
 
 
+def overlap_table(rows: list[dict], methods, eps_list, modes) -> str:
+    """V_8 (clean vs attacked) for every method and mode by budget, the smoothed modes' noise floor last."""
+    body = []
+    for method in methods:
+        for mode in modes:
+            found = [find(rows, eps=e, mode=mode, method=method) for e in eps_list]
+            floor = cell(found[0], "topk_overlap_floor") if mode != "vanilla" else "-"
+            body.append([method, mode, *(cell(r, "topk_overlap") for r in found), floor])
+    return table(["method", "mode", *eps_list, "noise floor"], body)
+
+
 def maps_tables(rows: list[dict]) -> None:
     """The LRP baselines and the map metrics (run 6 of scripts/results_runs.sh), for the budgets
     and modes the run has."""
@@ -83,13 +94,7 @@ def maps_tables(rows: list[dict]) -> None:
     eps_list = [e for e in EPS if any(eps_name(r["eps"]) == e for r in rows)]
     modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
     print(f"### Top-k overlap V_8 under PGD, every method ({n} images)\n")
-    body = []
-    for method in ALL_METHODS:
-        for mode in modes:
-            found = [find(rows, eps=e, mode=mode, method=method) for e in eps_list]
-            floor = cell(found[0], "topk_overlap_floor") if mode != "vanilla" else "-"
-            body.append([method, mode, *(cell(r, "topk_overlap") for r in found), floor])
-    print(table(["method", "mode", *eps_list, "noise floor"], body))
+    print(overlap_table(rows, ALL_METHODS, eps_list, modes))
     print(f"\n### Map metrics clean vs attacked at PGD 8/255, with the smoothed models' noise floors ({n} images)\n")
     body = []
     for method in ALL_METHODS:
@@ -137,13 +142,7 @@ def main_tables(root: Path) -> None:
     main_rows = load(root / "main" / "summary.csv")
     n = main_rows[0]["n"]
     print(f"### Top-k overlap V_8 under PGD ({n} images)\n")
-    body = []
-    for method in METHODS:
-        for mode in MODES:
-            rows = [find(main_rows, eps=e, mode=mode, method=method) for e in EPS]
-            floor = cell(rows[0], "topk_overlap_floor") if mode != "vanilla" else "-"
-            body.append([method, mode, *(cell(r, "topk_overlap") for r in rows), floor])
-    print(table(["method", "mode", *EPS, "noise floor"], body))
+    print(overlap_table(main_rows, METHODS, EPS, MODES))
     print(f"\n### Accuracy clean and under attack, label flips ({n} images, raw attention's run)\n")
     body = []
     for mode in MODES:
