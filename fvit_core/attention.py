@@ -601,7 +601,7 @@ def _explain_lrp(
             )
         with torch.enable_grad():
             x_graph = x if x.requires_grad else x.detach().requires_grad_(True)
-            return lrp_patch_relevance(model.vit, (x_graph - model.mean) / model.std, method, target=target,
+            return lrp_patch_relevance(model.vit, model.input_layer(x_graph), method, target=target,
                                        head_fusion=head_fusion, create_graph=True)
     if method == "transformer_attribution":
         # As for the gradient methods: a fresh tensor outside inference mode, autograd on locally.
@@ -609,11 +609,11 @@ def _explain_lrp(
             x_graph = x.detach().clone().requires_grad_(True)
             target = None if target is None else target.clone()
             logits, weights, chosen = lrp_patch_relevance(
-                model.vit, (x_graph - model.mean) / model.std, method, target=target, head_fusion=head_fusion
+                model.vit, model.input_layer(x_graph), method, target=target, head_fusion=head_fusion
             )
             return logits.detach(), weights.detach(), chosen
     with torch.no_grad():
-        return lrp_patch_relevance(model.vit, (x - model.mean) / model.std, method, target=target,
+        return lrp_patch_relevance(model.vit, model.input_layer(x), method, target=target,
                                    head_fusion=head_fusion)
 
 

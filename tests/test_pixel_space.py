@@ -130,3 +130,15 @@ def test_eval_rows_live_in_each_modes_pixel_space(den64_dir, tiny_pair_dir, imag
         assert dds["perturbation_l2"] > 1.5 * rs["perturbation_l2"]
         for row in (vanilla, dds, rs):
             assert row["perturbation_linf"] <= 8 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("method", ["transformer_attribution", "lrp", "partial_lrp", "grad_rollout"])
+def test_every_explanation_method_reads_the_smoothing_space_through_the_resize(mixed_pair, method):
+    """A 64 px image explained by the 32 px ViT gives the map of the resized 32 px image."""
+    from fvit_core.attention import explain
+
+    clf = mixed_pair.classifier
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    big = explain(clf, x, method=method).attention
+    small = explain(clf, resize_pixels(x, (32, 32)), method=method).attention
+    assert big.shape == (2, 16) and torch.allclose(big, small, atol=1e-5)
