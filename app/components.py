@@ -8,8 +8,8 @@ import streamlit as st
 from matplotlib.figure import Figure
 
 from app import session
-from fvit_core import figures
-from fvit_core.pipeline import AnalysisResult
+from fvit_core.report import figures
+from fvit_core.analysis.pipeline import AnalysisResult
 
 SCREEN_DPI = 200
 

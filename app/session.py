@@ -17,9 +17,9 @@ from typing import Any, Callable
 import streamlit as st
 
 from app import state
-from fvit_core.explorer import layer_head_attention, smoothed_layer_head_attention
-from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
-from fvit_core.pipeline import AnalysisConfig, AnalysisResult, analyze
+from fvit_core.explanations.explorer import layer_head_attention, smoothed_layer_head_attention
+from fvit_core.models.loading import MODEL_PAIRS, ModelPair, load_pair
+from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, analyze
 
 log = logging.getLogger(__name__)
 RESULT_CACHE_SIZE = 32
@@ -175,7 +175,7 @@ def fvit_layer_maps(cur: Current) -> Any:
 def sweep_status(cur: Current, sigmas) -> tuple[list[AnalysisResult], list[AnalysisConfig]]:
     """Results of the sigma sweep around the current analysis already cached, and the configs
     still to compute (the current sigma is always included)."""
-    from fvit_core.sweep import sweep_configs
+    from fvit_core.analysis.sweep import sweep_configs
 
     configs = sweep_configs(cur.result.config, [*sigmas, cur.result.config.sigma])
     done, missing = [], []

@@ -14,12 +14,12 @@ import numpy as np
 import streamlit as st
 
 from app import state
-from fvit_core.attacks import ATTACKS
-from fvit_core.attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from fvit_core.images import PREPARE_MODES, prepare_image, to_uint8
-from fvit_core.pipeline import AnalysisConfig
-from fvit_core.pipeline import NOISE_FLOOR_ESTIMATORS
-from fvit_core.smoothing import PRECISION_CHOICES, SMOOTHING_MODES
+from fvit_core.attacks.registry import ATTACKS
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
+from fvit_core.analysis.pipeline import AnalysisConfig
+from fvit_core.analysis.pipeline import NOISE_FLOOR_ESTIMATORS
+from fvit_core.method.smoothing import PRECISION_CHOICES, SMOOTHING_MODES
 
 _DEFAULTS = AnalysisConfig()
 SETTING_DEFAULTS: dict[str, Any] = {
@@ -172,7 +172,7 @@ def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode:
 # --------------------------------------------------------------------------------------------
 
 
-PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.models.MODEL_PAIRS
+PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.models.loading.MODEL_PAIRS
 
 
 def _kind_label(kind: str) -> str:

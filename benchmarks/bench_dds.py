@@ -15,7 +15,7 @@ What it measures, all in one process on the default pair (models.load_pair("defa
   64, 256 on clean and attacked and the noise floor), cold (attack cache cleared);
 - a sweep over 6 sigmas at N = 64 (pipeline.analyze_many: one attack, 6 smoothings);
 - the dashboard's slider change: analyze at a new sigma (attack cached) + the Compare page's
-  figures rendered to PNG through fvit_core.figures (if present);
+  figures rendered to PNG through fvit_core.report.figures (if present);
 - batch evaluation (fvit eval) images/s and certification (fvit certify) samples/s;
 - peak memory, and memory against N (fresh subprocesses);
 - a straightforward reference implementation in the same run: one sample at a time, attention
@@ -53,13 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fvit_core import metrics, pipeline  # noqa: E402
-from fvit_core.attacks import run_attack  # noqa: E402
-from fvit_core.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
-from fvit_core.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
-from fvit_core.images import load_image, prepare_image  # noqa: E402
-from fvit_core.models import ModelPair, load_pair  # noqa: E402
-from fvit_core.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
-from fvit_core.smoothing import EarlyStop, _models, smooth  # noqa: E402
+from fvit_core.attacks.registry import run_attack  # noqa: E402
+from fvit_core.explanations.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
+from fvit_core.data.images import load_image, prepare_image  # noqa: E402
+from fvit_core.models.loading import ModelPair, load_pair  # noqa: E402
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
+from fvit_core.method.smoothing import EarlyStop, _models, smooth  # noqa: E402
 
 DATA = Path("/work/shared/data/cifar10-test-2k")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -297,7 +297,7 @@ def section_sweep(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int)
 
 def _figures_time(result) -> float | None:
     try:
-        from fvit_core import figures
+        from fvit_core.report import figures
     except ImportError:
         return None
     start = time.perf_counter()
@@ -327,7 +327,7 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "
-                   "fvit_core.figures.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
+                   "fvit_core.report.figures.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
                    "maps redrawn) is measured by tests/test_e2e_browser.py, see 'Dashboard in the browser'.")
 
 
@@ -356,8 +356,8 @@ def section_batch(rep: Report, images_dir: Path, count: int) -> None:
 _MEMORY_CHILD = """
 import gc, sys, torch
 sys.path.insert(0, {root!r})
-from fvit_core.models import load_pair
-from fvit_core.smoothing import smooth
+from fvit_core.models.loading import load_pair
+from fvit_core.method.smoothing import smooth
 pair = load_pair("default")
 status = lambda key: int([line.split()[1] for line in open("/proc/self/status") if line.startswith(key)][0])
 for _ in range(2):  # the second call shows whether anything stayed behind
@@ -503,7 +503,7 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
     rep.table("Thread settings (DDS loop, 192 samples, per sample)", ["threads", "float32", "bfloat16"], rows,
               note="Intra-op threads end every operator in a barrier; when another process holds a core, that "
                    "barrier waits for a descheduled thread (see the loaded-machine table in the text).")
-    from fvit_core import smoothing
+    from fvit_core.method import smoothing
 
     rows, default = [], dict(smoothing.CPU_BATCH)
     for cap in (24, 48, 96, 128):
@@ -531,7 +531,7 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
 @contextlib.contextmanager
 def _workers_disabled(disabled: bool):
     """Run the loop with intra-op threads in the calling thread instead of the workers."""
-    from fvit_core import smoothing
+    from fvit_core.method import smoothing
 
     real = smoothing._workers
     if disabled:

@@ -1,13 +1,13 @@
 """Cost of the paper's setting at real size: ViT-B/16 (224 px) + guided-diffusion's 256x256 UNet.
 
 Both networks are the real architectures with random weights (timm's vit_base_patch16_224 and
-fvit_core.adm's conversion of the 256x256_diffusion_uncond flags, 552.8M parameters): the cost of
+fvit_core.models.adm's conversion of the 256x256_diffusion_uncond flags, 552.8M parameters): the cost of
 a DDS sample does not depend on the weights, and nothing is downloaded. Reports
 
 - FLOPs (torch.utils.flop_counter.FlopCounterMode, as executed) of one DDS sample (UNet at 256 px,
   resize, ViT at 224 px with the raw-attention explanation) and of its parts; a PGD-10 attack as 30
   ViT forwards;
-- seconds per DDS sample through the engine's own loop (fvit_core.smoothing.smooth) in float32
+- seconds per DDS sample through the engine's own loop (fvit_core.method.smoothing.smooth) in float32
   and bfloat16, at the given batch, and what one analysis at N samples then costs;
 - with ``--device cuda``: also one timed analysis at N = 64 in float32 and bfloat16 (samples/s,
   peak GPU memory).
@@ -36,8 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 def build_pair(device: str):
     from diffusers import DDPMScheduler
 
-    from fvit_core.adm import ADM_PRESETS, build_unet, resolve_flags, scheduler_config
-    from fvit_core.models import Denoiser, ModelPair, load_classifier
+    from fvit_core.models.adm import ADM_PRESETS, build_unet, resolve_flags, scheduler_config
+    from fvit_core.models.loading import Denoiser, ModelPair, load_classifier
 
     arch = resolve_flags(ADM_PRESETS["256x256_diffusion_uncond"])
     unet = build_unet(arch)  # diffusers' random initialisation
@@ -55,8 +55,8 @@ def gflop(fn) -> float:
 
 
 def count_flops(pair) -> dict:
-    from fvit_core.attention import explain
-    from fvit_core.denoise import one_shot_denoise
+    from fvit_core.explanations.attention import explain
+    from fvit_core.method.denoise import one_shot_denoise
 
     x = torch.rand(1, 3, 256, 256, device=pair.device)
     with torch.inference_mode():
@@ -70,7 +70,7 @@ def count_flops(pair) -> dict:
 
 
 def seconds_per_sample(pair, precision: str, samples: int, batch_size: int, repeats: int) -> dict:
-    from fvit_core.smoothing import smooth
+    from fvit_core.method.smoothing import smooth
 
     x = torch.rand(1, 3, 256, 256)
     run = lambda: smooth(pair, x, sigma=0.25, n_samples=samples, precision=precision, batch_size=batch_size,  # noqa: E731
@@ -87,7 +87,7 @@ def seconds_per_sample(pair, precision: str, samples: int, batch_size: int, repe
 
 
 def timed_analysis(pair, precision: str, n_samples: int, batch_size: int) -> dict:
-    from fvit_core.pipeline import AnalysisConfig, analyze
+    from fvit_core.analysis.pipeline import AnalysisConfig, analyze
 
     image = np.random.default_rng(0).random((3, 256, 256), dtype=np.float32)
     cfg = AnalysisConfig(attack="pgd", steps=10, n_samples=n_samples, batch_size=batch_size, device=str(pair.device),

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fvit_core import metrics, pipeline  # noqa: E402
-from fvit_core.models import load_pair  # noqa: E402
-from fvit_core.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
-from fvit_core.smoothing import EarlyStop, smooth  # noqa: E402
+from fvit_core.models.loading import load_pair  # noqa: E402
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
+from fvit_core.method.smoothing import EarlyStop, smooth  # noqa: E402
 
 
 def _seconds(fn, repeats: int = 5) -> float:

@@ -1,4 +1,4 @@
-"""Worst decode time and peak memory of ``fvit_core.images.load_image`` over the fuzz corpus.
+"""Worst decode time and peak memory of ``fvit_core.data.images.load_image`` over the fuzz corpus.
 
 Each file is decoded in a forked child (so one decode's memory cannot hide another's): the child
 resets its peak RSS (``/proc/self/clear_refs``), decodes the bytes, and reports the wall time, the

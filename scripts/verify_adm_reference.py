@@ -1,10 +1,10 @@
-"""Check fvit_core.adm against OpenAI's guided-diffusion UNet on the same random weights.
+"""Check fvit_core.models.adm against OpenAI's guided-diffusion UNet on the same random weights.
 
 The reference is not part of this project: fetch openai/guided-diffusion yourself and pass the
 folder that holds its ``guided_diffusion`` package. For each case the script builds the
 reference network from guided-diffusion flags, draws random weights (every tensor, including the
 ones guided-diffusion initialises to zero, so no branch is trivially zero), converts them with
-``fvit_core.adm.build_unet``, runs both on the same noisy input and timestep, and reports the
+``fvit_core.models.adm.build_unet``, runs both on the same noisy input and timestep, and reports the
 largest difference of the epsilon channels relative to the reference's standard deviation.
 
     python scripts/verify_adm_reference.py --reference /tmp/ref-gd --cases small small-conv 256
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fvit_core.adm import ADM_PRESETS, build_unet, resolve_flags  # noqa: E402
+from fvit_core.models.adm import ADM_PRESETS, build_unet, resolve_flags  # noqa: E402
 
 # Small architectures that cover every code path of the converter: ResNet up/down-sampling with
 # scale-shift norm, legacy qkv order and learned sigma; convolutional resampling with the new qkv

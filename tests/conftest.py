@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvit_core.models import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
+from fvit_core.models.loading import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
 
 # --------------------------------------------------------------------------------------------
 # The whole suite runs with outbound network blocked: any connection to a non-loopback address
@@ -197,7 +197,7 @@ def read_rows(out) -> list[dict]:
 @pytest.fixture(scope="session")
 def eval_reference(image_folder, tiny_pair_dir, tmp_path_factory):
     """The shared grid evaluated by one uninterrupted in-process run: (output folder, rows)."""
-    from fvit_core.cli import main
+    from fvit_core.cli.main import main
 
     out = tmp_path_factory.mktemp("eval_reference")
     assert main(eval_command(image_folder, tiny_pair_dir, out)) == 0

@@ -2,7 +2,7 @@
 
 Nothing binary is committed: :func:`build_corpus` makes every case from code (seeded, so the
 same cases every run) and :func:`write_corpus` writes them into a temporary folder. Each
-:class:`CorpusCase` says what the validated decoder (``fvit_core.images.load_image``) must do:
+:class:`CorpusCase` says what the validated decoder (``fvit_core.data.images.load_image``) must do:
 
 - ``ok``: decode to float32 (3, H, W) in [0, 1] of the stated size (after EXIF orientation);
 - ``error``: raise ImageError (a ValueError) with one actionable line;

@@ -15,11 +15,11 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
-from fvit_core import models_cli
-from fvit_core.adm import ADM_PRESETS, convert_adm, count_parameters, resolve_flags, unet_config
-from fvit_core.cli import main
-from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.models import ModelLoadError, load_denoiser
+from fvit_core.cli import models as models_cli
+from fvit_core.models.adm import ADM_PRESETS, convert_adm, count_parameters, resolve_flags, unet_config
+from fvit_core.cli.main import main
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.models.loading import ModelLoadError, load_denoiser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adm"
 CASES = ("small", "small-conv")
@@ -79,7 +79,7 @@ def test_256_preset_is_the_published_architecture():
 
 
 def test_schedules_follow_guided_diffusion():
-    from fvit_core.adm import scheduler_config
+    from fvit_core.models.adm import scheduler_config
 
     linear = DDPMScheduler(**scheduler_config(resolve_flags(ADM_PRESETS["256x256_diffusion_uncond"])))
     assert timestep_for_sigma(linear.alphas_cumprod, 0.25) == 145 and timestep_for_sigma(linear.alphas_cumprod, 0.5) == 259

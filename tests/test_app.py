@@ -21,9 +21,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import metrics_table, state  # noqa: E402
-from fvit_core.attacks import ATTACKS  # noqa: E402
-from fvit_core.images import ImageError  # noqa: E402
-from fvit_core.pipeline import AnalysisConfig  # noqa: E402
+from fvit_core.attacks.registry import ATTACKS  # noqa: E402
+from fvit_core.data.images import ImageError  # noqa: E402
+from fvit_core.analysis.pipeline import AnalysisConfig  # noqa: E402
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 QUICK = {"n_samples": 8, "attack.pgd.steps": 2, "bootstrap": 50}
@@ -519,8 +519,8 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
     from safetensors.torch import load_file
 
     from conftest import TINY_VIT_ARGS, make_tiny_vit
-    from fvit_core.adm import convert_adm
-    from fvit_core.models import save_classifier
+    from fvit_core.models.adm import convert_adm
+    from fvit_core.models.loading import save_classifier
 
     fixtures = ROOT / "tests" / "fixtures" / "adm"
     monkeypatch.setenv("FVIT_MODELS_DIR", str(tmp_path))
@@ -545,7 +545,7 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
 
 
 def test_metrics_table_rows(tiny_pair):
-    from fvit_core.pipeline import AnalysisConfig, analyze
+    from fvit_core.analysis.pipeline import AnalysisConfig, analyze
 
     image = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
     cfg = AnalysisConfig(n_samples=4, steps=1, bootstrap=10, k=4, sensitivity_samples=2)

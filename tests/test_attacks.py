@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fvit_core import models
-from fvit_core.attacks import (
+from fvit_core.models import loading as models
+from fvit_core.attacks.registry import (
     ATTACKS,
     AttackContext,
     BUDGET_ATOL,
@@ -21,7 +21,7 @@ from fvit_core.attacks import (
     run_attack,
     topk_mask,
 )
-from fvit_core.attention import explain
+from fvit_core.explanations.attention import explain
 
 # Small budgets keep every attack well under a second on 2 CPU cores.
 FAST_PARAMS: dict[str, dict] = {

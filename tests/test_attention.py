@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from fvit_core.attention import (
+from fvit_core.explanations.attention import (
     EXPLANATION_METHODS,
     HEAD_FUSIONS,
     capture_attention,
@@ -285,7 +285,7 @@ def test_invalid_inputs_raise_actionable_errors(tiny_vit, kwargs, x, match):
 
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
 def test_fast_raw_path_matches_the_captured_attention(tiny_vit, fusion):
-    from fvit_core.attention import _METHODS, _compute, _raw_cls_path, _supports_cls_path
+    from fvit_core.explanations.attention import _METHODS, _compute, _raw_cls_path, _supports_cls_path
 
     x = _pixels(batch=4)
     assert _supports_cls_path(tiny_vit)
@@ -300,8 +300,8 @@ def test_fast_raw_path_matches_the_captured_attention(tiny_vit, fusion):
 def test_fast_raw_path_skips_the_capture_and_falls_back_in_training_mode(tiny_vit, monkeypatch):
     import copy
 
-    from fvit_core import attention
-    from fvit_core.attention import _supports_cls_path
+    from fvit_core.explanations import attention
+    from fvit_core.explanations.attention import _supports_cls_path
 
     expected = explain(tiny_vit, _pixels(), method="raw")
     with monkeypatch.context() as patch:

@@ -79,7 +79,7 @@ def test_bad_flag_value_exits_non_zero(tmp_path):
 @pytest.mark.parametrize("args", [["--help"], ["analyze", "x.png", "--eps", "eight"], ["eval", "--help"]])
 def test_help_and_option_errors_do_not_import_torch(args):
     """`fvit --help` and argparse errors answer before the engine (torch) is imported."""
-    code = ("import sys\nfrom fvit_core import cli\ntry:\n    cli.main(%r)\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom fvit_core.cli.main import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)" % (args,))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stderr.strip().splitlines()[-1] == "NO-TORCH", res.stderr
@@ -93,7 +93,7 @@ def test_attacks_lists_budgets_as_fractions_of_255(tmp_path):
 
 
 def test_budget_text_is_exact_or_says_two_decimals():
-    from fvit_core.analyze_cli import budget_text, fraction_of_255
+    from fvit_core.cli.analyze import budget_text, fraction_of_255
 
     assert budget_text(8 / 255) == "8/255" and budget_text(np.float32(8 / 255)) == "8/255"
     assert budget_text(1.6 / 255) == "1.6/255" and budget_text(0.01) == "2.55/255"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from fvit_core.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
+from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import EVAL_TEST_ROWS, eval_command, read_rows
-from fvit_core import distributed
+from fvit_core.runtime import distributed
 
 
 def test_context_from_torchrun_environment():

@@ -17,13 +17,13 @@ from scipy import stats
 
 from conftest import EVAL_TEST_ROWS, eval_command, read_rows
 
-from fvit_core.metrics import MAP_METRICS
+from fvit_core.analysis.metrics import MAP_METRICS
 from fvit_core.batch import evaluate as ev
-from fvit_core.batch.perturbation import (FRACTIONS, perturbation_auc, perturbed_batch, removal_counts,
+from fvit_core.explanations.perturbation_test import (FRACTIONS, perturbation_auc, perturbed_batch, removal_counts,
                                           remove_patches, split_hits)
 from fvit_core.batch.store import AppendLog, complete_lines
 from fvit_core.batch.summary import Metric, mean_ci, summarise, to_csv, wilson_ci
-from fvit_core.cli import main
+from fvit_core.cli.main import main
 
 REQUIRED_FIELDS = {"image", "label", "mode", "attack", "eps", "sigma", "method", "k", "pred_clean", "pred_attacked",
                    "topk_overlap", "divergence", "topk_overlap_floor", "topk_overlap_vanilla",
@@ -113,7 +113,7 @@ def test_rows_have_documented_fields(eval_reference):
 
 
 def test_sensitivity_rows_and_summary(image_folder, tiny_pair_dir, tmp_path):
-    from fvit_core.cli import main
+    from fvit_core.cli.main import main
 
     out = tmp_path / "sens"
     command = ["eval", "--data", str(image_folder), "--out", str(out), "--classifier", str(tiny_pair_dir / "classifier"),

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
 
-from fvit_core import figures
-from fvit_core.explorer import layer_head_attention
-from fvit_core.images import load_image
-from fvit_core.pipeline import AnalysisConfig, analyze
-from fvit_core.sweep import sigma_sweep, sweep_configs, sweep_row
+from fvit_core.report import figures
+from fvit_core.explanations.explorer import layer_head_attention
+from fvit_core.data.images import load_image
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.sweep import sigma_sweep, sweep_configs, sweep_row
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -251,8 +251,8 @@ def test_result_json_and_metrics_csv(result):
 
 
 def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tmp_path, capsys):
-    from fvit_core.cli import main
-    from fvit_core.models import load_pair
+    from fvit_core.cli.main import main
+    from fvit_core.models.loading import load_pair
 
     image_file = tmp_path / "input.png"
     image_file.write_bytes(_png_bytes(seed=5))
@@ -348,9 +348,9 @@ def test_smoothed_layer_maps_average_the_denoised_samples(result, tiny_pair):
     over N draws as the maps of the individual denoised draws (computed here by hand)."""
     import torch
 
-    from fvit_core.attention import layer_head_maps
-    from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
-    from fvit_core.explorer import smoothed_layer_head_attention
+    from fvit_core.explanations.attention import layer_head_maps
+    from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+    from fvit_core.explanations.explorer import smoothed_layer_head_attention
 
     args = dict(mode="dds", sigma=0.25, n_samples=5, seed=3)
     maps = smoothed_layer_head_attention(tiny_pair, result.clean_image, result.attacked_image, batch_size=2, **args)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from fuzz_corpus import FORMAT_EXT, CorpusCase, build_corpus, family_counts, write_corpus
-from fvit_core.images import ImageError, load_image
+from fvit_core.data.images import ImageError, load_image
 
 CASES: list[CorpusCase] = build_corpus()
 REPO = Path(__file__).resolve().parent.parent
@@ -288,7 +288,7 @@ def _no_non_finite(text: str) -> dict:
 
 
 def test_cli_analyze_over_corpus(corpus_dir: Path, tiny_pair_dir: Path, tmp_path: Path, capsys) -> None:
-    from fvit_core import cli
+    from fvit_core.cli import main as cli
 
     subset = _cli_subset()
     assert len(subset) >= 40

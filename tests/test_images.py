@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from fvit_core.images import (
+from fvit_core.data.images import (
     ImageError,
     center_crop_box,
     pad_box,

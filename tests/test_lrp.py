@@ -1,4 +1,4 @@
-"""LRP baselines (fvit_core/lrp.py): hand-checkable rules, conservation, the traced forward pass, and
+"""LRP baselines (fvit_core/explanations/lrp.py): hand-checkable rules, conservation, the traced forward pass, and
 agreement with Chefer et al.'s reference implementation (outputs committed as a fixture)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from fvit_core.attention import explain, needs_gradients
-from fvit_core.lrp import (
+from fvit_core.explanations.attention import explain, needs_gradients
+from fvit_core.explanations.lrp import (
     LRP_METHODS,
     add_relevance,
     copy_relevance,
@@ -22,8 +22,8 @@ from fvit_core.lrp import (
     patch_embedding_relevance,
     relevance_pass,
 )
-from fvit_core.lrp import _forward  # the trace the conservation test walks
-from fvit_core.smoothing import resolve_precision
+from fvit_core.explanations.lrp import _forward  # the trace the conservation test walks
+from fvit_core.method.smoothing import resolve_precision
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lrp_reference.npz"
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "models" / "cifar10-vit"
@@ -141,7 +141,7 @@ def test_lrp_refuses_a_model_it_does_not_cover(tiny_vit):
 def test_matches_chefer_reference_on_the_shipped_classifier():
     """Reference outputs of hila-chefer/Transformer-Explainability on the shipped weights
     (scripts/compare_lrp_reference.py wrote the fixture; docs/EXPLANATIONS.md)."""
-    from fvit_core.models import load_classifier
+    from fvit_core.models.loading import load_classifier
 
     ref = np.load(FIXTURE)
     clf = load_classifier(SHIPPED)

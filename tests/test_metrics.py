@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.metrics import divergences, label_flip, overlap_curve, topk_indices, topk_overlap
+from fvit_core.analysis.metrics import divergences, label_flip, overlap_curve, topk_indices, topk_overlap
 
 # ---------------------------------------------------------------------------------- top-k
 
@@ -145,7 +145,7 @@ def test_label_flip():
 
 # ---------------------------------------------------------------------------------- map metrics
 
-from fvit_core.metrics import (  # noqa: E402
+from fvit_core.analysis.metrics import (  # noqa: E402
     MAP_METRICS,
     centroid,
     centroid_shift,

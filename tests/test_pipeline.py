@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
 
@@ -138,7 +138,7 @@ def _strip(result):
 
 
 def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
-    from fvit_core import pipeline
+    from fvit_core.analysis import pipeline
 
     pipeline.clear_cache()
     calls = []
@@ -159,8 +159,8 @@ def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
 
 
 def test_analyze_many_equals_separate_analyses(tiny_pair):
-    from fvit_core import pipeline
-    from fvit_core.pipeline import analyze_many
+    from fvit_core.analysis import pipeline
+    from fvit_core.analysis.pipeline import analyze_many
 
     configs = [AnalysisConfig(**{**FAST, "sigma": s}) for s in (0.12, 0.25, 0.5)]
     pipeline.clear_cache()
@@ -173,7 +173,7 @@ def test_analyze_many_equals_separate_analyses(tiny_pair):
 
 
 def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
-    from fvit_core import pipeline
+    from fvit_core.analysis import pipeline
 
     sizes = []
     real = pipeline.smooth
@@ -194,7 +194,7 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
 
 
 def test_bootstrap_noise_floor_tracks_the_spread():
-    from fvit_core.pipeline import bootstrap_noise_floor
+    from fvit_core.analysis.pipeline import bootstrap_noise_floor
 
     rng = np.random.default_rng(0)
     steady = np.tile(np.linspace(1, 2, 16), (40, 1)) + rng.normal(0, 1e-4, (40, 16))
@@ -204,8 +204,8 @@ def test_bootstrap_noise_floor_tracks_the_spread():
 
 
 def test_vectorised_bootstrap_equals_the_per_resample_loop():
-    from fvit_core import metrics
-    from fvit_core.pipeline import bootstrap_overlap
+    from fvit_core.analysis import metrics
+    from fvit_core.analysis.pipeline import bootstrap_overlap
 
     rng = np.random.default_rng(0)
     a, b = rng.dirichlet(np.ones(16), 30), rng.dirichlet(np.ones(16), 30)
@@ -237,7 +237,7 @@ def test_bfloat16_and_early_stop_settings(tiny_pair):
 
 def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
     """Two intra-op threads: smoothing on the worker pool, attacks on the single-threaded worker."""
-    from fvit_core import pipeline
+    from fvit_core.analysis import pipeline
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -264,7 +264,7 @@ def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
 def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
     """The attack waits until the clean smoothing has started: without the overlap this would
     time out instead of returning the result that the one-call path gives."""
-    from fvit_core import pipeline
+    from fvit_core.analysis import pipeline
 
     pipeline.clear_cache()
     started = threading.Event()
@@ -289,7 +289,7 @@ def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
 
 @pytest.mark.parametrize("estimator", ["bootstrap", "independent"])
 def test_map_metrics_and_their_floor_in_the_json(tiny_pair, estimator):
-    from fvit_core.metrics import MAP_METRICS, map_metrics
+    from fvit_core.analysis.metrics import MAP_METRICS, map_metrics
 
     result = analyze(_image(seed=7), AnalysisConfig(**{**FAST, "noise_floor_estimator": estimator}), pair=tiny_pair)
     data = json.loads(result.dumps())

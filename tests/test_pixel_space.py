@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.models import TINY_UNET_ARGS, ModelPair, load_denoiser
-from fvit_core.pipeline import AnalysisConfig, analyze
-from fvit_core.pixel_space import is_uniform_rescale, resize_pixels, smoothing_size
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.models.loading import TINY_UNET_ARGS, ModelPair, load_denoiser
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.method.pixel_space import is_uniform_rescale, resize_pixels, smoothing_size
 
 SIGMA = 0.25
 
@@ -135,7 +135,7 @@ def test_eval_rows_live_in_each_modes_pixel_space(den64_dir, tiny_pair_dir, imag
 @pytest.mark.parametrize("method", ["transformer_attribution", "lrp", "partial_lrp", "grad_rollout"])
 def test_every_explanation_method_reads_the_smoothing_space_through_the_resize(mixed_pair, method):
     """A 64 px image explained by the 32 px ViT gives the map of the resized 32 px image."""
-    from fvit_core.attention import explain
+    from fvit_core.explanations.attention import explain
 
     clf = mixed_pair.classifier
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))

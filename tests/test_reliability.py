@@ -30,9 +30,18 @@ import torch
 from PIL import Image
 
 import conftest
-from fvit_core import attacks, attention, certify, cli, denoise, images, metrics, models, pipeline, smoothing
-from fvit_core.models import ModelLoadError
-from fvit_core.pipeline import AnalysisConfig, analyze
+from fvit_core.attacks import registry as attacks
+from fvit_core.explanations import attention
+from fvit_core.method import certify
+from fvit_core.cli import main as cli
+from fvit_core.method import denoise
+from fvit_core.data import images
+from fvit_core.analysis import metrics
+from fvit_core.models import loading as models
+from fvit_core.analysis import pipeline
+from fvit_core.method import smoothing
+from fvit_core.models.loading import ModelLoadError
+from fvit_core.analysis.pipeline import AnalysisConfig, analyze
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(n_samples=2, steps=1, bootstrap=0, k=4, batch_size=64, noise_floor_estimator="independent")
@@ -769,7 +778,7 @@ def _json_without_timing(result) -> str:
 
 
 def test_eight_concurrent_analyses_equal_sequential_ones(tiny_pair) -> None:
-    from fvit_core.attention import _ACTIVE
+    from fvit_core.explanations.attention import _ACTIVE
 
     inputs = [_image(seed=10 + i) for i in range(8)]
     expected = [_json_without_timing(analyze(inputs[i], _config(i), pair=tiny_pair)) for i in range(8)]

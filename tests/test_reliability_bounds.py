@@ -17,9 +17,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from fuzz_corpus import build_corpus, encode_image, jpeg_segments, noise_rgb, progressive_scan_bomb
-from fvit_core import cli, images
+from fvit_core.cli import main as cli
+from fvit_core.data import images
 from fvit_core.batch import store
-from fvit_core.images import ImageError, load_image
+from fvit_core.data.images import ImageError, load_image
 
 
 def _cli(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -193,7 +194,7 @@ def _copy_folder(src: Path, dst: Path) -> Path:
 
 def test_dashboard_lists_and_loads_only_what_resolve_model_dir_accepts(tiny_pair_dir, tmp_path) -> None:
     from app import state
-    from fvit_core.models import resolve_model_dir
+    from fvit_core.models.loading import resolve_model_dir
 
     outside = _copy_folder(tiny_pair_dir, tmp_path / "outside")
     root = tmp_path / "models"
@@ -332,7 +333,8 @@ def test_eval_strict_stops_with_the_path(folder_with_a_broken_image, tiny_pair_d
 
 
 def test_json_pointing_to_a_folder_fails_before_the_analysis(small_png, tmp_path, capsys, monkeypatch) -> None:
-    from fvit_core import analyze_cli, pipeline
+    from fvit_core.cli import analyze as analyze_cli
+    from fvit_core.analysis import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "analyze", lambda *a, **k: calls.append("analyze"))

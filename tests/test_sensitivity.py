@@ -1,4 +1,4 @@
-"""Neighbourhood sensitivity (fvit_core/sensitivity.py): the ball draws and the statistic."""
+"""Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): the ball draws and the statistic."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.sensitivity import MAX_SENSITIVITY_SAMPLES, ball_perturbations, relative_change, sensitivity
+from fvit_core.explanations.sensitivity import MAX_SENSITIVITY_SAMPLES, ball_perturbations, relative_change, sensitivity
 
 
 def test_linf_draws_stay_in_the_ball_and_the_image_range():

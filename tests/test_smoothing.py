@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.attention import explain
-from fvit_core.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.smoothing import smooth
+from fvit_core.explanations.attention import explain
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.method.smoothing import smooth
 
 
 def _images(n=2, seed=0):
@@ -69,7 +69,7 @@ def test_denoise_only_is_one_deterministic_pass(tiny_pair):
 
 
 def test_rs_needs_no_denoiser_and_inputs_stay_in_range(tiny_pair):
-    from fvit_core.models import ModelPair
+    from fvit_core.models.loading import ModelPair
 
     pair = ModelPair(classifier=tiny_pair.classifier, denoiser=None)
     out = smooth(pair, _images(1), sigma=0.5, n_samples=6, mode="rs", generator=torch.Generator().manual_seed(0))[0]
@@ -108,7 +108,7 @@ def test_invalid_parameters_are_refused(tiny_pair, kwargs, message):
 
 
 def test_bfloat16_is_close_to_float32_and_leaves_the_shared_model_alone(tiny_pair):
-    from fvit_core.smoothing import model_in_precision
+    from fvit_core.method.smoothing import model_in_precision
 
     x = _images(2)
     run = lambda precision: smooth(tiny_pair, x, sigma=0.25, n_samples=8, precision=precision,  # noqa: E731
@@ -130,7 +130,7 @@ def test_bfloat16_is_close_to_float32_and_leaves_the_shared_model_alone(tiny_pai
 
 def test_bfloat16_copy_follows_weight_changes():
     from conftest import make_tiny_vit
-    from fvit_core.smoothing import model_in_precision
+    from fvit_core.method.smoothing import model_in_precision
 
     model = make_tiny_vit(seed=1)
     first = model_in_precision(model, torch.bfloat16)
@@ -142,7 +142,7 @@ def test_bfloat16_copy_follows_weight_changes():
 
 
 def test_settled_rule_on_hand_made_estimates():
-    from fvit_core.smoothing import settled
+    from fvit_core.method.smoothing import settled
 
     w = np.array([0.4, 0.3, 0.2, 0.1])
     p = np.array([0.7, 0.2, 0.1])
@@ -156,7 +156,7 @@ def test_settled_rule_on_hand_made_estimates():
 def test_early_stop_rule_bound():
     from statistics import NormalDist
 
-    from fvit_core.smoothing import EarlyStop
+    from fvit_core.method.smoothing import EarlyStop
 
     rule = EarlyStop(k=8, alpha=0.05, check_every=16, min_samples=32)
     assert rule.checkpoints(64) == [32, 48]
@@ -169,7 +169,7 @@ def test_early_stop_rule_bound():
 
 
 def test_early_stop_stops_all_images_together_and_equals_a_shorter_run(tiny_pair):
-    from fvit_core.smoothing import EarlyStop
+    from fvit_core.method.smoothing import EarlyStop
 
     x = _images(1)
     rule = EarlyStop(k=2, alpha=0.05, check_every=8, min_samples=8)
@@ -186,7 +186,7 @@ def test_early_stop_stops_all_images_together_and_equals_a_shorter_run(tiny_pair
 
 
 def test_early_stop_runs_the_full_budget_when_not_settled(tiny_pair):
-    from fvit_core.smoothing import EarlyStop
+    from fvit_core.method.smoothing import EarlyStop
 
     rule = EarlyStop(k=8, alpha=1e-9, check_every=4, min_samples=4)
     out = smooth(tiny_pair, _images(1), sigma=0.5, n_samples=12, early_stop=rule,
@@ -211,7 +211,7 @@ def two_threads():
 
 
 def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
-    from fvit_core.smoothing import _workers
+    from fvit_core.method.smoothing import _workers
 
     x = _images(3)
     assert _workers(torch.device("cpu"), "dds") == 2 and _workers(torch.device("cpu"), "multistep") == 1
@@ -230,7 +230,7 @@ def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
 def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pair, two_threads):
     import threading
 
-    from fvit_core.smoothing import _pool, run_single_threaded
+    from fvit_core.method.smoothing import _pool, run_single_threaded
 
     smooth(tiny_pair, _images(1), sigma=0.25, n_samples=4, generator=torch.Generator().manual_seed(0))
     assert _pool(2).submit(torch.get_num_threads).result() == 1
@@ -243,7 +243,7 @@ def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pai
 
 
 def test_cpu_batches_are_even_and_independent_of_the_thread_count():
-    from fvit_core.smoothing import _batches
+    from fvit_core.method.smoothing import _batches
 
     assert [len(i) for i, _ in _batches(3, 0, 64, 256, 96)] == [96, 96]
     assert [len(i) for i, _ in _batches(3, 0, 64, 256, 48)] == [48] * 4
@@ -258,8 +258,8 @@ def test_cpu_batches_are_even_and_independent_of_the_thread_count():
 
 
 def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypatch):
-    from fvit_core import smoothing
-    from fvit_core.smoothing import resolve_precision
+    from fvit_core.method import smoothing
+    from fvit_core.method.smoothing import resolve_precision
 
     for native in (True, False):
         monkeypatch.setattr(smoothing, "native_bfloat16", lambda device, native=native: native)
@@ -276,7 +276,7 @@ def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypat
 
 
 def test_auto_precision_runs_what_it_resolves_to(tiny_pair, monkeypatch):
-    from fvit_core import smoothing
+    from fvit_core.method import smoothing
 
     x = _images(2)
     monkeypatch.setattr(smoothing, "native_bfloat16", lambda device: True)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components, metrics_table
-from fvit_core import figures
+from fvit_core.report import figures
 
 cur = components.page_header(
     "Vanilla ViT vs Faithful ViT: do the focal points survive the attack?",

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components
-from fvit_core import figures
+from fvit_core.report import figures
 
 cur = components.page_header(
     "Prediction distributions, clean vs attacked",

@@ -7,7 +7,7 @@ whose file is generated on click can lose it when another download reruns the pa
 import streamlit as st
 
 from app import components
-from fvit_core import figures
+from fvit_core.report import figures
 
 cur = components.page_header(
     "Export figures, results and settings",

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from app import components, session
-from fvit_core import figures
+from fvit_core.report import figures
 
 cur = components.page_header(
     "Where the attack acts: attention per layer and head",

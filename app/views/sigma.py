@@ -3,8 +3,8 @@
 import streamlit as st
 
 from app import components, session
-from fvit_core import figures
-from fvit_core.sweep import DEFAULT_SIGMAS, sweep_row
+from fvit_core.report import figures
+from fvit_core.analysis.sweep import DEFAULT_SIGMAS, sweep_row
 
 SIGMA_CHOICES = (0.03, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0)
 

@@ -39,18 +39,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import certify, distributed, limits, metrics
-from ..attacks import run_attack
-from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from ..denoise import check_schedule
-from ..images import ImageError, load_image, prepare_image
-from ..pixel_space import smoothing_size
-from ..models import ModelPair
-from ..smoothing import PRECISION_CHOICES, smooth
-from .data import ImageItem
-from .evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
-from .report import skipped_markdown
-from .store import RowFiles, atomic_write_text
+from fvit_core.method import certify
+
+from fvit_core.runtime import distributed
+
+from fvit_core.protocol import limits
+
+from fvit_core.analysis import metrics
+from fvit_core.attacks.registry import run_attack
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.method.denoise import check_schedule
+from fvit_core.data.images import ImageError, load_image, prepare_image
+from fvit_core.method.pixel_space import smoothing_size
+from fvit_core.models.loading import ModelPair
+from fvit_core.method.smoothing import PRECISION_CHOICES, smooth
+from fvit_core.data.folders import ImageItem
+from fvit_core.batch.evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
+from fvit_core.batch.report import skipped_markdown
+from fvit_core.batch.store import RowFiles, atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
 CHECK_COLUMNS: tuple[str, ...] = ("check_floor", "check_random_min", "check_pgdl2", "check_topk")
@@ -284,7 +290,7 @@ def certified_accuracy(rows: list[dict], radii: np.ndarray) -> np.ndarray:
 
 def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:
     """Certified accuracy at cfg.radii (Wilson 95% intervals), abstain rate, top-k radius quantiles."""
-    from .summary import wilson_ci
+    from fvit_core.batch.summary import wilson_ci
 
     table = []
     for r in cfg.radii:
@@ -336,7 +342,7 @@ def _markdown(summary: dict) -> str:
 def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distributed.DistContext,
                    seconds: float, skipped: list[dict] | tuple = ()) -> int:
     """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
-    from .report import hardware
+    from fvit_core.batch.report import hardware
 
     out = Path(cfg.out)
     rows, counts = files.merge()
@@ -351,7 +357,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     atomic_write_text(out / "certified_accuracy.md", _markdown(summary) + skipped_markdown(skipped))
     atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
     if cfg.figures:
-        from .plots import certified_accuracy_curve, radius_histogram
+        from fvit_core.batch.plots import certified_accuracy_curve, radius_histogram
 
         top = max(1.0, max(row["radius"] for row in current) * 1.05)
         grid = np.linspace(0.0, top, 201)

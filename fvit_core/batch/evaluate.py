@@ -41,18 +41,24 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import certify, distributed, limits, metrics
-from ..attacks import ATTACKS, get_attack, run_attack
-from ..attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from ..denoise import check_schedule
-from ..images import ImageError, load_image, prepare_image
-from ..models import ModelPair, load_pair
-from ..pixel_space import smoothing_size
-from ..sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from ..smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
-from .data import ImageItem, list_items, read_label_map, select
-from .perturbation import FILLS, perturbation_auc, perturbed_batch, split_hits
-from .store import RowFiles, atomic_write_text, json_line
+from fvit_core.method import certify
+
+from fvit_core.runtime import distributed
+
+from fvit_core.protocol import limits
+
+from fvit_core.analysis import metrics
+from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.method.denoise import check_schedule
+from fvit_core.data.images import ImageError, load_image, prepare_image
+from fvit_core.models.loading import ModelPair, load_pair
+from fvit_core.method.pixel_space import smoothing_size
+from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
+from fvit_core.method.smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
+from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
+from fvit_core.explanations.perturbation_test import FILLS, perturbation_auc, perturbed_batch, split_hits
+from fvit_core.batch.store import RowFiles, atomic_write_text, json_line
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
 # The numeric settings of a run, each checked against limits.BOUNDS.
@@ -94,7 +100,7 @@ class EvalConfig:
     perturbation_test: bool = True
     pt_samples: int = 16
     pt_fill: str = "mean"
-    # Neighbourhood sensitivity (fvit_core/sensitivity.py): M perturbations per image in the
+    # Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): M perturbations per image in the
     # sensitivity_norm ball of sensitivity_radius; 0 = off. Costs M explanations (vanilla) or
     # M smoothed estimates of n_samples draws (smoothed modes) per (image, mode, sigma, method).
     sensitivity_samples: int = 0
@@ -224,7 +230,7 @@ def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
     """The attack's parameters for a setting: ``--attack-param`` values it has, eps and steps,
     step eps/5 for Linf PGD-type attacks (pipeline.AnalysisConfig's rule), the sigma of the FViT
     for eot_dds, and k and the evaluated method for the top-k explanation attack."""
-    from ..pipeline import AnalysisConfig
+    from fvit_core.analysis.pipeline import AnalysisConfig
 
     names = {p.name for p in get_attack(setting.attack).params}
     params = {k: v for k, v in cfg.attack_params.items() if k in names}
@@ -645,7 +651,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,
                         seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
-        from .report import finish_eval
+        from fvit_core.batch.report import finish_eval
 
         report.skipped = skipped.collect()
         planned = {row_key(item.path, s) for item in items for s in grid}

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..figures import COLORS, publication_style
-from .report import fmt_eps, fmt_sigma
+from fvit_core.report.figures import COLORS, publication_style
+from fvit_core.batch.report import fmt_eps, fmt_sigma
 
 MODE_COLORS: dict[str, str] = {"vanilla": COLORS["vanilla"], "dds": COLORS["fvit"], "rs": "#E69F00",
                                "denoise-only": "#CC79A7", "multistep": "#56B4E9"}
@@ -28,7 +28,7 @@ _PANEL_IN = 2.4
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    from .store import atomic_write
+    from fvit_core.batch.store import atomic_write
 
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix.lstrip(".") or "png"))
 

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import distributed
-from ..metrics import MAP_METRICS
-from .store import RowFiles, atomic_write_text
-from .summary import Estimate, Metric, summarise, to_csv, to_markdown
+from fvit_core.runtime import distributed
+from fvit_core.analysis.metrics import MAP_METRICS
+from fvit_core.batch.store import RowFiles, atomic_write_text
+from fvit_core.batch.summary import Estimate, Metric, summarise, to_csv, to_markdown
 
 EVAL_GROUP = ("attack", "eps", "mode", "sigma", "method")
 
@@ -141,7 +141,7 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     Markdown summary and listed in run_info.json. Returns (rows of this command's grid present,
     rows of it missing).
     """
-    from .evaluate import MODES, key_of_row
+    from fvit_core.batch.evaluate import MODES, key_of_row
 
     out = Path(cfg.out)
     rows, counts = files.merge()
@@ -152,7 +152,7 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     atomic_write_text(out / "summary.json", json.dumps(
         [{k: _estimate_json(v) for k, v in r.items()} for r in records], indent=1) + "\n")
     if cfg.figures:
-        from .plots import overlap_vs_eps, overlap_vs_sigma
+        from fvit_core.batch.plots import overlap_vs_eps, overlap_vs_sigma
 
         overlap_vs_eps(records, out / "overlap_vs_eps.png", k=cfg.k)
         overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=cfg.k)

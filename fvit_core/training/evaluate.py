@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..denoise import one_shot_denoise, timestep_for_sigma
-from ..models import Denoiser, PixelViT
-from .data import load_training_data
-from .train_denoiser import denoiser_psnr
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.models.loading import Denoiser, PixelViT
+from fvit_core.training.data import load_training_data
+from fvit_core.training.train_denoiser import denoiser_psnr
 
 
 @torch.no_grad()
@@ -129,7 +129,7 @@ def certified_accuracy(
     """Cohen CERTIFY on ``n_images`` images of a seeded permutation; certified accuracy at radii.
 
     ``report("certify_partial", summary)`` is called every 20 images with the numbers so far."""
-    from ..certify import ABSTAIN, certify_counts
+    from fvit_core.method.certify import ABSTAIN, certify_counts
 
     images, labels, _ = load_training_data(data, train=False, size=classifier.img_size[0])
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))[:n_images]
@@ -147,7 +147,7 @@ def certified_accuracy(
 
 
 def _certified_summary(rows: list, radii: tuple[float, ...], sigma: float, n0: int, n: int, alpha: float) -> dict:
-    from ..certify import ABSTAIN
+    from fvit_core.method.certify import ABSTAIN
 
     out = {}
     for r in radii:

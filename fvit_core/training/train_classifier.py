@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
+from fvit_core.models.loading import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
-from .data import augment_batch, load_training_data
-from .loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
+from fvit_core.training.data import augment_batch, load_training_data
+from fvit_core.training.loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
                    TrainRunConfig, save_checkpoint, seed_step, write_json)
 
 
@@ -65,7 +65,7 @@ class _DenoisedInputs:
     """Replaces a fraction of a batch by one-shot DDS reconstructions (noise, then denoise)."""
 
     def __init__(self, denoiser_path: str, sigmas: tuple[float, ...], fraction: float, device: torch.device, amp: str):
-        from ..denoise import one_shot_denoise, timestep_for_sigma
+        from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 
         self.den = load_denoiser(denoiser_path).to(device)
         self.den.unet.eval().requires_grad_(False)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..models import DEFAULT_UNET_ARGS
-from .data import augment_batch, load_training_data
-from .loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
+from fvit_core.models.loading import DEFAULT_UNET_ARGS
+from fvit_core.training.data import augment_batch, load_training_data
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
                    seed_step, write_json)
-from .train_classifier import _run_steps
+from fvit_core.training.train_classifier import _run_steps
 
 
 @dataclass
@@ -93,7 +93,7 @@ def denoiser_psnr(denoiser, images: torch.Tensor, sigma: float, *, seed: int = 0
 
     ``images`` are uint8 (N, 3, H, W). Noise is N(0, sigma^2) in pixel units, seeded.
     """
-    from ..denoise import one_shot_denoise, timestep_for_sigma
+    from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 
     t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma)
     g = torch.Generator().manual_seed(seed)

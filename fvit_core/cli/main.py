@@ -26,20 +26,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Explanation faithfulness of Vision Transformers: vanilla ViT vs Faithful ViT (DDS).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from .analyze_cli import register as register_analyze
-    from .eval_cli import register as register_eval
+    from fvit_core.cli.analyze import register as register_analyze
+    from fvit_core.cli.evaluate import register as register_eval
 
     register_analyze(sub)
     args = sys.argv[1:] if argv is None else argv
     if any(a in TRAINING_COMMANDS for a in args):
-        from .training.cli import register as register_training
+        from fvit_core.cli.training import register as register_training
 
         register_training(sub)
     else:
         for name, help_text in TRAINING_COMMANDS.items():
             sub.add_parser(name, help=help_text, description=help_text)
     register_eval(sub)  # fvit eval / certify
-    from .models_cli import register as register_models
+    from fvit_core.cli.models import register as register_models
 
     register_models(sub)  # fvit convert-adm / save-classifier
     return parser
@@ -97,6 +97,3 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc)[: 4 * MAX_ERROR_CHARS].split()) or type(exc).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from .analyze_cli import ANALYZE_FLAGS, _param_value, parse_number
+from fvit_core.cli.analyze import ANALYZE_FLAGS, _param_value, parse_number
 
 
 def comma_list(kind: Callable[[str], object]) -> Callable[[str], tuple]:
@@ -125,7 +125,7 @@ def _values(ns: argparse.Namespace, cls: type) -> dict:
 
 
 def eval_config_from_args(ns: argparse.Namespace):
-    from .batch.evaluate import EvalConfig
+    from fvit_core.batch.evaluate import EvalConfig
 
     values = _values(ns, EvalConfig)
     params = {}
@@ -139,7 +139,7 @@ def eval_config_from_args(ns: argparse.Namespace):
 
 
 def run_eval_command(ns: argparse.Namespace) -> int:
-    from .batch.evaluate import run_eval
+    from fvit_core.batch.evaluate import run_eval
 
     report = run_eval(eval_config_from_args(ns))
     if report.rank == 0:
@@ -152,7 +152,7 @@ def run_eval_command(ns: argparse.Namespace) -> int:
 
 
 def run_certify_command(ns: argparse.Namespace) -> int:
-    from .batch.certification import CertifyConfig, run_certify
+    from fvit_core.batch.certification import CertifyConfig, run_certify
 
     report = run_certify(CertifyConfig(**_values(ns, CertifyConfig)))
     if report.rank == 0:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .pipeline import AnalysisConfig, AnalysisResult, analyze
+from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, analyze
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.06, 0.12, 0.25, 0.5, 1.0)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attention import layer_head_maps
-from .models import ModelPair
+from fvit_core.explanations.attention import layer_head_maps
+from fvit_core.models.loading import ModelPair
 
 
 def layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarray) -> np.ndarray:
@@ -43,8 +43,8 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
     Returns float64 (2, layers, heads, P) like :func:`layer_head_attention`. Seeded: the clean
     and the attacked image get independent draws from ``torch.Generator().manual_seed(seed)``.
     """
-    from .denoise import timestep_for_sigma
-    from .smoothing import _model_inputs
+    from fvit_core.method.denoise import timestep_for_sigma
+    from fvit_core.method.smoothing import _model_inputs
 
     if not sigma > 0 or n_samples < 1:
         raise ValueError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")

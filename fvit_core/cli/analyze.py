@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(ns: argparse.Namespace):
-    from .pipeline import AnalysisConfig
+    from fvit_core.analysis.pipeline import AnalysisConfig
 
     base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}
@@ -103,11 +103,11 @@ def _param_value(text: str):
 
 def run_analyze(ns: argparse.Namespace) -> int:
     started = time.perf_counter()
-    from .images import load_image
-    from .models import load_pair
-    from .pipeline import analyze
+    from fvit_core.data.images import load_image
+    from fvit_core.models.loading import load_pair
+    from fvit_core.analysis.pipeline import analyze
 
-    from .batch.store import check_writable_file, check_writable_folder
+    from fvit_core.batch.store import check_writable_file, check_writable_folder
 
     cfg = config_from_args(ns)
     cfg.validate()  # settings first: a typo fails in milliseconds, before any model is loaded
@@ -130,7 +130,7 @@ def run_analyze(ns: argparse.Namespace) -> int:
     elif ns.json:
         _atomic_write(Path(ns.json), text)
     if ns.out:
-        from .figures import save_key_figures
+        from fvit_core.report.figures import save_key_figures
 
         out = Path(ns.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -179,13 +179,13 @@ def fraction_of_255(value: float) -> str | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from .batch.store import atomic_write_text
+    from fvit_core.batch.store import atomic_write_text
 
     atomic_write_text(path, text)  # a unique temporary name, removed if the write fails
 
 
 def _list_attacks(ns: argparse.Namespace) -> int:
-    from .attacks import ATTACKS
+    from fvit_core.attacks.registry import ATTACKS
 
     for spec in ATTACKS.values():
         params = ", ".join(f"{p.name}={_default_text(p)}" for p in spec.params)

@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 from scipy.stats import binomtest, norm
 
-from .metrics import ArrayLike
+from fvit_core.analysis.metrics import ArrayLike
 
 ABSTAIN = -1
 

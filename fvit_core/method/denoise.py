@@ -13,8 +13,8 @@ import numbers
 
 import torch
 
-from .models import Denoiser
-from .pixel_space import resize_pixels
+from fvit_core.models.loading import Denoiser
+from fvit_core.method.pixel_space import resize_pixels
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -79,7 +79,7 @@ def _predict_noise(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tenso
     """eps_theta(x_t, t) in the dtype of ``x_t``; the UNet runs in its own dtype (float32, or a
     bfloat16 copy made by the smoothing loop), the x0 formula around it stays in ``x_t``'s.
 
-    Learned-sigma models (guided-diffusion's, converted by fvit_core.adm) output epsilon followed
+    Learned-sigma models (guided-diffusion's, converted by fvit_core.models.adm) output epsilon followed
     by the variance interpolation: only the first 3 channels, epsilon, are used."""
     unet_dtype = next(denoiser.unet.parameters()).dtype
     out = denoiser.unet(x_t.to(unet_dtype), timesteps).sample

@@ -23,9 +23,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .pixel_space import resize_pixels
+from fvit_core.method.pixel_space import resize_pixels
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 MODELS_DIR = ASSETS_DIR / "models"
 
 CIFAR10_CLASSES: tuple[str, ...] = (

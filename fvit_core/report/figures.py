@@ -1,7 +1,7 @@
 """Figures of one analysis: matplotlib (publication) and plotly (interactive), and export helpers.
 
-Pure functions over :class:`~fvit_core.pipeline.AnalysisResult` (plus the plain rows of
-:mod:`fvit_core.sweep` and the numpy maps of :mod:`fvit_core.explorer`): no Streamlit, no
+Pure functions over :class:`~fvit_core.analysis.pipeline.AnalysisResult` (plus the plain rows of
+:mod:`fvit_core.analysis.sweep` and the numpy maps of :mod:`fvit_core.explanations.explorer`): no Streamlit, no
 pyplot state. The dashboard and ``fvit analyze --out`` call the same builders, so a figure on
 screen and the file on disk come from the same code.
 
@@ -37,12 +37,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .metrics import topk_indices
+from fvit_core.analysis.metrics import topk_indices
 
 if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matplotlib
     import plotly.graph_objects as go
 
-    from .pipeline import AnalysisConfig, AnalysisResult, ImageView, ModelComparison
+    from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, ImageView, ModelComparison
 
 # --------------------------------------------------------------------------------------------
 # Style
@@ -159,7 +159,7 @@ def format_param(value: Any, unit: str) -> str:
 
 def attack_summary(result: AnalysisResult) -> str:
     """One line: 'PGD (Linf): eps 8/255, alpha 1.6/255, steps 10, random_start True'."""
-    from .attacks import get_attack  # lazy: the attack registry imports torch
+    from fvit_core.attacks.registry import get_attack  # lazy: the attack registry imports torch
 
     spec = get_attack(result.attack["name"])
     units = {p.name: p.unit for p in spec.params}
@@ -549,7 +549,7 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
                        subtitle: str = "") -> Figure:
     """Per-layer, per-head [CLS] attention of the vanilla ViT, clean (left) vs attacked (right).
 
-    ``maps``: (2, L, heads, P) from :func:`fvit_core.explorer.layer_head_attention`. The colour
+    ``maps``: (2, L, heads, P) from :func:`fvit_core.explanations.explorer.layer_head_attention`. The colour
     scale is shared within each layer (clean and attacked, all heads), so a row compares directly.
     """
     maps = _check_layer_maps(maps, grid_size)
@@ -578,7 +578,7 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
 
 def layer_head_overlap(maps: np.ndarray, k: int) -> np.ndarray:
     """V_k between the clean and the attacked map of every layer and head: (layers, heads)."""
-    from .metrics import topk_overlap
+    from fvit_core.analysis.metrics import topk_overlap
 
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 4 or maps.shape[0] != 2:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .denoise import resize_pixels
+from fvit_core.method.denoise import resize_pixels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 _SUPPORTED_TEXT = "PNG, JPEG, WebP, BMP, TIFF, GIF"

@@ -42,8 +42,8 @@ def build_config(cls: type, ns: argparse.Namespace, config_file: str | None):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .train_classifier import ClassifierTrainConfig
-    from .train_denoiser import DenoiserTrainConfig
+    from fvit_core.training.train_classifier import ClassifierTrainConfig
+    from fvit_core.training.train_denoiser import DenoiserTrainConfig
 
     for name, cls, help_text in (
         ("train-classifier", ClassifierTrainConfig, "train or fine-tune the ViT classifier (resumable)"),
@@ -73,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train_handler(name: str, cls: type):
     def run(ns: argparse.Namespace) -> int:
-        from .train_classifier import train_classifier
-        from .train_denoiser import train_denoiser
+        from fvit_core.training.train_classifier import train_classifier
+        from fvit_core.training.train_denoiser import train_denoiser
 
         cfg = build_config(cls, ns, ns.config_file)
         out = (train_classifier if name == "train-classifier" else train_denoiser)(cfg)
@@ -87,9 +87,9 @@ def _train_handler(name: str, cls: type):
 def _evaluate_handler(ns: argparse.Namespace) -> int:
     import torch
 
-    from ..models import load_classifier, load_denoiser
-    from .evaluate import certified_accuracy, evaluate_pair
-    from .loop import resolve_device, write_json
+    from fvit_core.models.loading import load_classifier, load_denoiser
+    from fvit_core.training.evaluate import certified_accuracy, evaluate_pair
+    from fvit_core.training.loop import resolve_device, write_json
 
     device = resolve_device(ns.device)
     clf = load_classifier(ns.classifier).to(device)

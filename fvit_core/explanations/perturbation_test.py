@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..metrics import topk_indices
+from fvit_core.analysis.metrics import topk_indices
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FILLS: tuple[str, ...] = ("mean", "zero")

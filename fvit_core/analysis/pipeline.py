@@ -21,15 +21,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import certify, limits, metrics
-from .attacks import ATTACKS, get_attack, run_attack
-from .attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from .denoise import check_schedule
-from .images import PREPARE_MODES, image_digest, prepare_image
-from .models import ModelPair, load_pair
-from .pixel_space import resize_pixels, smoothing_size
-from .sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from .smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
+from fvit_core.method import certify
+
+from fvit_core.protocol import limits
+
+from fvit_core.analysis import metrics
+from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.method.denoise import check_schedule
+from fvit_core.data.images import PREPARE_MODES, image_digest, prepare_image
+from fvit_core.models.loading import ModelPair, load_pair
+from fvit_core.method.pixel_space import resize_pixels, smoothing_size
+from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
+from fvit_core.method.smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
                         smooth, submit_single_threaded, vanilla)
 
 ProgressFn = Callable[[str, float], None]
@@ -90,7 +94,7 @@ class AnalysisConfig:
     early_stop: bool = False
     early_stop_alpha: float = 0.05
     noise_floor_estimator: str = "bootstrap"
-    # Neighbourhood sensitivity (fvit_core/sensitivity.py): M random perturbations in the
+    # Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): M random perturbations in the
     # sensitivity_norm ball of sensitivity_radius around the clean image; 0 switches it off.
     # Costs M vanilla explanations and M smoothed estimates of n_samples each (M <= 64).
     sensitivity_samples: int = 0
@@ -834,7 +838,7 @@ def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) 
     if not bool(torch.isfinite(pair.classifier(x)).all()):
         raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
     if cfg.mode != "rs" and pair.denoiser is not None:
-        from .denoise import one_shot_denoise, timestep_for_sigma
+        from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 
         t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
         if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star)).all()):

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..training.data import list_image_folder
+from fvit_core.training.data import list_image_folder
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def read_label_map(source: str | os.PathLike | dict) -> dict[str, int | str]:
     if isinstance(source, dict):
         data = source
     else:
-        from ..limits import read_settings_text, short_repr
+        from fvit_core.protocol.limits import read_settings_text, short_repr
 
         text = read_settings_text(source, "label map")
         try:

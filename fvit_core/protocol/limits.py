@@ -74,7 +74,7 @@ BOUNDS: dict[str, Bound] = {
     "limit": Bound(1, 100_000_000, True, "images to evaluate"),
     # fvit eval
     "pt_samples": Bound(1, 100_000, True, "smoothing samples per perturbed image"),
-    # neighbourhood sensitivity (fvit_core/sensitivity.py; 0 = off)
+    # neighbourhood sensitivity (fvit_core/explanations/sensitivity.py; 0 = off)
     "sensitivity_samples": Bound(0, 64, True, "perturbations per image for the neighbourhood sensitivity"),
     "sensitivity_radius": Bound(0.0, 1.0, False, "radius of the sensitivity ball in pixel units", open_low=True),
     # fvit certify
@@ -192,5 +192,5 @@ def bounds_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m fvit_core.limits: the table for the docs
+if __name__ == "__main__":  # python -m fvit_core.protocol.limits: the table for the docs
     print(bounds_table())

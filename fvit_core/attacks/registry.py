@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
-from .denoise import one_shot_denoise, timestep_for_sigma
-from .limits import short_repr as _short
-from .metrics import topk_indices
-from .models import Denoiser
-from .pixel_space import is_uniform_rescale
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
+from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.protocol.limits import short_repr as _short
+from fvit_core.analysis.metrics import topk_indices
+from fvit_core.models.loading import Denoiser
+from fvit_core.method.pixel_space import is_uniform_rescale
 
 ParamKind = Literal["float", "int", "choice", "bool"]
 ParamValue = float | int | str | bool

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.adm.ADM_PRESETS (kept light)
+PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.models.adm.ADM_PRESETS (kept light)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def _read_flags(path: Path) -> dict:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from .adm import convert_adm, count_parameters, resolve_flags
+    from fvit_core.models.adm import convert_adm, count_parameters, resolve_flags
 
     flags = _read_flags(ns.flags) if ns.flags else None
     out = convert_adm(ns.checkpoint, ns.out_dir, flags=flags, preset=None if flags is not None else ns.preset)
@@ -66,7 +66,7 @@ def _register_save_classifier(sub: argparse._SubParsersAction) -> None:
 
 
 def run_save_classifier(ns: argparse.Namespace) -> int:
-    from .models import load_classifier, save_classifier
+    from fvit_core.models.loading import load_classifier, save_classifier
 
     out = Path(ns.out_dir).expanduser()
     if not ns.allow_download:

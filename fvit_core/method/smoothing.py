@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain, needs_gradients
-from .lrp import LRP_METHODS
-from .denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
-from .models import Denoiser, ModelPair, PixelViT
+from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain, needs_gradients
+from fvit_core.explanations.lrp import LRP_METHODS
+from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
+from fvit_core.models.loading import Denoiser, ModelPair, PixelViT
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ an all-zero row becomes uniform 1/P):
 - ``gradcam``: last block, each head's [CLS] row weighted by that head's mean gradient over the
   [CLS] row's patch columns, relu, heads fused.
 - ``transformer_attribution``, ``lrp``, ``partial_lrp``: the LRP baselines of Chefer et al.
-  (CVPR 2021), computed by :mod:`fvit_core.lrp` (relevance rules there and in
+  (CVPR 2021), computed by :mod:`fvit_core.explanations.lrp` (relevance rules there and in
   docs/EXPLANATIONS.md); their signed relevances go through the same clamp and renormalisation.
 
 Head fusion (``mean``, ``max``, ``min``) replaces the mean over heads in every method.
@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lrp import LRP_METHODS, lrp_patch_relevance
-from .models import PixelViT
-from .pixel_space import is_uniform_rescale
+from fvit_core.explanations.lrp import LRP_METHODS, lrp_patch_relevance
+from fvit_core.models.loading import PixelViT
+from fvit_core.method.pixel_space import is_uniform_rescale
 
 EXPLANATION_METHODS: tuple[str, ...] = (
     "raw", "rollout", "grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp"
@@ -307,7 +307,7 @@ _METHODS: dict[str, _MethodSpec] = {
     "grad_rollout": _MethodSpec(needs_grad=True, last_layer_only=False, cls_only=False, reduce=_reduce_grad_rollout),
     "gradcam": _MethodSpec(needs_grad=True, last_layer_only=True, cls_only=False, reduce=_reduce_gradcam),
 }
-# The LRP methods propagate relevance with their own traced forward pass (fvit_core.lrp); the spec
+# The LRP methods propagate relevance with their own traced forward pass (fvit_core.explanations.lrp); the spec
 # only says whether they differentiate the logits (transformer_attribution reads dy/dA).
 _LRP_SPECS: dict[str, _MethodSpec] = {
     name: _MethodSpec(needs_grad=name == "transformer_attribution", last_layer_only=False, cls_only=False,
