@@ -19,7 +19,8 @@ from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
 from fvit_core.analysis.pipeline import AnalysisConfig
 from fvit_core.analysis.pipeline import NOISE_FLOOR_ESTIMATORS
-from fvit_core.method.smoothing import PRECISION_CHOICES, SMOOTHING_MODES
+from fvit_core.runtime.precision import PRECISION_CHOICES
+from fvit_core.method.faithful_vit import SMOOTHING_MODES
 
 _DEFAULTS = AnalysisConfig()
 SETTING_DEFAULTS: dict[str, Any] = {

@@ -52,14 +52,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fvit_core import metrics, pipeline  # noqa: E402
+from fvit_core.analysis import metrics, pipeline  # noqa: E402
 from fvit_core.attacks.registry import run_attack  # noqa: E402
 from fvit_core.explanations.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
 from fvit_core.data.images import load_image, prepare_image  # noqa: E402
 from fvit_core.models.loading import ModelPair, load_pair  # noqa: E402
 from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
-from fvit_core.method.smoothing import EarlyStop, _models, smooth  # noqa: E402
+from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
+from fvit_core.method.faithful_vit import FaithfulViT, smooth  # noqa: E402
+from fvit_core.runtime import strategy  # noqa: E402
+from fvit_core.runtime.precision import models_in_precision  # noqa: E402
+from fvit_core.runtime.strategy import Runtime  # noqa: E402
 
 DATA = Path("/work/shared/data/cifar10-test-2k")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -357,7 +361,7 @@ _MEMORY_CHILD = """
 import gc, sys, torch
 sys.path.insert(0, {root!r})
 from fvit_core.models.loading import load_pair
-from fvit_core.method.smoothing import smooth
+from fvit_core.method.faithful_vit import smooth
 pair = load_pair("default")
 status = lambda key: int([line.split()[1] for line in open("/proc/self/status") if line.startswith(key)][0])
 for _ in range(2):  # the second call shows whether anything stayed behind
@@ -451,7 +455,7 @@ def section_early_stop(rep: Report, pair: ModelPair, count: int) -> None:
         rep.numbers[f"early_stop_k{k}_mean_n"] = float(np.mean(stops))
     rep.table(f"Early stopping ({count} test images alone, budget N = 256, alpha 0.05, checks every 16 from 32)",
               ["k", "stopped early", "median N", "mean N", "z per comparison"], rows,
-              note="Rule: smoothing.EarlyStop (label and every top-k vs rest pair separated by z standard errors; "
+              note="Rule: monte_carlo.EarlyStop (label and every top-k vs rest pair separated by z standard errors; "
                    "Bonferroni over the 14 looks).")
 
 
@@ -482,7 +486,7 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
     rows = []
     with torch.inference_mode():
         for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            clf, den = _models(pair, precision)
+            clf, den = models_in_precision(pair.classifier, pair.denoiser, precision)
             den_s = median(timed(lambda: one_shot_denoise(den, x, t), 3))
             vit_s = median(timed(lambda: explain(clf, x.to(dtype)), 3))
             rows.append([precision, f"{den_s / 96 * 1e3:.2f} ms", f"{vit_s / 96 * 1e3:.2f} ms",
@@ -491,27 +495,27 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
                                                          "denoiser share"], rows)
     threads = torch.get_num_threads()
     x3 = torch.rand(3, 3, 32, 32)
-    loop = lambda precision: smooth(pair, x3, sigma=0.25, n_samples=64, precision=precision)  # noqa: E731
+    def loop(precision: str, parallel: bool = True) -> None:
+        runtime = Runtime(precision=precision, parallel=parallel)
+        FaithfulViT.from_pair(pair, 0.25, runtime=runtime).sample(x3, 64)
+
     rows = []
     for label, n_threads, pooled in (("1 thread", 1, False), (f"{threads} intra-op threads", threads, False),
                                      (f"{threads} workers x 1 thread (default)", threads, True)):
         torch.set_num_threads(n_threads)
-        with _workers_disabled(not pooled):
-            rows.append([label, *(f"{median(timed(lambda: loop(p), 5)) / 192 * 1e3:.2f} ms"
-                                  for p in ("float32", "bfloat16"))])
+        rows.append([label, *(f"{median(timed(lambda: loop(p, pooled), 5)) / 192 * 1e3:.2f} ms"
+                              for p in ("float32", "bfloat16"))])
     torch.set_num_threads(threads)
     rep.table("Thread settings (DDS loop, 192 samples, per sample)", ["threads", "float32", "bfloat16"], rows,
               note="Intra-op threads end every operator in a barrier; when another process holds a core, that "
                    "barrier waits for a descheduled thread (see the loaded-machine table in the text).")
-    from fvit_core.method import smoothing
-
-    rows, default = [], dict(smoothing.CPU_BATCH)
+    rows, default = [], dict(strategy.CPU_BATCH)
     for cap in (24, 48, 96, 128):
-        smoothing.CPU_BATCH = {dtype: cap for dtype in default}
+        strategy.CPU_BATCH.update({dtype: cap for dtype in default})
         rows.append([cap, *(f"{median(timed(lambda: loop(p), 5)) / 192 * 1e3:.2f} ms" for p in ("float32", "bfloat16"))])
-    smoothing.CPU_BATCH = default
+    strategy.CPU_BATCH.update(default)
     rep.table("Samples per forward pass on the CPU (DDS loop, 192 samples, per sample)",
-              ["cap (smoothing.CPU_BATCH)", "float32", "bfloat16"], rows,
+              ["cap (runtime.strategy.CPU_BATCH)", "float32", "bfloat16"], rows,
               note=f"Batches are equal and even in number: 192 samples at cap 48 are 4 x 48, at 96 2 x 96. "
                    f"Differences under about 10% are run-to-run noise here. Chosen: "
                    f"{', '.join(f'{str(k).split(chr(46))[-1]} {v}' for k, v in default.items())}.")
@@ -525,21 +529,7 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
         rows.append([n_threads, f"{seconds * 1e3:.0f} ms"])
     torch.set_num_threads(threads)
     rep.table("The attack (PGD-10, one image) by intra-op threads", ["threads", "median"], rows,
-              note="analyze runs it on one thread (smoothing.run_single_threaded): see the thread-settings section.")
-
-
-@contextlib.contextmanager
-def _workers_disabled(disabled: bool):
-    """Run the loop with intra-op threads in the calling thread instead of the workers."""
-    from fvit_core.method import smoothing
-
-    real = smoothing._workers
-    if disabled:
-        smoothing._workers = lambda device, mode: 1
-    try:
-        yield
-    finally:
-        smoothing._workers = real
+              note="analyze runs it on one thread (runtime.workers.run_single_threaded): see the thread-settings section.")
 
 
 def section_targets(rep: Report) -> None:

@@ -7,7 +7,7 @@ a DDS sample does not depend on the weights, and nothing is downloaded. Reports
 - FLOPs (torch.utils.flop_counter.FlopCounterMode, as executed) of one DDS sample (UNet at 256 px,
   resize, ViT at 224 px with the raw-attention explanation) and of its parts; a PGD-10 attack as 30
   ViT forwards;
-- seconds per DDS sample through the engine's own loop (fvit_core.method.smoothing.smooth) in float32
+- seconds per DDS sample through the engine's own loop (FaithfulViT.sample) in float32
   and bfloat16, at the given batch, and what one analysis at N samples then costs;
 - with ``--device cuda``: also one timed analysis at N = 64 in float32 and bfloat16 (samples/s,
   peak GPU memory).
@@ -70,7 +70,7 @@ def count_flops(pair) -> dict:
 
 
 def seconds_per_sample(pair, precision: str, samples: int, batch_size: int, repeats: int) -> dict:
-    from fvit_core.method.smoothing import smooth
+    from fvit_core.method.faithful_vit import smooth
 
     x = torch.rand(1, 3, 256, 256)
     run = lambda: smooth(pair, x, sigma=0.25, n_samples=samples, precision=precision, batch_size=batch_size,  # noqa: E731

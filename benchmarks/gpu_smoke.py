@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fvit_core import metrics, pipeline  # noqa: E402
+from fvit_core.analysis import metrics, pipeline  # noqa: E402
 from fvit_core.models.loading import load_pair  # noqa: E402
 from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
-from fvit_core.method.smoothing import EarlyStop, smooth  # noqa: E402
+from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
+from fvit_core.method.faithful_vit import smooth
 
 
 def _seconds(fn, repeats: int = 5) -> float:

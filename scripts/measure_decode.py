@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fvit_core import images  # noqa: E402
+from fvit_core.data import images  # noqa: E402
 
 
 def _status(field: str) -> int:

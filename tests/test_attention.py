@@ -285,12 +285,14 @@ def test_invalid_inputs_raise_actionable_errors(tiny_vit, kwargs, x, match):
 
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
 def test_fast_raw_path_matches_the_captured_attention(tiny_vit, fusion):
-    from fvit_core.explanations.attention import _METHODS, _compute, _raw_cls_path, _supports_cls_path
+    from fvit_core.explanations.attention import _METHODS, _compute, fuse_heads
+    from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
 
     x = _pixels(batch=4)
-    assert _supports_cls_path(tiny_vit)
+    assert supports_cls_path(tiny_vit)
     with torch.no_grad():
-        logits, weights = _raw_cls_path(tiny_vit, x, fusion)
+        logits, cls_attention = raw_cls_path(tiny_vit, x)
+        weights = fuse_heads(cls_attention, fusion)[:, tiny_vit.num_prefix_tokens:]
         ref_logits, ref_weights, _ = _compute(tiny_vit, x, _METHODS["raw"], fusion, None, create_graph=False)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(normalise_patch_weights(weights), normalise_patch_weights(ref_weights),
@@ -301,12 +303,12 @@ def test_fast_raw_path_skips_the_capture_and_falls_back_in_training_mode(tiny_vi
     import copy
 
     from fvit_core.explanations import attention
-    from fvit_core.explanations.attention import _supports_cls_path
+    from fvit_core.runtime.raw_attention import supports_cls_path
 
     expected = explain(tiny_vit, _pixels(), method="raw")
     with monkeypatch.context() as patch:
         patch.setattr(attention, "capture_attention", None)  # the fast path must not need it
         torch.testing.assert_close(explain(tiny_vit, _pixels(), method="raw").attention, expected.attention)
     trained = copy.deepcopy(tiny_vit).train()
-    assert not _supports_cls_path(trained)
+    assert not supports_cls_path(trained)
     torch.testing.assert_close(explain(trained, _pixels(), method="raw").attention, expected.attention)

@@ -227,3 +227,15 @@ def test_topk_radius_holds_under_monte_carlo_perturbations(k):
     for u in directions:
         assert topk_overlap(m, _smoothed_topk_indicator(x + radius * u, k, sigma, noise), k) == 1.0
     assert topk_overlap(m, _smoothed_topk_indicator(x + 3 * radius * swap, k, sigma, noise), k) < 1.0
+
+
+def test_certified_accuracy_at_radii_counts_abstentions_and_wrong_classes_as_uncertified():
+    from fvit_core.method.certify import ABSTAIN, certified_accuracy
+
+    predictions = [2, ABSTAIN, 0, 1, 5]
+    labels = [2, ABSTAIN, 0, 4, 5]  # an abstention never counts, even where the "label" is -1
+    radii = [0.5, 0.7, 0.2, 0.9, 0.0]
+    assert certified_accuracy(predictions, labels, radii, [0.0, 0.2, 0.3, 0.6]).tolist() == [0.6, 0.4, 0.2, 0.0]
+    assert np.isnan(certified_accuracy([], [], [], [0.0, 0.5])).all()
+    with pytest.raises(ValueError, match="per image"):
+        certified_accuracy([1, 2], [1], [0.1, 0.2], [0.0])

@@ -78,8 +78,8 @@ def test_certify_columns_and_a_hand_checkable_certificate(image_folder, tiny_pai
 
 
 def test_certified_accuracy_counts_abstentions_as_wrong():
-    rows = [{"correct": 1, "predict": 2, "radius": 0.5}, {"correct": 0, "predict": -1, "radius": 0.0},
-            {"correct": 1, "predict": 0, "radius": 0.2}, {"correct": 0, "predict": 1, "radius": 0.9}]
+    rows = [{"label": 2, "correct": 1, "predict": 2, "radius": 0.5}, {"label": 3, "correct": 0, "predict": -1, "radius": 0.0},
+            {"label": 0, "correct": 1, "predict": 0, "radius": 0.2}, {"label": 4, "correct": 0, "predict": 1, "radius": 0.9}]
     assert certified_accuracy(rows, np.array([0.0, 0.2, 0.3, 0.6])).tolist() == [0.5, 0.5, 0.25, 0.0]
 
 

@@ -23,7 +23,7 @@ from fvit_core.explanations.lrp import (
     relevance_pass,
 )
 from fvit_core.explanations.lrp import _forward  # the trace the conservation test walks
-from fvit_core.method.smoothing import resolve_precision
+from fvit_core.runtime.precision import resolve_precision
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lrp_reference.npz"
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "models" / "cifar10-vit"

@@ -39,7 +39,7 @@ from fvit_core.data import images
 from fvit_core.analysis import metrics
 from fvit_core.models import loading as models
 from fvit_core.analysis import pipeline
-from fvit_core.method import smoothing
+from fvit_core.method import faithful_vit, vanilla
 from fvit_core.models.loading import ModelLoadError
 from fvit_core.analysis.pipeline import AnalysisConfig, analyze
 
@@ -80,7 +80,7 @@ def _analyze(**change) -> Callable[[Ctx], Any]:
 
 
 def _smooth(images_fn=lambda c: c.x, **change) -> Callable[[Ctx], Any]:
-    return lambda c: smoothing.smooth(c.pair, images_fn(c), **{"sigma": 0.25, "n_samples": 2, **change})
+    return lambda c: faithful_vit.smooth(c.pair, images_fn(c), **{"sigma": 0.25, "n_samples": 2, **change})
 
 
 def _attack(name="pgd", x_fn=lambda c: c.x, **kw) -> Callable[[Ctx], Any]:
@@ -201,7 +201,7 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
                  ),
     pytest.param("smooth: uint8 images", _smooth(lambda c: (c.x * 255).to(torch.uint8)), r"float|\[0, 1\]",
                  ),
-    ("vanilla: images outside [0, 1]", lambda c: smoothing.vanilla(c.pair, c.x + 2), r"pixels must lie in \[0, 1\]"),
+    ("vanilla: images outside [0, 1]", lambda c: vanilla.vanilla(c.pair, c.x + 2), r"pixels must lie in \[0, 1\]"),
     # attacks.run_attack
     ("run_attack: unknown attack", _attack("nope"), "unknown attack"),
     ("run_attack: eps < 0", _attack(params={"eps": -1.0}), "eps=-1.0 is outside the allowed range"),

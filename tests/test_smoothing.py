@@ -6,7 +6,7 @@ import torch
 
 from fvit_core.explanations.attention import explain
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.method.smoothing import smooth
+from fvit_core.method.faithful_vit import smooth
 
 
 def _images(n=2, seed=0):
@@ -108,7 +108,7 @@ def test_invalid_parameters_are_refused(tiny_pair, kwargs, message):
 
 
 def test_bfloat16_is_close_to_float32_and_leaves_the_shared_model_alone(tiny_pair):
-    from fvit_core.method.smoothing import model_in_precision
+    from fvit_core.runtime.precision import model_in_precision
 
     x = _images(2)
     run = lambda precision: smooth(tiny_pair, x, sigma=0.25, n_samples=8, precision=precision,  # noqa: E731
@@ -130,7 +130,7 @@ def test_bfloat16_is_close_to_float32_and_leaves_the_shared_model_alone(tiny_pai
 
 def test_bfloat16_copy_follows_weight_changes():
     from conftest import make_tiny_vit
-    from fvit_core.method.smoothing import model_in_precision
+    from fvit_core.runtime.precision import model_in_precision
 
     model = make_tiny_vit(seed=1)
     first = model_in_precision(model, torch.bfloat16)
@@ -142,7 +142,7 @@ def test_bfloat16_copy_follows_weight_changes():
 
 
 def test_settled_rule_on_hand_made_estimates():
-    from fvit_core.method.smoothing import settled
+    from fvit_core.method.monte_carlo import settled
 
     w = np.array([0.4, 0.3, 0.2, 0.1])
     p = np.array([0.7, 0.2, 0.1])
@@ -156,7 +156,7 @@ def test_settled_rule_on_hand_made_estimates():
 def test_early_stop_rule_bound():
     from statistics import NormalDist
 
-    from fvit_core.method.smoothing import EarlyStop
+    from fvit_core.method.monte_carlo import EarlyStop
 
     rule = EarlyStop(k=8, alpha=0.05, check_every=16, min_samples=32)
     assert rule.checkpoints(64) == [32, 48]
@@ -169,7 +169,7 @@ def test_early_stop_rule_bound():
 
 
 def test_early_stop_stops_all_images_together_and_equals_a_shorter_run(tiny_pair):
-    from fvit_core.method.smoothing import EarlyStop
+    from fvit_core.method.monte_carlo import EarlyStop
 
     x = _images(1)
     rule = EarlyStop(k=2, alpha=0.05, check_every=8, min_samples=8)
@@ -186,7 +186,7 @@ def test_early_stop_stops_all_images_together_and_equals_a_shorter_run(tiny_pair
 
 
 def test_early_stop_runs_the_full_budget_when_not_settled(tiny_pair):
-    from fvit_core.method.smoothing import EarlyStop
+    from fvit_core.method.monte_carlo import EarlyStop
 
     rule = EarlyStop(k=8, alpha=1e-9, check_every=4, min_samples=4)
     out = smooth(tiny_pair, _images(1), sigma=0.5, n_samples=12, early_stop=rule,
@@ -211,10 +211,12 @@ def two_threads():
 
 
 def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
-    from fvit_core.method.smoothing import _workers
+    from fvit_core.runtime.strategy import Runtime
 
     x = _images(3)
-    assert _workers(torch.device("cpu"), "dds") == 2 and _workers(torch.device("cpu"), "multistep") == 1
+    cpu = torch.device("cpu")
+    assert Runtime().workers(cpu, "dds") == 2 and Runtime().workers(cpu, "multistep") == 1
+    assert Runtime(parallel=False).workers(cpu, "dds") == 1
     pooled = smooth(tiny_pair, x, sigma=0.25, n_samples=10, batch_size=4, keep_samples=True,
                     generator=torch.Generator().manual_seed(4))
     torch.set_num_threads(1)
@@ -230,10 +232,10 @@ def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
 def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pair, two_threads):
     import threading
 
-    from fvit_core.method.smoothing import _pool, run_single_threaded
+    from fvit_core.runtime.workers import run_single_threaded, worker_pool
 
     smooth(tiny_pair, _images(1), sigma=0.25, n_samples=4, generator=torch.Generator().manual_seed(0))
-    assert _pool(2).submit(torch.get_num_threads).result() == 1
+    assert worker_pool(2).submit(torch.get_num_threads).result() == 1
     assert run_single_threaded(torch.get_num_threads) == 1
     seen = []
     thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
@@ -243,14 +245,19 @@ def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pai
 
 
 def test_cpu_batches_are_even_and_independent_of_the_thread_count():
-    from fvit_core.method.smoothing import _batches
+    from fvit_core.runtime.strategy import Runtime
 
-    assert [len(i) for i, _ in _batches(3, 0, 64, 256, 96)] == [96, 96]
-    assert [len(i) for i, _ in _batches(3, 0, 64, 256, 48)] == [48] * 4
-    assert [len(i) for i, _ in _batches(3, 0, 64, 32, 48)] == [32] * 6  # the caller's cap wins when smaller
-    assert [len(i) for i, _ in _batches(1, 0, 1, 256, 48)] == [1]
-    assert [len(i) for i, _ in _batches(3, 0, 256, 256, None)] == [256] * 3  # GPU: the caller's batch size
-    cut = [(a.tolist(), b.tolist()) for a, b in _batches(2, 5, 3, 4, 48)]
+    cpu, gpu, bf16, f32 = torch.device("cpu"), torch.device("meta"), torch.bfloat16, torch.float32
+
+    def sizes(runtime, *args):
+        return [len(i) for i, _ in runtime.forward_batches(*args)]
+
+    assert sizes(Runtime(batch_size=256), 3, 0, 64, cpu, bf16) == [96, 96]
+    assert sizes(Runtime(batch_size=256), 3, 0, 64, cpu, f32) == [48] * 4
+    assert sizes(Runtime(batch_size=32), 3, 0, 64, cpu, f32) == [32] * 6  # the caller's cap wins when smaller
+    assert sizes(Runtime(batch_size=256), 1, 0, 1, cpu, f32) == [1]
+    assert sizes(Runtime(batch_size=256), 3, 0, 256, gpu, f32) == [256] * 3  # GPU: the caller's batch size
+    cut = [(a.tolist(), b.tolist()) for a, b in Runtime(batch_size=4).forward_batches(2, 5, 3, cpu, f32)]
     assert cut == [([0, 0, 0], [5, 6, 7]), ([1, 1, 1], [5, 6, 7])]  # samples 5..7 of images 0 and 1
 
 
@@ -258,8 +265,8 @@ def test_cpu_batches_are_even_and_independent_of_the_thread_count():
 
 
 def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypatch):
-    from fvit_core.method import smoothing
-    from fvit_core.method.smoothing import resolve_precision
+    from fvit_core.runtime import precision as smoothing
+    from fvit_core.runtime.precision import resolve_precision
 
     for native in (True, False):
         monkeypatch.setattr(smoothing, "native_bfloat16", lambda device, native=native: native)
@@ -276,7 +283,7 @@ def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypat
 
 
 def test_auto_precision_runs_what_it_resolves_to(tiny_pair, monkeypatch):
-    from fvit_core.method import smoothing
+    from fvit_core.runtime import precision as smoothing
 
     x = _images(2)
     monkeypatch.setattr(smoothing, "native_bfloat16", lambda device: True)

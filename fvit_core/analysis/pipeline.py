@@ -33,8 +33,11 @@ from fvit_core.data.images import PREPARE_MODES, image_digest, prepare_image
 from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import resize_pixels, smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from fvit_core.method.smoothing import (PRECISION_CHOICES, SMOOTHING_MODES, EarlyStop, SmoothedOutput, resolve_precision,
-                        smooth, submit_single_threaded, vanilla)
+from fvit_core.runtime.precision import PRECISION_CHOICES, resolve_precision
+from fvit_core.method.faithful_vit import SMOOTHING_MODES, smooth
+from fvit_core.method.monte_carlo import EarlyStop, SmoothedOutput
+from fvit_core.runtime.workers import submit_single_threaded
+from fvit_core.method.vanilla import vanilla
 
 ProgressFn = Callable[[str, float], None]
 
@@ -59,8 +62,8 @@ class AnalysisConfig:
 
     Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "auto" (the default) runs the
     DDS networks in bfloat16 where the device computes it natively, else float32
-    (smoothing.resolve_precision); ``early_stop`` ends sampling once label and top-k set are
-    settled at level ``early_stop_alpha`` (smoothing.EarlyStop); ``noise_floor_estimator``
+    (runtime.precision.resolve_precision); ``early_stop`` ends sampling once label and top-k set are
+    settled at level ``early_stop_alpha`` (monte_carlo.EarlyStop); ``noise_floor_estimator``
     "bootstrap" (the default) estimates the noise floor from the clean samples, "independent"
     from a third batch of N samples (whose votes then also serve as Cohen's selection counts;
     otherwise the vanilla ViT's clean prediction is the selection, which is just as valid).
@@ -636,7 +639,7 @@ def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str) -> tuple:
 def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str,
                         timer: _Timer) -> Callable[[], _AttackStage]:
     """Start (or find in the cache) the attack and vanilla passes; returns a function that waits
-    for them. On a CPU they run on the single-threaded worker (smoothing.run_single_threaded says
+    for them. On a CPU they run on the single-threaded worker (runtime.workers.run_single_threaded says
     why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
     key = _attack_key(cfg, pair, digest)
     with _cache_lock:

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
-from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 from fvit_core.protocol.limits import short_repr as _short
 from fvit_core.analysis.metrics import topk_indices
 from fvit_core.models.loading import Denoiser
@@ -305,16 +304,16 @@ def _linf_pgd(
 
 
 def _build_eot_dds(ctx: AttackContext) -> AttackFn:
-    p, model, denoiser = ctx.params, ctx.model, ctx.denoiser
-    assert denoiser is not None  # run_attack checks needs_denoiser
-    sigma, n_eot = float(p["sigma"]), int(p["n_eot"])
-    t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma)
+    from fvit_core.method.faithful_vit import FaithfulViT
+
+    p = ctx.params
+    assert ctx.denoiser is not None  # run_attack checks needs_denoiser
+    fvit = FaithfulViT(ctx.model, ctx.denoiser, float(p["sigma"]), mode="dds")
+    n_eot = int(p["n_eot"])
 
     def expected_loss(x_adv: Tensor, labels: Tensor) -> Tensor:
-        # One batch of n_eot * B noisy copies; the noise stays outside the denoiser (METHOD.md 3).
-        noisy = x_adv.unsqueeze(0) + sigma * torch.randn((n_eot, *x_adv.shape), device=x_adv.device)
-        logits = model(one_shot_denoise(denoiser, noisy.flatten(0, 1), t_star))
-        return F.cross_entropy(logits, labels.repeat(n_eot))
+        # The FViT's own draws: n_eot noisy copies in one batch, the noise outside the denoiser.
+        return F.cross_entropy(fvit.noisy_logits(x_adv, n_eot), labels.repeat(n_eot))
 
     def attack(x: Tensor, labels: Tensor) -> Tensor:
         return _linf_pgd(x, labels, expected_loss, eps=float(p["eps"]), alpha=float(p["alpha"]),

@@ -52,7 +52,9 @@ from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, load_image, prepare_image
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.models.loading import ModelPair
-from fvit_core.method.smoothing import PRECISION_CHOICES, smooth
+from fvit_core.runtime.precision import PRECISION_CHOICES
+from fvit_core.method.faithful_vit import FaithfulViT
+from fvit_core.runtime.strategy import Runtime
 from fvit_core.data.folders import ImageItem
 from fvit_core.batch.evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
 from fvit_core.batch.report import skipped_markdown
@@ -162,17 +164,20 @@ def time_seconds(text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+def faithful_vit(cfg: CertifyConfig, pair: ModelPair) -> FaithfulViT:
+    """The FViT a certification run certifies."""
+    return FaithfulViT.from_pair(pair, cfg.sigma, mode=cfg.mode, multistep_steps=cfg.multistep_steps,
+                                 runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+
+
 def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
     """One row: CERTIFY with n0 selection and n estimation draws, and the top-k radius."""
     start = time.perf_counter()
     pixels = prepare_image(load_image(root / item.path), smoothing_size(pair, cfg.mode), mode=cfg.image_mode)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
     g = distributed.generator_for(cfg.seed, "certify", item.path, cfg.mode, cfg.sigma, cfg.method)
-    common = dict(sigma=cfg.sigma, mode=cfg.mode, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
-                  generator=g, multistep_steps=cfg.multistep_steps, precision=cfg.precision)
-    selection = smooth(pair, x, n_samples=cfg.n0, method="raw", **common)[0]  # only its votes are used
-    estimation = smooth(pair, x, n_samples=cfg.n, method=cfg.method, **common)[0]
-    predict, radius = certify.certify_counts(selection.votes, estimation.votes, cfg.sigma, cfg.alpha)
+    predict, radius, estimation = faithful_vit(cfg, pair).certify(x, cfg.n0, cfg.n, cfg.alpha, method=cfg.method,
+                                                                  head_fusion=cfg.head_fusion, generator=g)
     try:
         topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
     except ValueError as exc:
@@ -215,9 +220,8 @@ def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor,
                              seed=seed).cpu()
             points.append(adv)
             attacks.append(name)
-    outs = smooth(pair, torch.cat(points), sigma=cfg.sigma, n_samples=cfg.check_samples or cfg.n, mode=cfg.mode,
-                  method=cfg.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size, generator=g,
-                  multistep_steps=cfg.multistep_steps, precision=cfg.precision)
+    outs = faithful_vit(cfg, pair).sample(torch.cat(points), cfg.check_samples or cfg.n, method=cfg.method,
+                                          head_fusion=cfg.head_fusion, generator=g)
     overlaps = [float(metrics.topk_overlap(attention, out.attention, cfg.k)) for out in outs]
     checks["check_floor"] = overlaps[0]
     if cfg.check_random:
@@ -282,10 +286,9 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
 
 
 def certified_accuracy(rows: list[dict], radii: np.ndarray) -> np.ndarray:
-    """Fraction of rows certified correct with radius >= r, per r (abstentions count as wrong)."""
-    correct = np.array([row["correct"] == 1 and row["predict"] != certify.ABSTAIN for row in rows], dtype=bool)
-    radius = np.array([row["radius"] for row in rows], dtype=np.float64)
-    return np.array([float(np.mean(correct & (radius >= r))) if rows else math.nan for r in radii])
+    """certify.certified_accuracy of CERTIFY rows, per radius (abstentions count as wrong)."""
+    return certify.certified_accuracy([row["predict"] for row in rows], [row["label"] for row in rows],
+                                      [row["radius"] for row in rows], radii)
 
 
 def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:

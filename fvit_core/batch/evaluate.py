@@ -55,7 +55,10 @@ from fvit_core.data.images import ImageError, load_image, prepare_image
 from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from fvit_core.method.smoothing import PRECISION_CHOICES, SMOOTHING_MODES, SmoothedOutput, smooth, vanilla
+from fvit_core.runtime.precision import PRECISION_CHOICES
+from fvit_core.method.faithful_vit import SMOOTHING_MODES, smooth
+from fvit_core.method.monte_carlo import SmoothedOutput
+from fvit_core.method.vanilla import vanilla
 from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
 from fvit_core.explanations.perturbation_test import FILLS, perturbation_auc, perturbed_batch, split_hits
 from fvit_core.batch.store import RowFiles, atomic_write_text, json_line
@@ -108,7 +111,7 @@ class EvalConfig:
     sensitivity_norm: str = "Linf"
     multistep_steps: int = 10
     image_mode: str = "resize"
-    # The DDS networks' precision, as in `fvit analyze` (smoothing.resolve_precision): "auto" is
+    # The DDS networks' precision, as in `fvit analyze` (runtime.precision.resolve_precision): "auto" is
     # bfloat16 where native for forward-only methods; its effect is measured in PERFORMANCE.md.
     precision: str = "auto"
     batch_size: int = 256

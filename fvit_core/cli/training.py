@@ -88,7 +88,7 @@ def _evaluate_handler(ns: argparse.Namespace) -> int:
     import torch
 
     from fvit_core.models.loading import load_classifier, load_denoiser
-    from fvit_core.training.evaluate import certified_accuracy, evaluate_pair
+    from fvit_core.training.evaluate import certify_pair, evaluate_pair
     from fvit_core.training.loop import resolve_device, write_json
 
     device = resolve_device(ns.device)
@@ -112,7 +112,7 @@ def _evaluate_handler(ns: argparse.Namespace) -> int:
                 measured.pop(name)
         result = {**partial, **measured}
         if ns.certify_images > 0 and "certify" in parts:
-            result["certify"] = certified_accuracy(clf, den, ns.data, sigma=ns.certify_sigma, n=ns.certify_n,
+            result["certify"] = certify_pair(clf, den, ns.data, sigma=ns.certify_sigma, n=ns.certify_n,
                                                    n_images=ns.certify_images, batch_size=ns.batch_size, report=report)
     result["device"] = str(device)
     write_json(Path(ns.json), result)

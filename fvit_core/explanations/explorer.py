@@ -43,17 +43,14 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
     Returns float64 (2, layers, heads, P) like :func:`layer_head_attention`. Seeded: the clean
     and the attacked image get independent draws from ``torch.Generator().manual_seed(seed)``.
     """
-    from fvit_core.method.denoise import timestep_for_sigma
-    from fvit_core.method.smoothing import _model_inputs
+    from fvit_core.method.faithful_vit import FaithfulViT
 
     if not sigma > 0 or n_samples < 1:
         raise ValueError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")
-    if mode != "rs" and pair.denoiser is None:
-        raise ValueError(f"mode {mode!r} needs a denoiser; this pair has none")
+    fvit = FaithfulViT.from_pair(pair, sigma, mode=mode, multistep_steps=multistep_steps)
     images = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (clean, attacked)]
     generator = torch.Generator().manual_seed(int(seed))
-    t_star = None if mode == "rs" else timestep_for_sigma(pair.denoiser.alphas_cumprod, sigma)
-    n = 1 if mode == "denoise-only" else int(n_samples)
+    n = fvit.draws_per_image(int(n_samples))
     out = []
     with torch.inference_mode():
         for image in images:
@@ -63,8 +60,7 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
                 noise = torch.zeros((count, *image.shape)) if mode == "denoise-only" else \
                     torch.randn((count, *image.shape), generator=generator) * sigma
                 noisy = (image[None] + noise).to(pair.device)
-                inputs = _model_inputs(pair.classifier, pair.denoiser, noisy, mode, t_star, multistep_steps,
-                                       generator if mode == "multistep" else None)
+                inputs = fvit.model_input(noisy, generator if mode == "multistep" else None)
                 maps = layer_head_maps(pair.classifier, inputs.float()).double().sum(dim=0)
                 total = maps if total is None else total + maps
             out.append((total / n).cpu().numpy())

@@ -261,6 +261,21 @@ def _refine(grid: np.ndarray, best: int, boundary: np.ndarray, k0: int, sigma: f
     return -float(result.fun)
 
 
+def certified_accuracy(predictions: ArrayLike, labels: ArrayLike, radii: ArrayLike, at: ArrayLike) -> np.ndarray:
+    """Cohen's certified accuracy: for each radius r of ``at``, the fraction of images whose
+    CERTIFY prediction is their label (abstentions count as wrong) with certified radius >= r.
+    ``predictions``, ``labels``, ``radii`` are per image; NaN for every r when there are none."""
+    predictions, labels = np.asarray(predictions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    radii, at = np.asarray(radii, dtype=np.float64), np.asarray(at, dtype=np.float64)
+    if not (predictions.shape == labels.shape == radii.shape):
+        raise ValueError(f"predictions, labels and radii must be per image, got shapes {predictions.shape}, "
+                         f"{labels.shape}, {radii.shape}")
+    if predictions.size == 0:
+        return np.full(at.shape, np.nan)
+    correct = (predictions == labels) & (predictions != ABSTAIN)
+    return np.array([float(np.mean(correct & (radii >= r))) for r in at.ravel()]).reshape(at.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # Monte Carlo uncertainty
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Model-card measurements of a classifier / denoiser pair on a labelled image folder.
 
-Every number in assets/models/*/MODEL_CARD.md comes from :func:`evaluate_pair` (CLI:
+Every number in assets/models/*/MODEL_CARD.md comes from :func:`evaluate_pair` and :func:`certify_pair` (CLI:
 ``fvit evaluate-models``): clean accuracy, one-shot denoising PSNR, accuracy of the smoothed
 classifier (DDS, hard votes) and Cohen certified accuracy.
 """
@@ -14,41 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
+from fvit_core.method.certify import certified_accuracy
+from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.models.loading import Denoiser, PixelViT
+from fvit_core.runtime.strategy import Runtime
 from fvit_core.training.data import load_training_data
 from fvit_core.training.train_denoiser import denoiser_psnr
-
-
-@torch.no_grad()
-def dds_votes(
-    classifier: PixelViT,
-    denoiser: Denoiser | None,
-    x: torch.Tensor,
-    sigma: float,
-    n_samples: int,
-    *,
-    batch_size: int = 500,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Vote counts (C,) of argmax predictions over ``n_samples`` DDS draws for one image x (3, H, W).
-
-    Noise is drawn on the CPU from ``generator`` so that counts are identical on every device.
-    With ``denoiser=None`` this is plain randomized smoothing (Cohen et al.).
-    """
-    device = classifier.mean.device
-    t_star = timestep_for_sigma(denoiser.alphas_cumprod, sigma) if denoiser is not None else None
-    counts = torch.zeros(classifier.num_classes, dtype=torch.long)
-    remaining = n_samples
-    while remaining > 0:
-        b = min(batch_size, remaining)
-        noise = torch.randn((b, *x.shape), generator=generator) * sigma
-        noisy = (x.cpu()[None] + noise).to(device)
-        inputs = one_shot_denoise(denoiser, noisy, t_star) if denoiser is not None else noisy
-        preds = classifier(inputs).argmax(-1).cpu()
-        counts += torch.bincount(preds, minlength=classifier.num_classes)
-        remaining -= b
-    return counts
 
 
 @dataclass
@@ -97,12 +68,12 @@ def evaluate_pair(
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_dds_images]
     dds = {}
     for sigma in sigmas if "dds" in parts else ():
+        fvit = _faithful_vit(classifier, denoiser, sigma, batch_size)
         g = torch.Generator().manual_seed(seed)
         hits = 0
         for idx in order.tolist():
-            x = images[idx].float() / 255.0
-            counts = dds_votes(classifier, denoiser, x, sigma, dds_samples, batch_size=batch_size, generator=g)
-            hits += int(int(counts.argmax()) == int(labels[idx]))
+            votes = fvit.explain(images[idx].float() / 255.0, dds_samples, generator=g).votes
+            hits += int(int(votes.argmax()) == int(labels[idx]))  # hard votes, ties to the lower class
         dds[f"{sigma:g}"] = hits / len(order)
         report("dds_accuracy", dds)
     return PairEvaluation(
@@ -111,7 +82,7 @@ def evaluate_pair(
     )
 
 
-def certified_accuracy(
+def certify_pair(
     classifier: PixelViT,
     denoiser: Denoiser,
     data: str,
@@ -126,31 +97,31 @@ def certified_accuracy(
     batch_size: int = 500,
     report: "Callable[[str, object], None] | None" = None,
 ) -> dict:
-    """Cohen CERTIFY on ``n_images`` images of a seeded permutation; certified accuracy at radii.
+    """Cohen CERTIFY (FaithfulViT.certify) on ``n_images`` images of a seeded permutation;
+    certified accuracy (certify.certified_accuracy) at ``radii``.
 
     ``report("certify_partial", summary)`` is called every 20 images with the numbers so far."""
-    from fvit_core.method.certify import ABSTAIN, certify_counts
-
     images, labels, _ = load_training_data(data, train=False, size=classifier.img_size[0])
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))[:n_images]
+    fvit = _faithful_vit(classifier, denoiser, sigma, batch_size)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for idx in order.tolist():
-        x = images[idx].float() / 255.0
-        c0 = dds_votes(classifier, denoiser, x, sigma, n0, batch_size=batch_size, generator=g)
-        c = dds_votes(classifier, denoiser, x, sigma, n, batch_size=batch_size, generator=g)
-        cls, radius = certify_counts(c0.numpy(), c.numpy(), sigma, alpha)
-        rows.append((int(labels[idx]), cls, radius))
+        prediction, radius, _ = fvit.certify(images[idx].float() / 255.0, n0, n, alpha, generator=g)
+        rows.append((int(labels[idx]), prediction, radius))
         if report is not None and len(rows) % 20 == 0:
             report("certify_partial", _certified_summary(rows, radii, sigma, n0, n, alpha))
     return _certified_summary(rows, radii, sigma, n0, n, alpha)
 
 
-def _certified_summary(rows: list, radii: tuple[float, ...], sigma: float, n0: int, n: int, alpha: float) -> dict:
-    from fvit_core.method.certify import ABSTAIN
+def _faithful_vit(classifier: PixelViT, denoiser: Denoiser | None, sigma: float, batch_size: int) -> FaithfulViT:
+    """The FViT of the model cards: DDS (randomized smoothing without a denoiser), float32."""
+    return FaithfulViT(classifier, denoiser, sigma, mode="dds" if denoiser is not None else "rs",
+                       runtime=Runtime(precision="float32", batch_size=batch_size))
 
-    out = {}
-    for r in radii:
-        ok = [cls == label and cls != ABSTAIN and radius >= r for label, cls, radius in rows]
-        out[f"{r:g}"] = float(np.mean(ok))
+
+def _certified_summary(rows: list, radii: tuple[float, ...], sigma: float, n0: int, n: int, alpha: float) -> dict:
+    labels, predictions, certified = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+    accuracy = certified_accuracy(predictions, labels, certified, np.asarray(radii, dtype=np.float64))
+    out = {f"{r:g}": float(value) for r, value in zip(radii, accuracy)}
     return {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "n_images": len(rows), "certified_accuracy": out}

@@ -1,0 +1,17 @@
+"""The vanilla ViT: its prediction and explanation on the images themselves, no smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fvit_core.explanations.attention import explain
+from fvit_core.models.loading import ModelPair
+
+
+def vanilla(pair: ModelPair, images: torch.Tensor, *, method: str = "raw", head_fusion: str = "mean"
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The vanilla ViT on a batch (B, 3, H, W) in [0, 1]: (attention (B, P), probabilities (B, C)),
+    float64 numpy."""
+    exp = explain(pair.classifier, images.to(pair.device), method=method, head_fusion=head_fusion)
+    return exp.attention.double().cpu().numpy(), torch.softmax(exp.logits.float(), -1).double().cpu().numpy()
