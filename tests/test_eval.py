@@ -50,7 +50,7 @@ def test_grid_vanilla_once_per_budget_and_eot_per_sigma():
         ev.Setting("eot_dds", 8 / 255, "dds", 0.25, "raw"))
     assert ev.attack_key(ev.Setting("topk", 8 / 255, "dds", 0.12, "raw")) != ev.attack_key(
         ev.Setting("topk", 8 / 255, "dds", 0.12, "rollout"))
-    params = ev.attack_arguments(cfg, ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw"))
+    params = ev.get_attack("eot_dds").resolve(ev.attack_arguments(cfg, ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw")))
     assert params["sigma"] == 0.12 and params["alpha"] == pytest.approx(4 / 255 / 5)
 
 

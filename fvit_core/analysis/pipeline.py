@@ -27,6 +27,7 @@ from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import PREPARE_MODES, image_digest, prepare_image
@@ -102,22 +103,12 @@ class AnalysisConfig:
     sensitivity_norm: str = "Linf"
 
     def attack_arguments(self) -> dict:
-        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied."""
-        params = dict(self.attack_params)
-        spec = get_attack(self.attack)
-        names = {p.name for p in spec.params}
-        for name, value in (("eps", self.eps), ("steps", self.steps)):
-            if value is None:
-                continue
-            if name not in names:
-                raise ValueError(f"attack {self.attack!r} has no parameter {name!r}; its parameters: "
-                                 f"{', '.join(sorted(names)) or 'none'}")
-            params[name] = value
-        if "eps" in params and "alpha" in names and "alpha" not in self.attack_params and spec.norm == "Linf":
-            params["alpha"] = float(params["eps"]) / 5.0  # the paper's PGD step: eps / 5
-        if self.attack == "eot_dds" and "sigma" in names and "sigma" not in params:
-            params["sigma"] = self.sigma  # the adaptive attack targets the FViT being analysed
-        return params
+        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied
+        and the parameters that follow the analysis settings (registry.attack_arguments; the
+        registry's resolve adds the derived ones, alpha = eps / 5)."""
+        return registry_attack_arguments(self.attack, self.attack_params, eps=self.eps, steps=self.steps,
+                                         settings={"sigma": self.sigma, "k": self.k, "method": self.method,
+                                                   "head_fusion": self.head_fusion})
 
     def validate(self, num_patches: int | None = None) -> None:
         """Raise ValueError with an actionable message for any invalid setting.

@@ -49,6 +49,7 @@ from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, load_image, prepare_image
@@ -227,22 +228,13 @@ def eval_row_files(out: str | Path) -> RowFiles:
 
 
 def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
-    """The attack's parameters for a setting: ``--attack-param`` values it has, eps and steps,
-    step eps/5 for Linf PGD-type attacks (pipeline.AnalysisConfig's rule), the sigma of the FViT
-    for eot_dds, and k and the evaluated method for the top-k explanation attack."""
-    from fvit_core.analysis.pipeline import AnalysisConfig
-
-    names = {p.name for p in get_attack(setting.attack).params}
-    params = {k: v for k, v in cfg.attack_params.items() if k in names}
-    analysis = AnalysisConfig(attack=setting.attack, eps=setting.eps if "eps" in names else None,
-                              steps=cfg.steps if "steps" in names else None, attack_params=params,
-                              sigma=setting.sigma if setting.sigma is not None else 0.25)
-    resolved = analysis.attack_arguments()
-    if setting.attack == "topk":
-        resolved.setdefault("k", cfg.k)
-        resolved.setdefault("method", setting.method)
-        resolved.setdefault("head_fusion", cfg.head_fusion)
-    return resolved
+    """The attack's parameters for a setting (registry.attack_arguments, as ``fvit analyze``):
+    the ``--attack-param`` values it has, eps and steps, the sigma of the FViT for eot_dds, and
+    k, the evaluated method and head fusion for the top-k explanation attack; the registry adds
+    the derived step alpha = eps / 5 when resolving."""
+    return registry_attack_arguments(setting.attack, cfg.attack_params, eps=setting.eps, steps=cfg.steps,
+                                     settings={"sigma": setting.sigma, "k": cfg.k, "method": setting.method,
+                                               "head_fusion": cfg.head_fusion}, strict=False)
 
 
 def attack_key(setting: Setting) -> tuple:
