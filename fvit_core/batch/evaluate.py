@@ -10,16 +10,17 @@ that needs them:
   which attacks the FViT at one sigma, and ``topk``, which attacks the explanation method (and
   k) being evaluated;
 - the vanilla ViT's explanation per (image, method), clean and per attacked image;
-- the smoothed clean estimate and its independent second estimate (the noise floor) per
-  (mode, sigma, method): shared by every attack and budget;
+- the smoothed clean estimate and its noise floor (``noise_floor_estimator``: the bootstrap of
+  its samples, or an independent second estimate) per (mode, sigma, method): shared by every attack and budget;
 - the perturbation test per (mode, sigma, method), on the clean image;
 - the neighbourhood sensitivity per (mode, sigma, method), on the clean image (when
   ``sensitivity_samples`` > 0).
 A row's ``seconds`` is its share of the units it used (each unit's time divided by the number
 of rows of this run that use it), so the seconds of an image's rows add up to its cost.
 
-Randomness. Every unit draws from its own generator, seeded from (seed, image path relative to
-the data folder, unit): results do not depend on the order of images, on which rank evaluates
+Randomness. Every unit draws from its own generator, seeded from (seed, the digest of the decoded
+image, stage, setting) by protocol/seeds.py, exactly as ``fvit analyze`` and the dashboard seed
+theirs (so one image gives the same numbers in every front): results do not depend on the order of images, on which rank evaluates
 them, on how many rows a resumed run still had to compute, on images added to the folder, or on
 the batch size (noise is drawn on the CPU; batched float arithmetic may differ in the last bits).
 
