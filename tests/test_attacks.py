@@ -107,6 +107,34 @@ def test_specs_are_well_formed(name: str) -> None:
         assert spec.budget(spec.defaults()) is not None
 
 
+def test_linf_step_follows_the_budget_in_the_registry() -> None:
+    """alpha = eps / 5 is the registry's rule: run_attack, fvit analyze and fvit eval all get it."""
+    from fvit_core.attacks.registry import attack_arguments
+
+    assert ATTACKS["pgd"].resolve({"eps": 16 / 255})["alpha"] == pytest.approx(16 / 255 / 5)
+    assert ATTACKS["pgd"].resolve({"eps": 16 / 255, "alpha": 1 / 255})["alpha"] == 1 / 255  # given: kept
+    for name in ("mifgsm", "eotpgd", "topk", "eot_dds"):
+        assert ATTACKS[name].resolve({"eps": 4 / 255})["alpha"] == pytest.approx(4 / 255 / 5), name
+    assert ATTACKS["pgdl2"].resolve({"eps": 1.0})["alpha"] == 0.1  # the rule is Linf's; L2 keeps its default
+    # The analysis settings an attack follows when its own parameter is not given.
+    settings = {"sigma": 0.5, "k": 4, "method": "rollout", "head_fusion": "max"}
+    assert attack_arguments("eot_dds", {}, settings=settings) == {"sigma": 0.5}
+    assert attack_arguments("topk", {"k": 2}, eps=2 / 255, settings=settings) == {
+        "k": 2, "eps": 2 / 255, "method": "rollout", "head_fusion": "max"}
+    with pytest.raises(ValueError, match="no parameter 'eps'"):
+        attack_arguments("cw", {}, eps=8 / 255)
+    assert attack_arguments("cw", {"std": 0.1}, eps=8 / 255, strict=False) == {}
+
+
+def test_run_attack_uses_the_derived_step(tiny_vit) -> None:
+    """run_attack("pgd", params={"eps": 16/255}) steps by 3.2/255, not the default 1.6/255: one
+    step from a fixed start moves each pixel by at most alpha."""
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    one_step = run_attack("pgd", tiny_vit, x, params={"eps": 16 / 255, "steps": 1, "random_start": False}, seed=0)
+    moved = float((one_step - x).abs().max())
+    assert moved == pytest.approx(16 / 255 / 5, abs=1e-6)
+
+
 def test_paper_pgd_defaults() -> None:
     d = ATTACKS["pgd"].defaults()
     assert d == {"eps": 8 / 255, "alpha": 8 / 255 / 5, "steps": 10, "random_start": True}

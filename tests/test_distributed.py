@@ -42,12 +42,19 @@ def test_device_per_local_rank():
 
 
 def test_seeds_depend_only_on_their_parts():
-    seed = distributed.derive_seed(0, "eval", 7, "dds", 0.25, "raw")
-    assert seed == distributed.derive_seed(0, "eval", 7, "dds", 0.25, "raw")
+    from fvit_core.protocol.seeds import ImageSeeds, derive_seed
+
+    seed = derive_seed(0, "eval", 7, "dds", 0.25, "raw")
+    assert seed == derive_seed(0, "eval", 7, "dds", 0.25, "raw")
     assert seed == 0x5EBA69929222E71A  # fixed forever: changing it changes every published number
-    assert len({distributed.derive_seed(0, "eval", i) for i in range(100)}) == 100
-    assert distributed.derive_seed(1, "eval", 7) != distributed.derive_seed(0, "eval", 7)
-    assert distributed.derive_seed(0, "eval", 8 / 255) == distributed.derive_seed(0, "eval", 0.03137254901960784)
+    assert len({derive_seed(0, "eval", i) for i in range(100)}) == 100
+    assert derive_seed(1, "eval", 7) != derive_seed(0, "eval", 7)
+    assert derive_seed(0, "eval", 8 / 255) == derive_seed(0, "eval", 0.03137254901960784)
+    seeds = ImageSeeds(0, "abc")
+    assert seeds("clean", "dds", 0.25, "raw") == derive_seed(0, "image", "abc", "clean", "dds", 0.25, "raw")
+    assert seeds("clean", "dds", 0.25, "raw") != ImageSeeds(0, "abd")("clean", "dds", 0.25, "raw")
+    with pytest.raises(ValueError, match="unknown seed stage"):
+        seeds("cleen")
 
 
 def _free_port() -> int:

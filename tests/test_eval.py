@@ -50,7 +50,7 @@ def test_grid_vanilla_once_per_budget_and_eot_per_sigma():
         ev.Setting("eot_dds", 8 / 255, "dds", 0.25, "raw"))
     assert ev.attack_key(ev.Setting("topk", 8 / 255, "dds", 0.12, "raw")) != ev.attack_key(
         ev.Setting("topk", 8 / 255, "dds", 0.12, "rollout"))
-    params = ev.attack_arguments(cfg, ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw"))
+    params = ev.get_attack("eot_dds").resolve(ev.attack_arguments(cfg, ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw")))
     assert params["sigma"] == 0.12 and params["alpha"] == pytest.approx(4 / 255 / 5)
 
 
@@ -301,3 +301,44 @@ def test_bad_grid_values_are_refused(tmp_path):
         CertifyConfig(data="d", out="o", precision="half").validate()
     ev.EvalConfig(data="d", out="o", precision="bfloat16").validate()
     CertifyConfig(data="d", out="o", precision="float32").validate()
+
+
+def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_path):
+    """Rows seeded from the image path (no seed_protocol) or made with the independent floor (no
+    noise_floor_estimator: it was the only one) cannot be resumed with today's defaults."""
+    cfg = ev.EvalConfig(data="d", out=str(tmp_path))
+    (tmp_path / "rows.jsonl").write_text("")
+    stored = {**cfg.to_dict(), "n_samples": 64}
+    del stored["noise_floor_estimator"]
+    (tmp_path / ev.CONFIG_FILE).write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="seeded by an earlier protocol"):
+        ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
+    (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL}))
+    with pytest.raises(ValueError, match="noise_floor_estimator 'independent' -> 'bootstrap'"):
+        ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
+    cfg.noise_floor_estimator = "independent"
+    ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))  # resumes with what it used
+
+
+def test_shared_settings_are_checked_alike(tmp_path):
+    """One rule per shared setting (protocol/settings) in analyze, eval and certify, types included."""
+    from fvit_core.analysis.pipeline import AnalysisConfig
+    from fvit_core.batch.certification import CertifyConfig
+
+    for bad, message in (({"method": "nope"}, "unknown method 'nope'"), ({"head_fusion": "x"}, "unknown head fusion"),
+                         ({"precision": "float16"}, "precision must be one of"), ({"k": 0}, "k must be")):
+        with pytest.raises(ValueError, match=message):
+            AnalysisConfig(**bad).validate()
+        with pytest.raises(ValueError, match=message):
+            CertifyConfig(data="d", out="o", **bad).validate()
+        eval_bad = {"methods": (bad["method"],)} if "method" in bad else bad
+        with pytest.raises(ValueError, match=message):
+            ev.EvalConfig(data="d", out="o", **eval_bad).validate()
+    with pytest.raises(ValueError, match="noise_floor_estimator must be one of"):
+        ev.EvalConfig(data="d", out="o", noise_floor_estimator="jackknife").validate()
+    with pytest.raises(ValueError, match="eps must be a number"):
+        ev.EvalConfig(data="d", out="o", eps=("8/255",)).validate()
+    with pytest.raises(ValueError, match="sigma must be a number"):
+        CertifyConfig(data="d", out="o", sigma="0.25").validate()
+    with pytest.raises(ValueError, match="eps must be a number"):
+        AnalysisConfig(eps="8/255").validate()

@@ -24,9 +24,13 @@ import torch
 from fvit_core.method import certify
 
 from fvit_core.protocol import limits
+from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
+from fvit_core.protocol.settings import (NOISE_FLOOR_ESTIMATORS, AttackSettings, ExplanationSettings, RuntimeSettings,
+                                         SensitivitySettings, SmoothingSettings, check_types)
 
 from fvit_core.analysis import metrics
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import PREPARE_MODES, image_digest, prepare_image
@@ -41,17 +45,9 @@ from fvit_core.method.vanilla import vanilla
 
 ProgressFn = Callable[[str, float], None]
 
-# How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
-# - independent: V_k between the clean estimate and a second, independent clean estimate with
-#   the same settings (a third batch of N samples; its votes also give Cohen's CERTIFY the
-#   independent selection counts);
-# - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
-#   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
-NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
-# The numeric settings of an analysis, each checked against limits.BOUNDS.
-ANALYSIS_NUMBERS: tuple[str, ...] = ("sigma", "n_samples", "batch_size", "bootstrap", "multistep_steps", "k", "beta",
-                                     "confidence_alpha", "renyi_alpha", "early_stop_alpha", "eps", "steps", "seed",
-                                     "sensitivity_samples", "sensitivity_radius")
+# The numeric settings only an analysis has, each checked against limits.BOUNDS (the shared ones:
+# protocol/settings).
+ANALYSIS_NUMBERS: tuple[str, ...] = ("confidence_alpha", "renyi_alpha", "early_stop_alpha")
 
 
 @dataclass
@@ -105,22 +101,12 @@ class AnalysisConfig:
     sensitivity_norm: str = "Linf"
 
     def attack_arguments(self) -> dict:
-        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied."""
-        params = dict(self.attack_params)
-        spec = get_attack(self.attack)
-        names = {p.name for p in spec.params}
-        for name, value in (("eps", self.eps), ("steps", self.steps)):
-            if value is None:
-                continue
-            if name not in names:
-                raise ValueError(f"attack {self.attack!r} has no parameter {name!r}; its parameters: "
-                                 f"{', '.join(sorted(names)) or 'none'}")
-            params[name] = value
-        if "eps" in params and "alpha" in names and "alpha" not in self.attack_params and spec.norm == "Linf":
-            params["alpha"] = float(params["eps"]) / 5.0  # the paper's PGD step: eps / 5
-        if self.attack == "eot_dds" and "sigma" in names and "sigma" not in params:
-            params["sigma"] = self.sigma  # the adaptive attack targets the FViT being analysed
-        return params
+        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied
+        and the parameters that follow the analysis settings (registry.attack_arguments; the
+        registry's resolve adds the derived ones, alpha = eps / 5)."""
+        return registry_attack_arguments(self.attack, self.attack_params, eps=self.eps, steps=self.steps,
+                                         settings={"sigma": self.sigma, "k": self.k, "method": self.method,
+                                                   "head_fusion": self.head_fusion})
 
     def validate(self, num_patches: int | None = None) -> None:
         """Raise ValueError with an actionable message for any invalid setting.
@@ -129,51 +115,17 @@ class AnalysisConfig:
         too: a settings file with ``"eps": "8/255"`` or ``"shared_noise": "false"`` is refused
         instead of failing deep inside (or, for the string, being silently true).
         """
-        self._check_types()
-        if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
-        if self.method not in EXPLANATION_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
-        if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
-        if self.mode not in SMOOTHING_MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
-        # Every number against its documented bounds (limits.BOUNDS), before any work.
-        limits.check_settings(self, ANALYSIS_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
-        if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
-        if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
-            raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
-                             f"got {self.noise_floor_estimator!r}")
-        if self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
-            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
-                             f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
-                             f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
-        if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
-            raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
-        if self.image_mode not in PREPARE_MODES:
-            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {self.image_mode!r}")
-        if num_patches is not None and self.k > num_patches:
-            raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
-        if self.sensitivity_samples:
-            check_sensitivity_settings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm)
-        elif self.sensitivity_norm not in SENSITIVITY_NORMS:
-            raise ValueError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {self.sensitivity_norm!r}")
+        check_types(self)
+        # The shared pieces (protocol/settings: the same rules in fvit eval and certify).
+        AttackSettings(self.attack, self.eps, self.steps, self.attack_params).validate()
+        ExplanationSettings(self.method, self.head_fusion, self.k, self.beta).validate(num_patches)
+        SmoothingSettings(self.mode, self.sigma, self.n_samples, self.multistep_steps, self.precision, self.noise_floor,
+                          self.noise_floor_estimator, self.bootstrap).validate()
+        SensitivitySettings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm).validate()
+        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
+        # The numbers only an analysis has, against their documented bounds (limits.BOUNDS).
+        limits.check_settings(self, ANALYSIS_NUMBERS)
         get_attack(self.attack).resolve(self.attack_arguments())
-
-    def _check_types(self) -> None:
-        """Every field against its annotation (str, bool, int, float, dict, optionally None), so a
-        field added later is checked too; ranges are validate()'s job."""
-        for spec in dataclasses.fields(self):
-            value, kinds = getattr(self, spec.name), [k.strip() for k in str(spec.type).split("|")]
-            if value is None and "None" in kinds:
-                continue
-            allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
-            if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
-                wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
-                raise ValueError(f"{spec.name} must be {wanted}, got {limits.short_repr(value)}")
-        if not all(isinstance(key, str) for key in self.attack_params):
-            raise ValueError(f"attack_params must map parameter names to values, got {limits.short_repr(self.attack_params)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,12 +151,6 @@ class AnalysisConfig:
         if not isinstance(data, dict):
             raise ValueError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))
-
-
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float),
-                                              "dict": (dict,)}
-_FIELD_WORDS = {"str": "a string", "bool": "true or false", "int": "a whole number", "float": "a number",
-                "dict": "a mapping of parameter names to values", "None": "null"}
 
 
 @dataclass
@@ -570,6 +516,9 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     cfg.validate(num_patches=clf.num_patches)
     check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)  # t* > 0, steps <= t*: before any work
     arr = _as_tensor_image(image)
+    # Every draw comes from a generator of (seed, the decoded image's digest, stage, settings):
+    # protocol/seeds, the same in fvit eval and certify.
+    seeds = ImageSeeds(cfg.seed, image_digest(arr))
     prepared = prepare_image(arr, smoothing_size(pair, cfg.mode), mode=cfg.image_mode).astype(np.float32)
     x = torch.from_numpy(prepared)[None].to(pair.device)
     digest = image_digest(prepared)
@@ -581,25 +530,25 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
         if _overlaps(cfg):
             # The clean estimates do not need the attack: on a CPU the attack runs on its own
             # single-threaded worker while the clean samples are drawn (docs/PERFORMANCE.md).
-            pending = _start_attack_stage(cfg, pair, x, digest, timer)
+            pending = _start_attack_stage(cfg, pair, x, digest, seeds, timer)
             t0 = time.perf_counter()
-            clean_outs = _smooth_stage(cfg, pair, x, None, report)
+            clean_outs = _smooth_stage(cfg, pair, x, None, seeds, report)
             report("attack", 0.5)
             stage = pending()
-            outs = _smooth_stage(cfg, pair, x, stage.x_adv, report, clean_outs)
+            outs = _smooth_stage(cfg, pair, x, stage.x_adv, seeds, report, clean_outs)
         else:
-            stage = _start_attack_stage(cfg, pair, x, digest, timer)()
+            stage = _start_attack_stage(cfg, pair, x, digest, seeds, timer)()
             t0 = time.perf_counter()
-            outs = _smoothing_stage(cfg, pair, x, stage.x_adv, report)
+            outs = _smoothing_stage(cfg, pair, x, stage.x_adv, seeds, report)
         _check_smoothed_finite(outs)
         t0 = timer.lap("smoothing", t0)
         perturbed = None
         if cfg.sensitivity_samples:
             report("sensitivity", 0.95)
-            perturbed = _sensitivity_stage(cfg, pair, x)
+            perturbed = _sensitivity_stage(cfg, pair, x, seeds)
             t0 = timer.lap("sensitivity", t0)
 
-    result = _assemble(cfg, pair, prepared, digest, x, stage, outs, timer, t0, perturbed)
+    result = _assemble(cfg, pair, prepared, digest, x, stage, outs, seeds, timer, t0, perturbed)
     report("done", 1.0)
     return result
 
@@ -629,19 +578,28 @@ def _weights_fingerprint(pair: ModelPair) -> tuple:
     return tuple((t.data_ptr(), t._version) for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
-def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str) -> tuple:
+def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
     params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
     denoiser = id(pair.denoiser) if pair.denoiser is not None else None
-    return (digest, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser, str(pair.device),
-            _weights_fingerprint(pair))
+    # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
+    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser,
+            str(pair.device), _weights_fingerprint(pair))
 
 
-def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str,
+def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
+    return seeds("attack", *attack_parts(cfg.attack, get_attack(cfg.attack).resolve(cfg.attack_arguments())))
+
+
+def _smoothing_parts(cfg: AnalysisConfig) -> tuple:
+    return smoothing_parts(cfg.mode, cfg.sigma, cfg.method)
+
+
+def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
                         timer: _Timer) -> Callable[[], _AttackStage]:
     """Start (or find in the cache) the attack and vanilla passes; returns a function that waits
     for them. On a CPU they run on the single-threaded worker (runtime.workers.run_single_threaded says
     why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
-    key = _attack_key(cfg, pair, digest)
+    key = _attack_key(cfg, pair, digest, seeds)
     with _cache_lock:
         per_model = _cache.setdefault(pair.classifier, OrderedDict())
         stage = per_model.get(key)
@@ -654,7 +612,7 @@ def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, d
     def compute() -> _AttackStage:
         t0 = time.perf_counter()
         x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
-                           seed=cfg.seed)
+                           seed=_attack_seed(cfg, seeds))
         t0 = timer.lap("attack", t0)
         with torch.inference_mode():
             att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
@@ -696,36 +654,39 @@ def _smooth_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: 
 
 
 def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor | None,
-                  report: ProgressFn, clean_outs: list[SmoothedOutput] | None = None) -> list[SmoothedOutput]:
+                  seeds: ImageSeeds, report: ProgressFn, clean_outs: list[SmoothedOutput] | None = None
+                  ) -> list[SmoothedOutput]:
     """The two-call path (_overlaps). Without ``x_adv``: [clean] or, with the independent noise
-    floor, [clean, clean again], from the generator seeded with ``cfg.seed``. With it: the full
-    [clean, attacked(, clean again)], the attacked estimate drawing from a generator seeded with
-    ``cfg.seed + 1`` (independent of the clean draws, whatever their count)."""
+    floor, [clean, clean again], from the "clean" stage's generator. With it: the full
+    [clean, attacked(, clean again)], the attacked estimate drawing from the "attacked" stage's
+    generator (independent of the clean draws, whatever their count). As fvit eval does."""
     floor_batch = _floor_batch(cfg)
     if x_adv is None:
         batch = torch.cat([x, x] if floor_batch else [x]).cpu()
-        return smooth(pair, batch, n_samples=cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed),
+        return smooth(pair, batch, n_samples=cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
                       **_smooth_kwargs(cfg, report, 0.1, 0.5))
-    attacked = smooth(pair, x_adv.cpu(), n_samples=cfg.n_samples,
-                      generator=torch.Generator().manual_seed((cfg.seed + 1) % 2**63),
+    generator = seeds.generator("attacked", *_smoothing_parts(cfg),
+                                *attack_parts(cfg.attack, get_attack(cfg.attack).resolve(cfg.attack_arguments())))
+    attacked = smooth(pair, x_adv.cpu(), n_samples=cfg.n_samples, generator=generator,
                       **_smooth_kwargs(cfg, report, 0.6, 0.35))
     return [clean_outs[0], attacked[0], *clean_outs[1:]]
 
 
 def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor,
-                     report: ProgressFn) -> list[SmoothedOutput]:
+                     seeds: ImageSeeds, report: ProgressFn) -> list[SmoothedOutput]:
     """The one-call path (early stopping or shared noise, see _overlaps): [clean, attacked] or,
     with the independent noise floor, [clean, attacked, clean again].
 
     One smoothing call for all of them, so their samples share forward batches; early stopping
     then stops all of them at the same N.
     """
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = seeds.generator("clean", *_smoothing_parts(cfg))
     floor_batch = _floor_batch(cfg)
     batch = torch.cat([x, x_adv, x] if floor_batch else [x, x_adv]).cpu()
     noise = None
     if cfg.shared_noise and cfg.mode != "denoise-only":
-        noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=generator) * cfg.sigma
+        noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=seeds.generator("noise", *_smoothing_parts(cfg)))
+        noise *= cfg.sigma
     rule = EarlyStop(k=cfg.k, alpha=cfg.early_stop_alpha) if cfg.early_stop else None
     kwargs = dict(_smooth_kwargs(cfg, report, 0.15, 0.8), generator=generator)
     if noise is None:
@@ -734,28 +695,34 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
     # as many as the (possibly early-stopped) pair got.
     outs = smooth(pair, batch[:2], n_samples=cfg.n_samples, noise=noise, early_stop=rule, **kwargs)
     if floor_batch:
+        kwargs["generator"] = seeds.generator("floor", *_smoothing_parts(cfg))
         outs += smooth(pair, batch[2:], n_samples=outs[0].n_samples, **kwargs)
     return outs
 
 
-def _sensitivity_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _sensitivity_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, seeds: ImageSeeds
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Explanations at M perturbed copies of the clean image: (vanilla (M, P), FViT (M, P)).
 
     One batched vanilla pass and one smoothing call over the M images (each n_samples draws);
     the ball draws and the smoothing noise come from their own seeded generators.
     """
-    draws = torch.Generator().manual_seed((cfg.seed + 2) % 2**63)
+    draws = seeds.generator("sensitivity-draws")
     images = ball_perturbations(x, cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm, draws)
     att_v, _ = vanilla(pair, images, method=cfg.method, head_fusion=cfg.head_fusion)
     kwargs = dict(_smooth_kwargs(cfg, lambda stage, fraction: None, 0.0, 1.0), keep_samples=False)
     outs = smooth(pair, images.cpu(), n_samples=cfg.n_samples,
-                  generator=torch.Generator().manual_seed((cfg.seed + 3) % 2**63), **kwargs)
+                  generator=seeds.generator("sensitivity", *_smoothing_parts(cfg)), **kwargs)
     return att_v, np.stack([out.attention for out in outs])
 
 
-def _noise_floor(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+def noise_floor_estimate(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
                  rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
-    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off."""
+    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off.
+
+    ``cfg``: any settings with ``noise_floor``, ``k`` and ``bootstrap`` (fvit eval's too): the
+    second estimate (``second``) when the estimator is "independent", else the bootstrap of the
+    clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
     if not cfg.noise_floor or clean.samples_attention is None and second is None:
         return None, None
     if second is not None:
@@ -770,7 +737,7 @@ def _noise_floor(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOut
 
 
 def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest: str, x: torch.Tensor,
-              stage: _AttackStage, outs: list[SmoothedOutput], timer: _Timer, t0: float,
+              stage: _AttackStage, outs: list[SmoothedOutput], seeds: ImageSeeds, timer: _Timer, t0: float,
               perturbed: tuple[np.ndarray, np.ndarray] | None = None) -> AnalysisResult:
     clf, names = pair.classifier, pair.classifier.class_names
     x_adv = stage.x_adv
@@ -782,18 +749,19 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
                            cfg.renyi_alpha, grid)
     fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names), _view(adv_s.probs, adv_s.attention, names),
                         cfg.k, cfg.renyi_alpha, grid)
-    # Its own generator, so the V_k floor and intervals keep their numbers.
-    pairs = floor_pairs(cfg, clean_s, second, np.random.default_rng([cfg.seed, 13]))
+    # The bootstrap stage's generators, one per purpose (protocol/seeds; fvit eval uses the same).
+    parts = _smoothing_parts(cfg)
+    pairs = floor_pairs(cfg, clean_s, second, seeds.rng("bootstrap", *parts, "pairs"))
     if perturbed is not None:
         vanilla_cmp.sensitivity = sensitivity(att_v[0], perturbed[0])
         floor_changes = None if pairs is None else relative_change(pairs[0], pairs[1])
         fvit_cmp.sensitivity = {**sensitivity(clean_s.attention, perturbed[1]),
                                 "floor": None if floor_changes is None else float(floor_changes.mean())}
-    rng = np.random.default_rng(cfg.seed)
     ci = None
     if cfg.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
-        ci = bootstrap_overlap(clean_s.samples_attention, adv_s.samples_attention, cfg.k, cfg.bootstrap, rng)
-    floor, floor_ci = _noise_floor(cfg, clean_s, second, rng)
+        ci = bootstrap_overlap(clean_s.samples_attention, adv_s.samples_attention, cfg.k, cfg.bootstrap,
+                               seeds.rng("bootstrap", *parts, "interval"))
+    floor, floor_ci = noise_floor_estimate(cfg, clean_s, second, seeds.rng("bootstrap", *parts, "floor"))
     delta = (x_adv - x).flatten()
     l2 = float(delta.norm(p=2))
     # Cohen's CERTIFY wants a class guess independent of the estimation counts (SELECTION_SOURCES):

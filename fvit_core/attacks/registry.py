@@ -155,6 +155,12 @@ class AttackSpec:
         description: paper, distance measure, defaults with units, input range.
         needs_denoiser: the attack differentiates through the DDS denoiser.
         builder: ``builder(context) -> attack(x, labels) -> x_adv``.
+        derived: parameters computed from the others when not given (the Linf step size
+            alpha = eps / 5, the paper's PGD rule): ``(name, rule(resolved params) -> value)``,
+            applied by :meth:`resolve`, so every caller (run_attack, the fronts) gets them.
+        follows: parameters that, when not given, take the value of the analysis setting of the
+            same name (the adaptive attack's ``sigma``, the top-k attack's ``k``, ``method`` and
+            ``head_fusion``): see :func:`attack_arguments`.
     """
 
     name: str
@@ -164,6 +170,9 @@ class AttackSpec:
     description: str
     builder: Builder = field(repr=False, compare=False)
     needs_denoiser: bool = False
+    derived: tuple[tuple[str, Callable[[Mapping[str, ParamValue]], ParamValue]], ...] = field(
+        default=(), repr=False, compare=False)
+    follows: tuple[str, ...] = ()
 
     def param(self, name: str) -> ParamSpec:
         """The ParamSpec called ``name``; ValueError listing the valid names otherwise."""
@@ -177,12 +186,17 @@ class AttackSpec:
         return {p.name: p.default for p in self.params}
 
     def resolve(self, params: Mapping[str, object] | None) -> dict[str, ParamValue]:
-        """Defaults overridden by ``params``, each validated against its ParamSpec."""
+        """Defaults overridden by ``params``, each validated against its ParamSpec; then the
+        :attr:`derived` parameters not in ``params`` computed from the result (PGD with
+        ``{"eps": 16/255}`` steps by alpha = 3.2/255)."""
         if params is not None and not isinstance(params, Mapping):
             raise ValueError(f"params must be a mapping of name -> value, got {type(params).__name__}")
         resolved = self.defaults()
         for name, value in (params or {}).items():
             resolved[name] = self.param(name).validate(value)
+        for name, rule in self.derived:
+            if name not in (params or {}):
+                resolved[name] = self.param(name).validate(rule(resolved))
         return resolved
 
     def budget(self, params: Mapping[str, ParamValue]) -> float | None:
@@ -373,9 +387,16 @@ def _build_identity(ctx: AttackContext) -> AttackFn:
 _RANGE = "Input: (B, 3, H, W) pixels in [0, 1]; output in [0, 1]."
 
 
+# The paper's PGD step: alpha = eps / 5, for every Linf attack with a step size (unless given).
+_STEP_RULE: tuple[tuple[str, Callable[[Mapping[str, ParamValue]], ParamValue]], ...] = (
+    ("alpha", lambda p: float(p["eps"]) / 5.0),)
+
+
 def _spec(name: str, label: str, norm: Norm, params: tuple[ParamSpec, ...], description: str,
-          builder: Builder, needs_denoiser: bool = False) -> AttackSpec:
-    return AttackSpec(name, label, norm, params, f"{description} {_RANGE}", builder, needs_denoiser)
+          builder: Builder, needs_denoiser: bool = False, follows: tuple[str, ...] = ()) -> AttackSpec:
+    names = {p.name for p in params}
+    derived = _STEP_RULE if norm == "Linf" and {"eps", "alpha"} <= names else ()
+    return AttackSpec(name, label, norm, params, f"{description} {_RANGE}", builder, needs_denoiser, derived, follows)
 
 
 _SPECS: tuple[AttackSpec, ...] = (
@@ -455,22 +476,22 @@ _SPECS: tuple[AttackSpec, ...] = (
     ),
     _spec(
         "mifgsm", "MI-FGSM", "Linf",
-        (_eps_linf(), _alpha_linf(2 / 255), _steps(),
+        (_eps_linf(), _alpha_linf(), _steps(),
          ParamSpec("decay", "float", 1.0, 0.0, 2.0, 0.1, "", "momentum decay factor")),
         "Momentum Iterative FGSM, Dong et al. 2018, 'Boosting adversarial attacks with momentum'. "
-        "Distance: Linf. Defaults: eps 8/255, alpha 2/255, 10 steps, decay 1.0.",
+        "Distance: Linf. Defaults: eps 8/255, alpha eps/5 (1.6/255), 10 steps, decay 1.0.",
         _torchattacks("MIFGSM"),
     ),
     _spec(
         "eotpgd", "EOT-PGD", "Linf",
-        (_eps_linf(), _alpha_linf(2 / 255), _steps(),
+        (_eps_linf(), _alpha_linf(), _steps(),
          ParamSpec("eot_iter", "int", 2, 1, 64, 1, "", "gradient samples averaged per step"),
          _random_start()),
         "PGD with Expectation over Transformation, Athalye et al. 2018, 'Synthesizing robust "
         "adversarial examples' / 'Obfuscated gradients give a false sense of security'. Distance: "
         "Linf. Averages the gradient of the (possibly random) model over eot_iter calls; on a "
         "deterministic ViT it equals PGD (for the DDS noise use eot_dds). Defaults: eps 8/255, "
-        "alpha 2/255, 10 steps, eot_iter 2, random start.",
+        "alpha eps/5 (1.6/255), 10 steps, eot_iter 2, random start.",
         _torchattacks("EOTPGD"),
     ),
     _spec(
@@ -493,7 +514,7 @@ _SPECS: tuple[AttackSpec, ...] = (
         "the iterate with the least top-k mass among those that keep the label (the clean image "
         "if none does). Defaults: eps 8/255, alpha 1.6/255, 10 steps, k 8, label_weight 1, raw "
         "attention, mean over heads.",
-        _build_topk,
+        _build_topk, follows=("k", "method", "head_fusion"),
     ),
     _spec(
         "eot_dds", "Adaptive EOT attack on DDS", "Linf",
@@ -506,7 +527,7 @@ _SPECS: tuple[AttackSpec, ...] = (
         "back-propagated through denoiser and ViT (EOT, Athalye et al. 2018; Carlini et al. 2023 "
         "for DDS). Distance: Linf. Needs the denoiser. Defaults: eps 8/255, alpha 1.6/255, 10 "
         "steps, n_eot 4, sigma 0.25, random start.",
-        _build_eot_dds, needs_denoiser=True,
+        _build_eot_dds, needs_denoiser=True, follows=("sigma",),
     ),
 )
 
@@ -518,6 +539,36 @@ def get_attack(name: str) -> AttackSpec:
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
     return ATTACKS[name]
+
+
+def attack_arguments(name: str, attack_params: Mapping[str, object] | None = None, *, eps: float | None = None,
+                     steps: int | None = None, settings: Mapping[str, object] | None = None,
+                     strict: bool = True) -> dict:
+    """The parameters an analysis gives attack ``name`` (not yet resolved: :meth:`AttackSpec.resolve`
+    adds defaults and the :attr:`AttackSpec.derived` ones such as alpha = eps / 5).
+
+    ``attack_params`` as given; the ``eps`` / ``steps`` shortcuts (None: not given) override them;
+    the :attr:`AttackSpec.follows` parameters not given take the analysis ``settings`` of the same
+    name (the FViT's sigma for eot_dds; k, method and head fusion for topk). With ``strict`` a
+    shortcut the attack lacks is a ValueError; without it, it is left out (fvit eval gives its
+    budgets to every attack of the grid), as are ``attack_params`` the attack lacks.
+    """
+    spec = get_attack(name)
+    names = {p.name for p in spec.params}
+    params = dict(attack_params or {}) if strict else {k: v for k, v in (attack_params or {}).items() if k in names}
+    for key, value in (("eps", eps), ("steps", steps)):
+        if value is None:
+            continue
+        if key not in names:
+            if strict:
+                raise ValueError(f"attack {name!r} has no parameter {key!r}; its parameters: "
+                                 f"{', '.join(sorted(names)) or 'none'}")
+            continue
+        params[key] = value
+    for key in spec.follows:
+        if key not in params and settings is not None and settings.get(key) is not None:
+            params[key] = settings[key]
+    return params
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ from fvit_core.analysis import metrics
 from fvit_core.attacks.registry import run_attack
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
-from fvit_core.data.images import ImageError, load_image, prepare_image
+from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
+from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
+from fvit_core.protocol.settings import ExplanationSettings, RuntimeSettings, SmoothingSettings, check_types
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.models.loading import ModelPair
 from fvit_core.runtime.precision import PRECISION_CHOICES
@@ -68,8 +70,7 @@ NOT_RUN = "-"
 HEADER = "\t".join(COLUMNS)
 CONFIG_FILE = "certify_config.json"
 # The numeric settings of a run, each checked against limits.BOUNDS.
-CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "sigma", "n0", "n", "alpha", "k", "beta", "multistep_steps",
-                                    "check_random", "check_samples", "batch_size", "seed")
+CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "n0", "n", "alpha", "check_random", "check_samples")
 
 
 @dataclass
@@ -118,15 +119,16 @@ class CertifyConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
+        check_types(self)
         if self.mode not in CERTIFY_MODES:
             raise ValueError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
-        if self.method not in EXPLANATION_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(EXPLANATION_METHODS)}")
-        if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
-        if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
-        # Every number against its documented bounds (limits.BOUNDS), before any work.
+        # The shared pieces (protocol/settings: the same rules as fvit analyze and eval); the
+        # sample counts n0 and n have their own bounds.
+        SmoothingSettings(self.mode, self.sigma, None, self.multistep_steps, self.precision,
+                          noise_floor=False).validate(modes=CERTIFY_MODES)
+        ExplanationSettings(self.method, self.head_fusion, self.k, self.beta).validate()
+        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
+        # The numbers only certification has, against their documented bounds (limits.BOUNDS).
         limits.check_settings(self, CERTIFY_NUMBERS)
         limits.check_list("radii", self.radii)
 
@@ -173,9 +175,11 @@ def faithful_vit(cfg: CertifyConfig, pair: ModelPair) -> FaithfulViT:
 def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
     """One row: CERTIFY with n0 selection and n estimation draws, and the top-k radius."""
     start = time.perf_counter()
-    pixels = prepare_image(load_image(root / item.path), smoothing_size(pair, cfg.mode), mode=cfg.image_mode)
+    decoded = load_image(root / item.path)
+    image_seeds = ImageSeeds(cfg.seed, image_digest(decoded))  # protocol/seeds: as fvit analyze and eval
+    pixels = prepare_image(decoded, smoothing_size(pair, cfg.mode), mode=cfg.image_mode)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
-    g = distributed.generator_for(cfg.seed, "certify", item.path, cfg.mode, cfg.sigma, cfg.method)
+    g = image_seeds.generator("certify", *smoothing_parts(cfg.mode, cfg.sigma, cfg.method))
     predict, radius, estimation = faithful_vit(cfg, pair).certify(x, cfg.n0, cfg.n, cfg.alpha, method=cfg.method,
                                                                   head_fusion=cfg.head_fusion, generator=g)
     try:
@@ -189,17 +193,17 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
         "topk_radius_linf": certify.linf_from_l2(float(topk_radius), int(np.prod(pixels.shape))),
         "image": item.path,
     }
-    row.update(check_topk_certificate(cfg, pair, x, item, estimation.attention, topk_radius))
+    row.update(check_topk_certificate(cfg, pair, x, item, estimation.attention, topk_radius, image_seeds))
     return row
 
 
 def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor, item: ImageItem,
-                           attention: np.ndarray, radius: float) -> dict[str, float | None]:
+                           attention: np.ndarray, radius: float, image_seeds: ImageSeeds) -> dict[str, float | None]:
     """V_k(w~(x), w~(x')) at points x' within the certified top-k radius (module docstring)."""
     checks: dict[str, float | None] = {name: None for name in CHECK_COLUMNS}
     if radius <= 0 or (cfg.check_random == 0 and not cfg.check_attacks):
         return checks
-    g = distributed.generator_for(cfg.seed, "certify-check", item.path, cfg.mode, cfg.sigma, cfg.method)
+    g = image_seeds.generator("certify-check", *smoothing_parts(cfg.mode, cfg.sigma, cfg.method))
     points = [x]  # an independent estimate at x itself: the noise floor
     if cfg.check_random:
         directions = torch.randn((cfg.check_random, *x.shape[1:]), generator=g)
@@ -215,7 +219,7 @@ def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor,
             ("topk", {"eps": linf, "alpha": linf / 5, "k": cfg.k, "method": cfg.method,
                       "head_fusion": cfg.head_fusion}, None),  # the explanation attack keeps the prediction
         ):
-            seed = distributed.derive_seed(cfg.seed, "certify-check", item.path, name)
+            seed = image_seeds("certify-check", name)
             adv = run_attack(name, pair.classifier, x.to(pair.device), labels, params, denoiser=pair.denoiser,
                              seed=seed).cpu()
             points.append(adv)

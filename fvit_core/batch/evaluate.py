@@ -10,16 +10,17 @@ that needs them:
   which attacks the FViT at one sigma, and ``topk``, which attacks the explanation method (and
   k) being evaluated;
 - the vanilla ViT's explanation per (image, method), clean and per attacked image;
-- the smoothed clean estimate and its independent second estimate (the noise floor) per
-  (mode, sigma, method): shared by every attack and budget;
+- the smoothed clean estimate and its noise floor (``noise_floor_estimator``: the bootstrap of
+  its samples, or an independent second estimate) per (mode, sigma, method): shared by every attack and budget;
 - the perturbation test per (mode, sigma, method), on the clean image;
 - the neighbourhood sensitivity per (mode, sigma, method), on the clean image (when
   ``sensitivity_samples`` > 0).
 A row's ``seconds`` is its share of the units it used (each unit's time divided by the number
 of rows of this run that use it), so the seconds of an image's rows add up to its cost.
 
-Randomness. Every unit draws from its own generator, seeded from (seed, image path relative to
-the data folder, unit): results do not depend on the order of images, on which rank evaluates
+Randomness. Every unit draws from its own generator, seeded from (seed, the digest of the decoded
+image, stage, setting) by protocol/seeds.py, exactly as ``fvit analyze`` and the dashboard seed
+theirs (so one image gives the same numbers in every front): results do not depend on the order of images, on which rank evaluates
 them, on how many rows a resumed run still had to compute, on images added to the folder, or on
 the batch size (noise is drawn on the CPU; batched float arithmetic may differ in the last bits).
 
@@ -48,10 +49,15 @@ from fvit_core.runtime import distributed
 from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
+from fvit_core.analysis.pipeline import floor_pairs, map_metrics_floor, noise_floor_estimate
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
+from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
-from fvit_core.data.images import ImageError, load_image, prepare_image
+from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
+from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
+from fvit_core.protocol.settings import (AttackSettings, ExplanationSettings, RuntimeSettings, SensitivitySettings,
+                                         SmoothingSettings, check_choice, check_choices, check_types)
 from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
@@ -64,10 +70,13 @@ from fvit_core.explanations.perturbation_test import FILLS, perturbation_auc, pe
 from fvit_core.batch.store import RowFiles, atomic_write_text, json_line
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
-# The numeric settings of a run, each checked against limits.BOUNDS.
-EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "steps", "k", "beta", "renyi_alpha", "n_samples", "pt_samples",
-                                 "multistep_steps", "batch_size", "seed", "sensitivity_samples", "sensitivity_radius")
+# The numeric settings only a run has, each checked against limits.BOUNDS (the shared ones:
+# protocol/settings).
+EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "renyi_alpha", "pt_samples")
 CONFIG_FILE = "eval_config.json"
+# How per-image seeds are derived (protocol/seeds.py), recorded in the output folder's settings:
+# 1 = from the image's path (before issue #12), 2 = from the decoded image's digest.
+SEED_PROTOCOL = 2
 
 
 @dataclass
@@ -97,9 +106,14 @@ class EvalConfig:
     k: int = 8
     beta: float = 0.5
     renyi_alpha: float = 2.0
-    n_samples: int = 32
+    n_samples: int = 64
     shared_noise: bool = False
     noise_floor: bool = True
+    # As in `fvit analyze` (pipeline.NOISE_FLOOR_ESTIMATORS): "bootstrap" (the default) estimates
+    # the noise floor from the clean samples (``bootstrap`` resamples), "independent" from a second
+    # clean estimate of n_samples draws.
+    noise_floor_estimator: str = "bootstrap"
+    bootstrap: int = 200
     perturbation_test: bool = True
     pt_samples: int = 16
     pt_fill: str = "mean"
@@ -129,31 +143,39 @@ class EvalConfig:
     FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
                              "batch_size", "device", "allow_download", "dist_backend", "progress",
                              "figures", "strict"})
+    # Fields added after some folders' rows were made, with the value those rows were made with
+    # when it is not today's default: such a folder resumes only with that value.
+    LEGACY_VALUES = {"noise_floor_estimator": "independent"}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """ValueError with an actionable message for any invalid setting (before models load)."""
-        _choices(self.attacks, ATTACKS, "attack")
-        _choices(self.modes, MODES, "mode")
-        _choices(self.methods, EXPLANATION_METHODS, "method")
-        _choices((self.head_fusion,), HEAD_FUSIONS, "head fusion")
-        _choices((self.pt_fill,), FILLS, "perturbation-test fill")
-        _choices((self.precision,), PRECISION_CHOICES, "precision")
-        # Every number against its documented bounds (limits.BOUNDS), before any work.
-        if self.sensitivity_samples:
-            check_sensitivity_settings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm)
-        elif self.sensitivity_norm not in SENSITIVITY_NORMS:
-            raise ValueError(f"sensitivity norm must be one of {', '.join(SENSITIVITY_NORMS)}, "
-                             f"got {self.sensitivity_norm!r}")
-        if any(mode != "vanilla" for mode in self.modes) and not self.sigmas:
+        check_types(self)
+        # The shared pieces (protocol/settings: the same rules as fvit analyze), per grid value.
+        check_choices("attack", self.attacks, ATTACKS, name="attacks")
+        check_choices("mode", self.modes, MODES, name="modes")
+        check_choices("method", self.methods, EXPLANATION_METHODS, name="methods")
+        for attack in self.attacks:
+            AttackSettings(attack, None, self.steps, self.attack_params).validate()
+        limits.check_list("eps", self.eps)
+        for method in self.methods:
+            ExplanationSettings(method, self.head_fusion, self.k, self.beta).validate()
+        smoothed = [mode for mode in self.modes if mode != "vanilla"]
+        if smoothed and not self.sigmas:
             raise ValueError("smoothed modes need at least one sigma")
         limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
-        limits.check_list("eps", self.eps)
-        for name in ("attacks", "modes", "methods"):
-            limits.check_list(name, getattr(self, name), bound_free=True)
-        limits.check_settings(self, EVAL_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
+        # Without a smoothed mode the sample settings are still checked (as dds at the first sigma).
+        for mode in smoothed or ["dds"]:
+            for sigma in self.sigmas or [0.25]:
+                SmoothingSettings(mode, sigma, self.n_samples, self.multistep_steps, self.precision, self.noise_floor,
+                                  self.noise_floor_estimator, self.bootstrap).validate()
+        SensitivitySettings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm).validate()
+        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
+        check_choice("perturbation-test fill", self.pt_fill, FILLS)
+        # The numbers only a run has, against their documented bounds (limits.BOUNDS).
+        limits.check_settings(self, EVAL_NUMBERS)
         grid = len(settings_grid(self))
         if grid > limits.MAX_GRID:
             raise ValueError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
@@ -165,14 +187,6 @@ class EvalConfig:
                              f"{', '.join(self.attacks)}")
         for setting in settings_grid(self):
             get_attack(setting.attack).resolve(attack_arguments(self, setting))
-
-
-def _choices(values: Sequence[str], allowed: Sequence[str] | dict, what: str) -> None:
-    if not values:
-        raise ValueError(f"give at least one {what}")
-    for value in values:
-        if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,22 +244,13 @@ def eval_row_files(out: str | Path) -> RowFiles:
 
 
 def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
-    """The attack's parameters for a setting: ``--attack-param`` values it has, eps and steps,
-    step eps/5 for Linf PGD-type attacks (pipeline.AnalysisConfig's rule), the sigma of the FViT
-    for eot_dds, and k and the evaluated method for the top-k explanation attack."""
-    from fvit_core.analysis.pipeline import AnalysisConfig
-
-    names = {p.name for p in get_attack(setting.attack).params}
-    params = {k: v for k, v in cfg.attack_params.items() if k in names}
-    analysis = AnalysisConfig(attack=setting.attack, eps=setting.eps if "eps" in names else None,
-                              steps=cfg.steps if "steps" in names else None, attack_params=params,
-                              sigma=setting.sigma if setting.sigma is not None else 0.25)
-    resolved = analysis.attack_arguments()
-    if setting.attack == "topk":
-        resolved.setdefault("k", cfg.k)
-        resolved.setdefault("method", setting.method)
-        resolved.setdefault("head_fusion", cfg.head_fusion)
-    return resolved
+    """The attack's parameters for a setting (registry.attack_arguments, as ``fvit analyze``):
+    the ``--attack-param`` values it has, eps and steps, the sigma of the FViT for eot_dds, and
+    k, the evaluated method and head fusion for the top-k explanation attack; the registry adds
+    the derived step alpha = eps / 5 when resolving."""
+    return registry_attack_arguments(setting.attack, cfg.attack_params, eps=setting.eps, steps=cfg.steps,
+                                     settings={"sigma": setting.sigma, "k": cfg.k, "method": setting.method,
+                                               "head_fusion": cfg.head_fusion}, strict=False)
 
 
 def attack_key(setting: Setting) -> tuple:
@@ -284,6 +289,8 @@ class ImageEvaluation:
     def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path):
         self.cfg, self.pair, self.item = cfg, pair, item
         self.decoded = load_image(root / item.path)
+        # The image's identity for its seeds is the digest of the decoded pixels, as in fvit analyze.
+        self.seeds = ImageSeeds(cfg.seed, image_digest(self.decoded))
         self.prepared: dict[tuple[int, int], torch.Tensor] = {}
         self.grid = pair.classifier.grid_size
         self.units = _Units()
@@ -303,8 +310,12 @@ class ImageEvaluation:
 
     # -- units ------------------------------------------------------------------------------
 
-    def _generator(self, *parts: Any) -> torch.Generator:
-        return distributed.generator_for(self.cfg.seed, "eval", self.item.path, *parts)
+    def _generator(self, stage: str, s: Setting, *parts: Any) -> torch.Generator:
+        """The generator of ``stage`` for setting ``s`` (protocol/seeds: as fvit analyze)."""
+        return self.seeds.generator(stage, *smoothing_parts(s.mode, s.sigma, s.method), *parts)
+
+    def _attack_parts(self, s: Setting) -> tuple:
+        return attack_parts(s.attack, get_attack(s.attack).resolve(attack_arguments(self.cfg, s)))
 
     def _unit_keys(self, s: Setting) -> list[tuple]:
         akey, space = attack_key(s), self._space(s)
@@ -322,7 +333,7 @@ class ImageEvaluation:
     def _attack(self, s: Setting) -> torch.Tensor:
         cfg = self.cfg
         labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
-        seed = distributed.derive_seed(cfg.seed, "attack", self.item.path, *attack_key(s))
+        seed = self.seeds("attack", *self._attack_parts(s))
         return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack_arguments(cfg, s),
                           denoiser=self.pair.denoiser, seed=seed)
 
@@ -331,38 +342,46 @@ class ImageEvaluation:
         return att[0], probs[0]
 
     def _smooth(self, images: torch.Tensor, s: Setting, generator: torch.Generator, *, n_samples: int | None = None,
-                method: str | None = None, noise: torch.Tensor | None = None) -> list[SmoothedOutput]:
+                method: str | None = None, noise: torch.Tensor | None = None,
+                keep_samples: bool = False) -> list[SmoothedOutput]:
         cfg = self.cfg
         return smooth(self.pair, images, sigma=s.sigma, n_samples=n_samples or cfg.n_samples, mode=s.mode,
                       method=method or s.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
-                      precision=cfg.precision,
+                      precision=cfg.precision, keep_samples=keep_samples,
                       generator=generator, noise=noise, multistep_steps=cfg.multistep_steps)
+
+    def _floor_batch(self) -> bool:
+        """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""
+        return self.cfg.noise_floor and self.cfg.noise_floor_estimator == "independent"
 
     def _shared_noise(self, s: Setting) -> torch.Tensor | None:
         if not self.cfg.shared_noise or s.mode == "denoise-only":
             return None
-        g = self._generator("noise", s.mode, s.sigma, s.method)
+        g = self._generator("noise", s)
         return torch.randn((self.cfg.n_samples, *self.x(s).shape[1:]), generator=g) * s.sigma
 
     def _clean(self, s: Setting) -> tuple[SmoothedOutput, SmoothedOutput | None, torch.Tensor | None]:
         """(clean estimate, independent second estimate or None, shared noise or None)."""
-        g = self._generator("clean", s.mode, s.sigma, s.method)
+        g = self._generator("clean", s)
         noise = self._shared_noise(s)
+        floor_batch = self._floor_batch()
+        # The bootstrap floor resamples the clean estimate's own samples.
+        keep = self.cfg.noise_floor and not floor_batch
         if noise is None:
             x = self.x(s)
-            batch = torch.cat([x, x]) if self.cfg.noise_floor else x
-            outs = self._smooth(batch, s, g)
-            return outs[0], (outs[1] if self.cfg.noise_floor else None), None
-        clean = self._smooth(self.x(s), s, g, noise=noise)[0]
+            batch = torch.cat([x, x]) if floor_batch else x
+            outs = self._smooth(batch, s, g, keep_samples=keep)
+            return outs[0], (outs[1] if floor_batch else None), None
+        clean = self._smooth(self.x(s), s, g, noise=noise, keep_samples=keep)[0]
         floor = None
-        if self.cfg.noise_floor:
-            floor = self._smooth(self.x(s), s, self._generator("floor", s.mode, s.sigma, s.method))[0]
+        if floor_batch:
+            floor = self._smooth(self.x(s), s, self._generator("floor", s))[0]
         return clean, floor, noise
 
     def _attacked(self, s: Setting) -> SmoothedOutput:
         x_adv = self.units.values[("attack", attack_key(s), self._space(s))]
         noise = self.units.values[("clean", s.mode, s.sigma, s.method)][2]
-        g = self._generator("attacked", *attack_key(s), s.mode, s.sigma, s.method)
+        g = self._generator("attacked", s, *self._attack_parts(s))
         return self._smooth(x_adv, s, g, noise=noise)[0]
 
     def _perturbation_test(self, s: Setting) -> tuple[list[int], list[int]]:
@@ -375,7 +394,7 @@ class ImageEvaluation:
         if s.smoothed:
             # The smoothed prediction with pt_samples draws; the explanation computed alongside
             # is not used, so the cheapest method is asked for.
-            g = self._generator("pt", s.mode, s.sigma, s.method)
+            g = self._generator("pt", s)
             outs = self._smooth(batch, s, g, n_samples=self.cfg.pt_samples, method="raw")
             predictions = [out.label for out in outs]
         else:
@@ -387,16 +406,25 @@ class ImageEvaluation:
         """Max / mean sensitivity of the clean explanation over the ball draws (and, smoothed, the
         floor: the same relative change between the clean estimate and its second estimate)."""
         cfg = self.cfg
-        draws = self._generator("sensitivity-draws")  # the same M images for every mode and method
+        draws = self.seeds.generator("sensitivity-draws")  # the same M images for every mode and method
         images = ball_perturbations(self.x(s), cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm,
                                     draws)
         if not s.smoothed:
             attention, _ = vanilla(self.pair, images, method=s.method, head_fusion=cfg.head_fusion)
             return {**sensitivity(self.units.values[("vanilla", None, s.method, self._space(s))][0], attention), "floor": None}
         clean_out, floor_out, _ = self.units.values[("clean", s.mode, s.sigma, s.method)]
-        outs = self._smooth(images.cpu(), s, self._generator("sensitivity", s.mode, s.sigma, s.method))
-        floor = None if floor_out is None else float(relative_change(clean_out.attention, floor_out.attention))
+        outs = self._smooth(images.cpu(), s, self._generator("sensitivity", s))
+        pairs = self._floor_pairs(s, clean_out, floor_out)
+        floor = None if pairs is None else float(relative_change(pairs[0], pairs[1]).mean())
         return {**sensitivity(clean_out.attention, np.stack([o.attention for o in outs])), "floor": floor}
+
+    def _floor_pairs(self, s: Setting, clean: SmoothedOutput, second: SmoothedOutput | None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Noise-only pairs of clean maps (pipeline.floor_pairs, the same draws as fvit analyze)."""
+        return floor_pairs(self.cfg, clean, second, self._bootstrap_rng(s, "pairs"))
+
+    def _bootstrap_rng(self, s: Setting, purpose: str) -> np.random.Generator:
+        return self.seeds.rng("bootstrap", *smoothing_parts(s.mode, s.sigma, s.method), purpose)
 
     def _compute(self, key: tuple, s: Setting) -> Any:
         kind = key[0]
@@ -438,9 +466,9 @@ class ImageEvaluation:
             clean = (clean_out.attention, clean_out.probs)
             attacked = (adv_out.attention, adv_out.probs)
             n_samples = clean_out.n_samples
-            if floor_out is not None:
-                floor = float(metrics.topk_overlap(clean_out.attention, floor_out.attention, cfg.k))
-                map_floor = metrics.map_metrics(clean_out.attention, floor_out.attention, self.grid, cfg.k)
+            # The noise floor of the chosen estimator, computed as fvit analyze does.
+            floor, _ = noise_floor_estimate(cfg, clean_out, floor_out, self._bootstrap_rng(s, "floor"))
+            map_floor = map_metrics_floor(self._floor_pairs(s, clean_out, floor_out), self.grid, cfg.k)
             agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, cfg.k))
             radius = self._topk_radius(clean_out.attention, s)
         else:
@@ -557,8 +585,14 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
             raise ValueError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
         fixed = [f.name for f in dataclasses.fields(cfg) if f.name not in cfg.FREE_FIELDS]
         # A field added after the rows were made counts as its default there (the rows' numbers
-        # did not depend on it), so older folders still resume with the default.
+        # did not depend on it), so older folders still resume with the default; except the
+        # LEGACY_VALUES, which count as the value those rows were made with.
         defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        defaults.update(getattr(cfg, "LEGACY_VALUES", {}))
+        if stored.get("seed_protocol", 1) != SEED_PROTOCOL:
+            raise ValueError(f"{out} holds rows seeded by an earlier protocol (per-image seeds from the image's path; "
+                             f"now from its decoded pixels, protocol/seeds.py), so new rows would not match them; "
+                             "use a new --out")
         changed = [f"{name} {_jsonable(stored.get(name, defaults.get(name)))!r} -> {_jsonable(current[name])!r}"
                    for name in fixed if _jsonable(stored.get(name, defaults.get(name))) != _jsonable(current[name])]
         if changed:
@@ -566,7 +600,7 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
                              "use a new --out, or the same settings to resume")
     elif has_rows:
         raise ValueError(f"{out} holds row files but no {config_file}; use a new --out")
-    atomic_write_text(path, json.dumps(_jsonable(current), indent=2) + "\n")
+    atomic_write_text(path, json.dumps({**_jsonable(current), "seed_protocol": SEED_PROTOCOL}, indent=2) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,8 +9,8 @@ process group.
 The batch commands need little from the process group: a barrier before rank 0 merges the
 shards, and rank 0's answer to "may this output folder be used" broadcast to the others. Work is
 split by :func:`shard` (rank r takes items r, r + W, r + 2W, ...); the results never depend on
-the split because every image's randomness is seeded from (seed, image, setting) alone
-(:func:`derive_seed`).
+the split because every image's randomness is seeded from (seed, image, stage, setting) alone
+(:mod:`fvit_core.protocol.seeds`).
 
 Backend: ``gloo`` by default, for CPU and GPU runs alike. It carries the barrier and a few small
 Python objects over TCP, between nodes too, and it has no collective-timeout watchdog (NCCL's
@@ -20,8 +20,6 @@ would end a run whose ranks finish their shards hours apart). ``nccl`` can be as
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, TypeVar
@@ -145,19 +143,3 @@ def broadcast(ctx: DistContext, value: Any) -> Any:
     box = [value if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (JSON-serialisable values).
-
-    sha256 of the canonical JSON of [seed, *parts]: the same inputs give the same seed on every
-    machine, rank and Python version (unlike ``hash()``), and nearby inputs give unrelated seeds.
-    Floats are written by ``repr``, so 8/255 and 0.0313725... are the same part.
-    """
-    text = json.dumps([int(seed), *parts], separators=(",", ":"), sort_keys=True)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
-
-
-def generator_for(seed: int, *parts: Any) -> torch.Generator:
-    """A CPU torch.Generator seeded with :func:`derive_seed` (noise is drawn on the CPU)."""
-    return torch.Generator().manual_seed(derive_seed(seed, *parts))

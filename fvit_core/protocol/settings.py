@@ -1,0 +1,194 @@
+"""The settings shared by ``fvit analyze``, ``fvit eval`` and ``fvit certify``, validated in one place.
+
+AnalysisConfig, EvalConfig and CertifyConfig keep their own flat fields (settings files and flags
+stay as they are); each composes the small typed pieces below from its fields and calls their
+``validate``, so a shared setting (attack, explanation, smoothing, runtime) is checked by the same
+rule, with the same message, in every front. Numbers are checked against :data:`limits.BOUNDS`.
+:func:`check_types` checks every field of a settings dataclass against its annotation, so a
+settings file with ``"eps": "8/255"`` is refused in one line instead of failing deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from fvit_core.protocol import limits
+
+# How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
+# - independent: V_k between the clean estimate and a second, independent clean estimate with
+#   the same settings (a second batch of N samples; its votes also give Cohen's CERTIFY the
+#   independent selection counts);
+# - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
+#   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
+NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
+
+
+def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
+    """ValueError naming the allowed values unless ``value`` is one of them."""
+    allowed = tuple(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {what} {limits.short_repr(value)}; choose one of {', '.join(allowed)}")
+
+
+def check_choices(what: str, values: Sequence[Any], allowed: Iterable[str], *, name: str | None = None) -> None:
+    """A list setting of names (fvit eval's grid): at least one, at most limits.MAX_LIST, each allowed."""
+    limits.check_list(name or what, values, bound_free=True)
+    for value in values:
+        check_choice(what, value, allowed)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Which attack, with the budget / steps shortcuts and the other parameters."""
+
+    attack: str
+    eps: float | None = None
+    steps: int | None = None
+    attack_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        from fvit_core.attacks.registry import ATTACKS
+
+        check_choice("attack", self.attack, ATTACKS)
+        limits.check_optional("eps", self.eps)
+        limits.check_optional("steps", self.steps)
+        if not isinstance(self.attack_params, Mapping) or not all(isinstance(k, str) for k in self.attack_params):
+            raise ValueError("attack_params must map parameter names to values, got "
+                             f"{limits.short_repr(self.attack_params)}")
+
+
+@dataclass(frozen=True)
+class ExplanationSettings:
+    """The explanation (method, head fusion) and its top-k set (k, beta)."""
+
+    method: str = "raw"
+    head_fusion: str = "mean"
+    k: int = 8
+    beta: float = 0.5
+
+    def validate(self, num_patches: int | None = None) -> None:
+        from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+
+        check_choice("method", self.method, EXPLANATION_METHODS)
+        check_choice("head fusion", self.head_fusion, HEAD_FUSIONS)
+        limits.check("k", self.k)
+        limits.check("beta", self.beta)
+        if num_patches is not None and self.k > num_patches:
+            raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """The FViT's Monte Carlo estimate and its noise floor. ``modes``: the modes allowed here
+    (certify needs noise)."""
+
+    mode: str = "dds"
+    sigma: float = 0.25
+    n_samples: int | None = 64  # None: checked by the caller (certify's n0 and n have their own bounds)
+    multistep_steps: int = 10
+    precision: str = "auto"
+    noise_floor: bool = True
+    noise_floor_estimator: str = "bootstrap"
+    bootstrap: int = 200
+
+    def validate(self, modes: Sequence[str] | None = None) -> None:
+        from fvit_core.method.smoothing import SMOOTHING_MODES
+
+        check_choice("mode", self.mode, modes or SMOOTHING_MODES)
+        limits.check("sigma", self.sigma)
+        limits.check_optional("n_samples", self.n_samples, low=2 if self.noise_floor else 1)
+        limits.check("multistep_steps", self.multistep_steps)
+        check_precision(self.precision)
+        if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
+            raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
+                             f"got {limits.short_repr(self.noise_floor_estimator)}")
+        limits.check("bootstrap", self.bootstrap)
+        if self.n_samples is not None and self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
+            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
+                             f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
+        if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
+            raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
+
+
+def check_precision(precision: Any) -> None:
+    from fvit_core.method.smoothing import PRECISION_CHOICES
+
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {limits.short_repr(precision)}")
+
+
+@dataclass(frozen=True)
+class SensitivitySettings:
+    """Neighbourhood sensitivity: M perturbations in a ball (M = 0: off)."""
+
+    samples: int = 0
+    radius: float = 0.02
+    norm: str = "Linf"
+
+    def validate(self) -> None:
+        from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, check_sensitivity_settings
+
+        limits.check("sensitivity_samples", self.samples)
+        limits.check("sensitivity_radius", self.radius)
+        if self.samples:
+            check_sensitivity_settings(self.samples, self.radius, self.norm)
+        elif self.norm not in SENSITIVITY_NORMS:
+            raise ValueError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, "
+                             f"got {limits.short_repr(self.norm)}")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How an analysis runs (not what it computes, except the seed): seed, batch size, image mode."""
+
+    seed: int = 0
+    batch_size: int = 256
+    image_mode: str = "resize"
+
+    def validate(self) -> None:
+        from fvit_core.data.images import PREPARE_MODES
+
+        limits.check("seed", self.seed)
+        limits.check("batch_size", self.batch_size)
+        if self.image_mode not in PREPARE_MODES:
+            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {limits.short_repr(self.image_mode)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Types
+# --------------------------------------------------------------------------------------------
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float),
+                                              "dict": (dict,)}
+_FIELD_WORDS = {"str": "a string", "bool": "true or false", "int": "a whole number", "float": "a number",
+                "dict": "a mapping of parameter names to values", "None": "null"}
+
+
+def check_types(settings: Any) -> None:
+    """Every field of the settings dataclass against its annotation (str, bool, int, float, dict,
+    tuple[X, ...] of those, optionally None), so a field added later is checked too; ranges are
+    the pieces' job. A bool is never taken for a number."""
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        kinds = [k.strip() for k in str(spec.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        element = next((k[len("tuple["):-len(", ...]")] for k in kinds
+                        if k.startswith("tuple[") and k.endswith(", ...]")), None)
+        if element is not None:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{spec.name} must be a list of values, got {limits.short_repr(value)}")
+            for item in value:
+                _check_type(spec.name, item, [element])
+            continue
+        _check_type(spec.name, value, kinds)
+
+
+def _check_type(name: str, value: Any, kinds: list[str]) -> None:
+    allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
+    if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+        wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
+        raise ValueError(f"{name} must be {wanted}, got {limits.short_repr(value)}")
