@@ -173,11 +173,12 @@ def test_analyze_many_equals_separate_analyses(tiny_pair):
 
 
 def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
-    from fvit_core.analysis import pipeline
+    from fvit_core.method.faithful_vit import FaithfulViT
 
     sizes = []
-    real = pipeline.smooth
-    monkeypatch.setattr(pipeline, "smooth", lambda pair, images, **kw: sizes.append(len(images)) or real(pair, images, **kw))
+    real = FaithfulViT.sample
+    monkeypatch.setattr(FaithfulViT, "sample", lambda self, images, n, **kw: sizes.append(len(images)) or
+                        real(self, images, n, **kw))
     result = analyze(_image(), AnalysisConfig(**{**FAST, "noise_floor_estimator": "bootstrap"}), pair=tiny_pair)
     d = result.faithful
     assert sizes == [1, 1]  # clean (while the attack runs), then attacked: no third estimate
@@ -268,18 +269,20 @@ def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
 
     pipeline.clear_cache()
     started = threading.Event()
-    real_attack, real_smooth = pipeline.run_attack, pipeline.smooth
+    from fvit_core.method.faithful_vit import FaithfulViT
+
+    real_attack, real_sample = pipeline.run_attack, FaithfulViT.sample
 
     def attack(*args, **kwargs):
         assert started.wait(timeout=60), "the clean image was not smoothed during the attack"
         return real_attack(*args, **kwargs)
 
-    def smooth(pair, images, **kwargs):
+    def sample(self, images, n_samples, **kwargs):
         started.set()
-        return real_smooth(pair, images, **kwargs)
+        return real_sample(self, images, n_samples, **kwargs)
 
     monkeypatch.setattr(pipeline, "run_attack", attack)
-    monkeypatch.setattr(pipeline, "smooth", smooth)
+    monkeypatch.setattr(FaithfulViT, "sample", sample)
     overlapped = analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)
     monkeypatch.setattr(pipeline, "run_attack", real_attack)
     pipeline.clear_cache()

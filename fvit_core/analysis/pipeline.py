@@ -38,7 +38,8 @@ from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import resize_pixels, smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
 from fvit_core.runtime.precision import PRECISION_CHOICES, resolve_precision
-from fvit_core.method.faithful_vit import SMOOTHING_MODES, smooth
+from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
+from fvit_core.runtime.strategy import Runtime
 from fvit_core.method.monte_carlo import EarlyStop, SmoothedOutput
 from fvit_core.runtime.workers import submit_single_threaded
 from fvit_core.method.vanilla import vanilla
@@ -645,11 +646,17 @@ def _floor_batch(cfg: AnalysisConfig) -> bool:
     return cfg.noise_floor and cfg.noise_floor_estimator == "independent"
 
 
-def _smooth_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: float) -> dict:
+def faithful_vit(cfg: AnalysisConfig, pair: ModelPair) -> FaithfulViT:
+    """The FViT an analysis compares with the vanilla ViT, running under the analysis' runtime."""
+    return FaithfulViT.from_pair(pair, cfg.sigma, mode=cfg.mode, multistep_steps=cfg.multistep_steps,
+                                 runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+
+
+def _sample_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: float) -> dict:
+    """FaithfulViT.sample's arguments shared by the analysis' calls (progress mapped to [start, start + span])."""
     floor_batch = _floor_batch(cfg)
-    return dict(sigma=cfg.sigma, mode=cfg.mode, method=cfg.method, head_fusion=cfg.head_fusion,
-                batch_size=cfg.batch_size, keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
-                multistep_steps=cfg.multistep_steps, precision=cfg.precision,
+    return dict(method=cfg.method, head_fusion=cfg.head_fusion,
+                keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
                 progress=lambda done, total: report("smoothing", start + span * done / total))
 
 
@@ -663,12 +670,12 @@ def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: 
     floor_batch = _floor_batch(cfg)
     if x_adv is None:
         batch = torch.cat([x, x] if floor_batch else [x]).cpu()
-        return smooth(pair, batch, n_samples=cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
-                      **_smooth_kwargs(cfg, report, 0.1, 0.5))
+        return faithful_vit(cfg, pair).sample(batch, cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
+                                              **_sample_kwargs(cfg, report, 0.1, 0.5))
     generator = seeds.generator("attacked", *_smoothing_parts(cfg),
                                 *attack_parts(cfg.attack, get_attack(cfg.attack).resolve(cfg.attack_arguments())))
-    attacked = smooth(pair, x_adv.cpu(), n_samples=cfg.n_samples, generator=generator,
-                      **_smooth_kwargs(cfg, report, 0.6, 0.35))
+    attacked = faithful_vit(cfg, pair).sample(x_adv.cpu(), cfg.n_samples, generator=generator,
+                                              **_sample_kwargs(cfg, report, 0.6, 0.35))
     return [clean_outs[0], attacked[0], *clean_outs[1:]]
 
 
@@ -688,15 +695,15 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
         noise = torch.randn((cfg.n_samples, *x.shape[1:]), generator=seeds.generator("noise", *_smoothing_parts(cfg)))
         noise *= cfg.sigma
     rule = EarlyStop(k=cfg.k, alpha=cfg.early_stop_alpha) if cfg.early_stop else None
-    kwargs = dict(_smooth_kwargs(cfg, report, 0.15, 0.8), generator=generator)
+    fvit, kwargs = faithful_vit(cfg, pair), dict(_sample_kwargs(cfg, report, 0.15, 0.8), generator=generator)
     if noise is None:
-        return smooth(pair, batch, n_samples=cfg.n_samples, early_stop=rule, **kwargs)
+        return fvit.sample(batch, cfg.n_samples, early_stop=rule, **kwargs)
     # Common random numbers: the same draws for clean and attacked; the floor gets fresh ones,
     # as many as the (possibly early-stopped) pair got.
-    outs = smooth(pair, batch[:2], n_samples=cfg.n_samples, noise=noise, early_stop=rule, **kwargs)
+    outs = fvit.sample(batch[:2], cfg.n_samples, noise=noise, early_stop=rule, **kwargs)
     if floor_batch:
         kwargs["generator"] = seeds.generator("floor", *_smoothing_parts(cfg))
-        outs += smooth(pair, batch[2:], n_samples=outs[0].n_samples, **kwargs)
+        outs += fvit.sample(batch[2:], outs[0].n_samples, **kwargs)
     return outs
 
 
@@ -710,9 +717,9 @@ def _sensitivity_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, se
     draws = seeds.generator("sensitivity-draws")
     images = ball_perturbations(x, cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm, draws)
     att_v, _ = vanilla(pair, images, method=cfg.method, head_fusion=cfg.head_fusion)
-    kwargs = dict(_smooth_kwargs(cfg, lambda stage, fraction: None, 0.0, 1.0), keep_samples=False)
-    outs = smooth(pair, images.cpu(), n_samples=cfg.n_samples,
-                  generator=seeds.generator("sensitivity", *_smoothing_parts(cfg)), **kwargs)
+    kwargs = dict(_sample_kwargs(cfg, lambda stage, fraction: None, 0.0, 1.0), keep_samples=False)
+    outs = faithful_vit(cfg, pair).sample(images.cpu(), cfg.n_samples,
+                                          generator=seeds.generator("sensitivity", *_smoothing_parts(cfg)), **kwargs)
     return att_v, np.stack([out.attention for out in outs])
 
 

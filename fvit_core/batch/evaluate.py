@@ -62,7 +62,8 @@ from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
 from fvit_core.runtime.precision import PRECISION_CHOICES
-from fvit_core.method.faithful_vit import SMOOTHING_MODES, smooth
+from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
+from fvit_core.runtime.strategy import Runtime
 from fvit_core.method.monte_carlo import SmoothedOutput
 from fvit_core.method.vanilla import vanilla
 from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
@@ -344,11 +345,12 @@ class ImageEvaluation:
     def _smooth(self, images: torch.Tensor, s: Setting, generator: torch.Generator, *, n_samples: int | None = None,
                 method: str | None = None, noise: torch.Tensor | None = None,
                 keep_samples: bool = False) -> list[SmoothedOutput]:
+        """FaithfulViT(s).sample: the setting's FViT under the run's runtime."""
         cfg = self.cfg
-        return smooth(self.pair, images, sigma=s.sigma, n_samples=n_samples or cfg.n_samples, mode=s.mode,
-                      method=method or s.method, head_fusion=cfg.head_fusion, batch_size=cfg.batch_size,
-                      precision=cfg.precision, keep_samples=keep_samples,
-                      generator=generator, noise=noise, multistep_steps=cfg.multistep_steps)
+        fvit = FaithfulViT.from_pair(self.pair, s.sigma, mode=s.mode, multistep_steps=cfg.multistep_steps,
+                                     runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+        return fvit.sample(images, n_samples or cfg.n_samples, method=method or s.method, head_fusion=cfg.head_fusion,
+                           keep_samples=keep_samples, generator=generator, noise=noise)
 
     def _floor_batch(self) -> bool:
         """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""

@@ -94,7 +94,7 @@ class SmoothingSettings:
     bootstrap: int = 200
 
     def validate(self, modes: Sequence[str] | None = None) -> None:
-        from fvit_core.method.smoothing import SMOOTHING_MODES
+        from fvit_core.method.faithful_vit import SMOOTHING_MODES
 
         check_choice("mode", self.mode, modes or SMOOTHING_MODES)
         limits.check("sigma", self.sigma)
@@ -114,7 +114,7 @@ class SmoothingSettings:
 
 
 def check_precision(precision: Any) -> None:
-    from fvit_core.method.smoothing import PRECISION_CHOICES
+    from fvit_core.runtime.precision import PRECISION_CHOICES
 
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {limits.short_repr(precision)}")
