@@ -34,9 +34,9 @@ def supports_cls_path(model: PixelViT) -> bool:
 
 
 def _attention_output(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """softmax(q k^T * scale) v. Fused kernels where they are faster: float32, or any GPU. On a
-    CPU, PyTorch's fused kernel in bfloat16 ran 2.4x slower than the explicit product
-    (docs/PERFORMANCE.md)."""
+    """softmax(q k^T * scale) v. Fused kernels where they are faster: float32, or any GPU; on a
+    CPU in bfloat16 the explicit product (PyTorch's fused kernel was slower there: the
+    measurement is in docs/PERFORMANCE.md)."""
     if q.dtype == torch.float32 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
