@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from app import session
 from fvit_core.report import figures
-from fvit_core.analysis.pipeline import AnalysisResult
+from fvit_core.analysis.result import AnalysisResult
 
 SCREEN_DPI = 200
 

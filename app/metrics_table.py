@@ -8,7 +8,7 @@ estimates (Monte Carlo noise only), so an FViT value is an attack effect only be
 from __future__ import annotations
 
 from fvit_core.analysis.metrics import MAP_METRICS
-from fvit_core.analysis.pipeline import AnalysisResult
+from fvit_core.analysis.result import AnalysisResult
 
 _LABELS = {"spearman": "Spearman rank correlation", "kendall": "Kendall's tau", "pearson": "Pearson correlation",
            "ssim": "SSIM on the patch grid", "centroid_shift": "centroid shift (patches, lower = steadier)",

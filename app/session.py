@@ -19,7 +19,9 @@ import streamlit as st
 from app import state
 from fvit_core.explanations.explorer import layer_head_attention, smoothed_layer_head_attention
 from fvit_core.models.loading import MODEL_PAIRS, ModelPair, load_pair
-from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, analyze
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.analysis.result import AnalysisResult
+from fvit_core.analysis.pipeline import analyze
 
 log = logging.getLogger(__name__)
 RESULT_CACHE_SIZE = 32

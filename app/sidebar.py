@@ -17,8 +17,8 @@ from app import state
 from fvit_core.attacks.registry import ATTACKS
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
-from fvit_core.analysis.pipeline import AnalysisConfig
-from fvit_core.analysis.pipeline import NOISE_FLOOR_ESTIMATORS
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.protocol.settings import NOISE_FLOOR_ESTIMATORS
 from fvit_core.runtime.precision import PRECISION_CHOICES
 from fvit_core.method.faithful_vit import SMOOTHING_MODES
 

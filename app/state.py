@@ -22,7 +22,7 @@ from fvit_core.attacks.registry import AttackSpec, ParamSpec
 from fvit_core.data.images import ImageError, image_digest, load_image
 from fvit_core.models.loading import MODEL_PAIRS, ModelLoadError, resolve_model_dir
 from fvit_core.models.loading import models_dir as engine_models_dir
-from fvit_core.analysis.pipeline import AnalysisConfig
+from fvit_core.analysis.config import AnalysisConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"

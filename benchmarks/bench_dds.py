@@ -52,13 +52,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fvit_core.analysis import metrics, pipeline  # noqa: E402
+from fvit_core.analysis import metrics, noise_floor, pipeline  # noqa: E402
 from fvit_core.attacks.registry import run_attack  # noqa: E402
 from fvit_core.explanations.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
 from fvit_core.data.images import load_image, prepare_image  # noqa: E402
 from fvit_core.models.loading import ModelPair, load_pair  # noqa: E402
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
+from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
+from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
 from fvit_core.method.faithful_vit import FaithfulViT, smooth  # noqa: E402
 from fvit_core.runtime import strategy  # noqa: E402
@@ -423,7 +424,7 @@ def section_accuracy(rep: Report, pair: ModelPair, count: int) -> None:
     v_floor = np.array([metrics.topk_overlap(a.attention, c.attention, k) for a, c in zip(full, other)])
     vote_agree = np.mean([np.abs(a.votes - b.votes).sum() / 2 / a.n_samples for a, b in zip(full, half)])
     prob_diff = np.mean([np.abs(a.probs - b.probs).max() for a, b in zip(full, half)])
-    boot = np.array([pipeline.bootstrap_noise_floor(a.samples_attention, k, 200, np.random.default_rng(i))[0]
+    boot = np.array([noise_floor.bootstrap_noise_floor(a.samples_attention, k, 200, np.random.default_rng(i))[0]
                      for i, a in enumerate(full)])
     diff = boot - v_floor
     se = diff.std(ddof=1) / np.sqrt(len(diff))

@@ -87,7 +87,8 @@ def seconds_per_sample(pair, precision: str, samples: int, batch_size: int, repe
 
 
 def timed_analysis(pair, precision: str, n_samples: int, batch_size: int) -> dict:
-    from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+    from fvit_core.analysis.config import AnalysisConfig
+    from fvit_core.analysis.pipeline import analyze
 
     image = np.random.default_rng(0).random((3, 256, 256), dtype=np.float32)
     cfg = AnalysisConfig(attack="pgd", steps=10, n_samples=n_samples, batch_size=batch_size, device=str(pair.device),

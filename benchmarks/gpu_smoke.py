@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fvit_core.analysis import metrics, pipeline  # noqa: E402
 from fvit_core.models.loading import load_pair  # noqa: E402
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze, analyze_many  # noqa: E402
+from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
+from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
 from fvit_core.method.faithful_vit import smooth
 

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 from app import metrics_table, state  # noqa: E402
 from fvit_core.attacks.registry import ATTACKS  # noqa: E402
 from fvit_core.data.images import ImageError  # noqa: E402
-from fvit_core.analysis.pipeline import AnalysisConfig  # noqa: E402
+from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 QUICK = {"n_samples": 8, "attack.pgd.steps": 2, "bootstrap": 50}
@@ -545,7 +545,8 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
 
 
 def test_metrics_table_rows(tiny_pair):
-    from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+    from fvit_core.analysis.config import AnalysisConfig
+    from fvit_core.analysis.pipeline import analyze
 
     image = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
     cfg = AnalysisConfig(n_samples=4, steps=1, bootstrap=10, k=4, sensitivity_samples=2)

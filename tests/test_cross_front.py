@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fvit_core.analysis import pipeline
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.analysis.pipeline import analyze
 from fvit_core.batch.evaluate import EvalConfig, run_eval
 from fvit_core.cli.main import main
 from fvit_core.data.images import load_image

@@ -322,7 +322,7 @@ def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_p
 
 def test_shared_settings_are_checked_alike(tmp_path):
     """One rule per shared setting (protocol/settings) in analyze, eval and certify, types included."""
-    from fvit_core.analysis.pipeline import AnalysisConfig
+    from fvit_core.analysis.config import AnalysisConfig
     from fvit_core.batch.certification import CertifyConfig
 
     for bad, message in (({"method": "nope"}, "unknown method 'nope'"), ({"head_fusion": "x"}, "unknown head fusion"),

@@ -137,3 +137,26 @@ def test_bad_settings_are_refused_when_the_fvit_is_built(tiny_pair, kwargs, mess
         FaithfulViT.from_pair(tiny_pair, sigma, **kwargs)
     with pytest.raises(ValueError, match="needs a denoiser"):
         FaithfulViT(tiny_pair.classifier, None, 0.25, mode="dds")
+
+
+def test_model_cache_is_a_per_model_lru_forgotten_with_the_model():
+    import gc
+
+    from fvit_core.runtime.cache import ModelCache
+
+    cache: ModelCache[int] = ModelCache(2)
+    a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    cache.put(a, "x", 1)
+    cache.put(a, "y", 2)
+    assert cache.get(a, "x") == 1  # x is now the most recently used
+    cache.put(a, "z", 3)  # evicts y
+    assert cache.get(a, "y") is None and cache.get(a, "x") == 1 and cache.get(a, "z") == 3
+    assert cache.get(b, "x") is None  # per model
+    cache.put(b, "x", 4)
+    del a
+    gc.collect()
+    assert len(cache._entries) == 1 and cache.get(b, "x") == 4
+    cache.clear()
+    assert cache.get(b, "x") is None
+    with pytest.raises(ValueError, match="at least one"):
+        ModelCache(0)

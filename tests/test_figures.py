@@ -15,7 +15,8 @@ from matplotlib.patches import Rectangle
 from fvit_core.report import figures
 from fvit_core.explanations.explorer import layer_head_attention
 from fvit_core.data.images import load_image
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.analysis.pipeline import analyze
 from fvit_core.analysis.sweep import sigma_sweep, sweep_configs, sweep_row
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)

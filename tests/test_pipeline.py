@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.config import AnalysisConfig
+
+from fvit_core.analysis.pipeline import analyze
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
 
@@ -195,7 +197,7 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
 
 
 def test_bootstrap_noise_floor_tracks_the_spread():
-    from fvit_core.analysis.pipeline import bootstrap_noise_floor
+    from fvit_core.analysis.noise_floor import bootstrap_noise_floor
 
     rng = np.random.default_rng(0)
     steady = np.tile(np.linspace(1, 2, 16), (40, 1)) + rng.normal(0, 1e-4, (40, 16))
@@ -206,7 +208,7 @@ def test_bootstrap_noise_floor_tracks_the_spread():
 
 def test_vectorised_bootstrap_equals_the_per_resample_loop():
     from fvit_core.analysis import metrics
-    from fvit_core.analysis.pipeline import bootstrap_overlap
+    from fvit_core.analysis.noise_floor import bootstrap_overlap
 
     rng = np.random.default_rng(0)
     a, b = rng.dirichlet(np.ones(16), 30), rng.dirichlet(np.ones(16), 30)

@@ -41,7 +41,8 @@ from fvit_core.models import loading as models
 from fvit_core.analysis import pipeline
 from fvit_core.method import faithful_vit, vanilla
 from fvit_core.models.loading import ModelLoadError
-from fvit_core.analysis.pipeline import AnalysisConfig, analyze
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.analysis.pipeline import analyze
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(n_samples=2, steps=1, bootstrap=0, k=4, batch_size=64, noise_floor_estimator="independent")

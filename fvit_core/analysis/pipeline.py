@@ -3,307 +3,48 @@
 :func:`analyze` is the single call that the dashboard and the command line share. It returns an
 :class:`AnalysisResult` of plain numpy arrays and numbers (no tensors, no modules), which
 :meth:`AnalysisResult.to_json` turns into the documented JSON.
+
+The steps: prepare the image in the smoothing space (method.pixel_space); attack it and run the
+vanilla ViT (the attack stage, cached per model: runtime.cache); sample the FViT on the clean and
+the attacked image (method.faithful_vit, under the settings' runtime); compare (analysis.metrics),
+estimate the noise floor (analysis.noise_floor) and the guarantees (analysis.certificates). On a
+CPU the attack runs on a single-threaded worker while the clean image is sampled (runtime.workers).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import threading
 import time
-import weakref
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from fvit_core.method import certify
-
-from fvit_core.protocol import limits
-from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
-from fvit_core.protocol.settings import (NOISE_FLOOR_ESTIMATORS, AttackSettings, ExplanationSettings, RuntimeSettings,
-                                         SensitivitySettings, SmoothingSettings, check_types)
-
 from fvit_core.analysis import metrics
-from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
-from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
-from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.analysis.certificates import certificates
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.analysis.noise_floor import bootstrap_overlap, floor_pairs, map_metrics_floor, noise_floor_estimate
+from fvit_core.analysis.result import AnalysisResult, FaithfulDetails, ImageView, ModelComparison
+from fvit_core.attacks.registry import get_attack, run_attack
+from fvit_core.data.images import image_digest, prepare_image
+from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
 from fvit_core.method.denoise import check_schedule
-from fvit_core.data.images import PREPARE_MODES, image_digest, prepare_image
-from fvit_core.models.loading import ModelPair, load_pair
-from fvit_core.method.pixel_space import resize_pixels, smoothing_size
-from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from fvit_core.runtime.precision import PRECISION_CHOICES, resolve_precision
-from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
-from fvit_core.runtime.strategy import Runtime
+from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.method.monte_carlo import EarlyStop, SmoothedOutput
-from fvit_core.runtime.workers import submit_single_threaded
+from fvit_core.method.pixel_space import resize_pixels, smoothing_size
 from fvit_core.method.vanilla import vanilla
+from fvit_core.models.loading import ModelPair, load_pair
+from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
+from fvit_core.runtime.cache import ModelCache
+from fvit_core.runtime.precision import resolve_precision, weights_fingerprint
+from fvit_core.runtime.strategy import Runtime
+from fvit_core.runtime.workers import submit_single_threaded
+
+__all__ = ["AnalysisConfig", "AnalysisResult", "ProgressFn", "analyze", "analyze_many", "clear_cache"]
 
 ProgressFn = Callable[[str, float], None]
-
-# The numeric settings only an analysis has, each checked against limits.BOUNDS (the shared ones:
-# protocol/settings).
-ANALYSIS_NUMBERS: tuple[str, ...] = ("confidence_alpha", "renyi_alpha", "early_stop_alpha")
-
-
-@dataclass
-class AnalysisConfig:
-    """Every setting of one analysis; a JSON file of these fields reproduces it (``--config``).
-
-    Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2).
-
-    Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "auto" (the default) runs the
-    DDS networks in bfloat16 where the device computes it natively, else float32
-    (runtime.precision.resolve_precision); ``early_stop`` ends sampling once label and top-k set are
-    settled at level ``early_stop_alpha`` (monte_carlo.EarlyStop); ``noise_floor_estimator``
-    "bootstrap" (the default) estimates the noise floor from the clean samples, "independent"
-    from a third batch of N samples (whose votes then also serve as Cohen's selection counts;
-    otherwise the vanilla ViT's clean prediction is the selection, which is just as valid).
-    """
-
-    model: str = "default"
-    classifier: str | None = None
-    denoiser: str | None = None
-    attack: str = "pgd"
-    eps: float | None = None
-    steps: int | None = None
-    attack_params: dict = field(default_factory=dict)
-    method: str = "raw"
-    head_fusion: str = "mean"
-    mode: str = "dds"
-    sigma: float = 0.25
-    n_samples: int = 64
-    k: int = 8
-    beta: float = 0.5
-    renyi_alpha: float = 2.0
-    confidence_alpha: float = 0.001
-    shared_noise: bool = False
-    noise_floor: bool = True
-    bootstrap: int = 200
-    multistep_steps: int = 10
-    image_mode: str = "resize"
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"
-    early_stop: bool = False
-    early_stop_alpha: float = 0.05
-    noise_floor_estimator: str = "bootstrap"
-    # Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): M random perturbations in the
-    # sensitivity_norm ball of sensitivity_radius around the clean image; 0 switches it off.
-    # Costs M vanilla explanations and M smoothed estimates of n_samples each (M <= 64).
-    sensitivity_samples: int = 0
-    sensitivity_radius: float = 0.02
-    sensitivity_norm: str = "Linf"
-
-    def attack_arguments(self) -> dict:
-        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied
-        and the parameters that follow the analysis settings (registry.attack_arguments; the
-        registry's resolve adds the derived ones, alpha = eps / 5)."""
-        return registry_attack_arguments(self.attack, self.attack_params, eps=self.eps, steps=self.steps,
-                                         settings={"sigma": self.sigma, "k": self.k, "method": self.method,
-                                                   "head_fusion": self.head_fusion})
-
-    def validate(self, num_patches: int | None = None) -> None:
-        """Raise ValueError with an actionable message for any invalid setting.
-
-        Settings come from users (flags, settings files, the dashboard), so types are checked
-        too: a settings file with ``"eps": "8/255"`` or ``"shared_noise": "false"`` is refused
-        instead of failing deep inside (or, for the string, being silently true).
-        """
-        check_types(self)
-        # The shared pieces (protocol/settings: the same rules in fvit eval and certify).
-        AttackSettings(self.attack, self.eps, self.steps, self.attack_params).validate()
-        ExplanationSettings(self.method, self.head_fusion, self.k, self.beta).validate(num_patches)
-        SmoothingSettings(self.mode, self.sigma, self.n_samples, self.multistep_steps, self.precision, self.noise_floor,
-                          self.noise_floor_estimator, self.bootstrap).validate()
-        SensitivitySettings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm).validate()
-        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
-        # The numbers only an analysis has, against their documented bounds (limits.BOUNDS).
-        limits.check_settings(self, ANALYSIS_NUMBERS)
-        get_attack(self.attack).resolve(self.attack_arguments())
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AnalysisConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            shown = ", ".join(limits.short_repr(name, 40).strip("'") for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise ValueError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
-        return cls(**data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "AnalysisConfig":
-        text = limits.read_settings_text(path, "settings file")
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"settings file {path} must hold a JSON object")
-        return cls.from_dict(data.get("config", data))
-
-
-@dataclass
-class ImageView:
-    """One model on one image: prediction and explanation."""
-
-    label: int
-    label_name: str
-    confidence: float
-    probs: np.ndarray
-    attention: np.ndarray
-
-    def to_json(self) -> dict:
-        return {"label": self.label, "label_name": self.label_name, "confidence": self.confidence,
-                "probs": self.probs.tolist(), "attention": self.attention.tolist()}
-
-
-@dataclass
-class ModelComparison:
-    """Clean vs attacked for one model (vanilla ViT or FViT)."""
-
-    clean: ImageView
-    attacked: ImageView
-    topk_overlap: float
-    overlap_curve: np.ndarray
-    divergences: dict[str, float]
-    label_flip: bool
-    # metrics.MAP_METRICS of the attacked map against the clean one (None: undefined, a flat map)
-    map_metrics: dict[str, float | None] = field(default_factory=dict)
-    # {"max", "mean"} neighbourhood sensitivity of the clean map (FViT: plus "floor"); None when off
-    sensitivity: dict[str, float] | None = None
-
-    def to_json(self) -> dict:
-        return {"clean": self.clean.to_json(), "attacked": self.attacked.to_json(),
-                "topk_overlap": self.topk_overlap, "overlap_curve": self.overlap_curve.tolist(),
-                "divergences": self.divergences, "label_flip": self.label_flip,
-                "map_metrics": self.map_metrics, "sensitivity": self.sensitivity}
-
-
-@dataclass
-class Certificates:
-    """Guarantees of the FViT at the clean image (docs/METHOD.md, section 5). Radii in pixel units."""
-
-    predicted_class: int
-    class_radius: float
-    topk_radius_l2: float
-    topk_radius_linf: float
-    p_a_lower: float
-    perturbation_l2: float
-    prediction_bound: float
-    measured_renyi: float
-    independent_selection: bool
-    selection: str  # where CERTIFY's class guess came from: SELECTION_SOURCES
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class FaithfulDetails:
-    """What only the FViT has: Monte Carlo noise floor and uncertainty, votes, certificates."""
-
-    mode: str
-    sigma: float
-    t_star: int | None
-    n_samples: int  # drawn per estimate: fewer than config.n_samples when sampling stopped early
-    precision: str  # what the DDS networks ran in (config "auto" resolved)
-    noise_floor_estimator: str | None  # NOISE_FLOOR_ESTIMATORS, None when there is no floor
-    topk_overlap_floor: float | None
-    topk_overlap_ci: tuple[float, float] | None
-    topk_overlap_floor_ci: tuple[float, float] | None
-    votes_clean: np.ndarray
-    votes_attacked: np.ndarray
-    attention_se_clean: np.ndarray
-    attention_se_attacked: np.ndarray
-    certified: Certificates
-    denoised_sample: np.ndarray
-    # metrics.MAP_METRICS between two clean estimates (the same noise floor as V_k's); None when off
-    map_metrics_floor: dict[str, float | None] | None = None
-    stopped_early: bool = False  # early stopping (config.early_stop) ended sampling before config.n_samples
-
-    def to_json(self) -> dict:
-        return {
-            "mode": self.mode, "sigma": self.sigma, "t_star": self.t_star, "n_samples": self.n_samples,
-            "stopped_early": self.stopped_early,
-            "precision": self.precision, "noise_floor_estimator": self.noise_floor_estimator,
-            "topk_overlap_floor": self.topk_overlap_floor,
-            "topk_overlap_ci": list(self.topk_overlap_ci) if self.topk_overlap_ci else None,
-            "topk_overlap_floor_ci": list(self.topk_overlap_floor_ci) if self.topk_overlap_floor_ci else None,
-            "votes": {"clean": self.votes_clean.tolist(), "attacked": self.votes_attacked.tolist()},
-            "attention_se": {"clean": self.attention_se_clean.tolist(), "attacked": self.attention_se_attacked.tolist()},
-            "certified": self.certified.to_json(),
-            "map_metrics_floor": self.map_metrics_floor,
-        }
-
-
-@dataclass
-class AnalysisResult:
-    """Everything one analysis produced. Images are (3, H, W) float32 in [0, 1].
-
-    ``clean_image`` and ``attacked_image`` are in the analysis' pixel space (``pixel_size``: the
-    denoiser's size with a denoiser, pixel_space.smoothing_size), where noise, perturbation norms
-    and radii live; ``clean_view`` and ``attacked_view`` are the same images as the classifier saw
-    them (resized to ``classifier_size``), which the attention maps are drawn over.
-    """
-
-    config: AnalysisConfig
-    class_names: tuple[str, ...]
-    grid_size: tuple[int, int]
-    image_digest: str
-    clean_image: np.ndarray
-    attacked_image: np.ndarray
-    attack: dict
-    vanilla: ModelComparison
-    fvit: ModelComparison
-    faithful: FaithfulDetails
-    timing: dict[str, float]
-    clean_view: np.ndarray
-    attacked_view: np.ndarray
-
-    @property
-    def pixel_size(self) -> tuple[int, int]:
-        """(H, W) of the pixel space the analysis worked in."""
-        return tuple(int(v) for v in self.clean_image.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def classifier_size(self) -> tuple[int, int]:
-        """(H, W) of the classifier's input."""
-        return tuple(int(v) for v in self.clean_view.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def perturbation(self) -> np.ndarray:
-        return self.attacked_image - self.clean_image
-
-    def to_json(self) -> dict:
-        """The documented JSON (README, "fvit analyze"): plain lists and numbers only."""
-        fvit = self.fvit.to_json()
-        fvit.update(self.faithful.to_json())
-        return {
-            "config": self.config.to_dict(),
-            "class_names": list(self.class_names),
-            "grid_size": list(self.grid_size),
-            "pixel_space": {"size": list(self.pixel_size), "classifier_input": list(self.classifier_size)},
-            "image_digest": self.image_digest,
-            "attack": self.attack,
-            "vanilla": self.vanilla.to_json(),
-            "fvit": fvit,
-            "timing": self.timing,
-        }
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,112 +78,6 @@ def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float, 
         overlap_curve=np.asarray(metrics.overlap_curve(clean.attention, attacked.attention), dtype=np.float64),
         divergences=div, label_flip=clean.label != attacked.label,
         map_metrics=metrics.map_metrics(clean.attention, attacked.attention, grid, k),
-    )
-
-
-def floor_pairs(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
-    """Pairs of clean FViT maps whose differences are Monte Carlo noise only: (A, B), each (n, P).
-
-    The same estimators as the V_k floor: the clean estimate and the independent second one
-    (n = 1), or the means of two bootstrap resamples of the clean samples (n = cfg.bootstrap).
-    None when the noise floor is off or cannot be estimated.
-    """
-    if not cfg.noise_floor:
-        return None
-    if second is not None:
-        return clean.attention[None], second.attention[None]
-    samples = clean.samples_attention
-    if samples is None or clean.n_samples < 2 or cfg.bootstrap < 1:
-        return None
-    n = len(samples)
-    idx = rng.integers(0, n, (2, cfg.bootstrap, n))
-    return _resample_means(samples, idx[0]), _resample_means(samples, idx[1])
-
-
-def map_metrics_floor(pairs: tuple[np.ndarray, np.ndarray] | None, grid: tuple[int, int], k: int
-                      ) -> dict[str, float | None] | None:
-    """metrics.MAP_METRICS between noise-only pairs (floor_pairs), averaged over the pairs."""
-    if pairs is None:
-        return None
-    values = metrics.map_metrics(pairs[0], pairs[1], grid, k)
-    return {name: _nanmean(value) for name, value in values.items()}
-
-
-def _nanmean(values: np.ndarray) -> float | None:
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    return float(finite.mean()) if finite.size else None
-
-
-def bootstrap_overlap(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    """95% percentile bootstrap interval of V_k between the means of two sets of samples (N, P)."""
-    lo, hi = np.percentile(_bootstrap_overlaps(a, b, k, n_boot, rng), [2.5, 97.5])
-    return (float(lo), float(hi))
-
-
-def bootstrap_noise_floor(samples: np.ndarray, k: int, n_boot: int, rng: np.random.Generator
-                          ) -> tuple[float, tuple[float, float]]:
-    """The noise floor from one estimate's own samples (N, P), without new model passes.
-
-    Two resamples of size N (with replacement) stand in for two independent N-sample estimates:
-    returns the mean V_k between their means (an estimate of the expected floor) and the 95%
-    percentile interval of those V_k values.
-    """
-    values = _bootstrap_overlaps(samples, samples, k, n_boot, rng)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(values.mean()), (float(lo), float(hi))
-
-
-def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
-    so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
-    if n_boot < 1 or len(a) < 2 or len(b) < 2:
-        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
-    idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
-    idx_b = np.empty((n_boot, len(b)), dtype=np.int64)
-    for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers
-        idx_a[i] = rng.integers(0, len(a), len(a))
-        idx_b[i] = rng.integers(0, len(b), len(b))
-    return np.asarray(metrics.topk_overlap(_resample_means(a, idx_a), _resample_means(b, idx_b), k))
-
-
-def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    n_boot, n = idx.shape
-    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n).reshape(n_boot, n)
-    return counts.astype(np.float64) @ samples / n
-
-
-# Cohen's CERTIFY needs a class guess made independently of the estimation samples:
-# - "second-estimate": the votes of the independent noise-floor estimate (Cohen's n0 counts);
-# - "vanilla-prediction": the vanilla ViT's prediction on the clean image, a fixed function of the
-#   image and so independent of the noise. When it is not the smoothed classifier's top class the
-#   certificate abstains (valid, only less often certified);
-# - "shared": the estimation votes themselves (only when neither is given; flagged).
-SELECTION_SOURCES: tuple[str, ...] = ("second-estimate", "vanilla-prediction", "shared")
-
-
-def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, source: str,
-                  attacked: SmoothedOutput, perturbation_l2: float, input_dim: int, num_patches: int) -> Certificates:
-    independent = selection is not None
-    if selection is None:
-        selection, source = clean.votes, "shared"
-    cls, radius = certify.certify_counts(selection, clean.votes, cfg.sigma, cfg.confidence_alpha)
-    n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
-    p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), cfg.confidence_alpha)
-    k_radius = 0.0
-    # The bound compares ranks up to k + k0 (METHOD.md 5.3): for larger k (or k = P) nothing is
-    # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
-    k0 = certify.topk_boundary_size(cfg.k, cfg.beta)
-    if cfg.k + k0 <= num_patches and cfg.mode != "denoise-only":
-        k_radius = certify.topk_certified_radius(clean.attention, cfg.k, cfg.beta, cfg.sigma)
-    measured = metrics.divergences(clean.probs, attacked.probs, renyi_alpha=cfg.renyi_alpha)["renyi"]
-    return Certificates(
-        predicted_class=int(cls), class_radius=float(radius), topk_radius_l2=float(k_radius),
-        topk_radius_linf=float(certify.linf_from_l2(k_radius, input_dim)), p_a_lower=float(p_lower),
-        perturbation_l2=perturbation_l2,
-        prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, cfg.sigma, cfg.renyi_alpha)),
-        measured_renyi=float(measured), independent_selection=independent, selection=source,
     )
 
 
@@ -563,28 +198,21 @@ class _AttackStage:
     probs: np.ndarray  # (2, C)
 
 
-_CACHE_SIZE = 64  # attack stages per model: a few MB
-_cache: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, _AttackStage]]" = weakref.WeakKeyDictionary()
-_cache_lock = threading.Lock()
+# The attack stages of the last 64 images/settings per classifier (a few MB): the slider path.
+_ATTACK_STAGES: "ModelCache[_AttackStage]" = ModelCache(64)
 
 
 def clear_cache() -> None:
     """Forget every cached attack stage (benchmarks time cold analyses with it)."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _weights_fingerprint(pair: ModelPair) -> tuple:
-    modules = [pair.classifier] + ([pair.denoiser.unet] if pair.denoiser is not None else [])
-    return tuple((t.data_ptr(), t._version) for m in modules for t in (*m.parameters(), *m.buffers()))
+    _ATTACK_STAGES.clear()
 
 
 def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
     params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
     denoiser = id(pair.denoiser) if pair.denoiser is not None else None
     # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
-    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser,
-            str(pair.device), _weights_fingerprint(pair))
+    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser, str(pair.device),
+            weights_fingerprint(pair.classifier, *([pair.denoiser.unet] if pair.denoiser is not None else [])))
 
 
 def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
@@ -601,11 +229,7 @@ def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, d
     for them. On a CPU they run on the single-threaded worker (runtime.workers.run_single_threaded says
     why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
     key = _attack_key(cfg, pair, digest, seeds)
-    with _cache_lock:
-        per_model = _cache.setdefault(pair.classifier, OrderedDict())
-        stage = per_model.get(key)
-        if stage is not None:
-            per_model.move_to_end(key)
+    stage = _ATTACK_STAGES.get(pair.classifier, key)
     if stage is not None:
         timer.parts.setdefault("attack", 0.0)
         return lambda: stage
@@ -619,11 +243,7 @@ def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, d
             att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
         timer.lap("vanilla", t0)
         computed = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
-        with _cache_lock:
-            models = _cache.setdefault(pair.classifier, OrderedDict())
-            models[key] = computed
-            while len(models) > _CACHE_SIZE:
-                models.popitem(last=False)
+        _ATTACK_STAGES.put(pair.classifier, key, computed)
         return computed
 
     if pair.device.type != "cpu":
@@ -723,26 +343,6 @@ def _sensitivity_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, se
     return att_v, np.stack([out.attention for out in outs])
 
 
-def noise_floor_estimate(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
-                 rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
-    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off.
-
-    ``cfg``: any settings with ``noise_floor``, ``k`` and ``bootstrap`` (fvit eval's too): the
-    second estimate (``second``) when the estimator is "independent", else the bootstrap of the
-    clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
-    if not cfg.noise_floor or clean.samples_attention is None and second is None:
-        return None, None
-    if second is not None:
-        floor = float(metrics.topk_overlap(clean.attention, second.attention, cfg.k))
-        ci = None
-        if cfg.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
-            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, cfg.k, cfg.bootstrap, rng)
-        return floor, ci
-    if clean.n_samples < 2:
-        return None, None
-    return bootstrap_noise_floor(clean.samples_attention, cfg.k, cfg.bootstrap, rng)
-
-
 def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest: str, x: torch.Tensor,
               stage: _AttackStage, outs: list[SmoothedOutput], seeds: ImageSeeds, timer: _Timer, t0: float,
               perturbed: tuple[np.ndarray, np.ndarray] | None = None) -> AnalysisResult:
@@ -778,7 +378,7 @@ def _assemble(cfg: AnalysisConfig, pair: ModelPair, prepared: np.ndarray, digest
         selection, source = second.votes, "second-estimate"
     else:
         selection, source = np.eye(len(probs_v[0]), dtype=np.int64)[int(np.argmax(probs_v[0]))], "vanilla-prediction"
-    certs = _certificates(cfg, clean_s, selection, source, adv_s, l2, int(np.prod(prepared.shape)), clf.num_patches)
+    certs = certificates(cfg, clean_s, selection, source, adv_s, l2, int(np.prod(prepared.shape)), clf.num_patches)
     faithful = FaithfulDetails(
         mode=cfg.mode, sigma=cfg.sigma, t_star=clean_s.t_star, n_samples=clean_s.n_samples,
         precision=resolve_precision(cfg.precision, pair.device, cfg.method),

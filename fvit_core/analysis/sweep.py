@@ -15,7 +15,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, analyze
+from fvit_core.analysis.config import AnalysisConfig
+
+from fvit_core.analysis.result import AnalysisResult
+
+from fvit_core.analysis.pipeline import analyze
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.06, 0.12, 0.25, 0.5, 1.0)
 

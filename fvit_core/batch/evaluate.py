@@ -49,7 +49,7 @@ from fvit_core.runtime import distributed
 from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
-from fvit_core.analysis.pipeline import floor_pairs, map_metrics_floor, noise_floor_estimate
+from fvit_core.analysis.noise_floor import floor_pairs, map_metrics_floor, noise_floor_estimate
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
 from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
@@ -110,7 +110,7 @@ class EvalConfig:
     n_samples: int = 64
     shared_noise: bool = False
     noise_floor: bool = True
-    # As in `fvit analyze` (pipeline.NOISE_FLOOR_ESTIMATORS): "bootstrap" (the default) estimates
+    # As in `fvit analyze` (protocol.settings.NOISE_FLOOR_ESTIMATORS): "bootstrap" (the default) estimates
     # the noise floor from the clean samples (``bootstrap`` resamples), "independent" from a second
     # clean estimate of n_samples draws.
     noise_floor_estimator: str = "bootstrap"
@@ -422,7 +422,7 @@ class ImageEvaluation:
 
     def _floor_pairs(self, s: Setting, clean: SmoothedOutput, second: SmoothedOutput | None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Noise-only pairs of clean maps (pipeline.floor_pairs, the same draws as fvit analyze)."""
+        """Noise-only pairs of clean maps (analysis.noise_floor.floor_pairs, the same draws as fvit analyze)."""
         return floor_pairs(self.cfg, clean, second, self._bootstrap_rng(s, "pairs"))
 
     def _bootstrap_rng(self, s: Setting, purpose: str) -> np.random.Generator:

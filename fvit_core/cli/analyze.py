@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(ns: argparse.Namespace):
-    from fvit_core.analysis.pipeline import AnalysisConfig
+    from fvit_core.analysis.config import AnalysisConfig
 
     base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
     names = {f.name for f in dataclasses.fields(AnalysisConfig)}

@@ -1,6 +1,6 @@
 """Figures of one analysis: matplotlib (publication) and plotly (interactive), and export helpers.
 
-Pure functions over :class:`~fvit_core.analysis.pipeline.AnalysisResult` (plus the plain rows of
+Pure functions over :class:`~fvit_core.analysis.result.AnalysisResult` (plus the plain rows of
 :mod:`fvit_core.analysis.sweep` and the numpy maps of :mod:`fvit_core.explanations.explorer`): no Streamlit, no
 pyplot state. The dashboard and ``fvit analyze --out`` call the same builders, so a figure on
 screen and the file on disk come from the same code.
@@ -42,7 +42,9 @@ from fvit_core.analysis.metrics import topk_indices
 if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matplotlib
     import plotly.graph_objects as go
 
-    from fvit_core.analysis.pipeline import AnalysisConfig, AnalysisResult, ImageView, ModelComparison
+    from fvit_core.analysis.config import AnalysisConfig
+
+    from fvit_core.analysis.result import AnalysisResult, ImageView, ModelComparison
 
 # --------------------------------------------------------------------------------------------
 # Style

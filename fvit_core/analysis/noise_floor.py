@@ -1,0 +1,108 @@
+"""The Monte Carlo noise floor: how much two FViT estimates of the same clean image differ.
+
+V_k between clean and attacked FViT maps means something only against this floor (docs/METHOD.md,
+section 5: Monte Carlo error). Estimators (protocol.settings.NOISE_FLOOR_ESTIMATORS):
+``independent`` (a second clean estimate) or ``bootstrap`` (resamples of the clean estimate's own
+samples, no extra model passes). Shared by ``fvit analyze`` and ``fvit eval``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fvit_core.analysis import metrics
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.method.monte_carlo import SmoothedOutput
+
+
+def floor_pairs(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pairs of clean FViT maps whose differences are Monte Carlo noise only: (A, B), each (n, P).
+
+    The same estimators as the V_k floor: the clean estimate and the independent second one
+    (n = 1), or the means of two bootstrap resamples of the clean samples (n = cfg.bootstrap).
+    None when the noise floor is off or cannot be estimated.
+    """
+    if not cfg.noise_floor:
+        return None
+    if second is not None:
+        return clean.attention[None], second.attention[None]
+    samples = clean.samples_attention
+    if samples is None or clean.n_samples < 2 or cfg.bootstrap < 1:
+        return None
+    n = len(samples)
+    idx = rng.integers(0, n, (2, cfg.bootstrap, n))
+    return _resample_means(samples, idx[0]), _resample_means(samples, idx[1])
+
+
+def map_metrics_floor(pairs: tuple[np.ndarray, np.ndarray] | None, grid: tuple[int, int], k: int
+                      ) -> dict[str, float | None] | None:
+    """metrics.MAP_METRICS between noise-only pairs (floor_pairs), averaged over the pairs."""
+    if pairs is None:
+        return None
+    values = metrics.map_metrics(pairs[0], pairs[1], grid, k)
+    return {name: _nanmean(value) for name, value in values.items()}
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else None
+
+
+def bootstrap_overlap(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """95% percentile bootstrap interval of V_k between the means of two sets of samples (N, P)."""
+    lo, hi = np.percentile(_bootstrap_overlaps(a, b, k, n_boot, rng), [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def bootstrap_noise_floor(samples: np.ndarray, k: int, n_boot: int, rng: np.random.Generator
+                          ) -> tuple[float, tuple[float, float]]:
+    """The noise floor from one estimate's own samples (N, P), without new model passes.
+
+    Two resamples of size N (with replacement) stand in for two independent N-sample estimates:
+    returns the mean V_k between their means (an estimate of the expected floor) and the 95%
+    percentile interval of those V_k values.
+    """
+    values = _bootstrap_overlaps(samples, samples, k, n_boot, rng)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(values.mean()), (float(lo), float(hi))
+
+
+def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
+    so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
+    if n_boot < 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
+    idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
+    idx_b = np.empty((n_boot, len(b)), dtype=np.int64)
+    for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers
+        idx_a[i] = rng.integers(0, len(a), len(a))
+        idx_b[i] = rng.integers(0, len(b), len(b))
+    return np.asarray(metrics.topk_overlap(_resample_means(a, idx_a), _resample_means(b, idx_b), k))
+
+
+def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    n_boot, n = idx.shape
+    counts = np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    return counts.astype(np.float64) @ samples / n
+
+
+def noise_floor_estimate(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+                 rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
+    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off.
+
+    ``cfg``: any settings with ``noise_floor``, ``k`` and ``bootstrap`` (fvit eval's too): the
+    second estimate (``second``) when the estimator is "independent", else the bootstrap of the
+    clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
+    if not cfg.noise_floor or clean.samples_attention is None and second is None:
+        return None, None
+    if second is not None:
+        floor = float(metrics.topk_overlap(clean.attention, second.attention, cfg.k))
+        ci = None
+        if cfg.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
+            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, cfg.k, cfg.bootstrap, rng)
+        return floor, ci
+    if clean.n_samples < 2:
+        return None, None
+    return bootstrap_noise_floor(clean.samples_attention, cfg.k, cfg.bootstrap, rng)
