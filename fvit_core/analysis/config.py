@@ -15,8 +15,9 @@ from pathlib import Path
 from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.attacks.registry import get_attack
 from fvit_core.protocol import limits
-from fvit_core.protocol.settings import (AttackSettings, ExplanationSettings, RuntimeSettings, SensitivitySettings,
-                                         SmoothingSettings, check_types)
+from fvit_core.protocol.settings import (AttackSettings, EstimateFields, ExplanationSettings, ModelFields, RunFields,
+                                         RuntimeSettings, SensitivityFields, SensitivitySettings, SmoothingSettings,
+                                         TopkFields, check_types)
 
 
 # The numeric settings only an analysis has, each checked against limits.BOUNDS (the shared ones:
@@ -24,8 +25,8 @@ from fvit_core.protocol.settings import (AttackSettings, ExplanationSettings, Ru
 ANALYSIS_NUMBERS: tuple[str, ...] = ("confidence_alpha", "renyi_alpha", "early_stop_alpha")
 
 
-@dataclass
-class AnalysisConfig:
+@dataclass(kw_only=True)
+class AnalysisConfig(ModelFields, TopkFields, EstimateFields, SensitivityFields, RunFields):
     """Every setting of one analysis; a JSON file of these fields reproduces it (``--config``).
 
     Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2).
@@ -39,40 +40,18 @@ class AnalysisConfig:
     otherwise the vanilla ViT's clean prediction is the selection, which is just as valid).
     """
 
-    model: str = "default"
-    classifier: str | None = None
-    denoiser: str | None = None
+    # The shared fields (model, head_fusion/k/beta, n_samples and the noise floor, sensitivity,
+    # run costs and seed) come from the protocol's field groups; these are an analysis' own.
     attack: str = "pgd"
     eps: float | None = None
     steps: int | None = None
     attack_params: dict = field(default_factory=dict)
     method: str = "raw"
-    head_fusion: str = "mean"
     mode: str = "dds"
     sigma: float = 0.25
-    n_samples: int = 64
-    k: int = 8
-    beta: float = 0.5
-    renyi_alpha: float = 2.0
     confidence_alpha: float = 0.001
-    shared_noise: bool = False
-    noise_floor: bool = True
-    bootstrap: int = 200
-    multistep_steps: int = 10
-    image_mode: str = "resize"
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "auto"
     early_stop: bool = False
     early_stop_alpha: float = 0.05
-    noise_floor_estimator: str = "bootstrap"
-    # Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): M random perturbations in the
-    # sensitivity_norm ball of sensitivity_radius around the clean image; 0 switches it off.
-    # Costs M vanilla explanations and M smoothed estimates of n_samples each (M <= 64).
-    sensitivity_samples: int = 0
-    sensitivity_radius: float = 0.02
-    sensitivity_norm: str = "Linf"
 
     def attack_arguments(self) -> dict:
         """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied

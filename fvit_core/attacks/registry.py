@@ -219,6 +219,11 @@ def _alpha_linf(default: float = 8 / 255 / 5) -> ParamSpec:
     return ParamSpec("alpha", "float", default, 0.0, 32 / 255, 0.1 / 255, "/255", "step size per iteration")
 
 
+def _linf_steps() -> tuple[ParamSpec, ParamSpec, ParamSpec]:
+    """eps, alpha and steps of the iterative Linf attacks (alpha derived as eps / 5 unless given)."""
+    return (_eps_linf(), _alpha_linf(), _steps())
+
+
 def _eps_l2(default: float = 0.5) -> ParamSpec:
     return ParamSpec("eps", "float", default, 0.0, 10.0, 0.05, "", "L2 budget: max L2 norm of the perturbation per image")
 
@@ -409,7 +414,7 @@ _SPECS: tuple[AttackSpec, ...] = (
         _torchattacks("FGSM"),
     ),
     _spec(
-        "pgd", "PGD (Linf)", "Linf", (_eps_linf(), _alpha_linf(), _steps(), _random_start()),
+        "pgd", "PGD (Linf)", "Linf", (*_linf_steps(), _random_start()),
         "Projected Gradient Descent, Madry et al. 2018, 'Towards deep learning models resistant to "
         "adversarial attacks'. Distance: Linf. The paper's setting: eps 8/255, step alpha = eps/5 "
         "= 1.6/255, 10 steps, random start.",
@@ -476,7 +481,7 @@ _SPECS: tuple[AttackSpec, ...] = (
     ),
     _spec(
         "mifgsm", "MI-FGSM", "Linf",
-        (_eps_linf(), _alpha_linf(), _steps(),
+        (*_linf_steps(),
          ParamSpec("decay", "float", 1.0, 0.0, 2.0, 0.1, "", "momentum decay factor")),
         "Momentum Iterative FGSM, Dong et al. 2018, 'Boosting adversarial attacks with momentum'. "
         "Distance: Linf. Defaults: eps 8/255, alpha eps/5 (1.6/255), 10 steps, decay 1.0.",
@@ -484,7 +489,7 @@ _SPECS: tuple[AttackSpec, ...] = (
     ),
     _spec(
         "eotpgd", "EOT-PGD", "Linf",
-        (_eps_linf(), _alpha_linf(), _steps(),
+        (*_linf_steps(),
          ParamSpec("eot_iter", "int", 2, 1, 64, 1, "", "gradient samples averaged per step"),
          _random_start()),
         "PGD with Expectation over Transformation, Athalye et al. 2018, 'Synthesizing robust "
@@ -503,7 +508,7 @@ _SPECS: tuple[AttackSpec, ...] = (
     ),
     _spec(
         "topk", "Top-k explanation attack", "Linf",
-        (_eps_linf(), _alpha_linf(), _steps(),
+        (*_linf_steps(),
          ParamSpec("k", "int", 8, 1, 1024, 1, "", "size of the clean top-k patch set T_k(w(x))"),
          ParamSpec("label_weight", "float", 1.0, 0.0, 100.0, 0.1, "", "weight of the cross-entropy that keeps the label"),
          ParamSpec("method", "choice", "raw", choices=EXPLANATION_METHODS, help="explanation method w(x) attacked"),
@@ -518,7 +523,7 @@ _SPECS: tuple[AttackSpec, ...] = (
     ),
     _spec(
         "eot_dds", "Adaptive EOT attack on DDS", "Linf",
-        (_eps_linf(), _alpha_linf(), _steps(),
+        (*_linf_steps(),
          ParamSpec("n_eot", "int", 4, 1, 64, 1, "", "DDS noise draws averaged per step"),
          ParamSpec("sigma", "float", 0.25, 0.01, 1.0, 0.01, "", "DDS noise std in pixel units"),
          _random_start()),

@@ -51,7 +51,8 @@ from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
 from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
-from fvit_core.protocol.settings import ExplanationSettings, RuntimeSettings, SmoothingSettings, check_types
+from fvit_core.protocol.settings import (ExplanationSettings, FolderRunFields, ModelFields, RunFields, RuntimeSettings,
+                                         SmoothingSettings, TopkFields, check_types)
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.models.loading import ModelPair
 from fvit_core.runtime.precision import PRECISION_CHOICES
@@ -73,47 +74,25 @@ CONFIG_FILE = "certify_config.json"
 CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "n0", "n", "alpha", "check_random", "check_samples")
 
 
-@dataclass
-class CertifyConfig:
+@dataclass(kw_only=True)
+class CertifyConfig(FolderRunFields, ModelFields, TopkFields, RunFields):
     """Every setting of one ``fvit certify`` run (sigma and radii in pixel units, L2)."""
 
-    data: str
-    out: str
-    model: str = "default"
-    classifier: str | None = None
-    denoiser: str | None = None
-    label_map: str | None = None
-    limit: int | None = None
-    subset_seed: int = 0
+    # The shared fields (the folder run, the model, head_fusion/k/beta, run costs and seed) come
+    # from the protocol's field groups. The certificate holds for the smoothed classifier built on
+    # the base networks as they run, so a bfloat16 base gives a valid certificate of that classifier.
     sigma: float = 0.25
     n0: int = 100
     n: int = 1000
     alpha: float = 0.001
     mode: str = "dds"
     method: str = "raw"
-    head_fusion: str = "mean"
-    k: int = 8
-    beta: float = 0.5
-    multistep_steps: int = 10
-    image_mode: str = "resize"
-    # As in `fvit analyze`. The certificate holds for the smoothed classifier built on the base
-    # networks as they run, so a bfloat16 base gives a valid certificate of that classifier.
-    precision: str = "auto"
     radii: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
     check_random: int = 0
     check_attacks: bool = False
     check_samples: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    allow_download: bool = False
-    dist_backend: str = "gloo"
-    progress: bool = True
-    figures: bool = True
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
-    FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "radii", "batch_size", "device",
-                             "allow_download", "dist_backend", "progress", "figures", "strict"})
+    FREE_FIELDS = FolderRunFields.RESUMABLE_FIELDS | {"radii"}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -56,8 +56,10 @@ from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
 from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
-from fvit_core.protocol.settings import (AttackSettings, ExplanationSettings, RuntimeSettings, SensitivitySettings,
-                                         SmoothingSettings, check_choice, check_choices, check_types)
+from fvit_core.protocol.settings import (AttackSettings, EstimateFields, ExplanationSettings, FolderRunFields,
+                                         ModelFields, RunFields, RuntimeSettings, SensitivityFields,
+                                         SensitivitySettings, SmoothingSettings, TopkFields, check_choice, check_choices,
+                                         check_types)
 from fvit_core.models.loading import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
@@ -80,22 +82,16 @@ CONFIG_FILE = "eval_config.json"
 SEED_PROTOCOL = 2
 
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(FolderRunFields, ModelFields, TopkFields, EstimateFields, SensitivityFields, RunFields):
     """Every setting of one ``fvit eval`` run. Units: eps and sigma in [0, 1] pixel units.
 
     The grid is attacks x eps x modes x sigmas x methods (``vanilla`` is evaluated once per
     attack and budget, without sigma, except under ``eot_dds``, whose attack depends on sigma).
     """
 
-    data: str
-    out: str
-    model: str = "default"
-    classifier: str | None = None
-    denoiser: str | None = None
-    label_map: str | None = None
-    limit: int | None = None
-    subset_seed: int = 0
+    # The shared fields (the folder run, the model, head_fusion/k/beta, n_samples and the noise
+    # floor, sensitivity, run costs and seed) come from the protocol's field groups.
     attacks: tuple[str, ...] = ("pgd",)
     eps: tuple[float, ...] = (8 / 255,)
     steps: int | None = None
@@ -103,47 +99,14 @@ class EvalConfig:
     sigmas: tuple[float, ...] = (0.25,)
     modes: tuple[str, ...] = ("vanilla", "dds")
     methods: tuple[str, ...] = ("raw",)
-    head_fusion: str = "mean"
-    k: int = 8
-    beta: float = 0.5
-    renyi_alpha: float = 2.0
-    n_samples: int = 64
-    shared_noise: bool = False
-    noise_floor: bool = True
-    # As in `fvit analyze` (protocol.settings.NOISE_FLOOR_ESTIMATORS): "bootstrap" (the default) estimates
-    # the noise floor from the clean samples (``bootstrap`` resamples), "independent" from a second
-    # clean estimate of n_samples draws.
-    noise_floor_estimator: str = "bootstrap"
-    bootstrap: int = 200
     perturbation_test: bool = True
     pt_samples: int = 16
     pt_fill: str = "mean"
-    # Neighbourhood sensitivity (fvit_core/explanations/sensitivity.py): M perturbations per image in the
-    # sensitivity_norm ball of sensitivity_radius; 0 = off. Costs M explanations (vanilla) or
-    # M smoothed estimates of n_samples draws (smoothed modes) per (image, mode, sigma, method).
-    sensitivity_samples: int = 0
-    sensitivity_radius: float = 0.02
-    sensitivity_norm: str = "Linf"
-    multistep_steps: int = 10
-    image_mode: str = "resize"
-    # The DDS networks' precision, as in `fvit analyze` (runtime.precision.resolve_precision): "auto" is
-    # bfloat16 where native for forward-only methods; its effect is measured in PERFORMANCE.md.
-    precision: str = "auto"
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    allow_download: bool = False
-    dist_backend: str = "gloo"
-    progress: bool = True
-    figures: bool = True
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
 
-    # Fields that may change between a run and its resumption: where things are, how fast,
-    # and the grid and image selection (rows are keyed by image and setting). Every other field
-    # changes the numbers, so a folder holding rows made with other values is refused.
-    FREE_FIELDS = frozenset({"data", "out", "limit", "subset_seed", "attacks", "eps", "sigmas", "modes", "methods",
-                             "batch_size", "device", "allow_download", "dist_backend", "progress",
-                             "figures", "strict"})
+    # Fields that may change between a run and its resumption: the run's, and the grid (rows are
+    # keyed by image and setting). Every other field changes the numbers, so a folder holding
+    # rows made with other values is refused.
+    FREE_FIELDS = FolderRunFields.RESUMABLE_FIELDS | {"attacks", "eps", "sigmas", "modes", "methods"}
     # Fields added after some folders' rows were made, with the value those rows were made with
     # when it is not today's default: such a folder resumes only with that value.
     LEGACY_VALUES = {"noise_floor_estimator": "independent"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from fvit_core.protocol import limits
 
@@ -155,6 +155,90 @@ class RuntimeSettings:
         limits.check("batch_size", self.batch_size)
         if self.image_mode not in PREPARE_MODES:
             raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {limits.short_repr(self.image_mode)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Field groups: the flat fields that several settings classes share (keyword-only dataclasses)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ModelFields:
+    """Which models (a named pair, or classifier / denoiser folders or hub ids) and where they run."""
+
+    model: str = "default"
+    classifier: str | None = None
+    denoiser: str | None = None
+    device: str = "cpu"
+
+
+@dataclass(kw_only=True)
+class TopkFields:
+    """How attention maps are fused over heads and compared: top-k sets of size k, overlap beta."""
+
+    head_fusion: str = "mean"
+    k: int = 8
+    beta: float = 0.5
+
+
+@dataclass(kw_only=True)
+class EstimateFields:
+    """The FViT's Monte Carlo estimates of an analysis or eval run, their noise floor and the
+    divergence order. ``noise_floor_estimator``: NOISE_FLOOR_ESTIMATORS ("bootstrap" from the
+    clean samples, "independent" from a second clean estimate of n_samples draws)."""
+
+    n_samples: int = 64
+    renyi_alpha: float = 2.0
+    shared_noise: bool = False
+    noise_floor: bool = True
+    noise_floor_estimator: str = "bootstrap"
+    bootstrap: int = 200
+
+
+@dataclass(kw_only=True)
+class SensitivityFields:
+    """Neighbourhood sensitivity (explanations/sensitivity.py): M perturbations in the
+    sensitivity_norm ball of sensitivity_radius around the clean image; M = 0 switches it off.
+    Costs M vanilla explanations and M smoothed estimates of n_samples draws (M <= 64)."""
+
+    sensitivity_samples: int = 0
+    sensitivity_radius: float = 0.02
+    sensitivity_norm: str = "Linf"
+
+
+@dataclass(kw_only=True)
+class RunFields:
+    """How a run prepares images and runs the networks (``precision``: "auto" is bfloat16 where the
+    device computes it natively and the method is forward-only; runtime.precision), and its seed."""
+
+    multistep_steps: int = 10
+    image_mode: str = "resize"
+    precision: str = "auto"
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class FolderRunFields:
+    """A batch run over an image folder (``fvit eval``, ``fvit certify``): where the images and the
+    results are, which images, and how the run behaves (not what it computes)."""
+
+    data: str
+    out: str
+    label_map: str | None = None
+    limit: int | None = None
+    subset_seed: int = 0
+    allow_download: bool = False
+    dist_backend: str = "gloo"
+    progress: bool = True
+    figures: bool = True
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
+
+    # Fields that may change between a run and its resumption (rows are keyed by image and
+    # setting): where things are, how fast, which images. Subclasses add their grid's fields.
+    RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "data", "out", "limit", "subset_seed", "batch_size", "device", "allow_download", "dist_backend", "progress",
+        "figures", "strict"})
 
 
 # --------------------------------------------------------------------------------------------
