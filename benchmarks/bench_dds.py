@@ -297,13 +297,13 @@ def section_sweep(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int)
 
 def _figures_time(result) -> float | None:
     try:
-        from fvit_core.report import figures
+        from fvit_core.report import interactive, style
     except ImportError:
         return None
     start = time.perf_counter()
-    vmax = figures.attention_scale(result)
-    for which in figures.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
-        figures.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
+    vmax = style.attention_scale(result)
+    for which in style.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
+        interactive.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
     return time.perf_counter() - start
 
 
@@ -327,7 +327,7 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "
-                   "fvit_core.report.figures.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
+                   "fvit_core.report.interactive.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
                    "maps redrawn) is measured by tests/test_e2e_browser.py, see 'Dashboard in the browser'.")
 
 

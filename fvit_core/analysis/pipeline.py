@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.protocol import limits
@@ -110,7 +112,7 @@ class AnalysisConfig:
             if value is None:
                 continue
             if name not in names:
-                raise ValueError(f"attack {self.attack!r} has no parameter {name!r}; its parameters: "
+                raise SettingError(f"attack {self.attack!r} has no parameter {name!r}; its parameters: "
                                  f"{', '.join(sorted(names)) or 'none'}")
             params[name] = value
         if "eps" in params and "alpha" in names and "alpha" not in self.attack_params and spec.norm == "Linf":
@@ -128,34 +130,34 @@ class AnalysisConfig:
         """
         self._check_types()
         if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
+            raise SettingError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
         if self.method not in EXPLANATION_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
+            raise SettingError(f"unknown method {self.method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
         if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
+            raise SettingError(f"unknown head fusion {self.head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
         if self.mode not in SMOOTHING_MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
+            raise SettingError(f"unknown mode {self.mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
         # Every number against its documented bounds (limits.BOUNDS), before any work.
         limits.check_settings(self, ANALYSIS_NUMBERS, lows={"n_samples": 2 if self.noise_floor else 1})
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+            raise SettingError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
-            raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
+            raise SettingError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
                              f"got {self.noise_floor_estimator!r}")
         if self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
-            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
+            raise SettingError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
                              f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
                              f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
         if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
-            raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
+            raise SettingError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
         if self.image_mode not in PREPARE_MODES:
-            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {self.image_mode!r}")
+            raise SettingError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {self.image_mode!r}")
         if num_patches is not None and self.k > num_patches:
-            raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
+            raise SettingError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
         if self.sensitivity_samples:
             check_sensitivity_settings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm)
         elif self.sensitivity_norm not in SENSITIVITY_NORMS:
-            raise ValueError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {self.sensitivity_norm!r}")
+            raise SettingError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {self.sensitivity_norm!r}")
         get_attack(self.attack).resolve(self.attack_arguments())
 
     def _check_types(self) -> None:
@@ -168,9 +170,9 @@ class AnalysisConfig:
             allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
             if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
                 wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
-                raise ValueError(f"{spec.name} must be {wanted}, got {limits.short_repr(value)}")
+                raise SettingError(f"{spec.name} must be {wanted}, got {limits.short_repr(value)}")
         if not all(isinstance(key, str) for key in self.attack_params):
-            raise ValueError(f"attack_params must map parameter names to values, got {limits.short_repr(self.attack_params)}")
+            raise SettingError(f"attack_params must map parameter names to values, got {limits.short_repr(self.attack_params)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,12 +180,12 @@ class AnalysisConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "AnalysisConfig":
         if not isinstance(data, dict):
-            raise ValueError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
+            raise SettingError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             shown = ", ".join(limits.short_repr(name, 40).strip("'") for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise ValueError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
+            raise SettingError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
         return cls(**data)
 
     @classmethod
@@ -192,9 +194,9 @@ class AnalysisConfig:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
+            raise InputError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"settings file {path} must hold a JSON object")
+            raise InputError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))
 
 
@@ -448,7 +450,7 @@ def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: 
     """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
     so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
     if n_boot < 1 or len(a) < 2 or len(b) < 2:
-        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
+        raise SettingError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
     idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
     idx_b = np.empty((n_boot, len(b)), dtype=np.int64)
     for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers
@@ -498,10 +500,7 @@ def _certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndar
 
 def _as_tensor_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.ndim != 3 or arr.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W) float in [0, 1], got shape {arr.shape}; use images.load_image")
-    if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-        raise ValueError("image must be finite floats in [0, 1] (pixel space); use images.load_image to decode files")
+    check_pixels(arr, batched=False, what="image")
     return arr.astype(np.float32)
 
 
@@ -548,7 +547,7 @@ def analyze_many(
     ``[analyze(image, c, pair=pair) for c in configs]``. ``progress`` spans all of them.
     """
     if not configs:
-        raise ValueError("analyze_many needs at least one AnalysisConfig")
+        raise SettingError("analyze_many needs at least one AnalysisConfig")
     pair = pair or load_pair(configs[0].model, classifier=configs[0].classifier, denoiser=configs[0].denoiser,
                              device=configs[0].device)
     report = progress or (lambda stage, fraction: None)
@@ -836,19 +835,19 @@ def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) 
     """One cheap forward pass of each model on the clean image before any work: a model that
     returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
     if not bool(torch.isfinite(pair.classifier(x)).all()):
-        raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
+        raise InputError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
     if cfg.mode != "rs" and pair.denoiser is not None:
         from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 
         t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
         if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star)).all()):
-            raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
+            raise InputError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
 
 
 def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:
     for out in outs:
         if not (np.isfinite(out.probs).all() and np.isfinite(out.attention).all()):
-            raise ValueError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
+            raise InputError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
                              "denoiser is numerically unstable there (check its weights, or try a smaller sigma)")
 
 
@@ -862,6 +861,6 @@ def _check_finite(result: AnalysisResult) -> None:
             for i, value in enumerate(obj):
                 walk(value, f"{where}[{i}]")
         elif isinstance(obj, float) and not math.isfinite(obj):
-            raise ValueError(f"the models produced a non-finite value at {where}; check the model weights and input")
+            raise InputError(f"the models produced a non-finite value at {where}; check the model weights and input")
 
     walk(result.to_json(), "result")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.runtime import distributed
@@ -56,7 +57,8 @@ from fvit_core.method.smoothing import PRECISION_CHOICES, smooth
 from fvit_core.data.folders import ImageItem
 from fvit_core.batch.evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
 from fvit_core.batch.report import skipped_markdown
-from fvit_core.batch.store import RowFiles, atomic_write_text
+from fvit_core.batch.store import RowFiles
+from fvit_core.data.files import atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
 CHECK_COLUMNS: tuple[str, ...] = ("check_floor", "check_random_min", "check_pgdl2", "check_topk")
@@ -117,13 +119,13 @@ class CertifyConfig:
 
     def validate(self) -> None:
         if self.mode not in CERTIFY_MODES:
-            raise ValueError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
+            raise SettingError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
         if self.method not in EXPLANATION_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(EXPLANATION_METHODS)}")
+            raise SettingError(f"unknown method {self.method!r}; choose from {', '.join(EXPLANATION_METHODS)}")
         if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+            raise SettingError(f"unknown head fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+            raise SettingError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         # Every number against its documented bounds (limits.BOUNDS), before any work.
         limits.check_settings(self, CERTIFY_NUMBERS)
         limits.check_list("radii", self.radii)
@@ -136,7 +138,7 @@ def _encode(row: dict) -> str:
 def _decode(line: str) -> dict:
     values = line.split("\t")
     if len(values) != len(COLUMNS):
-        raise ValueError(f"expected {len(COLUMNS)} tab-separated columns, got {len(values)}")
+        raise InputError(f"expected {len(COLUMNS)} tab-separated columns, got {len(values)}")
     row = dict(zip(COLUMNS, values))
     for name in ("idx", "label", "predict", "correct"):
         row[name] = int(row[name])
@@ -176,7 +178,7 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
     try:
         topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
     except ValueError as exc:
-        raise ValueError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
+        raise SettingError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
     row = {
         "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
         "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),  # CERTIFY's cost
@@ -260,7 +262,7 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
             except ImageError as exc:
                 skipped.record(root, item, exc)
             except ValueError as exc:  # say which image a failure is about
-                raise ValueError(f"{root / item.path}: {exc}") from exc
+                raise InputError(f"{root / item.path}: {exc}") from exc
             else:
                 log.append(_encode(row))
                 written += 1

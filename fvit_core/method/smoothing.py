@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain, needs_gradients
 from fvit_core.explanations.lrp import LRP_METHODS
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
@@ -81,7 +83,7 @@ def resolve_precision(precision: str, device: torch.device | str, method: str = 
         float32_only = needs_grad or method in LRP_METHODS
         return "bfloat16" if native_bfloat16(torch.device(device)) and not float32_only else "float32"
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        raise SettingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     return precision
 
 
@@ -147,9 +149,9 @@ class EarlyStop:
         for name in ("k", "check_every", "min_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"early stop {name} must be a whole number >= 1, got {value!r}")
+                raise SettingError(f"early stop {name} must be a whole number >= 1, got {value!r}")
         if not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"early stop alpha must be in (0, 1), got {self.alpha!r}")
+            raise SettingError(f"early stop alpha must be in (0, 1), got {self.alpha!r}")
 
     def checkpoints(self, n_samples: int) -> list[int]:
         """The sample counts after which the rule is checked (none at the budget itself)."""
@@ -238,21 +240,21 @@ class _Accumulator:
 def _check(pair: ModelPair, mode: str, sigma: float, n_samples: int, method: str, head_fusion: str, batch_size: int,
            precision: str = "float32") -> None:
     if mode not in SMOOTHING_MODES:
-        raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
+        raise SettingError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
     if mode != "rs" and pair.denoiser is None:
-        raise ValueError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
+        raise SettingError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
+        raise SettingError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        raise SettingError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if method not in EXPLANATION_METHODS:
-        raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
+        raise SettingError(f"unknown explanation method {method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
     if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
+        raise SettingError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
     if mode != "denoise-only" and not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
+        raise SettingError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
     if precision not in PRECISION_CHOICES:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        raise SettingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,12 +502,7 @@ def smooth(
     grow with ``n_samples`` unless ``keep_samples`` (then (N, P) maps per image).
     """
     _check(pair, mode, sigma, n_samples, method, head_fusion, batch_size, precision)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float pixels in [0, 1], got {images.dtype}; divide uint8 images by 255")
-    if not bool(torch.isfinite(images).all()) or float(images.min()) < 0.0 or float(images.max()) > 1.0:
-        raise ValueError("images must be finite float pixels in [0, 1] (pixel space)")
+    check_pixels(images, batched=True, what="images")
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
         raise ValueError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
     precision = resolve_precision(precision, pair.device, method)
