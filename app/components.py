@@ -8,7 +8,7 @@ import streamlit as st
 from matplotlib.figure import Figure
 
 from app import session
-from fvit_core.report import figures
+from fvit_core.report import export, style
 from fvit_core.analysis.result import AnalysisResult
 
 SCREEN_DPI = 200
@@ -18,7 +18,7 @@ SELECTION_LABELS = {"second-estimate": "the second clean estimate's votes",
                     "shared": "the estimation votes (not independent)"}
 
 
-sub = figures.sub  # V₈, D₂: the charts' spelling
+sub = style.sub  # V₈, D₂: the charts' spelling
 _PNG_MEMO_SIZE = 24
 
 
@@ -49,9 +49,9 @@ def summary_line(result: AnalysisResult, image=None) -> str:
     if image is not None:
         truth = f", true class **{image.true_label}**" if image.true_label else ", true class unknown"
         shown = f"**Image** {image.name}{truth}. "
-    return (f"{shown}**Attack** {figures.attack_summary(result)}, crafted {crafted}; {figures.perturbation_summary(result)}. "
-            f"**Explanation** {figures.method_name(cfg.method)} (heads: {cfg.head_fusion}). "
-            f"**FViT** {figures.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
+    return (f"{shown}**Attack** {style.attack_summary(result)}, crafted {crafted}; {style.perturbation_summary(result)}. "
+            f"**Explanation** {style.method_name(cfg.method)} (heads: {cfg.head_fusion}). "
+            f"**FViT** {style.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
             f"top-{cfg.k} of {len(result.vanilla.overlap_curve)} patches. "
             f"Computed in {result.timing['total']:.1f} s.")
 
@@ -63,7 +63,7 @@ def figure_png(cur: session.Current, name: str, build: Callable[[], Figure]) -> 
     if key not in memo:
         if len(memo) >= _PNG_MEMO_SIZE:
             memo.pop(next(iter(memo)))
-        memo[key] = figures.figure_to_bytes(build(), "png", dpi=SCREEN_DPI)
+        memo[key] = export.figure_to_bytes(build(), "png", dpi=SCREEN_DPI)
     return memo[key]
 
 
@@ -105,7 +105,7 @@ def show_inputs(cur: session.Current) -> None:
     """Clean, attacked, amplified perturbation and one denoised sample, enlarged without smoothing
     (plain arrays: no figure to render on every rerun)."""
     result = cur.result
-    shown, gain = figures.perturbation_view(result)
+    shown, gain = style.perturbation_view(result)
     d = result.faithful
     denoised = {"dds": f"denoised sample (σ = {d.sigma:g})", "rs": f"noisy input (σ = {d.sigma:g})",
                 "denoise-only": "denoised (no noise)", "multistep": f"denoised, multi-step (σ = {d.sigma:g})"}
@@ -113,11 +113,11 @@ def show_inputs(cur: session.Current) -> None:
               (f"perturbation ×{gain:.0f} (grey = unchanged)", shown),
               (denoised.get(d.mode, "model input") + ", as the FViT classifies it", d.denoised_sample))
     for column, (caption, image) in zip(st.columns(len(panels)), panels):
-        pixels = figures.to_hwc(image)
+        pixels = style.to_hwc(image)
         repeat = max(1, INPUT_PX // max(pixels.shape[:2]))
         column.image((pixels.repeat(repeat, axis=0).repeat(repeat, axis=1) * 255).round().astype("uint8"),
                      caption=caption, width=min(INPUT_PX, pixels.shape[1] * repeat))
-    st.caption(figures.settings_text(result))
+    st.caption(style.settings_text(result))
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def floor_verdict(result: AnalysisResult) -> str:
 
 
 def prediction_cards(result: AnalysisResult, which: str) -> None:
-    cmp_ = figures.comparison(result, which)
+    cmp_ = style.comparison(result, which)
     alpha = result.config.renyi_alpha
     st.metric("Prediction (clean → attacked)", f"{cmp_.clean.label_name} → {cmp_.attacked.label_name}",
               delta="label flipped" if cmp_.label_flip else "label kept",
@@ -158,7 +158,7 @@ def prediction_cards(result: AnalysisResult, which: str) -> None:
 
 def overlap_cards(result: AnalysisResult, which: str) -> None:
     k = result.config.k
-    cmp_ = figures.comparison(result, which)
+    cmp_ = style.comparison(result, which)
     help_text = (f"Fraction of the clean image's top-{k} patches still among the attacked image's top-{k}: "
                  "1 = focal points kept, 0 = all moved.")
     left, right = st.columns(2)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,11 +18,11 @@ import streamlit as st
 from app import state
 from fvit_core.explanations.explorer import layer_head_attention, smoothed_layer_head_attention
 from fvit_core.models.loading import MODEL_PAIRS, ModelPair, load_pair
+from fvit_core.analysis import sweep
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.result import AnalysisResult
 from fvit_core.analysis.pipeline import analyze
 
-log = logging.getLogger(__name__)
 RESULT_CACHE_SIZE = 32
 
 
@@ -42,8 +41,8 @@ def model_input(models: state.ModelChoice, errors: list[str]) -> state.ModelInfo
     message) on failure."""
     try:
         clf = pair_for(models).classifier
-    except ValueError as exc:  # ModelLoadError
-        errors.append(f"Cannot load the models: {exc}")
+    except Exception as exc:
+        errors.append(state.error_message("Cannot load the models", exc))
         return None
     st.session_state["last_good_models"] = models
     spec = MODEL_PAIRS.get(models.pair) if models.kind in ("default", "pair") else None
@@ -119,8 +118,8 @@ def update(values) -> None:
     try:
         config = state.build_config(values.settings, values.attack_params, values.models)
         config.validate(num_patches=pair_for(values.models).classifier.num_patches)
-    except ValueError as exc:
-        st.error(f"Invalid settings: {exc}")
+    except Exception as exc:
+        st.error(state.error_message("Invalid settings", exc))
         return
     key = state.settings_key(values.image.digest, config)
     st.session_state["_wanted_key"] = key
@@ -140,12 +139,8 @@ def update(values) -> None:
         st.button("Cancel", key="cancel_run", help="stop this analysis after the batch in progress")
     try:
         result = compute(values.image, config, values.models, report)
-    except ValueError as exc:
-        st.error(f"The analysis failed: {exc}")
-        return
-    except RuntimeError as exc:  # a model that cannot run this input (shape, memory): say so, keep going
-        log.exception("analysis failed")
-        st.error(f"The analysis failed inside the model: {exc}")
+    except Exception as exc:  # the last good analysis stays on screen
+        st.error(state.error_message("The analysis failed", exc))
         return
     finally:
         bar.empty()
@@ -177,9 +172,7 @@ def fvit_layer_maps(cur: Current) -> Any:
 def sweep_status(cur: Current, sigmas) -> tuple[list[AnalysisResult], list[AnalysisConfig]]:
     """Results of the sigma sweep around the current analysis already cached, and the configs
     still to compute (the current sigma is always included)."""
-    from fvit_core.analysis.sweep import sweep_configs
-
-    configs = sweep_configs(cur.result.config, [*sigmas, cur.result.config.sigma])
+    configs = sweep.sweep_configs(cur.result.config, [*sigmas, cur.result.config.sigma])
     done, missing = [], []
     for config in configs:
         cached = results().get(state.settings_key(cur.image.digest, config))
@@ -193,13 +186,9 @@ def run_sweep(cur: Current, configs: list[AnalysisConfig]) -> bool:
     Returns whether every point was computed (a failure is shown on the page)."""
     report, bar = progress_bar("Sweep:")
     try:
-        for i, config in enumerate(configs):
-            def stage(name: str, fraction: float, i: int = i, sigma: float = config.sigma) -> None:
-                report(f"σ = {sigma:g} ({i + 1}/{len(configs)}) {name}", (i + fraction) / len(configs))
-
-            compute(cur.image, config, cur.models, stage)
-    except ValueError as exc:
-        st.error(f"The sweep failed: {exc}")
+        sweep.run_sweep(configs, lambda config, stage: compute(cur.image, config, cur.models, stage), progress=report)
+    except Exception as exc:
+        st.error(state.error_message("The sweep failed", exc))
         return False
     finally:
         bar.empty()

@@ -127,8 +127,8 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any
             image = _decoded(item.name, item.path.read_bytes(), "gallery", item.label)
         else:
             image = st.session_state.setdefault("_generated", state.generated_image())
-    except (state.ImageError, OSError) as exc:
-        errors.append(f"Cannot use this image: {exc}")
+    except Exception as exc:
+        errors.append(state.error_message("Cannot use this image", exc))
         image = st.session_state.get("last_good_image")
     if image is not None:
         st.session_state["last_good_image"] = image
@@ -215,8 +215,8 @@ def models_section(errors: list[str]) -> state.ModelChoice:
                 den = st.text_input("diffusers denoiser id", key="hub_denoiser", placeholder="google/ddpm-cifar10-32")
                 return state.ModelChoice("hub", state.check_hub_name(clf, "classifier"),
                                          state.check_hub_name(den, "denoiser"))
-        except ValueError as exc:
-            errors.append(f"Models: {exc}")
+        except Exception as exc:
+            errors.append(state.error_message("Models", exc))
             return st.session_state.get("last_good_models", state.ModelChoice())
     return state.ModelChoice()
 

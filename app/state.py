@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -19,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from fvit_core.attacks.registry import AttackSpec, ParamSpec
+from fvit_core.errors import is_out_of_memory, is_user_error, one_line
 from fvit_core.data.images import ImageError, image_digest, load_image
 from fvit_core.models.loading import MODEL_PAIRS, ModelLoadError, resolve_model_dir
 from fvit_core.models.loading import models_dir as engine_models_dir
 from fvit_core.analysis.config import AnalysisConfig
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 UPLOAD_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
@@ -52,6 +55,23 @@ SLOW_ATTACKS: dict[str, str] = {
     "eot_dds": "the adaptive attack back-propagates through the denoiser",
     "autoattack": "AutoAttack runs an ensemble of attacks",
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def error_message(what: str, exc: BaseException) -> str:
+    """The page's line about a failure. A user's error (an engine FViTError, a file problem, out
+    of memory) is shown with its message; anything else is a bug: "internal error, please report"
+    and the exception's type, never its traceback (the server log has it)."""
+    if not is_user_error(exc):
+        log.error("%s: internal error", what, exc_info=exc)
+    if is_user_error(exc):
+        hint = "out of memory (use fewer samples or a smaller batch): " if is_out_of_memory(exc) else ""
+        return f"{what}: {hint}{one_line(exc)}"
+    return f"{what}: internal error, please report it ({type(exc).__name__})."
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ What it measures, all in one process on the default pair (models.load_pair("defa
   64, 256 on clean and attacked and the noise floor), cold (attack cache cleared);
 - a sweep over 6 sigmas at N = 64 (pipeline.analyze_many: one attack, 6 smoothings);
 - the dashboard's slider change: analyze at a new sigma (attack cached) + the Compare page's
-  figures rendered to PNG through fvit_core.report.figures (if present);
+  figures rendered to PNG through fvit_core.report (if present);
 - batch evaluation (fvit eval) images/s and certification (fvit certify) samples/s;
 - peak memory, and memory against N (fresh subprocesses);
 - a straightforward reference implementation in the same run: one sample at a time, attention
@@ -302,13 +302,13 @@ def section_sweep(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int)
 
 def _figures_time(result) -> float | None:
     try:
-        from fvit_core.report import figures
+        from fvit_core.report import interactive, style
     except ImportError:
         return None
     start = time.perf_counter()
-    vmax = figures.attention_scale(result)
-    for which in figures.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
-        figures.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
+    vmax = style.attention_scale(result)
+    for which in style.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
+        interactive.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
     return time.perf_counter() - start
 
 
@@ -332,7 +332,7 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "
-                   "fvit_core.report.figures.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
+                   "fvit_core.report.interactive.plotly_attention_maps serialised to JSON. The browser's part (keypress to "
                    "maps redrawn) is measured by tests/test_e2e_browser.py, see 'Dashboard in the browser'.")
 
 

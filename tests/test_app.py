@@ -557,3 +557,27 @@ def test_metrics_table_rows(tiny_pair):
     assert by_metric["SSIM on the patch grid"]["FViT noise floor"] == f"{result.faithful.map_metrics_floor['ssim']:.3f}"
     assert by_metric["max-sensitivity"]["vanilla ViT"] == f"{result.vanilla.sensitivity['max']:.3f}"
     assert by_metric["avg-sensitivity"]["FViT noise floor"] == f"{result.fvit.sensitivity['floor']:.3f}"
+
+
+def test_error_messages_tell_user_errors_from_bugs():
+    from fvit_core.errors import InputError, ModelLoadError, SettingError
+
+    assert state.error_message("Invalid settings", SettingError("k must be\n 1..64")) == "Invalid settings: k must be 1..64"
+    assert state.error_message("Models", ModelLoadError("no model folder 'x'")) == "Models: no model folder 'x'"
+    assert state.error_message("Cannot use this image", InputError("empty file")) == "Cannot use this image: empty file"
+    bug = state.error_message("The analysis failed", KeyError("secret internals"))
+    assert bug == "The analysis failed: internal error, please report it (KeyError)." and "secret" not in bug
+    assert "internal error" in state.error_message("x", ValueError("plain"))  # an untyped ValueError is a bug
+    assert state.error_message("x", MemoryError()).startswith("x: out of memory")
+
+
+def test_a_bug_in_the_engine_is_an_internal_error_without_traceback(monkeypatch):
+    import app.session
+
+    def broken(*args, **kwargs):
+        raise KeyError("engine bug")
+
+    monkeypatch.setattr(app.session, "analyze", broken)
+    at = run_app()  # asserts no uncaught exception (no traceback on the page)
+    texts = [e.value for e in at.error]
+    assert texts == ["The analysis failed: internal error, please report it (KeyError)."], texts

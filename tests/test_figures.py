@@ -10,9 +10,10 @@ import zipfile
 
 import numpy as np
 import pytest
+import matplotlib as mpl
 from matplotlib.patches import Rectangle
 
-from fvit_core.report import figures
+from fvit_core.report import export, interactive, static, style
 from fvit_core.explanations.explorer import layer_head_attention
 from fvit_core.data.images import load_image
 from fvit_core.analysis.config import AnalysisConfig
@@ -78,30 +79,30 @@ def _check_encoded(data: bytes, fmt: str) -> None:
         assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
 
 
-@pytest.mark.parametrize("fmt", figures.FIGURE_FORMATS)
+@pytest.mark.parametrize("fmt", style.FIGURE_FORMATS)
 def test_figure_to_bytes_is_valid_and_reproducible(result, fmt):
-    first = figures.figure_to_bytes(figures.compare_figure(result), fmt)
-    second = figures.figure_to_bytes(figures.compare_figure(result), fmt)
+    first = export.figure_to_bytes(static.compare_figure(result), fmt)
+    second = export.figure_to_bytes(static.compare_figure(result), fmt)
     _check_encoded(first, fmt)
     assert first == second  # no timestamps: the CLI and the dashboard give the same bytes
 
 
 def test_figure_to_bytes_rejects_unknown_format(result):
     with pytest.raises(ValueError, match="png, svg, pdf"):
-        figures.figure_to_bytes(figures.inputs_figure(result), "jpg")
+        export.figure_to_bytes(static.inputs_figure(result), "jpg")
 
 
 def test_save_key_figures_writes_every_figure(result, tmp_path):
-    paths = figures.save_key_figures(result, tmp_path / "out", formats=("svg",))  # PDF: see the test above
+    paths = export.save_key_figures(result, tmp_path / "out", formats=("svg",))  # PDF: see the test above
     names = {p.name for p in paths}
     assert {"compare.svg", "distributions.svg", "overlap_curve.svg"} <= names
-    assert len(paths) == len(figures.RESULT_FIGURES)
+    assert len(paths) == len(export.RESULT_FIGURES)
     for path in paths:
         _check_encoded(path.read_bytes(), path.suffix[1:])
 
 
 def test_save_key_figures_default_is_png(result, tmp_path):
-    paths = figures.save_key_figures(result, tmp_path)
+    paths = export.save_key_figures(result, tmp_path)
     assert paths and all(p.suffix == ".png" and p.read_bytes().startswith(PNG_MAGIC) for p in paths)
 
 
@@ -111,11 +112,11 @@ def test_save_key_figures_default_is_png(result, tmp_path):
 
 
 def _heatmaps(fig):
-    return [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == figures.ATTENTION_CMAP]
+    return [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == style.ATTENTION_CMAP]
 
 
 def test_compare_figure_uses_one_colour_scale_for_all_four_maps(result):
-    fig = figures.compare_figure(result)
+    fig = static.compare_figure(result)
     maps = _heatmaps(fig)
     assert len(maps) == 4
     top = max(float(getattr(getattr(result, w), n).attention.max()) for w in ("vanilla", "fvit") for n in ("clean", "attacked"))
@@ -126,21 +127,21 @@ def test_compare_figure_uses_one_colour_scale_for_all_four_maps(result):
 
 def test_attention_figure_outlines_k_patches_and_the_lost_ones(result):
     k = result.config.k
-    fig = figures.attention_figure(result, "vanilla")
+    fig = static.attention_figure(result, "vanilla")
     clean_ax, attacked_ax = fig.axes[:2]
 
     def boxes(ax, color):
-        return [p for p in ax.patches if isinstance(p, Rectangle) and figures.mpl.colors.same_color(p.get_edgecolor(), color)]
+        return [p for p in ax.patches if isinstance(p, Rectangle) and mpl.colors.same_color(p.get_edgecolor(), color)]
 
-    assert len(boxes(clean_ax, figures.TOPK_EDGE)) == k
-    assert len(boxes(attacked_ax, figures.TOPK_EDGE)) == k
+    assert len(boxes(clean_ax, style.TOPK_EDGE)) == k
+    assert len(boxes(attacked_ax, style.TOPK_EDGE)) == k
     lost = round((1 - result.vanilla.topk_overlap) * k)
-    assert len(boxes(attacked_ax, figures.LOST_EDGE)) == lost
+    assert len(boxes(attacked_ax, style.LOST_EDGE)) == lost
     assert result.vanilla.clean.label_name in clean_ax.get_title()
 
 
 def test_distributions_figure_labels_classes_and_units(result):
-    fig = figures.distributions_figure(result)
+    fig = static.distributions_figure(result)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == list(result.class_names)
     assert ax.get_xlabel() == "probability"
@@ -152,14 +153,14 @@ def test_top_classes_picks_the_union_of_each_top_set():
     a, b = np.zeros(1000), np.zeros(1000)
     a[[5, 7]] = [0.6, 0.4]
     b[[7, 900]] = [0.3, 0.7]
-    assert list(figures.top_classes([a, b], 2)) == [900, 5, 7]
-    assert list(figures.top_classes([np.full(4, 0.25)], 10)) == [0, 1, 2, 3]
+    assert list(style.top_classes([a, b], 2)) == [900, 5, 7]
+    assert list(style.top_classes([np.full(4, 0.25)], 10)) == [0, 1, 2, 3]
 
 
 def test_format_param_shows_pixel_budgets_in_255ths():
-    assert figures.format_param(8 / 255, "/255") == "8/255"
-    assert figures.format_param(0.5, "") == "0.5"
-    assert figures.format_param(True, "") == "True"
+    assert style.format_param(8 / 255, "/255") == "8/255"
+    assert style.format_param(0.5, "") == "0.5"
+    assert style.format_param(True, "") == "True"
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,17 +168,17 @@ def test_format_param_shows_pixel_budgets_in_255ths():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(figures.RESULT_FIGURES))
+@pytest.mark.parametrize("name", list(export.RESULT_FIGURES))
 def test_plotly_figures_serialise_and_export_as_offline_html(result, name):
-    fig = figures.RESULT_FIGURES[name].plotly(result)
+    fig = export.RESULT_FIGURES[name].plotly(result)
     assert json.loads(fig.to_json())["data"]
-    html = figures.plotly_to_html(fig).decode()
+    html = export.plotly_to_html(fig).decode()
     assert html.lstrip().lower().startswith(("<html", "<!doctype html")) and "Plotly.newPlot" in html
     assert 'src="https://cdn.plot.ly' not in html  # plotly.js inlined: works without a network
 
 
 def test_plotly_overlap_curve_carries_the_numbers(result):
-    data = json.loads(figures.plotly_overlap_curve(result).to_json())
+    data = json.loads(interactive.plotly_overlap_curve(result).to_json())
     by_name = {trace.get("name"): trace for trace in data["data"]}
     assert np.allclose(plotly_values(by_name["Vanilla ViT"]["y"]), result.vanilla.overlap_curve)
     assert np.allclose(plotly_values(by_name["Faithful ViT (DDS)"]["y"]), result.fvit.overlap_curve)
@@ -185,25 +186,25 @@ def test_plotly_overlap_curve_carries_the_numbers(result):
 
 
 def test_plotly_compare_shares_the_colour_axis(result):
-    data = json.loads(figures.plotly_compare(result).to_json())
+    data = json.loads(interactive.plotly_compare(result).to_json())
     heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 4 and {t["coloraxis"] for t in heatmaps} == {"coloraxis"}
-    assert data["layout"]["coloraxis"]["cmax"] == pytest.approx(figures.attention_scale(result))
+    assert data["layout"]["coloraxis"]["cmax"] == pytest.approx(style.attention_scale(result))
     # Square pixels in every panel: each y axis anchored to its own x axis (the HTML export
     # stretched three of four panels when all were anchored to the first).
     for i, suffix in enumerate(("", "2", "3", "4"), start=1):
         assert data["layout"][f"yaxis{suffix}"]["scaleanchor"] == f"x{suffix}"
-    assert figures.settings_text(result) in data["layout"]["title"]["text"]
+    assert style.settings_text(result) in data["layout"]["title"]["text"]
 
 
 def test_patch_ranks_order_by_weight_with_ties_in_patch_order():
-    ranks = figures.patch_ranks(np.array([0.1, 0.5, 0.2, 0.5]))
+    ranks = interactive.patch_ranks(np.array([0.1, 0.5, 0.2, 0.5]))
     assert list(ranks) == [4, 1, 3, 2]
 
 
 def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
-    vmax = figures.attention_scale(result)
-    data = json.loads(figures.plotly_attention_maps(result, "fvit", vmax=vmax).to_json())
+    vmax = style.attention_scale(result)
+    data = json.loads(interactive.plotly_attention_maps(result, "fvit", vmax=vmax).to_json())
     heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 2 and data["layout"]["coloraxis"]["cmax"] == pytest.approx(vmax)
     assert "rank" in heatmaps[0]["hovertemplate"] and "weight" in heatmaps[0]["hovertemplate"]
@@ -214,15 +215,15 @@ def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
     assert hover[r, c, 0] == top and hover[r, c, 3] == pytest.approx(attacked[top]) and hover[r, c, 4] == 1
     assert hover[r, c, 1] == pytest.approx(clean[top])
     assert hover[r, c, 2] == 1 + int(np.sum(clean > clean[top]))  # its rank on the clean map
-    rects = [sh for sh in data["layout"]["shapes"] if sh["line"]["color"] == figures.TOPK_EDGE]
+    rects = [sh for sh in data["layout"]["shapes"] if sh["line"]["color"] == style.TOPK_EDGE]
     assert len(rects) == 2 * result.config.k  # top-k outlined on both maps
     assert data["layout"]["yaxis2"]["scaleanchor"] == "x2"
 
 
 def test_every_figure_names_method_sigma_n_and_k(result):
-    text = figures.settings_text(result)
+    text = style.settings_text(result)
     assert all(part in text for part in ("raw attention", "σ = 0.25", "N = 6", "top-4"))
-    for spec in figures.RESULT_FIGURES.values():
+    for spec in export.RESULT_FIGURES.values():
         fig = spec.matplotlib(result)
         texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
         texts += [ax.get_title() for ax in fig.axes]
@@ -237,8 +238,8 @@ def test_every_figure_names_method_sigma_n_and_k(result):
 
 
 def test_result_json_and_metrics_csv(result):
-    assert json.loads(figures.result_json(result)) == json.loads(result.dumps())
-    rows = list(csv.DictReader(io.StringIO(figures.metrics_csv(result).decode())))
+    assert json.loads(export.result_json(result)) == json.loads(result.dumps())
+    rows = list(csv.DictReader(io.StringIO(export.metrics_csv(result).decode())))
     assert [r["model"] for r in rows] == ["vanilla", "fvit"]
     assert float(rows[0]["topk_overlap"]) == result.vanilla.topk_overlap
     assert float(rows[1]["noise_floor"]) == result.faithful.topk_overlap_floor
@@ -262,7 +263,7 @@ def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tm
     pair = load_pair(config.model, classifier=config.classifier, denoiser=config.denoiser)
     expected = analyze(load_image(image_file), config, pair=pair).to_json()
     settings = tmp_path / "settings.json"
-    settings.write_bytes(figures.settings_json(config))
+    settings.write_bytes(export.settings_json(config))
     assert AnalysisConfig.from_file(settings) == config
     assert main(["analyze", str(image_file), "--config", str(settings), "--json", str(tmp_path / "r.json"),
                  "--out", str(tmp_path / "figs")]) == 0
@@ -273,7 +274,7 @@ def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tm
 
 
 def test_export_bundle_holds_everything(result, sweep_rows, layer_maps):
-    data = figures.export_bundle(result, image_name="cat.png", image_bytes=b"PNG", sweep_rows=sweep_rows,
+    data = export.export_bundle(result, image_name="cat.png", image_bytes=b"PNG", sweep_rows=sweep_rows,
                                  layer_maps=layer_maps, formats=("svg",))
     archive = zipfile.ZipFile(io.BytesIO(data))
     names = set(archive.namelist())
@@ -309,10 +310,10 @@ def test_sweep_configs_pin_the_adaptive_attack_to_one_sigma():
 
 
 def test_sigma_sweep_figures_mark_the_current_sigma(sweep_rows):
-    fig = figures.sigma_sweep_figure(sweep_rows, current_sigma=0.12)
+    fig = static.sigma_sweep_figure(sweep_rows, current_sigma=0.12)
     assert len(fig.axes) == 3 and fig.axes[2].get_xscale() == "log"
     assert any(np.allclose(line.get_xdata(), [0.12, 0.12]) for line in fig.axes[0].get_lines())
-    data = json.loads(figures.plotly_sigma_sweep(sweep_rows, current_sigma=0.12).to_json())
+    data = json.loads(interactive.plotly_sigma_sweep(sweep_rows, current_sigma=0.12).to_json())
     assert {s["x0"] for s in data["layout"]["shapes"] if s.get("type") == "line" and s["x0"] == s["x1"]} == {0.12}
     fvit = next(t for t in data["data"] if t.get("name") == "FViT Vₖ")
     assert np.allclose(plotly_values(fvit["y"]), [r["fvit_overlap"] for r in sweep_rows])
@@ -331,17 +332,17 @@ def test_layer_head_attention_shape_and_raw_explanation(result, layer_maps):
 
 def test_layer_head_overlap_and_figure(layer_maps):
     same = np.stack([layer_maps[0], layer_maps[0]])
-    assert np.all(figures.layer_head_overlap(same, 4) == 1.0)
-    overlap = figures.layer_head_overlap(layer_maps, 4)
+    assert np.all(static.layer_head_overlap(same, 4) == 1.0)
+    overlap = static.layer_head_overlap(layer_maps, 4)
     assert overlap.shape == (2, 2) and np.all((0 <= overlap) & (overlap <= 1))
-    fig = figures.layer_heads_figure(layer_maps, (4, 4), model="Faithful ViT (DDS)", subtitle="raw attention · N = 6")
+    fig = static.layer_heads_figure(layer_maps, (4, 4), model="Faithful ViT (DDS)", subtitle="raw attention · N = 6")
     assert len(fig.axes) == 2 * 2 * 2 + 1  # the maps and one colour bar
     assert fig.axes[-1].get_ylabel() == "weight ÷ the row's largest weight"
     assert fig._suptitle.get_text().startswith("Faithful ViT (DDS)") and "N = 6" in fig._suptitle.get_text()
-    data = json.loads(figures.plotly_layer_heads(layer_maps, (4, 4)).to_json())
+    data = json.loads(interactive.plotly_layer_heads(layer_maps, (4, 4)).to_json())
     assert data["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "weight ÷ layer's largest"
     with pytest.raises(ValueError, match="2, layers, heads"):
-        figures.layer_heads_figure(layer_maps[:1], (4, 4))
+        static.layer_heads_figure(layer_maps[:1], (4, 4))
 
 
 def test_smoothed_layer_maps_average_the_denoised_samples(result, tiny_pair):

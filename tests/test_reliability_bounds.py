@@ -17,9 +17,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from fuzz_corpus import build_corpus, encode_image, jpeg_segments, noise_rgb, progressive_scan_bomb
+from fvit_core import errors
 from fvit_core.cli import main as cli
 from fvit_core.data import images
-from fvit_core.batch import store
+from fvit_core.data import files
 from fvit_core.data.images import ImageError, load_image
 
 
@@ -268,11 +269,11 @@ def test_echoed_values_are_cut(tmp_path, small_png, capsys) -> None:
         path = tmp_path / "s.json"
         path.write_text(json.dumps(settings))
         code, err = _cli(capsys, "analyze", str(small_png), "--config", str(path))
-        assert code == 2 and len(err) == 1 and len(err[0]) <= cli.MAX_ERROR_CHARS + 30, (str(settings)[:40], err[0][:200])
+        assert code == 2 and len(err) == 1 and len(err[0]) <= errors.MAX_ERROR_CHARS + 30, (str(settings)[:40], err[0][:200])
 
 
 def test_cli_error_lines_are_capped() -> None:
-    assert len(cli._one_line(ValueError("y" * 10_000_000))) == cli.MAX_ERROR_CHARS
+    assert len(errors.one_line(ValueError("y" * 10_000_000))) == errors.MAX_ERROR_CHARS
 
 
 # =============================================================================================
@@ -357,19 +358,19 @@ def test_atomic_writes_leave_no_temporary_file_on_failure(tmp_path, monkeypatch)
     folder_target = tmp_path / "taken"
     folder_target.mkdir()
     with pytest.raises(OSError):
-        store.atomic_write_text(folder_target, "x")  # the rename fails: the target is a folder
+        files.atomic_write_text(folder_target, "x")  # the rename fails: the target is a folder
 
     def disk_full(tmp):
         Path(tmp).write_text("partial")
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        store.atomic_write(tmp_path / "rows.jsonl", disk_full)
+        files.atomic_write(tmp_path / "rows.jsonl", disk_full)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
     names = set()
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (names.add(Path(src).name), real_replace(src, dst)))
     for _ in range(3):
-        store.atomic_write_text(tmp_path / "summary.md", "text")
+        files.atomic_write_text(tmp_path / "summary.md", "text")
     assert len(names) == 3 and all(n.startswith(".summary.md.") and n.endswith(".tmp.md") for n in names)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md", "taken"]

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components, metrics_table
-from fvit_core.report import figures
+from fvit_core.report import interactive, style
 
 cur = components.page_header(
     "Vanilla ViT vs Faithful ViT: do the focal points survive the attack?",
@@ -13,12 +13,12 @@ cur = components.page_header(
 )
 if cur is not None:
     result = cur.result
-    vmax = figures.attention_scale(result)
+    vmax = style.attention_scale(result)
     columns = st.columns(2, gap="medium")
-    for column, which in zip(columns, figures.MODEL_KEYS):
+    for column, which in zip(columns, style.MODEL_KEYS):
         with column:
-            st.markdown(f"#### {figures.model_label(result, which)}")
-            components.show_plotly(figures.plotly_attention_maps(result, which, vmax=vmax), f"maps_{which}")
+            st.markdown(f"#### {style.model_label(result, which)}")
+            components.show_plotly(interactive.plotly_attention_maps(result, which, vmax=vmax), f"maps_{which}")
             components.overlap_cards(result, which)
             components.prediction_cards(result, which)
             if which == "fvit":

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components
-from fvit_core.report import figures
+from fvit_core.report import interactive, style
 
 cur = components.page_header(
     "Prediction distributions, clean vs attacked",
@@ -12,18 +12,18 @@ cur = components.page_header(
 )
 if cur is not None:
     result = cur.result
-    components.show_plotly(figures.plotly_distributions(result), "plot_distributions")
+    components.show_plotly(interactive.plotly_distributions(result), "plot_distributions")
     left, right = st.columns(2, gap="large")
     with left:
-        components.show_plotly(figures.plotly_votes(result), "plot_votes")
+        components.show_plotly(interactive.plotly_votes(result), "plot_votes")
     with right:
-        components.show_plotly(figures.plotly_divergence(result), "plot_divergence")
+        components.show_plotly(interactive.plotly_divergence(result), "plot_divergence")
         names = {"kl": "KL", "js": "Jensen–Shannon", "tv": "total variation", "hellinger": "Hellinger",
                  "renyi": f"Rényi D{components.sub(result.config.renyi_alpha)}"}
         st.dataframe(
-            [{"Model": figures.model_label(result, w),
-              **{names.get(k, k): round(v, 4) for k, v in figures.comparison(result, w).divergences.items()}}
-             for w in figures.MODEL_KEYS],
+            [{"Model": style.model_label(result, w),
+              **{names.get(k, k): round(v, 4) for k, v in style.comparison(result, w).divergences.items()}}
+             for w in style.MODEL_KEYS],
             hide_index=True, width="stretch",
         )
         st.caption(f"Divergences clean → attacked in nats (Rényi of order {result.config.renyi_alpha:g}). The bound "

@@ -7,7 +7,7 @@ whose file is generated on click can lose it when another download reruns the pa
 import streamlit as st
 
 from app import components
-from fvit_core.report import figures
+from fvit_core.report import export, interactive, static, style
 
 cur = components.page_header(
     "Export figures, results and settings",
@@ -18,19 +18,19 @@ cur = components.page_header(
 if cur is not None:
     result = cur.result
     available = {name: (spec.title, lambda s=spec: s.matplotlib(result), lambda s=spec: s.plotly(result))
-                 for name, spec in figures.RESULT_FIGURES.items()}
+                 for name, spec in export.RESULT_FIGURES.items()}
     sweep_key, rows = st.session_state.get("_sweep_rows", (None, []))
     rows = rows if sweep_key == cur.key and len(rows) > 1 else None
     if rows:
         sigma = result.config.sigma
-        available["sigma_sweep"] = ("Sigma sweep", lambda: figures.sigma_sweep_figure(rows, sigma),
-                                    lambda: figures.plotly_sigma_sweep(rows, sigma))
+        available["sigma_sweep"] = ("Sigma sweep", lambda: static.sigma_sweep_figure(rows, sigma),
+                                    lambda: interactive.plotly_sigma_sweep(rows, sigma))
     maps = st.session_state.get("_layer_maps", {}).get(cur.key)
     if maps is not None:
-        subtitle = figures.settings_text(result)
+        subtitle = style.settings_text(result)
         available["layer_heads"] = ("Layers and heads",
-                                    lambda: figures.layer_heads_figure(maps, result.grid_size, subtitle=subtitle),
-                                    lambda: figures.plotly_layer_heads(maps, result.grid_size, subtitle=subtitle))
+                                    lambda: static.layer_heads_figure(maps, result.grid_size, subtitle=subtitle),
+                                    lambda: interactive.plotly_layer_heads(maps, result.grid_size, subtitle=subtitle))
     st.markdown("#### Figures")
     name = st.selectbox("Figure", list(available), key="export_figure", format_func=lambda n: available[n][0])
     if not rows or maps is None:
@@ -39,12 +39,12 @@ if cur is not None:
     extra = (rows is not None and name == "sigma_sweep", maps is not None and name == "layer_heads")
     with st.spinner(f"Rendering {title.lower()}…"):
         figure = components.kept_bytes(cur, ("figure", name, extra), build)  # the Figure, built once
-        files = {fmt: components.kept_bytes(cur, (name, fmt, extra), lambda f=fmt: figures.figure_to_bytes(figure, f))
-                 for fmt in figures.FIGURE_FORMATS}
-        files["html"] = components.kept_bytes(cur, (name, "html", extra), lambda: figures.plotly_to_html(build_plotly()))
+        files = {fmt: components.kept_bytes(cur, (name, fmt, extra), lambda f=fmt: export.figure_to_bytes(figure, f))
+                 for fmt in style.FIGURE_FORMATS}
+        files["html"] = components.kept_bytes(cur, (name, "html", extra), lambda: export.plotly_to_html(build_plotly()))
     buttons = st.columns(4)
-    for column, fmt in zip(buttons, figures.FIGURE_FORMATS):
-        column.download_button(fmt.upper(), data=files[fmt], file_name=f"{name}.{fmt}", mime=figures.mime_type(fmt),
+    for column, fmt in zip(buttons, style.FIGURE_FORMATS):
+        column.download_button(fmt.upper(), data=files[fmt], file_name=f"{name}.{fmt}", mime=export.mime_type(fmt),
                                key=f"dl_{fmt}", on_click="ignore")
     buttons[3].download_button("HTML (interactive)", data=files["html"], file_name=f"{name}.html", mime="text/html",
                                key="dl_html", on_click="ignore")
@@ -54,11 +54,11 @@ if cur is not None:
     st.markdown("#### Results and settings")
     image = cur.image
     cols = st.columns(4)
-    cols[0].download_button("Result JSON", data=components.kept_bytes(cur, ("json",), lambda: figures.result_json(result)),
+    cols[0].download_button("Result JSON", data=components.kept_bytes(cur, ("json",), lambda: export.result_json(result)),
                             file_name="result.json", mime="application/json", key="dl_json", on_click="ignore")
-    cols[1].download_button("Metrics CSV", data=components.kept_bytes(cur, ("csv",), lambda: figures.metrics_csv(result)),
+    cols[1].download_button("Metrics CSV", data=components.kept_bytes(cur, ("csv",), lambda: export.metrics_csv(result)),
                             file_name="metrics.csv", mime="text/csv", key="dl_csv", on_click="ignore")
-    cols[2].download_button("Settings JSON", data=figures.settings_json(result.config), file_name="settings.json",
+    cols[2].download_button("Settings JSON", data=export.settings_json(result.config), file_name="settings.json",
                             mime="application/json", key="dl_settings", on_click="ignore")
     cols[3].download_button("Input image", data=image.data, file_name=image.name, key="dl_image", on_click="ignore")
 
@@ -74,7 +74,7 @@ if cur is not None:
             def report(stage: str, fraction: float) -> None:
                 bar.progress(min(max(fraction, 0.0), 1.0), text=f"Building the ZIP: {stage.replace('_', ' ')}…")
 
-            bundle = components.kept_bytes(cur, zip_key, lambda: figures.export_bundle(
+            bundle = components.kept_bytes(cur, zip_key, lambda: export.export_bundle(
                 result, image_name=image.name, image_bytes=image.data, sweep_rows=rows, layer_maps=maps,
                 progress=report))
             bar.empty()
@@ -82,6 +82,6 @@ if cur is not None:
         st.download_button(f"Download the ZIP ({len(bundle) / 1e6:.1f} MB)", data=bundle, key="dl_zip",
                            file_name="fvit_analysis.zip", mime="application/zip", on_click="ignore", type="primary")
     st.markdown("Reproduce this analysis from the command line (same image, same settings, same numbers):")
-    st.code(figures.reproduce_command(image.name), language="bash")
+    st.code(export.reproduce_command(image.name), language="bash")
     if cur.models.kind == "hub":
         st.caption("These models come from the hub: add --allow-download.")

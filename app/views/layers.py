@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from app import components, session
-from fvit_core.report import figures
+from app import components, session, state
+from fvit_core.report import interactive, static, style
 
 cur = components.page_header(
     "Where the attack acts: attention per layer and head",
@@ -15,21 +15,21 @@ cur = components.page_header(
 if cur is not None:
     result = cur.result
     k = result.config.k
-    subtitle = figures.settings_text(result)
-    tabs = st.tabs(["Vanilla ViT", figures.model_label(result, "fvit")])
-    for tab, which, compute in zip(tabs, figures.MODEL_KEYS, (session.layer_maps, session.fvit_layer_maps)):
+    subtitle = style.settings_text(result)
+    tabs = st.tabs(["Vanilla ViT", style.model_label(result, "fvit")])
+    for tab, which, compute in zip(tabs, style.MODEL_KEYS, (session.layer_maps, session.fvit_layer_maps)):
         with tab:
-            label = figures.model_label(result, which)
+            label = style.model_label(result, which)
             try:
                 with st.spinner(f"Computing the {label}'s per-layer maps…"):
                     maps = compute(cur)
-            except ValueError as exc:
-                st.error(f"Cannot compute the per-layer maps: {exc}")
+            except Exception as exc:
+                st.error(state.error_message("Cannot compute the per-layer maps", exc))
                 continue
-            overlap = figures.layer_head_overlap(maps, k)
+            overlap = static.layer_head_overlap(maps, k)
             left, right = st.columns([3, 2], gap="large")
             with left:
-                components.show_plotly(figures.plotly_layer_heads(maps, result.grid_size, model=label, subtitle=subtitle),
+                components.show_plotly(interactive.plotly_layer_heads(maps, result.grid_size, model=label, subtitle=subtitle),
                                        f"plot_layers_{which}")
             with right:
                 st.markdown(f"**Top-{k} overlap V{components.sub(k)} per layer and head** (clean vs attacked)")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components, session
-from fvit_core.report import figures
+from fvit_core.report import interactive, style
 from fvit_core.analysis.sweep import DEFAULT_SIGMAS, sweep_row
 
 SIGMA_CHOICES = (0.03, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0)
@@ -26,7 +26,7 @@ if cur is not None:
     rows = [sweep_row(r) for r in done]
     st.session_state["_sweep_rows"] = (cur.key, rows)
     if len(rows) > 1:
-        components.show_plotly(figures.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
+        components.show_plotly(interactive.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
     # Readable headers, one interval column, one prediction column: the table fits a laptop's width
     # (the CSV export keeps every field under its own name).
     shown = [{**row, "fvit_ci": (f"{row['fvit_overlap_ci_low']:.2f}–{row['fvit_overlap_ci_high']:.2f}"
@@ -45,5 +45,5 @@ if cur is not None:
               for name, (label, fmt) in columns.items()}
     st.dataframe(shown, hide_index=True, column_order=tuple(columns), column_config=config, width="stretch")
     if rows:
-        st.caption(f"Vₖ at k = {rows[0]['k']}; {figures.method_name(rows[0]['method'])}, N = {rows[0]['n_samples']}; FViT label: clean → attacked; "
+        st.caption(f"Vₖ at k = {rows[0]['k']}; {style.method_name(rows[0]['method'])}, N = {rows[0]['n_samples']}; FViT label: clean → attacked; "
                    "radii in pixel units (L∞ = L2 / √(3HW)).")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components
-from fvit_core.report import figures
+from fvit_core.report import interactive
 
 cur = components.page_header(
     "Top-k overlap as a function of k",
@@ -12,5 +12,5 @@ cur = components.page_header(
 )
 if cur is not None:
     result = cur.result
-    components.show_plotly(figures.plotly_overlap_curve(result), "plot_overlap_curve")
+    components.show_plotly(interactive.plotly_overlap_curve(result), "plot_overlap_curve")
     st.caption(components.floor_verdict(result))

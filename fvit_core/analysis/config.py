@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
 from fvit_core.attacks.registry import get_attack
+from fvit_core.errors import InputError, SettingError
 from fvit_core.protocol import limits
 from fvit_core.protocol.settings import (AttackSettings, EstimateFields, ExplanationSettings, ModelFields, RunFields,
                                          RuntimeSettings, SensitivityFields, SensitivitySettings, SmoothingSettings,
@@ -86,12 +87,12 @@ class AnalysisConfig(ModelFields, TopkFields, EstimateFields, SensitivityFields,
     @classmethod
     def from_dict(cls, data: dict) -> "AnalysisConfig":
         if not isinstance(data, dict):
-            raise ValueError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
+            raise SettingError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             shown = ", ".join(limits.short_repr(name, 40).strip("'") for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise ValueError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
+            raise SettingError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
         return cls(**data)
 
     @classmethod
@@ -100,7 +101,7 @@ class AnalysisConfig(ModelFields, TopkFields, EstimateFields, SensitivityFields,
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
+            raise InputError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"settings file {path} must hold a JSON object")
+            raise InputError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))

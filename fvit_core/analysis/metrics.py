@@ -20,6 +20,8 @@ import numpy as np
 from scipy.special import logsumexp, rel_entr
 from scipy.stats import kendalltau, rankdata
 
+from fvit_core.errors import SettingError
+
 ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence[float]]  # noqa: F821  (torch is optional here)
 
 # Zero probabilities make KL and Renyi (order > 1) infinite; they are raised to this floor and
@@ -42,7 +44,7 @@ def _as_array(values: ArrayLike, name: str) -> np.ndarray:
 
 def _check_k(k: int, size: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= size:
-        raise ValueError(f"k must be an integer in 1..{size} (the number of patches), got {k!r}")
+        raise SettingError(f"k must be an integer in 1..{size} (the number of patches), got {k!r}")
     return int(k)
 
 

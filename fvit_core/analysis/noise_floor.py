@@ -12,6 +12,7 @@ import numpy as np
 
 from fvit_core.analysis import metrics
 from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.errors import SettingError
 from fvit_core.method.monte_carlo import SmoothedOutput
 
 
@@ -73,7 +74,7 @@ def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: 
     """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
     so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
     if n_boot < 1 or len(a) < 2 or len(b) < 2:
-        raise ValueError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
+        raise SettingError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
     idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
     idx_b = np.empty((n_boot, len(b)), dtype=np.int64)
     for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers

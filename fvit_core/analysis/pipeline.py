@@ -29,6 +29,8 @@ from fvit_core.analysis.noise_floor import bootstrap_overlap, floor_pairs, map_m
 from fvit_core.analysis.result import AnalysisResult, FaithfulDetails, ImageView, ModelComparison
 from fvit_core.attacks.registry import get_attack, run_attack
 from fvit_core.data.images import image_digest, prepare_image
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import ModelLoadError, SettingError
 from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
 from fvit_core.method.denoise import check_schedule
 from fvit_core.method.faithful_vit import FaithfulViT
@@ -83,10 +85,7 @@ def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float, 
 
 def _as_tensor_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.ndim != 3 or arr.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W) float in [0, 1], got shape {arr.shape}; use images.load_image")
-    if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-        raise ValueError("image must be finite floats in [0, 1] (pixel space); use images.load_image to decode files")
+    check_pixels(arr, batched=False, what="image")
     return arr.astype(np.float32)
 
 
@@ -133,7 +132,7 @@ def analyze_many(
     ``[analyze(image, c, pair=pair) for c in configs]``. ``progress`` spans all of them.
     """
     if not configs:
-        raise ValueError("analyze_many needs at least one AnalysisConfig")
+        raise SettingError("analyze_many needs at least one AnalysisConfig")
     pair = pair or load_pair(configs[0].model, classifier=configs[0].classifier, denoiser=configs[0].denoiser,
                              device=configs[0].device)
     report = progress or (lambda stage, fraction: None)
@@ -414,19 +413,19 @@ def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) 
     """One cheap forward pass of each model on the clean image before any work: a model that
     returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
     if not bool(torch.isfinite(pair.classifier(x)).all()):
-        raise ValueError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
+        raise ModelLoadError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
     if cfg.mode != "rs" and pair.denoiser is not None:
         from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 
         t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
         if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star)).all()):
-            raise ValueError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
+            raise ModelLoadError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
 
 
 def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:
     for out in outs:
         if not (np.isfinite(out.probs).all() and np.isfinite(out.attention).all()):
-            raise ValueError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
+            raise ModelLoadError("the smoothed model produced NaN or infinite values on noisy inputs; the classifier or "
                              "denoiser is numerically unstable there (check its weights, or try a smaller sigma)")
 
 
@@ -440,6 +439,6 @@ def _check_finite(result: AnalysisResult) -> None:
             for i, value in enumerate(obj):
                 walk(value, f"{where}[{i}]")
         elif isinstance(obj, float) and not math.isfinite(obj):
-            raise ValueError(f"the models produced a non-finite value at {where}; check the model weights and input")
+            raise ModelLoadError(f"the models produced a non-finite value at {where}; check the model weights and input")
 
     walk(result.to_json(), "result")

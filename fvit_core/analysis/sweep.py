@@ -1,6 +1,7 @@
 """Sigma sweep: the same image and attack analysed at several noise levels sigma.
 
-The dashboard's sigma view and scripts call this. Each point is one :func:`pipeline.analyze` with
+The dashboard's sigma view and scripts call this (the dashboard through :func:`run_sweep`, with
+its result cache). Each point is one :func:`pipeline.analyze` with
 only ``sigma`` changed, so every point is exactly what the dashboard shows at that sigma. The
 transfer attacks are crafted on the vanilla ViT with the same seed, so every point sees the same
 attacked image; the adaptive ``eot_dds`` attack depends on sigma, and is pinned to the sigma it
@@ -16,19 +17,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fvit_core.analysis.config import AnalysisConfig
-
-from fvit_core.analysis.result import AnalysisResult
-
 from fvit_core.analysis.pipeline import analyze
+from fvit_core.analysis.result import AnalysisResult
+from fvit_core.errors import SettingError
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.06, 0.12, 0.25, 0.5, 1.0)
+Progress = Callable[[str, float], None]  # progress(stage, fraction of the whole sweep)
 
 
 def sweep_configs(config: AnalysisConfig, sigmas: Sequence[float]) -> list[AnalysisConfig]:
     """One config per sigma (sorted, duplicates dropped), everything else as in ``config``."""
     values = sorted({float(s) for s in sigmas})
     if not values or any(not (math.isfinite(s) and s > 0) for s in values):
-        raise ValueError(f"sigmas must be positive numbers in pixel units (e.g. 0.12, 0.25, 0.5), got {list(sigmas)!r}")
+        raise SettingError(f"sigmas must be positive numbers in pixel units (e.g. 0.12, 0.25, 0.5), got {list(sigmas)!r}")
     base = config.to_dict()
     params = dict(base["attack_params"])
     if base["attack"] == "eot_dds" and "sigma" not in params:
@@ -83,12 +84,29 @@ def sigma_sweep(
 
     Returns one :func:`sweep_row` per sigma, sorted by sigma.
     """
-    configs = sweep_configs(config, sigmas)
-    rows = []
-    for i, cfg in enumerate(configs):
-        def report(stage: str, fraction: float, i: int = i) -> None:
-            if progress is not None:
-                progress(f"sigma {cfg.sigma:g}: {stage}", (i + fraction) / len(configs))
+    def run(cfg: AnalysisConfig, report: Callable[[str, float], None]) -> AnalysisResult:
+        return analyze(image, cfg, pair=pair, progress=report)
 
-        rows.append(sweep_row(analyze(image, cfg, pair=pair, progress=report)))
-    return rows
+    return [sweep_row(result) for result in run_sweep(sweep_configs(config, sigmas), run, progress=progress)]
+
+
+def run_sweep(
+    configs: Sequence[AnalysisConfig],
+    run: Callable[[AnalysisConfig, Progress], AnalysisResult],
+    *,
+    progress: Progress | None = None,
+) -> list[AnalysisResult]:
+    """The one sweep loop: ``run(config, report)`` for every config, in order.
+
+    ``run`` is :func:`pipeline.analyze` on one image and pair (:func:`sigma_sweep`), or the
+    dashboard's cached analysis of the same call. ``progress(stage, fraction)`` sees one bar over
+    the whole sweep, each stage named "σ = SIGMA (I/N) STAGE".
+    """
+    results = []
+    for i, cfg in enumerate(configs):
+        def report(stage: str, fraction: float, i: int = i, sigma: float = cfg.sigma) -> None:
+            if progress is not None:
+                progress(f"σ = {sigma:g} ({i + 1}/{len(configs)}) {stage}", (i + fraction) / len(configs))
+
+        results.append(run(cfg, report))
+    return results

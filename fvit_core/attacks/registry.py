@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from fvit_core.protocol.limits import short_repr as _short
 from fvit_core.analysis.metrics import topk_indices
@@ -88,29 +90,29 @@ class ParamSpec:
         if self.kind == "bool":
             if isinstance(value, (bool, np.bool_)):
                 return bool(value)
-            raise ValueError(f"{self.name} must be true or false, got {value!r}")
+            raise SettingError(f"{self.name} must be true or false, got {value!r}")
         if self.kind == "choice":
             if isinstance(value, str) and value in self.choices:
                 return value
-            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}")
+            raise SettingError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}")
         number = self._as_number(value)
         self._check_bounds(number)
         return number
 
     def _as_number(self, value: object) -> float | int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{self.name} must be a number ({self.kind}), got {_short(value)}")
+            raise SettingError(f"{self.name} must be a number ({self.kind}), got {_short(value)}")
         try:
             finite = math.isfinite(float(value))
         except OverflowError:  # an integer too large for a float (a 400-digit setting)
             finite = False
         if not finite:
-            raise ValueError(f"{self.name} must be finite (a number in {self.min}..{self.max}), got {_short(value)}")
+            raise SettingError(f"{self.name} must be finite (a number in {self.min}..{self.max}), got {_short(value)}")
         if self.kind == "float":
             return float(value)
         if isinstance(value, numbers.Integral) or float(value).is_integer():
             return int(value)
-        raise ValueError(f"{self.name} must be a whole number, got {value!r}")
+        raise SettingError(f"{self.name} must be a whole number, got {value!r}")
 
     def _check_bounds(self, number: float | int) -> None:
         low = -math.inf if self.min is None else self.min
@@ -122,7 +124,7 @@ class ParamSpec:
         if self.unit == "/255":
             scale = self.display_scale
             message += f" (shown as {_fmt(number * scale)}/255; allowed {_fmt(low * scale)}..{_fmt(high * scale)} /255)"
-        raise ValueError(message)
+        raise SettingError(message)
 
 
 def _fmt(value: float) -> str:
@@ -180,7 +182,7 @@ class AttackSpec:
             if spec.name == name:
                 return spec
         valid = ", ".join(p.name for p in self.params) or "none"
-        raise ValueError(f"attack {self.name!r} has no parameter {name!r}; its parameters: {valid}")
+        raise SettingError(f"attack {self.name!r} has no parameter {name!r}; its parameters: {valid}")
 
     def defaults(self) -> dict[str, ParamValue]:
         return {p.name: p.default for p in self.params}
@@ -190,7 +192,7 @@ class AttackSpec:
         :attr:`derived` parameters not in ``params`` computed from the result (PGD with
         ``{"eps": 16/255}`` steps by alpha = 3.2/255)."""
         if params is not None and not isinstance(params, Mapping):
-            raise ValueError(f"params must be a mapping of name -> value, got {type(params).__name__}")
+            raise SettingError(f"params must be a mapping of name -> value, got {type(params).__name__}")
         resolved = self.defaults()
         for name, value in (params or {}).items():
             resolved[name] = self.param(name).validate(value)
@@ -360,7 +362,7 @@ def _build_topk(ctx: AttackContext) -> AttackFn:
         clean = explain(model, x, method=method, head_fusion=fusion)
         num_patches = clean.attention.shape[1]
         if k > num_patches:
-            raise ValueError(f"k={k} exceeds the {num_patches} patches of this model; pick k <= {num_patches}")
+            raise SettingError(f"k={k} exceeds the {num_patches} patches of this model; pick k <= {num_patches}")
         mask = topk_mask(clean.attention, k)
         best, best_mass = x.clone(), (clean.attention * mask).sum(dim=1)
         x_adv = x.clone()
@@ -542,7 +544,7 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in _SPECS}
 def get_attack(name: str) -> AttackSpec:
     """The AttackSpec registered as ``name``; ValueError listing the known names otherwise."""
     if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
+        raise SettingError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
     return ATTACKS[name]
 
 
@@ -566,7 +568,7 @@ def attack_arguments(name: str, attack_params: Mapping[str, object] | None = Non
             continue
         if key not in names:
             if strict:
-                raise ValueError(f"attack {name!r} has no parameter {key!r}; its parameters: "
+                raise SettingError(f"attack {name!r} has no parameter {key!r}; its parameters: "
                                  f"{', '.join(sorted(names)) or 'none'}")
             continue
         params[key] = value
@@ -620,13 +622,8 @@ def _seeded(seed: int) -> Iterator[None]:
 def _check_images(x: Tensor) -> Tensor:
     """Validate a (B, 3, H, W) float batch in [0, 1]; return a detached copy usable by autograd."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"expected a torch.Tensor of pixels, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] == 0:
-        raise ValueError(f"expected pixels of shape (B, 3, H, W) with B >= 1, got {tuple(x.shape)}; use x[None] for one image")
-    if not x.is_floating_point():
-        raise ValueError(f"expected float pixels in [0, 1], got {x.dtype}; divide uint8 images by 255")
-    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise ValueError("pixels must be finite and in [0, 1]; the model normalises internally, pass raw pixels")
+        raise InputError(f"expected a torch.Tensor of pixels, got {type(x).__name__}")
+    check_pixels(x, batched=True)
     return x.detach().clone()  # a clone made outside inference mode is a normal tensor
 
 
@@ -638,9 +635,9 @@ def _resolve_labels(model: nn.Module, x: Tensor, labels: Tensor | None) -> Tenso
         return logits.argmax(dim=1)
     labels = torch.as_tensor(labels, device=x.device)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (x.shape[0],):
-        raise ValueError(f"labels must be {x.shape[0]} integer class indices, got {labels.dtype} {tuple(labels.shape)}")
+        raise InputError(f"labels must be {x.shape[0]} integer class indices, got {labels.dtype} {tuple(labels.shape)}")
     if bool(((labels < 0) | (labels >= logits.shape[1])).any()):
-        raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1}, got {labels.tolist()}")
+        raise InputError(f"labels must lie in 0..{logits.shape[1] - 1}, got {labels.tolist()}")
     return labels.long().clone()
 
 
@@ -672,14 +669,14 @@ def run_attack(
     spec = get_attack(name)
     resolved = spec.resolve(params)
     if spec.needs_denoiser and denoiser is None:
-        raise ValueError(f"attack {name!r} differentiates through the DDS denoiser: pass denoiser=...")
+        raise SettingError(f"attack {name!r} differentiates through the DDS denoiser: pass denoiser=...")
     seed = secrets.randbits(62) if seed is None else int(seed)
     eps = spec.budget(resolved)
     with torch.inference_mode(False), torch.enable_grad():
         x_clean = _check_images(x)
         expected = getattr(model, "img_size", None)
         if expected is not None and not is_uniform_rescale(tuple(x_clean.shape[-2:]), tuple(expected)):
-            raise ValueError(f"the classifier takes {expected[0]}x{expected[1]} pixels (or a uniform rescale: the "
+            raise InputError(f"the classifier takes {expected[0]}x{expected[1]} pixels (or a uniform rescale: the "
                              f"smoothing space), got images of shape {tuple(x_clean.shape)}; prepare them first "
                              "(images.prepare_image)")
         unet = denoiser.unet if denoiser is not None else None

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.runtime import distributed
@@ -61,7 +62,8 @@ from fvit_core.runtime.strategy import Runtime
 from fvit_core.data.folders import ImageItem
 from fvit_core.batch.evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
 from fvit_core.batch.report import skipped_markdown
-from fvit_core.batch.store import RowFiles, atomic_write_text
+from fvit_core.batch.store import RowFiles
+from fvit_core.data.files import atomic_write_text
 
 CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
 CHECK_COLUMNS: tuple[str, ...] = ("check_floor", "check_random_min", "check_pgdl2", "check_topk")
@@ -100,7 +102,7 @@ class CertifyConfig(FolderRunFields, ModelFields, TopkFields, RunFields):
     def validate(self) -> None:
         check_types(self)
         if self.mode not in CERTIFY_MODES:
-            raise ValueError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
+            raise SettingError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
         # The shared pieces (protocol/settings: the same rules as fvit analyze and eval); the
         # sample counts n0 and n have their own bounds.
         SmoothingSettings(self.mode, self.sigma, None, self.multistep_steps, self.precision,
@@ -119,7 +121,7 @@ def _encode(row: dict) -> str:
 def _decode(line: str) -> dict:
     values = line.split("\t")
     if len(values) != len(COLUMNS):
-        raise ValueError(f"expected {len(COLUMNS)} tab-separated columns, got {len(values)}")
+        raise InputError(f"expected {len(COLUMNS)} tab-separated columns, got {len(values)}")
     row = dict(zip(COLUMNS, values))
     for name in ("idx", "label", "predict", "correct"):
         row[name] = int(row[name])
@@ -164,7 +166,7 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
     try:
         topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
     except ValueError as exc:
-        raise ValueError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
+        raise SettingError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
     row = {
         "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
         "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),  # CERTIFY's cost
@@ -247,7 +249,7 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
             except ImageError as exc:
                 skipped.record(root, item, exc)
             except ValueError as exc:  # say which image a failure is about
-                raise ValueError(f"{root / item.path}: {exc}") from exc
+                raise InputError(f"{root / item.path}: {exc}") from exc
             else:
                 log.append(_encode(row))
                 written += 1

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.runtime import distributed
@@ -70,7 +71,8 @@ from fvit_core.method.monte_carlo import SmoothedOutput
 from fvit_core.method.vanilla import vanilla
 from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
 from fvit_core.explanations.perturbation_test import FILLS, perturbation_auc, perturbed_batch, split_hits
-from fvit_core.batch.store import RowFiles, atomic_write_text, json_line
+from fvit_core.batch.store import RowFiles, json_line
+from fvit_core.data.files import atomic_write_text
 
 MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
 # The numeric settings only a run has, each checked against limits.BOUNDS (the shared ones:
@@ -128,7 +130,7 @@ class EvalConfig(FolderRunFields, ModelFields, TopkFields, EstimateFields, Sensi
             ExplanationSettings(method, self.head_fusion, self.k, self.beta).validate()
         smoothed = [mode for mode in self.modes if mode != "vanilla"]
         if smoothed and not self.sigmas:
-            raise ValueError("smoothed modes need at least one sigma")
+            raise SettingError("smoothed modes need at least one sigma")
         limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
         # Without a smoothed mode the sample settings are still checked (as dds at the first sigma).
         for mode in smoothed or ["dds"]:
@@ -142,12 +144,12 @@ class EvalConfig(FolderRunFields, ModelFields, TopkFields, EstimateFields, Sensi
         limits.check_settings(self, EVAL_NUMBERS)
         grid = len(settings_grid(self))
         if grid > limits.MAX_GRID:
-            raise ValueError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
+            raise SettingError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
                              f"limit of {limits.MAX_GRID:,}; split it over several runs")
         known = {p.name for a in self.attacks for p in get_attack(a).params}
         unknown = sorted(set(self.attack_params) - known)
         if unknown:
-            raise ValueError(f"attack parameter(s) {', '.join(unknown)} belong to none of the attacks "
+            raise SettingError(f"attack parameter(s) {', '.join(unknown)} belong to none of the attacks "
                              f"{', '.join(self.attacks)}")
         for setting in settings_grid(self):
             get_attack(setting.attack).resolve(attack_arguments(self, setting))
@@ -516,7 +518,7 @@ class SkippedImages:
     def record(self, root: Path, item: ImageItem, exc: ImageError) -> None:
         where = root / item.path
         if self.strict:
-            raise ValueError(f"{where}: {exc} (--strict stops at the first unreadable image; without it, such "
+            raise InputError(f"{where}: {exc} (--strict stops at the first unreadable image; without it, such "
                              "images are skipped and counted)") from exc
         self.items.append({"image": item.path, "reason": str(exc)})
 
@@ -547,7 +549,7 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
         try:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
+            raise InputError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
         fixed = [f.name for f in dataclasses.fields(cfg) if f.name not in cfg.FREE_FIELDS]
         # A field added after the rows were made counts as its default there (the rows' numbers
         # did not depend on it), so older folders still resume with the default; except the
@@ -555,16 +557,16 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
         defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
         defaults.update(getattr(cfg, "LEGACY_VALUES", {}))
         if stored.get("seed_protocol", 1) != SEED_PROTOCOL:
-            raise ValueError(f"{out} holds rows seeded by an earlier protocol (per-image seeds from the image's path; "
+            raise SettingError(f"{out} holds rows seeded by an earlier protocol (per-image seeds from the image's path; "
                              f"now from its decoded pixels, protocol/seeds.py), so new rows would not match them; "
                              "use a new --out")
         changed = [f"{name} {_jsonable(stored.get(name, defaults.get(name)))!r} -> {_jsonable(current[name])!r}"
                    for name in fixed if _jsonable(stored.get(name, defaults.get(name))) != _jsonable(current[name])]
         if changed:
-            raise ValueError(f"{out} holds rows made with other settings ({'; '.join(changed)}); "
+            raise SettingError(f"{out} holds rows made with other settings ({'; '.join(changed)}); "
                              "use a new --out, or the same settings to resume")
     elif has_rows:
-        raise ValueError(f"{out} holds row files but no {config_file}; use a new --out")
+        raise SettingError(f"{out} holds row files but no {config_file}; use a new --out")
     atomic_write_text(path, json.dumps({**_jsonable(current), "seed_protocol": SEED_PROTOCOL}, indent=2) + "\n")
 
 
@@ -590,13 +592,13 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
     if ctx.is_main:
         try:
             if not Path(cfg.data).expanduser().is_dir():
-                raise ValueError(f"data folder not found: {cfg.data} (expected DIR/<class>/<image files>)")
+                raise InputError(f"data folder not found: {cfg.data} (expected DIR/<class>/<image files>)")
             check_output_folder(cfg, config_file, files)
         except (ValueError, OSError) as exc:
             problem = str(exc)
     problem = distributed.broadcast(ctx, problem)
     if problem:
-        raise ValueError(problem)
+        raise InputError(problem)
 
 
 def progress_bar(total: int, ctx: distributed.DistContext, what: str, enabled: bool):
@@ -619,7 +621,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     prepare_run(cfg, ctx, CONFIG_FILE, files)
     pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
     if cfg.k > pair.classifier.num_patches:
-        raise ValueError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
+        raise SettingError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
     for mode in (m for m in cfg.modes if m != "vanilla"):
         for sigma in cfg.sigmas:
             check_schedule(pair.denoiser, sigma, mode, cfg.multistep_steps)
@@ -647,7 +649,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
                     written += 1
                     bar.update(1)
             except ValueError as exc:  # say which image a failure is about
-                raise ValueError(f"{root / item.path}: {exc}") from exc
+                raise InputError(f"{root / item.path}: {exc}") from exc
     skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,

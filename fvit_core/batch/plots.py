@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from fvit_core.report.figures import COLORS, publication_style
+from fvit_core.report.style import COLORS, publication_style
 from fvit_core.batch.report import fmt_eps, fmt_sigma
 
 MODE_COLORS: dict[str, str] = {"vanilla": COLORS["vanilla"], "dds": COLORS["fvit"], "rs": "#E69F00",
@@ -28,7 +28,7 @@ _PANEL_IN = 2.4
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    from fvit_core.batch.store import atomic_write
+    from fvit_core.data.files import atomic_write
 
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix.lstrip(".") or "png"))
 

@@ -20,7 +20,8 @@ import torch
 
 from fvit_core.runtime import distributed
 from fvit_core.analysis.metrics import MAP_METRICS
-from fvit_core.batch.store import RowFiles, atomic_write_text
+from fvit_core.batch.store import RowFiles
+from fvit_core.data.files import atomic_write_text
 from fvit_core.batch.summary import Estimate, Metric, summarise, to_csv, to_markdown
 
 EVAL_GROUP = ("attack", "eps", "mode", "sigma", "method")

@@ -1,4 +1,4 @@
-"""Append-only row files that survive Ctrl-C and kill -9, and atomic writes for everything else.
+"""Append-only row files that survive Ctrl-C and kill -9 (atomic writes of whole files: data/files.py).
 
 A run appends one complete line per result with a single ``os.write`` followed by ``fsync``.
 A process killed mid-write can leave at most a trailing line without its newline; readers
@@ -13,71 +13,13 @@ appends to the merged file itself (``rows.jsonl``). Rank 0 merges them at the en
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Make ``path`` appear complete or not at all: ``write(tmp)`` fills a temporary file beside
-    it, which is fsynced and renamed over ``path`` (``os.replace``).
-
-    The temporary file has a unique name (``.NAME.<random>.tmp<SUFFIX>``, created exclusively, so
-    two writers never share one) and is removed when anything fails (a full disk, ``path`` being
-    a folder); only a kill between writing and renaming can leave it behind, and nothing reads it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    tmp = Path(name)
-    try:
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (:func:`atomic_write`): readers see the old or the
-    new file, never a partial one."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def check_writable_file(path: str | os.PathLike, what: str) -> Path:
-    """Check, before any work, that ``path`` can be written as a file: not a folder, and its
-    nearest existing parent a folder this process may write into. Returns the path."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder; give a file name")
-    _check_writable_parent(path.parent, what, path)
-    return path
-
-
-def check_writable_folder(path: str | os.PathLike, what: str) -> Path:
-    """Check, before any work, that ``path`` is (or can be made) a folder this process may write into."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} exists and is not a folder")
-    _check_writable_parent(path if path.exists() else path.parent, what, path)
-    return path
-
-
-def _check_writable_parent(folder: Path, what: str, target: Path) -> None:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{what} {target}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {target}: no permission to write into {folder}")
+from fvit_core.data.files import atomic_write_text
+from fvit_core.errors import InputError
 
 
 def complete_lines(path: str | os.PathLike) -> list[str]:
@@ -196,7 +138,7 @@ class RowFiles:
         if self.header is not None and lines and lines[0] == self.header:
             lines = lines[1:]
         elif self.header is not None and lines:
-            raise ValueError(f"{path} does not start with the expected header {self.header!r}; "
+            raise InputError(f"{path} does not start with the expected header {self.header!r}; "
                              "it was not written by this command: choose another --out")
         rows = []
         for number, line in enumerate(lines, start=2 if self.header else 1):
@@ -205,7 +147,7 @@ class RowFiles:
             try:
                 rows.append(self.decode(line))
             except (ValueError, KeyError, IndexError) as exc:
-                raise ValueError(f"{path}, line {number}: unreadable row ({exc}); fix or remove the line") from exc
+                raise InputError(f"{path}, line {number}: unreadable row ({exc}); fix or remove the line") from exc
         return rows
 
     def read_all(self) -> tuple[list[dict], dict[str, int]]:

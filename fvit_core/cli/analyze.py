@@ -9,6 +9,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from fvit_core.errors import SettingError
+
 
 def parse_number(text: str) -> float:
     """A float that may be written as a fraction: '8/255' -> 0.03137..."""
@@ -80,18 +82,19 @@ def config_from_args(ns: argparse.Namespace):
     base.update({k: v for k, v in vars(ns).items() if k in names})
     params = base.get("attack_params") or {}
     if not isinstance(params, dict):
-        raise ValueError(f"attack_params must be a JSON object of NAME: VALUE pairs, got {params!r}")
+        raise SettingError(f"attack_params must be a JSON object of NAME: VALUE pairs, got {params!r}")
     params = dict(params)
     for item in ns.attack_param:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--attack-param takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = _param_value(value)
+            raise SettingError(f"--attack-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = param_value(value)
     base["attack_params"] = params
     return AnalysisConfig.from_dict(base)
 
 
-def _param_value(text: str):
+def param_value(text: str):
+    """A --attack-param value: true/false, a whole number, a number (8/255 allowed) or text."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -107,7 +110,7 @@ def run_analyze(ns: argparse.Namespace) -> int:
     from fvit_core.models.loading import load_pair
     from fvit_core.analysis.pipeline import analyze
 
-    from fvit_core.batch.store import check_writable_file, check_writable_folder
+    from fvit_core.data.files import atomic_write_text, check_writable_file, check_writable_folder
 
     cfg = config_from_args(ns)
     cfg.validate()  # settings first: a typo fails in milliseconds, before any model is loaded
@@ -128,13 +131,13 @@ def run_analyze(ns: argparse.Namespace) -> int:
     if ns.json == "-":
         print(text)
     elif ns.json:
-        _atomic_write(Path(ns.json), text)
+        atomic_write_text(Path(ns.json), text)
     if ns.out:
-        from fvit_core.report.figures import save_key_figures
+        from fvit_core.report.export import save_key_figures
 
         out = Path(ns.out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "settings.json", json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_text(out / "settings.json", json.dumps(cfg.to_dict(), indent=2))
         save_key_figures(result, out)
     if ns.json != "-":
         print(_summary(result))
@@ -176,12 +179,6 @@ def fraction_of_255(value: float) -> str | None:
     if abs(steps - round(steps, 3)) < 1e-6 * max(1.0, abs(steps)):  # float32 pixels: ~1e-7 relative
         return f"{round(steps, 3):g}/255"
     return None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from fvit_core.batch.store import atomic_write_text
-
-    atomic_write_text(path, text)  # a unique temporary name, removed if the write fails
 
 
 def _list_attacks(ns: argparse.Namespace) -> int:

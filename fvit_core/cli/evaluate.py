@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from fvit_core.cli.analyze import ANALYZE_FLAGS, _param_value, parse_number
+from fvit_core.cli.analyze import ANALYZE_FLAGS, param_value, parse_number
+from fvit_core.errors import SettingError
 
 
 def comma_list(kind: Callable[[str], object]) -> Callable[[str], tuple]:
@@ -135,8 +136,8 @@ def eval_config_from_args(ns: argparse.Namespace):
     for item in ns.attack_param:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--attack-param takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = _param_value(value)
+            raise SettingError(f"--attack-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = param_value(value)
     values["attack_params"] = params
     return EvalConfig(**values)
 

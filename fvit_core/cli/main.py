@@ -7,6 +7,8 @@ import os
 import sys
 import warnings
 
+from fvit_core.errors import is_out_of_memory, is_user_error, one_line
+
 
 # The training commands take their flags from dataclasses in modules that import torch; their
 # parsers are built only when one of them is the command, so `fvit --help` and option errors of
@@ -48,9 +50,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``fvit`` command; returns the exit status.
 
-    Errors are one line on standard error: 2 for a problem the user can fix (bad input, bad
-    setting, unreadable model or image), 1 for an internal error (a bug: FVIT_DEBUG=1 shows its
-    traceback), 130 for Ctrl-C. Tracebacks are never shown otherwise.
+    Errors are one line on standard error: 2 for a problem the user can fix (a
+    :class:`~fvit_core.errors.FViTError`: bad input, bad setting, unloadable model; an OSError
+    about a file; out of memory), 1 for any other exception, an internal error (a bug:
+    FVIT_DEBUG=1 shows its traceback), 130 for Ctrl-C. Tracebacks are never shown otherwise.
     """
     parser = build_parser(argv)
     ns = parser.parse_args(argv)
@@ -65,17 +68,18 @@ def main(argv: list[str] | None = None) -> int:
             if not sys.warnoptions and os.environ.get("FVIT_DEBUG") != "1":
                 _quiet_library_warnings()
             return int(ns.handler(ns) or 0)
-    except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:
-        print(f"fvit {ns.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"fvit {ns.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: still one line for the user, the traceback on request
-        if os.environ.get("FVIT_DEBUG") == "1":
+    except Exception as exc:
+        if is_user_error(exc):  # a typed engine error, a user file, out of memory: the user can fix it
+            hint = "out of memory (try a smaller --batch-size or fewer samples): " if is_out_of_memory(exc) else ""
+            print(f"fvit {ns.command}: error: {hint}{one_line(exc)}", file=sys.stderr)
+            return 2
+        if os.environ.get("FVIT_DEBUG") == "1":  # a bug: still one line for the user, the traceback on request
             raise
         print(f"fvit {ns.command}: internal error (please report it; FVIT_DEBUG=1 shows the traceback): "
-              f"{type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+              f"{type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
 
 
@@ -85,15 +89,3 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(huggingface_hub|diffusers|timm|torchattacks)(\.|$)")
-
-
-# An error line never grows with the input: a value echoed from a 100 MB settings file is cut.
-MAX_ERROR_CHARS = 500
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message on one line (library messages often span several), never empty, at most
-    MAX_ERROR_CHARS characters."""
-    text = " ".join(str(exc)[: 4 * MAX_ERROR_CHARS].split()) or type(exc).__name__
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-

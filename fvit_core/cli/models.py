@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fvit_core.errors import InputError, SettingError
+
 PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.models.adm.ADM_PRESETS (kept light)
 
 
@@ -30,13 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _read_flags(path: Path) -> dict:
     if not path.is_file() or path.stat().st_size > 64 * 1024:
-        raise ValueError(f"--flags {path}: not a regular file of at most 64 KiB")
+        raise InputError(f"--flags {path}: not a regular file of at most 64 KiB")
     try:
         flags = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--flags {path}: not valid JSON ({exc})") from exc
+        raise InputError(f"--flags {path}: not valid JSON ({exc})") from exc
     if not isinstance(flags, dict):
-        raise ValueError(f"--flags {path}: must hold a JSON object of flag: value pairs")
+        raise InputError(f"--flags {path}: must hold a JSON object of flag: value pairs")
     return flags
 
 
@@ -70,9 +72,9 @@ def run_save_classifier(ns: argparse.Namespace) -> int:
 
     out = Path(ns.out_dir).expanduser()
     if not ns.allow_download:
-        raise ValueError("saving hub weights needs --allow-download (nothing is downloaded without it)")
+        raise SettingError("saving hub weights needs --allow-download (nothing is downloaded without it)")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} exists and is not empty; choose a new folder")
+        raise SettingError(f"{out} exists and is not empty; choose a new folder")
     model = load_classifier(ns.name, pretrained=True)
     save_classifier(model, out, model_args={})
     print(f"wrote {out} ({model.num_classes} classes, {model.img_size[0]}x{model.img_size[1]} px, "

@@ -8,6 +8,8 @@ import json
 import typing
 from pathlib import Path
 
+from fvit_core.errors import SettingError
+
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--flag`` per dataclass field (dashes for underscores); the field's default is kept."""
@@ -35,7 +37,13 @@ def build_config(cls: type, ns: argparse.Namespace, config_file: str | None):
     """Dataclass from a JSON config file (optional) overridden by explicit flags."""
     values: dict = {}
     if config_file:
-        values.update(json.loads(Path(config_file).read_text()))
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SettingError(f"--config {config_file}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise SettingError(f"--config {config_file}: must hold a JSON object of name: value pairs")
+        values.update(data)
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in vars(ns).items() if k in names})
     return cls(**{k: v for k, v in values.items() if k in names})

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.training.data import list_image_folder
 
 
@@ -43,9 +44,9 @@ def read_label_map(source: str | os.PathLike | dict) -> dict[str, int | str]:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"cannot read the label map {source}: {short_repr(str(exc), 200)}") from exc
+            raise InputError(f"cannot read the label map {source}: {short_repr(str(exc), 200)}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in data.values()):
-        raise ValueError("the label map must be a JSON object {\"folder\": class index or class name, ...}")
+        raise InputError("the label map must be a JSON object {\"folder\": class index or class name, ...}")
     return data
 
 
@@ -56,13 +57,13 @@ def folder_labels(folders: Sequence[str], class_names: Sequence[str],
     if label_map is not None:
         missing = [f for f in folders if f not in label_map]
         if missing:
-            raise ValueError(f"the label map has no entry for the folders {', '.join(missing)}")
+            raise InputError(f"the label map has no entry for the folders {', '.join(missing)}")
         labels = {f: _class_index(label_map[f], class_names) for f in folders}
     elif all(f in class_names for f in folders):
         labels = {f: list(class_names).index(f) for f in folders}
     else:
         if len(folders) > n_classes:
-            raise ValueError(f"{len(folders)} class folders but the classifier has {n_classes} classes; "
+            raise InputError(f"{len(folders)} class folders but the classifier has {n_classes} classes; "
                              "pass a label map (--label-map) saying which class each folder is")
         labels = {f: i for i, f in enumerate(folders)}
     return labels
@@ -71,10 +72,10 @@ def folder_labels(folders: Sequence[str], class_names: Sequence[str],
 def _class_index(value: int | str, class_names: Sequence[str]) -> int:
     if isinstance(value, str):
         if value not in class_names:
-            raise ValueError(f"label map: {value!r} is not a class of the classifier ({', '.join(class_names)})")
+            raise InputError(f"label map: {value!r} is not a class of the classifier ({', '.join(class_names)})")
         return list(class_names).index(value)
     if not 0 <= value < len(class_names):
-        raise ValueError(f"label map: class index {value} outside 0..{len(class_names) - 1}")
+        raise InputError(f"label map: class index {value} outside 0..{len(class_names) - 1}")
     return int(value)
 
 
@@ -96,7 +97,7 @@ def select(items: Sequence[ImageItem], *, limit: int | None, subset_seed: int) -
     sample of the folder, not its first classes.
     """
     if limit is not None and (isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"--limit must be a whole number >= 1, got {limit!r}")
+        raise SettingError(f"--limit must be a whole number >= 1, got {limit!r}")
     order = np.random.default_rng(subset_seed).permutation(len(items))
     chosen = order if limit is None else order[:limit]
     return [items[int(i)] for i in chosen]

@@ -4,7 +4,7 @@ Untrusted uploads go through :func:`load_image`, which rejects oversized inputs 
 decoding (byte count, then the pixel count read from the header), restricts Pillow to six
 formats, applies the EXIF orientation and converts every mode to RGB with the right scale
 (16-bit grey keeps its 16 bits; transparency is composited over white). Any failure is an
-:class:`ImageError` (a ValueError) with one actionable line.
+:class:`ImageError` (an :class:`~fvit_core.errors.InputError`) with one actionable line.
 
 :func:`prepare_image` fits an image to a model's input size (docs/METHOD.md, section 2: pixels
 in [0, 1], bicubic antialiased resizing), :func:`image_digest` keys caches.
@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import InputError, SettingError
 from fvit_core.method.denoise import resize_pixels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -42,7 +44,7 @@ PREPARE_MODES: tuple[str, ...] = ("resize", "center_crop", "pad")
 PAD_VALUE = 0.0  # letterbox bars are black, as in video letterboxing
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input is not a usable image; the message says why and what to do."""
 
 
@@ -364,21 +366,6 @@ def _scale_float(values: np.ndarray, peak: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_pixels(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"expected an image array of shape (3, H, W), got {shape}; load it with images.load_image")
-
-
-def _check_range(image: np.ndarray) -> None:
-    """Pixels must be finite floats in [0, 1]: uint8 or normalised arrays would be clamped into garbage."""
-    if not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"expected float pixels in [0, 1], got dtype {image.dtype}; divide uint8 images by 255 "
-                         "or decode files with images.load_image")
-    if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
-        raise ValueError("pixels must be finite and in [0, 1]; decode files with images.load_image")
-
-
 def center_crop_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, crop_height, crop_width) of the largest centred crop with the target's aspect."""
     target_h, target_w = target
@@ -408,12 +395,11 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
     whole image on a black canvas with the target aspect ratio, so nothing is cut or distorted.
     Resizing is bicubic with antialiasing (denoise.resize_pixels), clamped to [0, 1].
     """
-    _check_pixels(image)
-    _check_range(image)
+    check_pixels(image, batched=False, what="image")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
             isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) or not np.isfinite(s)
             or int(s) != s or s < 1 for s in size):
-        raise ValueError(f"size must be two positive integers (height, width), got {size!r}")
+        raise SettingError(f"size must be two positive integers (height, width), got {size!r}")
     target = (int(size[0]), int(size[1]))
     if mode == "center_crop":
         top, left, crop_h, crop_w = center_crop_box(image.shape[1], image.shape[2], target)
@@ -424,7 +410,7 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
         canvas[:, top:top + image.shape[1], left:left + image.shape[2]] = image
         image = canvas
     elif mode != "resize":
-        raise ValueError(f"mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
+        raise SettingError(f"mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
     pixels = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None]
     return resize_pixels(pixels, target)[0].numpy()
 
@@ -439,7 +425,7 @@ def image_digest(image: np.ndarray) -> str:
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixels (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to the nearest level."""
-    _check_pixels(image)
+    check_pixels(image, batched=False, what="image", tolerance=np.inf)  # clipped below
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()
 
 

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fvit_core.data import pixels
+from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.lrp import LRP_METHODS, lrp_patch_relevance
 from fvit_core.models.loading import PixelViT
 from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
@@ -160,7 +162,7 @@ def _normalise_layers(layers: Sequence[int] | None, depth: int) -> frozenset[int
     chosen = set()
     for layer in layers:
         if not -depth <= int(layer) < depth:
-            raise ValueError(
+            raise SettingError(
                 f"layer {layer} out of range for a ViT with {depth} blocks (use 0..{depth - 1} or negatives)"
             )
         chosen.add(int(layer) % depth)
@@ -327,43 +329,32 @@ def _check_method(method: str) -> _MethodSpec:
     if method in _LRP_SPECS:
         return _LRP_SPECS[method]
     if method not in _METHODS:
-        raise ValueError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLANATION_METHODS)}")
+        raise SettingError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLANATION_METHODS)}")
     return _METHODS[method]
 
 
 def _check_fusion(head_fusion: str) -> None:
     if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head fusion {head_fusion!r}; valid: {', '.join(HEAD_FUSIONS)}")
+        raise SettingError(f"unknown head fusion {head_fusion!r}; valid: {', '.join(HEAD_FUSIONS)}")
 
 
 def _check_model(model: PixelViT) -> None:
     if getattr(model.vit, "cls_token", None) is None:
-        raise ValueError("explanations read the [CLS] row of attention; this ViT has no class token")
+        raise SettingError("explanations read the [CLS] row of attention; this ViT has no class token")
 
 
 def check_pixels(model: PixelViT, x: Tensor) -> None:
-    """Raise ValueError unless ``x`` is a float (B, 3, H, W) batch in [0, 1] of the model's size or
+    """Raise InputError unless ``x`` is a float (B, 3, H, W) batch in [0, 1] of the model's size or
     a uniform rescale of it (the smoothing space, which the model resizes as its first layer)."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"expected a torch.Tensor of pixels, got {type(x).__name__}")
+        raise InputError(f"expected a torch.Tensor of pixels, got {type(x).__name__}")
     size = tuple(model.img_size)
     if x.dim() != 4 or x.shape[1] != 3 or not is_uniform_rescale(tuple(x.shape[-2:]), size):
-        raise ValueError(
+        raise InputError(
             f"expected pixels of shape (B, 3, {size[0]}, {size[1]}) or a uniform rescale of it, got "
             f"{tuple(x.shape)}; add a batch axis with x[None] and prepare the image with images.prepare_image"
         )
-    if not x.is_floating_point():
-        raise ValueError(f"expected float pixels in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
-    if x.numel() == 0:
-        raise ValueError("empty batch: pass at least one image")
-    low, high = torch.aminmax(x.detach())
-    if not (torch.isfinite(low) and torch.isfinite(high)):
-        raise ValueError("pixels contain NaN or inf")
-    if low < -_PIXEL_TOLERANCE or high > 1 + _PIXEL_TOLERANCE:
-        raise ValueError(
-            f"pixels must lie in [0, 1] (got min {float(low):.3g}, max {float(high):.3g}); "
-            "the model normalises internally, so pass unnormalised pixels (clamp noisy images)"
-        )
+    pixels.check_pixels(x, batched=True, tolerance=_PIXEL_TOLERANCE)
 
 
 def _check_target(
@@ -379,7 +370,7 @@ def _check_target(
     if target.numel() != batch:
         raise ValueError(f"target has {target.numel()} entries for a batch of {batch}; pass one class per image")
     if bool(((target < 0) | (target >= model.num_classes)).any()):
-        raise ValueError(f"target classes must be in 0..{model.num_classes - 1}, got {target.tolist()}")
+        raise SettingError(f"target classes must be in 0..{model.num_classes - 1}, got {target.tolist()}")
     return target.long()
 
 

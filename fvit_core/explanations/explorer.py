@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import layer_head_maps
 from fvit_core.models.loading import ModelPair
 
@@ -25,7 +26,7 @@ def layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarra
     """
     images = np.stack([np.asarray(clean, dtype=np.float32), np.asarray(attacked, dtype=np.float32)])
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"clean and attacked must be (3, H, W) pixel arrays of one size, got {images.shape[1:]}")
+        raise InputError(f"clean and attacked must be (3, H, W) pixel arrays of one size, got {images.shape[1:]}")
     x = torch.from_numpy(images).to(pair.device)
     with torch.inference_mode():
         maps = layer_head_maps(pair.classifier, x)
@@ -46,7 +47,7 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
     from fvit_core.method.faithful_vit import FaithfulViT
 
     if not sigma > 0 or n_samples < 1:
-        raise ValueError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")
+        raise SettingError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")
     fvit = FaithfulViT.from_pair(pair, sigma, mode=mode, multistep_steps=multistep_steps)
     images = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (clean, attacked)]
     generator = torch.Generator().manual_seed(int(seed))

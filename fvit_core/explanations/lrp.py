@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fvit_core.errors import SettingError
+
 LRP_METHODS: tuple[str, ...] = ("transformer_attribution", "lrp", "partial_lrp")
 RULES: tuple[str, ...] = ("conservative", "plain")
 
@@ -77,7 +79,7 @@ def linear_relevance(x: Tensor, weight: Tensor, relevance: Tensor, rule: str) ->
         return x_pos * (s @ w_pos) + x_neg * (s @ w_neg)
     if rule == "plain":
         return x_pos * (safe_divide(relevance, z_pos) @ w_pos) + x_neg * (safe_divide(relevance, z_neg) @ w_neg)
-    raise ValueError(f"unknown LRP rule {rule!r}; valid: {', '.join(RULES)}")
+    raise SettingError(f"unknown LRP rule {rule!r}; valid: {', '.join(RULES)}")
 
 
 def add_relevance(a: Tensor, b: Tensor, relevance: Tensor, rule: str) -> tuple[Tensor, Tensor]:
@@ -91,7 +93,7 @@ def add_relevance(a: Tensor, b: Tensor, relevance: Tensor, rule: str) -> tuple[T
     if rule == "plain":
         return rel_a, rel_b
     if rule != "conservative":
-        raise ValueError(f"unknown LRP rule {rule!r}; valid: {', '.join(RULES)}")
+        raise SettingError(f"unknown LRP rule {rule!r}; valid: {', '.join(RULES)}")
     dims = tuple(range(1, relevance.dim()))
     sum_a, sum_b = rel_a.sum(dim=dims, keepdim=True), rel_b.sum(dim=dims, keepdim=True)
     total = relevance.sum(dim=dims, keepdim=True)
@@ -174,20 +176,20 @@ def check_lrp_model(vit: nn.Module) -> None:
     from timm.models.vision_transformer import Attention, Block
 
     if getattr(vit, "global_pool", None) != "token" or getattr(vit, "attn_pool", None) is not None:
-        raise ValueError("LRP explanations need a ViT classifying from its [CLS] token (global_pool='token')")
+        raise SettingError("LRP explanations need a ViT classifying from its [CLS] token (global_pool='token')")
     if not isinstance(vit.head, nn.Linear) or not isinstance(getattr(vit, "fc_norm", nn.Identity()), nn.Identity):
-        raise ValueError("LRP explanations need a single linear head on the [CLS] token")
+        raise SettingError("LRP explanations need a single linear head on the [CLS] token")
     if getattr(vit, "dynamic_img_size", False):
-        raise ValueError("LRP explanations need a fixed input size (dynamic_img_size=False)")
+        raise SettingError("LRP explanations need a fixed input size (dynamic_img_size=False)")
     embed = vit.patch_embed
     proj = getattr(embed, "proj", None)
     if not isinstance(embed, PatchEmbed) or not isinstance(proj, nn.Conv2d) or tuple(proj.kernel_size) != tuple(
         proj.stride
     ) or tuple(proj.padding) != (0, 0):
-        raise ValueError("LRP explanations need timm's PatchEmbed (a conv with kernel = stride = patch size)")
+        raise SettingError("LRP explanations need timm's PatchEmbed (a conv with kernel = stride = patch size)")
     for index, block in enumerate(vit.blocks):
         if type(block) is not Block or type(block.attn) is not Attention or not isinstance(block.mlp, Mlp):
-            raise ValueError(
+            raise SettingError(
                 f"block {index} is {type(block).__name__}; LRP explanations cover timm's stock ViT Block "
                 "(Attention + Mlp); use raw / rollout / grad_rollout / gradcam for this model"
             )
@@ -284,7 +286,7 @@ def _fuse(maps: Tensor, head_fusion: str) -> Tensor:
         return maps.amax(dim=1)
     if head_fusion == "min":
         return maps.amin(dim=1)
-    raise ValueError(f"unknown head fusion {head_fusion!r}; valid: mean, max, min")
+    raise SettingError(f"unknown head fusion {head_fusion!r}; valid: mean, max, min")
 
 
 def lrp_patch_relevance(
@@ -309,7 +311,7 @@ def lrp_patch_relevance(
     give it, target (B,)). transformer_attribution needs autograd on (it reads dy_t/dA).
     """
     if method not in LRP_METHODS:
-        raise ValueError(f"unknown LRP method {method!r}; valid: {', '.join(LRP_METHODS)}")
+        raise SettingError(f"unknown LRP method {method!r}; valid: {', '.join(LRP_METHODS)}")
     check_lrp_model(vit)
     trace = _forward(vit, pixels)
     chosen = trace.logits.detach().argmax(dim=-1) if target is None else target

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fvit_core.analysis.metrics import topk_indices
+from fvit_core.errors import SettingError
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FILLS: tuple[str, ...] = ("mean", "zero")
@@ -46,7 +47,7 @@ def remove_patches(image: torch.Tensor, patches: Sequence[int], grid: tuple[int,
     round(r H / rows) .. round((r + 1) H / rows) (exactly r * patch .. (r + 1) * patch when the
     grid divides the size)."""
     if fill not in FILLS:
-        raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
+        raise SettingError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
     rows, cols = grid
     height, width = image.shape[-2], image.shape[-1]
     out = image.clone()

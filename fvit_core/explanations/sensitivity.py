@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fvit_core.errors import InputError, SettingError
+
 SENSITIVITY_NORMS: tuple[str, ...] = ("Linf", "L2")
 # The settings bound: M perturbations cost M explanations (vanilla) or M smoothed estimates of
 # N samples each (FViT).
@@ -52,7 +54,7 @@ def relative_change(base: np.ndarray, others: np.ndarray) -> np.ndarray:
     base, others = np.asarray(base, dtype=np.float64), np.asarray(others, dtype=np.float64)
     scale = np.linalg.norm(base, axis=-1)
     if np.any(scale <= 0):
-        raise ValueError("sensitivity is relative to the explanation's norm; the explanation is all zero")
+        raise InputError("sensitivity is relative to the explanation's norm; the explanation is all zero")
     return np.linalg.norm(others - base, axis=-1) / scale
 
 
@@ -66,8 +68,8 @@ def sensitivity(base: np.ndarray, perturbed: np.ndarray) -> dict[str, float]:
 def check_sensitivity_settings(m: int, radius: float, norm: str) -> None:
     """ValueError unless 1 <= m <= MAX_SENSITIVITY_SAMPLES, radius > 0 and norm in SENSITIVITY_NORMS."""
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_SENSITIVITY_SAMPLES:
-        raise ValueError(f"sensitivity samples must be a whole number in 1..{MAX_SENSITIVITY_SAMPLES}, got {m!r}")
+        raise SettingError(f"sensitivity samples must be a whole number in 1..{MAX_SENSITIVITY_SAMPLES}, got {m!r}")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not np.isfinite(radius) or radius <= 0:
-        raise ValueError(f"sensitivity radius must be a positive number (pixel units, e.g. 0.03), got {radius!r}")
+        raise SettingError(f"sensitivity radius must be a positive number (pixel units, e.g. 0.03), got {radius!r}")
     if norm not in SENSITIVITY_NORMS:
-        raise ValueError(f"sensitivity norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {norm!r}")
+        raise SettingError(f"sensitivity norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {norm!r}")

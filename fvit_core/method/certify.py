@@ -22,6 +22,7 @@ from scipy.special import logsumexp
 from scipy.stats import binomtest, norm
 
 from fvit_core.analysis.metrics import ArrayLike
+from fvit_core.errors import SettingError
 
 ABSTAIN = -1
 
@@ -36,13 +37,13 @@ _CEIL_SLACK = 1e-9
 
 def _check_unit_interval(value: float, name: str, *, upper: float = 1.0) -> float:
     if not (isinstance(value, (int, float, np.floating)) and 0.0 < float(value) < upper):
-        raise ValueError(f"{name} must be in (0, {upper:g}), got {value!r}")
+        raise SettingError(f"{name} must be in (0, {upper:g}), got {value!r}")
     return float(value)
 
 
 def _check_sigma(sigma: float) -> float:
     if not (isinstance(sigma, (int, float, np.floating)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive noise std in pixel units (e.g. 0.25), got {sigma!r}")
+        raise SettingError(f"sigma must be a positive noise std in pixel units (e.g. 0.25), got {sigma!r}")
     return float(sigma)
 
 
@@ -141,7 +142,7 @@ def prediction_stability_bound(radius: float, sigma: float, renyi_alpha: float) 
     if not (math.isfinite(radius) and radius >= 0):
         raise ValueError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
     if not (math.isfinite(renyi_alpha) and renyi_alpha > 0):
-        raise ValueError(f"renyi_alpha must be a finite order > 0 (METHOD.md uses alpha > 1), got {renyi_alpha!r}")
+        raise SettingError(f"renyi_alpha must be a finite order > 0 (METHOD.md uses alpha > 1), got {renyi_alpha!r}")
     return float(renyi_alpha) * float(radius) ** 2 / (2.0 * sigma**2)
 
 
@@ -217,15 +218,15 @@ def topk_certified_radius(
     if weights.sum() <= 0:
         raise ValueError("m sums to 0; pass a smoothed attention vector")
     if not (isinstance(beta, (int, float, np.floating)) and 0.0 < beta <= 1.0):
-        raise ValueError(f"beta must be in (0, 1] (the top-k overlap to guarantee), got {beta!r}")
+        raise SettingError(f"beta must be in (0, 1] (the top-k overlap to guarantee), got {beta!r}")
     size = weights.size
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < size:
-        raise ValueError(
+        raise SettingError(
             f"k must be an integer in 1..{size - 1} (P - 1: the bound compares ranks k and k+1), got {k!r}"
         )
     k0 = topk_boundary_size(int(k), float(beta))
     if k + k0 > size:
-        raise ValueError(
+        raise SettingError(
             f"k={k}, beta={beta} gives k0={k0}: the bound needs ranks up to k + k0 = {k + k0} but P={size}; "
             "use a smaller k or a larger beta"
         )
@@ -243,7 +244,7 @@ def topk_certified_radius(
 def _check_alphas(alphas: Sequence[float]) -> np.ndarray:
     grid = np.asarray(alphas, dtype=np.float64).reshape(-1)
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 1.0):
-        raise ValueError("alphas must be a non-empty list of finite Renyi orders > 1")
+        raise SettingError("alphas must be a non-empty list of finite Renyi orders > 1")
     return grid
 
 

@@ -13,6 +13,7 @@ import numbers
 
 import torch
 
+from fvit_core.errors import InputError, SettingError
 from fvit_core.models.loading import Denoiser
 from fvit_core.method.pixel_space import resize_pixels
 
@@ -24,13 +25,13 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     1.0 -> 396. Raises ValueError when sigma is not positive or exceeds the schedule's range.
     """
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
+        raise SettingError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
     abar = alphas_cumprod.to(torch.float64)
     ratio = torch.sqrt((1.0 - abar) / abar)
     hits = torch.nonzero(ratio >= 2.0 * sigma)
     if hits.numel() == 0:
         largest = float(ratio[-1]) / 2.0
-        raise ValueError(f"sigma={sigma} exceeds the denoiser's noise range (largest sigma {largest:.3g})")
+        raise SettingError(f"sigma={sigma} exceeds the denoiser's noise range (largest sigma {largest:.3g})")
     return int(hits[0, 0])
 
 
@@ -49,10 +50,10 @@ def check_schedule(denoiser: Denoiser | None, sigma: float, mode: str, multistep
     if t_star == 0:
         abar = denoiser.alphas_cumprod.to(torch.float64)
         smallest = float(torch.sqrt((1.0 - abar[0]) / abar[0])) / 2.0
-        raise ValueError(f"sigma={sigma:g} is below the denoiser's smallest noise level: t* would be 0 (nothing to "
+        raise SettingError(f"sigma={sigma:g} is below the denoiser's smallest noise level: t* would be 0 (nothing to "
                          f"denoise); use sigma > {smallest:.3g}, or mode rs")
     if mode == "multistep" and multistep_steps > t_star:
-        raise ValueError(f"multistep_steps={multistep_steps} exceeds t*={t_star} (sigma {sigma:g}): at most one step "
+        raise SettingError(f"multistep_steps={multistep_steps} exceeds t*={t_star} (sigma {sigma:g}): at most one step "
                          f"per timestep; use multistep_steps <= {t_star}")
     return t_star
 
@@ -60,7 +61,7 @@ def check_schedule(denoiser: Denoiser | None, sigma: float, mode: str, multistep
 def check_timestep(denoiser: Denoiser, t_star: int) -> int:
     """t* must index the denoiser's schedule: 0 <= t* < num_train_timesteps."""
     if isinstance(t_star, bool) or not isinstance(t_star, numbers.Integral) or not 0 <= t_star < len(denoiser.alphas_cumprod):
-        raise ValueError(f"t_star must be a timestep in 0..{len(denoiser.alphas_cumprod) - 1}, got {t_star!r}; "
+        raise SettingError(f"t_star must be a timestep in 0..{len(denoiser.alphas_cumprod) - 1}, got {t_star!r}; "
                          "use timestep_for_sigma(sigma)")
     return t_star
 
@@ -71,7 +72,7 @@ def check_denoiser_size(denoiser: Denoiser, x: torch.Tensor) -> None:
     says why). ValueError otherwise."""
     size = (denoiser.sample_size, denoiser.sample_size)
     if tuple(x.shape[-2:]) != size:
-        raise ValueError(f"the denoiser takes {size[0]}x{size[1]} pixels, got {tuple(x.shape)}: prepare the image at "
+        raise InputError(f"the denoiser takes {size[0]}x{size[1]} pixels, got {tuple(x.shape)}: prepare the image at "
                          "pixel_space.smoothing_size(pair) and add the noise there, not before a resize")
 
 
@@ -127,7 +128,7 @@ def multistep_denoise(
     smoothing. Noise for the stochastic steps comes from ``generator`` (seeded by the caller).
     """
     if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        raise SettingError(f"n_steps must be at least 1, got {n_steps}")
     check_timestep(denoiser, t_star)
     check_denoiser_size(denoiser, x_noisy)
     abar_all = denoiser.alphas_cumprod.to(x_noisy.device, torch.float32)

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fvit_core.data.pixels import check_pixels
+from fvit_core.errors import SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
@@ -88,11 +90,11 @@ class FaithfulViT:
     def __init__(self, classifier: PixelViT, denoiser: Denoiser | None, sigma: float, *, mode: str = "dds",
                  multistep_steps: int = 10, runtime: Runtime | None = None):
         if mode not in SMOOTHING_MODES:
-            raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
+            raise SettingError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
         if mode != "rs" and denoiser is None:
-            raise ValueError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
+            raise SettingError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
         if mode != "denoise-only" and not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
+            raise SettingError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
         self.classifier, self.denoiser, self.sigma, self.mode = classifier, denoiser, sigma, mode
         self.multistep_steps = multistep_steps
         self.runtime = runtime or Runtime()
@@ -145,7 +147,7 @@ class FaithfulViT:
         _check_sampling(images, n_samples, method, head_fusion, early_stop)
         n = self.draws_per_image(n_samples)
         if noise is not None and tuple(noise.shape) != (n, *images.shape[1:]):
-            raise ValueError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), "
+            raise SettingError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), "
                              f"got {tuple(noise.shape)}")
         draw = _Draw.build(self, images, noise, method, head_fusion, generator)
         sums = MonteCarloSums(len(images), self.classifier.num_patches, self.num_classes, keep_samples)
@@ -206,19 +208,14 @@ def smooth(pair: ModelPair, images: Tensor, *, sigma: float, n_samples: int, mod
 def _check_sampling(images: Tensor, n_samples: int, method: str, head_fusion: str,
                     early_stop: EarlyStop | None) -> None:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
+        raise SettingError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
     if method not in EXPLANATION_METHODS:
-        raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
+        raise SettingError(f"unknown explanation method {method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
     if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
+        raise SettingError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
-        raise ValueError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float pixels in [0, 1], got {images.dtype}; divide uint8 images by 255")
-    if not bool(torch.isfinite(images).all()) or float(images.min()) < 0.0 or float(images.max()) > 1.0:
-        raise ValueError("images must be finite float pixels in [0, 1] (pixel space)")
+        raise SettingError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
+    check_pixels(images, batched=True, what="images")
 
 
 @dataclass(frozen=True)

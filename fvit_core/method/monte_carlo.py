@@ -16,6 +16,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from fvit_core.errors import SettingError
+
 
 @dataclass
 class SmoothedOutput:
@@ -79,9 +81,9 @@ class EarlyStop:
         for name in ("k", "check_every", "min_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"early stop {name} must be a whole number >= 1, got {value!r}")
+                raise SettingError(f"early stop {name} must be a whole number >= 1, got {value!r}")
         if not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"early stop alpha must be in (0, 1), got {self.alpha!r}")
+            raise SettingError(f"early stop alpha must be in (0, 1), got {self.alpha!r}")
 
     def checkpoints(self, n_samples: int) -> list[int]:
         """The sample counts after which the rule is checked (none at the budget itself)."""

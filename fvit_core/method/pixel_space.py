@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from fvit_core.errors import SettingError
+
 if TYPE_CHECKING:  # models imports this module; the pair type is only needed for annotations
     from fvit_core.models.loading import ModelPair
 
@@ -32,7 +34,7 @@ def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     clamped back to [0, 1]; ``x`` itself when it already has that size. Differentiable (attacks
     back-propagate through it), and never in place."""
     if len(size) != 2 or min(int(v) for v in size) < 1:
-        raise ValueError(f"size must be (height, width) with both >= 1, got {tuple(size)}")
+        raise SettingError(f"size must be (height, width) with both >= 1, got {tuple(size)}")
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     # Antialiased bicubic has no bfloat16 kernel on the CPU: resize in float32, return x's dtype.

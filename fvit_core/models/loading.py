@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from fvit_core.errors import ModelLoadError, one_line
 from fvit_core.method.pixel_space import resize_pixels
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -33,10 +34,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-
-
-class ModelLoadError(ValueError):
-    """A model could not be loaded; the message says what to fix."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,12 +145,6 @@ def check_finite_weights(module: nn.Module, what: str) -> None:
             )
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """A library's (often multi-line) error message squeezed onto one line for the user."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no hub requests.
 
@@ -262,7 +253,7 @@ def create_vit(
         vit = timm.create_model(architecture, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / OSError / HF errors for hub problems
         hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if pretrained and hub_offline() else ""
-        raise ModelLoadError(f"could not create {architecture!r}{hint}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"could not create {architecture!r}{hint}: {one_line(exc, 400)}") from exc
     if pretrained:
         check_finite_weights(vit, f"classifier {architecture}")
     return vit
@@ -361,7 +352,7 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
         # safetensors weights; strict loading, so a mismatched file fails loudly.
         vit = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load classifier from {folder}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load classifier from {folder}: {one_line(exc, 400)}") from exc
     check_finite_weights(vit, f"classifier {folder}")
     pcfg = config.get("pretrained_cfg", {})
     names = class_names or pcfg.get("label_names") or config.get("label_names")
@@ -383,7 +374,7 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a valid safetensors file (truncated or corrupted?): {_one_line(exc)}") from exc
+        raise ModelLoadError(f"{path} is not a valid safetensors file (truncated or corrupted?): {one_line(exc, 400)}") from exc
     if not keys:
         raise ModelLoadError(f"{path} holds no tensors")
 
@@ -448,7 +439,7 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
         scheduler = DDPMScheduler.from_pretrained(where, subfolder=sched_sub, **kwargs)
     except Exception as exc:
         hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if offline and not local else ""
-        raise ModelLoadError(f"cannot load denoiser from {where}{hint}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load denoiser from {where}{hint}: {one_line(exc, 400)}") from exc
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
     if problems:
         detail = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(map(str, keys[:5]))}{' ...' if len(keys) > 5 else ''}"
@@ -512,19 +503,6 @@ TINY_UNET_ARGS: dict = {
     "block_out_channels": (8, 16), "down_block_types": ("DownBlock2D", "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "UpBlock2D"), "norm_num_groups": 4,
 }
-
-
-def build_default_vit(num_classes: int = 10, class_names: Sequence[str] | None = CIFAR10_CLASSES) -> PixelViT:
-    """A randomly initialised ViT of the shipped architecture (for training)."""
-    vit = create_vit(DEFAULT_VIT_ARCH, num_classes=num_classes, model_args=DEFAULT_VIT_ARGS)
-    return PixelViT(vit, mean=CIFAR10_MEAN, std=CIFAR10_STD, class_names=class_names)
-
-
-def build_default_unet() -> nn.Module:
-    """A randomly initialised UNet2DModel of the shipped architecture."""
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(**DEFAULT_UNET_ARGS)
 
 
 # benchmarks/bench_realsize.py on the 2-core machine, float32 (docs/PERFORMANCE.md, "Real size").

@@ -21,6 +21,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from fvit_core.errors import InputError, SettingError
+
 SEED_MAX = 2**63 - 1
 
 
@@ -111,15 +113,15 @@ def check(name: str, value: Any, *, low: float | None = None, bound: Bound | Non
     lowest = spec.low if low is None else max(low, spec.low)
     wanted = f"{'a whole number' if spec.whole else 'a number'} in {spec.text(lowest)} ({spec.meaning})"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {wanted}, got {short_repr(value)}")
+        raise SettingError(f"{name} must be {wanted}, got {short_repr(value)}")
     if spec.whole and not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be {wanted}, got {short_repr(value)}")
+        raise SettingError(f"{name} must be {wanted}, got {short_repr(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be {wanted}, got {short_repr(value)}")
+        raise SettingError(f"{name} must be {wanted}, got {short_repr(value)}")
     below = value <= lowest if spec.open_low else value < lowest
     above = value >= spec.high if spec.open_high else value > spec.high
     if below or above:
-        raise ValueError(f"{name} must be {wanted}, got {short_repr(value)}")
+        raise SettingError(f"{name} must be {wanted}, got {short_repr(value)}")
 
 
 def check_optional(name: str, value: Any, **kwargs: Any) -> None:
@@ -133,11 +135,11 @@ def check_list(name: str, values: Any, item: str | None = None, *, allow_empty: 
     """A list setting (fvit eval's sigmas, certify's radii): at most MAX_LIST values, each within
     the bounds of ``item`` (default: ``name``); ``bound_free``: a list of names, length only."""
     if not isinstance(values, (list, tuple)):
-        raise ValueError(f"{name} must be a list of values, got {short_repr(values)}")
+        raise SettingError(f"{name} must be a list of values, got {short_repr(values)}")
     if not values and not allow_empty:
-        raise ValueError(f"give at least one value for {name}")
+        raise SettingError(f"give at least one value for {name}")
     if len(values) > MAX_LIST:
-        raise ValueError(f"{name} holds {len(values):,} values, over the limit of {MAX_LIST:,}")
+        raise SettingError(f"{name} holds {len(values):,} values, over the limit of {MAX_LIST:,}")
     for value in () if bound_free else values:
         check(item or name, value)
 
@@ -163,25 +165,25 @@ def read_settings_text(path: str | os.PathLike, what: str, max_bytes: int = MAX_
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{what} {path} is not a regular file (a folder, device or pipe); give a JSON file")
+            raise InputError(f"{what} {path} is not a regular file (a folder, device or pipe); give a JSON file")
         if info.st_size > max_bytes:
-            raise ValueError(f"{what} {path} is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+            raise InputError(f"{what} {path} is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
         with os.fdopen(os.dup(fd), "rb") as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise ValueError(f"{what} {path} is over the limit of {max_bytes:,} bytes")
+        raise InputError(f"{what} {path} is over the limit of {max_bytes:,} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.start}); give a JSON file") from exc
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}); give a JSON file") from exc
 
 
 def bounds_table() -> str:

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
+from fvit_core.errors import SettingError
 from fvit_core.protocol import limits
 
 # How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
@@ -26,10 +27,10 @@ NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
 
 
 def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
-    """ValueError naming the allowed values unless ``value`` is one of them."""
+    """SettingError naming the allowed values unless ``value`` is one of them."""
     allowed = tuple(allowed)
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"unknown {what} {limits.short_repr(value)}; choose one of {', '.join(allowed)}")
+        raise SettingError(f"unknown {what} {limits.short_repr(value)}; choose one of {', '.join(allowed)}")
 
 
 def check_choices(what: str, values: Sequence[Any], allowed: Iterable[str], *, name: str | None = None) -> None:
@@ -55,7 +56,7 @@ class AttackSettings:
         limits.check_optional("eps", self.eps)
         limits.check_optional("steps", self.steps)
         if not isinstance(self.attack_params, Mapping) or not all(isinstance(k, str) for k in self.attack_params):
-            raise ValueError("attack_params must map parameter names to values, got "
+            raise SettingError("attack_params must map parameter names to values, got "
                              f"{limits.short_repr(self.attack_params)}")
 
 
@@ -76,7 +77,7 @@ class ExplanationSettings:
         limits.check("k", self.k)
         limits.check("beta", self.beta)
         if num_patches is not None and self.k > num_patches:
-            raise ValueError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
+            raise SettingError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
 
 
 @dataclass(frozen=True)
@@ -102,22 +103,22 @@ class SmoothingSettings:
         limits.check("multistep_steps", self.multistep_steps)
         check_precision(self.precision)
         if self.noise_floor_estimator not in NOISE_FLOOR_ESTIMATORS:
-            raise ValueError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
+            raise SettingError(f"noise_floor_estimator must be one of {', '.join(NOISE_FLOOR_ESTIMATORS)}, "
                              f"got {limits.short_repr(self.noise_floor_estimator)}")
         limits.check("bootstrap", self.bootstrap)
         if self.n_samples is not None and self.bootstrap * self.n_samples > limits.MAX_BOOTSTRAP_DRAWS:
-            raise ValueError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
+            raise SettingError(f"bootstrap x n_samples = {self.bootstrap:,} x {self.n_samples:,} is over the limit of "
                              f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
                              f"{limits.MAX_BOOTSTRAP_DRAWS // self.n_samples:,} bootstrap resamples")
         if self.noise_floor and self.noise_floor_estimator == "bootstrap" and self.bootstrap < 1:
-            raise ValueError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
+            raise SettingError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
 
 
 def check_precision(precision: Any) -> None:
     from fvit_core.runtime.precision import PRECISION_CHOICES
 
     if precision not in PRECISION_CHOICES:
-        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {limits.short_repr(precision)}")
+        raise SettingError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {limits.short_repr(precision)}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class SensitivitySettings:
         if self.samples:
             check_sensitivity_settings(self.samples, self.radius, self.norm)
         elif self.norm not in SENSITIVITY_NORMS:
-            raise ValueError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, "
+            raise SettingError(f"sensitivity_norm must be one of {', '.join(SENSITIVITY_NORMS)}, "
                              f"got {limits.short_repr(self.norm)}")
 
 
@@ -154,7 +155,7 @@ class RuntimeSettings:
         limits.check("seed", self.seed)
         limits.check("batch_size", self.batch_size)
         if self.image_mode not in PREPARE_MODES:
-            raise ValueError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {limits.short_repr(self.image_mode)}")
+            raise SettingError(f"image_mode must be one of {', '.join(PREPARE_MODES)}, got {limits.short_repr(self.image_mode)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def check_types(settings: Any) -> None:
                         if k.startswith("tuple[") and k.endswith(", ...]")), None)
         if element is not None:
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{spec.name} must be a list of values, got {limits.short_repr(value)}")
+                raise SettingError(f"{spec.name} must be a list of values, got {limits.short_repr(value)}")
             for item in value:
                 _check_type(spec.name, item, [element])
             continue
@@ -275,4 +276,4 @@ def _check_type(name: str, value: Any, kinds: list[str]) -> None:
     allowed = tuple(t for kind in kinds for t in _FIELD_TYPES.get(kind, ()))
     if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
         wanted = " or ".join(_FIELD_WORDS[kind] for kind in kinds if kind in _FIELD_WORDS)
-        raise ValueError(f"{name} must be {wanted}, got {limits.short_repr(value)}")
+        raise SettingError(f"{name} must be {wanted}, got {limits.short_repr(value)}")

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 
+from fvit_core.errors import SettingError
+
 T = TypeVar("T")
 
 BACKENDS: tuple[str, ...] = ("gloo", "nccl")
@@ -59,7 +61,7 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={text!r} must be a whole number (set by torchrun)") from exc
+        raise SettingError(f"environment variable {name}={text!r} must be a whole number (set by torchrun)") from exc
 
 
 def context_from_env(env: Mapping[str, str] | None = None) -> DistContext:
@@ -69,7 +71,7 @@ def context_from_env(env: Mapping[str, str] | None = None) -> DistContext:
     rank = _env_int(env, "RANK", 0)
     local = _env_int(env, "LOCAL_RANK", rank if world > 1 else 0)
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+        raise SettingError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
     return DistContext(rank=rank, world_size=world, local_rank=local)
 
 
@@ -83,14 +85,14 @@ def init(backend: str = "gloo", *, timeout: datetime.timedelta = DEFAULT_TIMEOUT
     if not ctx.is_distributed:
         return ctx
     if backend not in BACKENDS:
-        raise ValueError(f"unknown distributed backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise SettingError(f"unknown distributed backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise RuntimeError("this PyTorch build has no torch.distributed; run a single process instead")
+        raise SettingError("this PyTorch build has no torch.distributed; run a single process instead")
     if backend == "nccl":
         if not torch.cuda.is_available():
-            raise ValueError("the nccl backend needs CUDA GPUs; use --dist-backend gloo on CPU machines")
+            raise SettingError("the nccl backend needs CUDA GPUs; use --dist-backend gloo on CPU machines")
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
@@ -116,7 +118,7 @@ def device_for(ctx: DistContext, device: str) -> str:
     if device == "cuda":
         return f"cuda:{ctx.local_rank}" if ctx.is_distributed else "cuda"
     if device.startswith("cuda:") and ctx.is_distributed:
-        raise ValueError(f"--device {device} under torchrun puts every rank on one GPU; pass --device cuda "
+        raise SettingError(f"--device {device} under torchrun puts every rank on one GPU; pass --device cuda "
                          "(each rank then takes the GPU of its LOCAL_RANK)")
     return device
 

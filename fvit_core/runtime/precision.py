@@ -18,6 +18,7 @@ from torch import nn
 from fvit_core.explanations.attention import EXPLANATION_METHODS, needs_gradients
 from fvit_core.explanations.lrp import LRP_METHODS
 from fvit_core.models.loading import Denoiser, PixelViT
+from fvit_core.errors import SettingError
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # What a user may ask for: a precision, or "auto" (resolve_precision).
@@ -51,7 +52,7 @@ def resolve_precision(precision: str, device: torch.device | str, method: str = 
         float32_only = needs_grad or method in LRP_METHODS
         return "bfloat16" if native_bfloat16(torch.device(device)) and not float32_only else "float32"
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        raise SettingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     return precision
 
 

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from fvit_core.runtime.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
+from fvit_core.errors import SettingError
 
 # On a CPU: at most this many samples per forward pass, by the dtype the networks run in
 # (docs/PERFORMANCE.md: the per-sample cost is flat between 24 and 128). The cut depends on
@@ -42,9 +43,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+            raise SettingError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+            raise SettingError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
 
     def dtype(self, device: torch.device, method: str) -> torch.dtype:
         """The dtype the networks run in for ``method`` on ``device``."""

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fvit_core.errors import InputError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -33,10 +35,10 @@ def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     """Files and labels of an image-folder tree; classes in sorted order unless given."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"data folder not found: {root} (expected root/<class>/<image files>)")
+        raise InputError(f"data folder not found: {root} (expected root/<class>/<image files>)")
     classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
-        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image files>)")
+        raise InputError(f"{root} has no class sub-folders (expected root/<class>/<image files>)")
     files, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
@@ -44,7 +46,7 @@ def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
                 files.append(str(path))
                 labels.append(label)
     if not files:
-        raise ValueError(f"no images found under {root}")
+        raise InputError(f"no images found under {root}")
     return files, labels, classes
 
 

@@ -96,7 +96,7 @@ def save_checkpoint(
     tensors.update(opt_tensors)
     meta = {"step": step, "total_steps": total_steps, "optimizer": opt_meta, "extra": extra,
             "rng": torch.get_rng_state().tolist()}
-    from fvit_core.batch.store import atomic_write
+    from fvit_core.data.files import atomic_write
 
     atomic_write(folder / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata={"fvit": json.dumps(meta)}))
 
@@ -175,6 +175,6 @@ def _sync() -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    from fvit_core.batch.store import atomic_write_text
+    from fvit_core.data.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, default=str))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fvit_core.errors import SettingError
 from fvit_core.models.loading import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
 from fvit_core.training.data import augment_batch, load_training_data
@@ -142,7 +143,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
         # Probe a few steps to fit the schedule's length to the wall-clock budget.
         total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
         state["total"], start = total, min(60, total)
-    if not _run_steps(train_step, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, "classifier",
+    if not run_steps(train_step, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, "classifier",
                       cfg.stop_after_steps):
         return out
     ema.module.eval()
@@ -154,7 +155,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
     return out
 
 
-def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name, stop_after=None) -> bool:
+def run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name, stop_after=None) -> bool:
     """Run steps start..total-1 with checkpoints; False when stopped early by ``stop_after``."""
     last_ckpt = time.perf_counter()
     end = total if stop_after is None else min(total, start + stop_after)
@@ -166,7 +167,7 @@ def _run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, n
         if step % 50 == 0 or step == total - 1:
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {step}; lower --lr")
+                raise SettingError(f"training loss became {value} at step {step}; lower --lr")
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.set_postfix(loss=f"{running:.4f}")
         if time.perf_counter() - last_ckpt > every_s:

@@ -19,7 +19,7 @@ from fvit_core.models.loading import DEFAULT_UNET_ARGS
 from fvit_core.training.data import augment_batch, load_training_data
 from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
                    seed_step, write_json)
-from fvit_core.training.train_classifier import _run_steps
+from fvit_core.training.train_classifier import run_steps
 
 
 @dataclass
@@ -78,7 +78,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     if cfg.time_budget_s and not meta and not cfg.steps:
         total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
         state["total"], start = total, min(60, total)
-    if not _run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser",
+    if not run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser",
                       cfg.stop_after_steps):
         return out
     ema.module.eval().save_pretrained(out / "unet", safe_serialization=True)
