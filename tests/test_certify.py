@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
+from fvit_core.method.monte_carlo import standard_error
 from fvit_core.method.certify import (
     ABSTAIN,
     DEFAULT_RENYI_ALPHAS,
@@ -17,7 +18,6 @@ from fvit_core.method.certify import (
     lower_confidence_bound,
     predict,
     prediction_stability_bound,
-    standard_error,
     topk_boundary_size,
     topk_certified_radius,
 )

@@ -32,7 +32,7 @@ from PIL import Image
 import conftest
 from fvit_core.attacks import registry as attacks
 from fvit_core.explanations import attention
-from fvit_core.method import certify
+from fvit_core.method import certify, monte_carlo
 from fvit_core.cli import main as cli
 from fvit_core.method import denoise
 from fvit_core.data import images
@@ -279,7 +279,7 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("topk_certified_radius: alphas <= 1",
      lambda c: certify.topk_certified_radius(W, 4, 0.5, 0.25, alphas=[0.5]), "Renyi orders > 1"),
     ("standard_error: one sample",
-     lambda c: certify.standard_error([1.0], [1.0], 1), "at least 2 for a standard error"),
+     lambda c: monte_carlo.standard_error([1.0], [1.0], 1), "at least 2 for a standard error"),
     # metrics.*
     ("topk_indices: k = 0", lambda c: metrics.topk_indices(W, 0), r"k must be an integer in 1..16"),
     ("topk_indices: k > P", lambda c: metrics.topk_indices(W, 17), r"k must be an integer in 1..16"),

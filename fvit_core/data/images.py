@@ -427,10 +427,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixels (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to the nearest level."""
     check_pixels(image, batched=False, what="image", tolerance=np.inf)  # clipped below
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write pixels (3, H, W) in [0, 1] as an 8-bit RGB PNG; returns the path."""
-    path = Path(path)
-    Image.fromarray(to_uint8(image)).save(path, format="PNG")
-    return path

@@ -275,25 +275,3 @@ def certified_accuracy(predictions: ArrayLike, labels: ArrayLike, radii: ArrayLi
         return np.full(at.shape, np.nan)
     correct = (predictions == labels) & (predictions != ABSTAIN)
     return np.array([float(np.mean(correct & (radii >= r))) for r in at.ravel()]).reshape(at.shape)
-
-
-# --------------------------------------------------------------------------------------------
-# Monte Carlo uncertainty
-# --------------------------------------------------------------------------------------------
-
-
-def standard_error(sum_: ArrayLike, sum_sq: ArrayLike, n: int) -> np.ndarray:
-    """Per-coordinate standard error of a Monte Carlo mean from streamed sums.
-
-    sum_ = sum_i v_i and sum_sq = sum_i v_i^2 over n samples (same shape, e.g. (P,) attention);
-    returns sqrt(s^2 / n) with the unbiased sample variance s^2 = (sum_sq - sum_^2 / n) / (n - 1),
-    clipped at 0 against round-off.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be the number of samples, at least 2 for a standard error, got {n!r}")
-    totals = np.asarray(sum_.detach().cpu().numpy() if hasattr(sum_, "detach") else sum_, dtype=np.float64)
-    squares = np.asarray(sum_sq.detach().cpu().numpy() if hasattr(sum_sq, "detach") else sum_sq, dtype=np.float64)
-    if totals.shape != squares.shape:
-        raise ValueError(f"sum_ and sum_sq must have the same shape, got {totals.shape} and {squares.shape}")
-    variance = np.maximum((squares - totals**2 / n) / (n - 1), 0.0)
-    return np.sqrt(variance / n)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fvit_core.errors import SettingError
 
@@ -141,9 +142,7 @@ class MonteCarloSums:
     def mean_se(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image."""
         def one(s: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            mean = s / n
-            var = np.maximum(s2 / n - mean * mean, 0.0) * (n / max(n - 1, 1))
-            return mean, np.sqrt(var / n)
+            return s / n, standard_error(s, s2, n) if n > 1 else np.zeros_like(s)  # one sample: no spread known
 
         return (*one(self.sw, self.sw2), *one(self.sp, self.sp2))
 
@@ -168,3 +167,20 @@ class MonteCarloSums:
                 stopped_early=stopped_early,
             ))
         return outs
+
+
+def standard_error(sum_: ArrayLike, sum_sq: ArrayLike, n: int) -> np.ndarray:
+    """Per-coordinate standard error of a Monte Carlo mean from streamed sums.
+
+    sum_ = sum_i v_i and sum_sq = sum_i v_i^2 over n samples (same shape, e.g. (P,) attention);
+    returns sqrt(s^2 / n) with the unbiased sample variance s^2 = (sum_sq - sum_^2 / n) / (n - 1),
+    clipped at 0 against round-off.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be the number of samples, at least 2 for a standard error, got {n!r}")
+    totals = np.asarray(sum_, dtype=np.float64)
+    squares = np.asarray(sum_sq, dtype=np.float64)
+    if totals.shape != squares.shape:
+        raise ValueError(f"sum_ and sum_sq must have the same shape, got {totals.shape} and {squares.shape}")
+    variance = np.maximum((squares - totals**2 / n) / (n - 1), 0.0)
+    return np.sqrt(variance / n)

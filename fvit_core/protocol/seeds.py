@@ -46,11 +46,6 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
 
 
-def generator_for(seed: int, *parts: Any) -> torch.Generator:
-    """A CPU torch.Generator seeded with :func:`derive_seed` (noise is drawn on the CPU)."""
-    return torch.Generator().manual_seed(derive_seed(seed, *parts))
-
-
 def smoothing_parts(mode: str, sigma: float | None, method: str) -> tuple:
     """The setting parts of a smoothing stage."""
     return (mode, None if sigma is None else float(sigma), method)
