@@ -17,7 +17,7 @@ import streamlit as st
 
 from app import state
 from fvit_core.explanations.explorer import layer_head_attention, smoothed_layer_head_attention
-from fvit_core.models.loading import MODEL_PAIRS, ModelPair, load_pair
+from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
 from fvit_core.analysis import sweep
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.result import AnalysisResult

@@ -173,7 +173,7 @@ def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode:
 # --------------------------------------------------------------------------------------------
 
 
-PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.models.loading.MODEL_PAIRS
+PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.models.MODEL_PAIRS
 
 
 def _kind_label(kind: str) -> str:

@@ -22,8 +22,8 @@ import numpy as np
 from fvit_core.attacks.registry import AttackSpec, ParamSpec
 from fvit_core.errors import is_out_of_memory, is_user_error, one_line
 from fvit_core.data.images import ImageError, image_digest, load_image
-from fvit_core.models.loading import MODEL_PAIRS, ModelLoadError, resolve_model_dir
-from fvit_core.models.loading import models_dir as engine_models_dir
+from fvit_core.models import MODEL_PAIRS, ModelLoadError, resolve_model_dir
+from fvit_core.models import models_dir as engine_models_dir
 from fvit_core.analysis.config import AnalysisConfig
 
 log = logging.getLogger(__name__)
@@ -255,13 +255,13 @@ class ModelChoice:
 
     kind: "default" (the shipped pair), "local" (sub-folders of the models directory) or "hub"
     (names downloaded on demand, only where downloads are allowed). ``classifier`` /
-    ``denoiser`` are what :func:`fvit_core.models.loading.load_pair` takes (None: the pair's own).
+    ``denoiser`` are what :func:`fvit_core.models.load_pair` takes (None: the pair's own).
     """
 
     kind: str = "default"
     classifier: str | None = None
     denoiser: str | None = None
-    pair: str = "default"  # a name of fvit_core.models.loading.MODEL_PAIRS (kind "pair")
+    pair: str = "default"  # a name of fvit_core.models.MODEL_PAIRS (kind "pair")
 
     @property
     def allow_download(self) -> bool:
@@ -320,7 +320,7 @@ def folder_role(path: Path) -> str | None:
 def local_model_folders(role: str, root: Path | None = None) -> list[str]:
     """Names of the direct sub-folders of the models directory that hold a ``role`` model.
 
-    Each name goes through the engine's guard, :func:`fvit_core.models.loading.resolve_model_dir` (the
+    Each name goes through the engine's guard, :func:`fvit_core.models.resolve_model_dir` (the
     one the tests attack): hidden names, folders that are symlinks out of the directory, and
     folders with a weights file or a sub-folder (``unet/``) linking out of it are not listed.
     """
@@ -341,7 +341,7 @@ def local_model_folders(role: str, root: Path | None = None) -> list[str]:
 def resolve_local_model(name: str, role: str, root: Path | None = None) -> str:
     """The absolute path of the models-directory sub-folder ``name``; ModelLoadError otherwise.
 
-    The name is checked again at load time by :func:`fvit_core.models.loading.resolve_model_dir` (the
+    The name is checked again at load time by :func:`fvit_core.models.resolve_model_dir` (the
     folder may have changed since it was listed), and must hold a ``role`` model.
     """
     root = root or models_dir()

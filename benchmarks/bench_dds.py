@@ -57,7 +57,7 @@ from fvit_core.attacks.registry import run_attack  # noqa: E402
 from fvit_core.explanations.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
 from fvit_core.data.images import load_image, prepare_image  # noqa: E402
-from fvit_core.models.loading import ModelPair, load_pair  # noqa: E402
+from fvit_core.models import ModelPair, load_pair  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
@@ -361,7 +361,7 @@ def section_batch(rep: Report, images_dir: Path, count: int) -> None:
 _MEMORY_CHILD = """
 import gc, sys, torch
 sys.path.insert(0, {root!r})
-from fvit_core.models.loading import load_pair
+from fvit_core.models import load_pair
 from fvit_core.method.faithful_vit import smooth
 pair = load_pair("default")
 status = lambda key: int([line.split()[1] for line in open("/proc/self/status") if line.startswith(key)][0])

@@ -37,7 +37,7 @@ def build_pair(device: str):
     from diffusers import DDPMScheduler
 
     from fvit_core.models.adm import ADM_PRESETS, build_unet, resolve_flags, scheduler_config
-    from fvit_core.models.loading import Denoiser, ModelPair, load_classifier
+    from fvit_core.models import Denoiser, ModelPair, load_classifier
 
     arch = resolve_flags(ADM_PRESETS["256x256_diffusion_uncond"])
     unet = build_unet(arch)  # diffusers' random initialisation

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fvit_core.analysis import metrics, pipeline  # noqa: E402
-from fvit_core.models.loading import load_pair  # noqa: E402
+from fvit_core.models import load_pair  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402

@@ -21,7 +21,7 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "load_pair": "fvit_core.models.loading",
+    "load_pair": "fvit_core.models.pairs",
     "load_image": "fvit_core.data.images",
     "prepare_image": "fvit_core.data.images",
     "FaithfulViT": "fvit_core.method.faithful_vit",

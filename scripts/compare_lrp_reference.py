@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from fvit_core.data.images import load_image, prepare_image  # noqa: E402
 from fvit_core.explanations.lrp import lrp_patch_relevance  # noqa: E402
-from fvit_core.models.loading import load_classifier  # noqa: E402
+from fvit_core.models import load_classifier  # noqa: E402
 
 # fvit method -> (reference module, reference relprop method)
 METHODS = {

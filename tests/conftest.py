@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvit_core.models.loading import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
+from fvit_core.models import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
 
 # --------------------------------------------------------------------------------------------
 # The whole suite runs with outbound network blocked: any connection to a non-loopback address

@@ -19,7 +19,7 @@ from fvit_core.cli import models as models_cli
 from fvit_core.models.adm import ADM_PRESETS, convert_adm, count_parameters, resolve_flags, unet_config
 from fvit_core.cli.main import main
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.models.loading import ModelLoadError, load_denoiser
+from fvit_core.models import ModelLoadError, load_denoiser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adm"
 CASES = ("small", "small-conv")

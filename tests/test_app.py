@@ -520,7 +520,7 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
 
     from conftest import TINY_VIT_ARGS, make_tiny_vit
     from fvit_core.models.adm import convert_adm
-    from fvit_core.models.loading import save_classifier
+    from fvit_core.models import save_classifier
 
     fixtures = ROOT / "tests" / "fixtures" / "adm"
     monkeypatch.setenv("FVIT_MODELS_DIR", str(tmp_path))

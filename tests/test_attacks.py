@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fvit_core.models import loading as models
+from fvit_core import models
 from fvit_core.attacks.registry import (
     ATTACKS,
     AttackContext,

@@ -13,7 +13,7 @@ from scipy.stats import norm
 from conftest import TINY_VIT_ARGS, make_tiny_vit
 from fvit_core.batch.certification import COLUMNS, certified_accuracy, time_seconds
 from fvit_core.cli.main import main
-from fvit_core.models.loading import save_classifier
+from fvit_core.models import save_classifier
 
 CONSTANT_CLASS = 3
 

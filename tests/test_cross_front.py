@@ -20,7 +20,7 @@ from fvit_core.analysis.pipeline import analyze
 from fvit_core.batch.evaluate import EvalConfig, run_eval
 from fvit_core.cli.main import main
 from fvit_core.data.images import load_image
-from fvit_core.models.loading import load_pair
+from fvit_core.models import load_pair
 
 SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test-2k"
 IMAGE = SHARED_TEST / "airplane" / "0000.jpg"

@@ -13,14 +13,14 @@ from fvit_core.cli.main import main
 from fvit_core.data.images import ImageError
 from fvit_core.data.pixels import check_pixels
 from fvit_core.errors import FViTError, InputError, ModelLoadError, SettingError, is_user_error, one_line
-from fvit_core.models import loading
+from fvit_core import models
 
 
 def test_hierarchy_is_typed_and_keeps_value_error():
     for cls in (InputError, SettingError, ModelLoadError):
         assert issubclass(cls, FViTError) and issubclass(cls, ValueError)
     assert issubclass(ImageError, InputError)
-    assert loading.ModelLoadError is ModelLoadError  # still importable from where it lived
+    assert models.ModelLoadError is ModelLoadError  # also importable with the model loaders
     assert not issubclass(FViTError, ValueError)
     assert not issubclass(InputError, SettingError) and not issubclass(SettingError, InputError)
 

@@ -254,7 +254,7 @@ def test_result_json_and_metrics_csv(result):
 
 def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tmp_path, capsys):
     from fvit_core.cli.main import main
-    from fvit_core.models.loading import load_pair
+    from fvit_core.models import load_pair
 
     image_file = tmp_path / "input.png"
     image_file.write_bytes(_png_bytes(seed=5))

@@ -141,7 +141,7 @@ def test_lrp_refuses_a_model_it_does_not_cover(tiny_vit):
 def test_matches_chefer_reference_on_the_shipped_classifier():
     """Reference outputs of hila-chefer/Transformer-Explainability on the shipped weights
     (scripts/compare_lrp_reference.py wrote the fixture; docs/EXPLANATIONS.md)."""
-    from fvit_core.models.loading import load_classifier
+    from fvit_core.models import load_classifier
 
     ref = np.load(FIXTURE)
     clf = load_classifier(SHIPPED)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fvit_core.explanations.attention import capture_attention
-from fvit_core.models.loading import (ModelLoadError, PixelViT, create_vit, load_classifier, load_denoiser, load_pair,
+from fvit_core.models import (ModelLoadError, PixelViT, create_vit, load_classifier, load_denoiser, load_pair,
                               save_classifier)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import TINY_VIT_ARGS, make_tiny_vit
 from fvit_core.models.adm import convert_adm
 from fvit_core.cli.main import main
-from fvit_core.models.loading import (MODEL_PAIRS, ModelLoadError, imagenet_class_names, load_classifier, load_pair,
+from fvit_core.models import (MODEL_PAIRS, ModelLoadError, imagenet_class_names, load_classifier, load_pair,
                               save_classifier)
 from test_adm import FIXTURES
 

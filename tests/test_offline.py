@@ -5,7 +5,7 @@ import socket
 import pytest
 
 import conftest
-from fvit_core.models.loading import ModelLoadError, load_denoiser
+from fvit_core.models import ModelLoadError, load_denoiser
 
 
 def test_outbound_connections_are_blocked_and_recorded():

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.models.loading import TINY_UNET_ARGS, ModelPair, load_denoiser
+from fvit_core.models import TINY_UNET_ARGS, ModelPair, load_denoiser
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
 from fvit_core.method.pixel_space import is_uniform_rescale, resize_pixels, smoothing_size

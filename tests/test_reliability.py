@@ -37,10 +37,10 @@ from fvit_core.cli import main as cli
 from fvit_core.method import denoise
 from fvit_core.data import images
 from fvit_core.analysis import metrics
-from fvit_core.models import loading as models
+from fvit_core import models
 from fvit_core.analysis import pipeline
 from fvit_core.method import faithful_vit, vanilla
-from fvit_core.models.loading import ModelLoadError
+from fvit_core.models import ModelLoadError
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
 

@@ -195,7 +195,7 @@ def _copy_folder(src: Path, dst: Path) -> Path:
 
 def test_dashboard_lists_and_loads_only_what_resolve_model_dir_accepts(tiny_pair_dir, tmp_path) -> None:
     from app import state
-    from fvit_core.models.loading import resolve_model_dir
+    from fvit_core.models import resolve_model_dir
 
     outside = _copy_folder(tiny_pair_dir, tmp_path / "outside")
     root = tmp_path / "models"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fvit_core.data.images import load_image
-from fvit_core.models.loading import MODELS_DIR, load_pair
+from fvit_core.models import MODELS_DIR, load_pair
 from fvit_core.method.faithful_vit import smooth
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"

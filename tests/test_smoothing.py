@@ -69,7 +69,7 @@ def test_denoise_only_is_one_deterministic_pass(tiny_pair):
 
 
 def test_rs_needs_no_denoiser_and_inputs_stay_in_range(tiny_pair):
-    from fvit_core.models.loading import ModelPair
+    from fvit_core.models import ModelPair
 
     pair = ModelPair(classifier=tiny_pair.classifier, denoiser=None)
     out = smooth(pair, _images(1), sigma=0.5, n_samples=6, mode="rs", generator=torch.Generator().manual_seed(0))[0]

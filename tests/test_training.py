@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fvit_core.models.loading import TINY_UNET_ARGS
+from fvit_core.models import TINY_UNET_ARGS
 from fvit_core.training.data import augment_batch, load_image_folder
 from fvit_core.training.train_classifier import ClassifierTrainConfig, train_classifier
 from fvit_core.training.train_denoiser import DenoiserTrainConfig, train_denoiser
@@ -67,7 +67,7 @@ def test_denoiser_resume_equals_uninterrupted_run(folder, tmp_path):
     name = "unet/diffusion_pytorch_model.safetensors"
     a, b = _weights(tmp_path / "full" / name), _weights(tmp_path / "parts" / name)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from fvit_core.models.loading import load_denoiser
+    from fvit_core.models import load_denoiser
 
     assert load_denoiser(tmp_path / "parts").sample_size == 32
 

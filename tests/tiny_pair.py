@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fvit_core.models.loading import TINY_UNET_ARGS, ModelPair, load_pair, save_classifier
+from fvit_core.models import TINY_UNET_ARGS, ModelPair, load_pair, save_classifier
 
 
 def save_tiny_pair(folder: Path, seed: int = 0) -> tuple[Path, Path]:

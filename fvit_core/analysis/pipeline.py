@@ -37,7 +37,7 @@ from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.method.monte_carlo import EarlyStop, SmoothedOutput
 from fvit_core.method.pixel_space import resize_pixels, smoothing_size
 from fvit_core.method.vanilla import vanilla
-from fvit_core.models.loading import ModelPair, load_pair
+from fvit_core.models import ModelPair, load_pair
 from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
 from fvit_core.runtime.cache import ModelCache
 from fvit_core.runtime.precision import resolve_precision, weights_fingerprint

@@ -41,7 +41,7 @@ from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from fvit_core.protocol.limits import short_repr as _short
 from fvit_core.analysis.metrics import topk_indices
-from fvit_core.models.loading import Denoiser
+from fvit_core.models import Denoiser
 from fvit_core.method.pixel_space import is_uniform_rescale
 
 ParamKind = Literal["float", "int", "choice", "bool"]

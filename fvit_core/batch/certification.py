@@ -55,7 +55,7 @@ from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
 from fvit_core.protocol.settings import (ExplanationSettings, FolderRunFields, ModelFields, RunFields, RuntimeSettings,
                                          SmoothingSettings, TopkFields, check_types)
 from fvit_core.method.pixel_space import smoothing_size
-from fvit_core.models.loading import ModelPair
+from fvit_core.models import ModelPair
 from fvit_core.runtime.precision import PRECISION_CHOICES
 from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.runtime.strategy import Runtime

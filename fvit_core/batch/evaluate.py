@@ -61,7 +61,7 @@ from fvit_core.protocol.settings import (AttackSettings, EstimateFields, Explana
                                          ModelFields, RunFields, RuntimeSettings, SensitivityFields,
                                          SensitivitySettings, SmoothingSettings, TopkFields, check_choice, check_choices,
                                          check_types)
-from fvit_core.models.loading import ModelPair, load_pair
+from fvit_core.models import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
 from fvit_core.runtime.precision import PRECISION_CHOICES

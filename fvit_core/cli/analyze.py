@@ -107,7 +107,7 @@ def param_value(text: str):
 def run_analyze(ns: argparse.Namespace) -> int:
     started = time.perf_counter()
     from fvit_core.data.images import load_image
-    from fvit_core.models.loading import load_pair
+    from fvit_core.models import load_pair
     from fvit_core.analysis.pipeline import analyze
 
     from fvit_core.data.files import atomic_write_text, check_writable_file, check_writable_folder

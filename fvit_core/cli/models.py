@@ -68,7 +68,7 @@ def _register_save_classifier(sub: argparse._SubParsersAction) -> None:
 
 
 def run_save_classifier(ns: argparse.Namespace) -> int:
-    from fvit_core.models.loading import load_classifier, save_classifier
+    from fvit_core.models import load_classifier, save_classifier
 
     out = Path(ns.out_dir).expanduser()
     if not ns.allow_download:

@@ -95,7 +95,7 @@ def _train_handler(name: str, cls: type):
 def _evaluate_handler(ns: argparse.Namespace) -> int:
     import torch
 
-    from fvit_core.models.loading import load_classifier, load_denoiser
+    from fvit_core.models import load_classifier, load_denoiser
     from fvit_core.training.evaluate import certify_pair, evaluate_pair
     from fvit_core.training.loop import resolve_device, write_json
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from fvit_core.data import pixels
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.lrp import LRP_METHODS, lrp_patch_relevance
-from fvit_core.models.loading import PixelViT
+from fvit_core.models import PixelViT
 from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
 from fvit_core.method.pixel_space import is_uniform_rescale
 

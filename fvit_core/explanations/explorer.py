@@ -10,7 +10,7 @@ import torch
 
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import layer_head_maps
-from fvit_core.models.loading import ModelPair
+from fvit_core.models import ModelPair
 
 
 def layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarray) -> np.ndarray:

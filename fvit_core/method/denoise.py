@@ -14,7 +14,7 @@ import numbers
 import torch
 
 from fvit_core.errors import InputError, SettingError
-from fvit_core.models.loading import Denoiser
+from fvit_core.models import Denoiser
 from fvit_core.method.pixel_space import resize_pixels
 
 

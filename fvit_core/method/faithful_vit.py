@@ -42,7 +42,7 @@ from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, 
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from fvit_core.method.monte_carlo import EarlyStop, MonteCarloSums, SmoothedOutput
-from fvit_core.models.loading import Denoiser, ModelPair, PixelViT
+from fvit_core.models import Denoiser, ModelPair, PixelViT
 from fvit_core.runtime.precision import PRECISIONS, models_in_precision, resolve_precision
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.runtime.workers import map_in_order

@@ -9,7 +9,7 @@ correlation (std 0.41 instead of 0.50 and a neighbour correlation of 0.27 for 22
 it was never trained on.
 
 So the image is prepared once, at :func:`smoothing_size`, and every model sees it through the same
-resize, which is the classifier's first layer (:class:`~fvit_core.models.loading.PixelViT`): the vanilla
+resize, which is the classifier's first layer (:class:`~fvit_core.models.PixelViT`): the vanilla
 ViT, the attack (crafted through the resize) and the FViT (through denoiser and resize). Clean and
 attacked images, perturbation norms and certified radii are then all in one pixel space. RS (no
 denoiser) keeps the classifier's size. For the shipped pair both sizes are 32 and nothing is
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fvit_core.errors import SettingError
 
 if TYPE_CHECKING:  # models imports this module; the pair type is only needed for annotations
-    from fvit_core.models.loading import ModelPair
+    from fvit_core.models import ModelPair
 
 
 def resize_pixels(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

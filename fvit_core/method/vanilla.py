@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fvit_core.explanations.attention import explain
-from fvit_core.models.loading import ModelPair
+from fvit_core.models import ModelPair
 
 
 def vanilla(pair: ModelPair, images: torch.Tensor, *, method: str = "raw", head_fusion: str = "mean"

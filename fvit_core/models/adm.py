@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import torch
 
-from fvit_core.models.loading import ModelLoadError, check_finite_weights
+from fvit_core.models import ModelLoadError, check_finite_weights
 
 # Flags of guided-diffusion's script_util.create_model_and_diffusion that shape the weights or
 # the noise schedule, with guided-diffusion's defaults. use_fp16 and use_checkpoint are accepted

@@ -17,7 +17,7 @@ from torch import nn
 
 from fvit_core.explanations.attention import EXPLANATION_METHODS, needs_gradients
 from fvit_core.explanations.lrp import LRP_METHODS
-from fvit_core.models.loading import Denoiser, PixelViT
+from fvit_core.models import Denoiser, PixelViT
 from fvit_core.errors import SettingError
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}

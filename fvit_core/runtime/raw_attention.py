@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fvit_core.models.loading import PixelViT
+from fvit_core.models import PixelViT
 
 
 def supports_cls_path(model: PixelViT) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from fvit_core.method.certify import certified_accuracy
 from fvit_core.method.faithful_vit import FaithfulViT
-from fvit_core.models.loading import Denoiser, PixelViT
+from fvit_core.models import Denoiser, PixelViT
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.training.data import load_training_data
 from fvit_core.training.train_denoiser import denoiser_psnr

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fvit_core.errors import SettingError
-from fvit_core.models.loading import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
+from fvit_core.models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
 from fvit_core.training.data import augment_batch, load_training_data
 from fvit_core.training.loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,

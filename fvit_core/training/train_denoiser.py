@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fvit_core.models.loading import DEFAULT_UNET_ARGS
+from fvit_core.models import DEFAULT_UNET_ARGS
 from fvit_core.training.data import augment_batch, load_training_data
 from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
                    seed_step, write_json)
