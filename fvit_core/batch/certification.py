@@ -60,7 +60,7 @@ from fvit_core.runtime.precision import PRECISION_CHOICES
 from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.data.folders import ImageItem
-from fvit_core.batch.evaluate import SkippedImages, load_models, prepare_run, progress_bar, selected_items
+from fvit_core.batch.evaluate import SkippedImages, progress_bar, selected_items, start_run
 from fvit_core.batch.report import skipped_markdown
 from fvit_core.batch.store import RowFiles
 from fvit_core.data.files import atomic_write_text
@@ -230,11 +230,8 @@ class CertifyReport:
 def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) -> CertifyReport:
     """Certify this rank's shard of the images, append rows, and (rank 0) merge and summarise."""
     start = time.perf_counter()
-    cfg.validate()
-    ctx = ctx or distributed.init(cfg.dist_backend)
     files = certify_row_files(cfg.out)
-    prepare_run(cfg, ctx, CONFIG_FILE, files)
-    pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    ctx, pair = start_run(cfg, ctx, CONFIG_FILE, files)
     check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)
     items = selected_items(cfg, pair)
     done = files.done_keys()

@@ -601,6 +601,16 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
         raise InputError(problem)
 
 
+def start_run(cfg: Any, ctx: distributed.DistContext | None, config_file: str, files: RowFiles
+              ) -> tuple[distributed.DistContext, ModelPair]:
+    """What every batch run does first: validate the settings (before any work), join the
+    torchrun group (or run alone), check and record the output folder, load the models."""
+    cfg.validate()
+    ctx = ctx or distributed.init(cfg.dist_backend)
+    prepare_run(cfg, ctx, config_file, files)
+    return ctx, load_models(cfg, distributed.device_for(ctx, cfg.device))
+
+
 def progress_bar(total: int, ctx: distributed.DistContext, what: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -615,11 +625,8 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     Resumable: rows already in the output folder are skipped; see the module docstring.
     """
     start = time.perf_counter()
-    cfg.validate()
-    ctx = ctx or distributed.init(cfg.dist_backend)
     files = eval_row_files(cfg.out)
-    prepare_run(cfg, ctx, CONFIG_FILE, files)
-    pair = load_models(cfg, distributed.device_for(ctx, cfg.device))
+    ctx, pair = start_run(cfg, ctx, CONFIG_FILE, files)
     if cfg.k > pair.classifier.num_patches:
         raise SettingError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
     for mode in (m for m in cfg.modes if m != "vanilla"):

@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvit_core.data import pixels
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.lrp import LRP_METHODS, lrp_patch_relevance
 from fvit_core.models import PixelViT
+from fvit_core.protocol.settings import check_choice
 from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
 from fvit_core.method.pixel_space import is_uniform_rescale
 
@@ -329,13 +329,12 @@ def _check_method(method: str) -> _MethodSpec:
     if method in _LRP_SPECS:
         return _LRP_SPECS[method]
     if method not in _METHODS:
-        raise SettingError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLANATION_METHODS)}")
+        check_choice("explanation method", method, EXPLANATION_METHODS)
     return _METHODS[method]
 
 
 def _check_fusion(head_fusion: str) -> None:
-    if head_fusion not in HEAD_FUSIONS:
-        raise SettingError(f"unknown head fusion {head_fusion!r}; valid: {', '.join(HEAD_FUSIONS)}")
+    check_choice("head fusion", head_fusion, HEAD_FUSIONS)
 
 
 def _check_model(model: PixelViT) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from fvit_core.errors import SettingError
+from fvit_core.protocol.settings import check_choice
 
 from fvit_core.report.style import (
     FIGURE_FORMATS, MODEL_KEYS, SAVE_DPI, comparison, publication_style
@@ -70,14 +70,12 @@ _MIME: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml", "pdf": "app
 
 def mime_type(fmt: str) -> str:
     """MIME type of an export format (png, svg, pdf, html, json, csv, zip)."""
-    if fmt not in _MIME:
-        raise SettingError(f"unknown format {fmt!r}; known: {', '.join(_MIME)}")
+    check_choice("format", fmt, _MIME)
     return _MIME[fmt]
 
 
 def _check_format(fmt: str) -> str:
-    if fmt not in FIGURE_FORMATS:
-        raise SettingError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, got {fmt!r}")
+    check_choice("figure format", fmt, FIGURE_FORMATS)
     return fmt
 
 

@@ -21,7 +21,7 @@ from fvit_core.report.style import (
     ATTENTION_CMAP, CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, SINGLE_COLUMN_IN,
     TOPK_EDGE, attack_summary, attention_grid, attention_scale, chance_overlap, comparison,
     floor_offset, lost_patches, method_name, model_label, overlap_text, perturbation_summary,
-    perturbation_view, publication_style, settings_text, sweep_columns, to_hwc, top_classes,
+    check_layer_maps, perturbation_view, publication_style, settings_text, sweep_columns, to_hwc, top_classes,
     view_caption
 )
 
@@ -368,11 +368,3 @@ def layer_head_overlap(maps: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"maps must be (2, layers, heads, P) for clean and attacked, got {maps.shape}")
     return np.asarray(topk_overlap(maps[0].reshape(-1, maps.shape[-1]), maps[1].reshape(-1, maps.shape[-1]), k),
                       dtype=np.float64).reshape(maps.shape[1:3])
-
-
-def check_layer_maps(maps: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 4 or maps.shape[0] != 2 or maps.shape[-1] != grid_size[0] * grid_size[1]:
-        raise ValueError(f"maps must be (2, layers, heads, {grid_size[0] * grid_size[1]}) for clean and attacked, "
-                         f"got {maps.shape}")
-    return maps

@@ -15,6 +15,9 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
+
+from fvit_core.errors import SettingError
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -178,3 +181,55 @@ def write_json(path: Path, data: dict) -> None:
     from fvit_core.data.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, ema: "EMA", step: int) -> None:
+    """One update of both trainers: backward, gradients clipped at norm 1.0, the optimiser step,
+    then the EMA of the weights."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema.update(model, step)
+
+
+def set_learning_rate(opt: torch.optim.Optimizer, step: int, total: int, cfg: TrainRunConfig) -> None:
+    """The cosine schedule with warm-up (cosine_lr) for ``step`` of ``total``."""
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(step, total, cfg.lr, cfg.warmup_steps)
+
+
+def train(step_fn: Callable[[int], torch.Tensor], cfg: TrainRunConfig, *, meta: dict | None, start: int,
+          schedule: dict, out: Path, model: nn.Module, ema: "EMA", opt: torch.optim.Optimizer, progress: bool,
+          name: str) -> bool:
+    """Fit the schedule to ``cfg.time_budget_s`` on a fresh run (a few probe steps set
+    ``schedule["total"]``), then run the steps with checkpoints (run_steps); False when stopped
+    early by ``cfg.stop_after_steps``."""
+    total = schedule["total"]
+    if cfg.time_budget_s and not meta and not cfg.steps:
+        total = fit_steps_to_budget(step_fn, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
+        schedule["total"], start = total, min(60, total)
+    return run_steps(step_fn, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, name,
+                     cfg.stop_after_steps)
+
+
+def run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name, stop_after=None) -> bool:
+    """Run steps start..total-1 with checkpoints; False when stopped early by ``stop_after``."""
+    last_ckpt = time.perf_counter()
+    end = total if stop_after is None else min(total, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=total, disable=not progress, desc=f"train {name}",
+               mininterval=2.0, smoothing=0.05)
+    running = None
+    for step in bar:
+        loss = step_fn(step)
+        if step % 50 == 0 or step == total - 1:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise SettingError(f"training loss became {value} at step {step}; lower --lr")
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}")
+        if time.perf_counter() - last_ckpt > every_s:
+            save_checkpoint(out, model=model, ema=ema, opt=opt, step=step + 1, total_steps=total, extra={})
+            last_ckpt = time.perf_counter()
+    save_checkpoint(out, model=model, ema=ema, opt=opt, step=end, total_steps=total, extra={})
+    return end == total

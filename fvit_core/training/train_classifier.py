@@ -10,21 +10,17 @@ variant). Resumable: a checkpoint is written every ``checkpoint_every_s`` second
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from fvit_core.errors import SettingError
 from fvit_core.models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
 from fvit_core.training.data import augment_batch, load_training_data
-from fvit_core.training.loop import (EMA, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
-                   TrainRunConfig, save_checkpoint, seed_step, write_json)
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, resolve_device,
+                                     seed_step, set_learning_rate, train, write_json)
 
 
 @dataclass
@@ -128,24 +124,16 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
         if denoised is not None:
             x = denoised(x)
         x, y = mixup(x, labels[idx])
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, state["total"], cfg.lr, cfg.warmup_steps)
+        set_learning_rate(opt, step, state["total"], cfg)
         with autocast(device, cfg.amp):
             loss = torch.sum(-y * F.log_softmax(model(x).float(), dim=-1), dim=-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model, step)
+        optimizer_step(loss, model, opt, ema, step)
         return loss
 
-    if cfg.time_budget_s and not meta and not cfg.steps:
-        # Probe a few steps to fit the schedule's length to the wall-clock budget.
-        total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
-        state["total"], start = total, min(60, total)
-    if not run_steps(train_step, start, total, out, model, ema, opt, cfg.checkpoint_every_s, progress, "classifier",
-                      cfg.stop_after_steps):
+    if not train(train_step, cfg, meta=meta, start=start, schedule=state, out=out, model=model, ema=ema, opt=opt,
+                 progress=progress, name="classifier"):
         return out
+    total = state["total"]
     ema.module.eval()
     save_classifier(ema.module, out, model_args=cfg.model_args)
     summary = {"steps": total, "epochs": total / steps_per_epoch}
@@ -153,28 +141,6 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
         summary["eval_accuracy"] = evaluate_accuracy(ema.module, cfg.eval_data, device=device)
     write_json(out / "train_summary.json", summary)
     return out
-
-
-def run_steps(step_fn, start, total, out, model, ema, opt, every_s, progress, name, stop_after=None) -> bool:
-    """Run steps start..total-1 with checkpoints; False when stopped early by ``stop_after``."""
-    last_ckpt = time.perf_counter()
-    end = total if stop_after is None else min(total, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=total, disable=not progress, desc=f"train {name}",
-               mininterval=2.0, smoothing=0.05)
-    running = None
-    for step in bar:
-        loss = step_fn(step)
-        if step % 50 == 0 or step == total - 1:
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise SettingError(f"training loss became {value} at step {step}; lower --lr")
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.set_postfix(loss=f"{running:.4f}")
-        if time.perf_counter() - last_ckpt > every_s:
-            save_checkpoint(out, model=model, ema=ema, opt=opt, step=step + 1, total_steps=total, extra={})
-            last_ckpt = time.perf_counter()
-    save_checkpoint(out, model=model, ema=ema, opt=opt, step=end, total_steps=total, extra={})
-    return end == total
 
 
 @torch.no_grad()

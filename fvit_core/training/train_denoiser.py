@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 from fvit_core.models import DEFAULT_UNET_ARGS
 from fvit_core.training.data import augment_batch, load_training_data
-from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, cosine_lr, fit_steps_to_budget, load_checkpoint, resolve_device,
-                   seed_step, write_json)
-from fvit_core.training.train_classifier import run_steps
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, resolve_device,
+                                     seed_step, set_learning_rate, train, write_json)
 
 
 @dataclass
@@ -63,24 +62,17 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
         t = torch.randint(0, cfg.t_max + 1, (x0.shape[0],), device=device)
         noise = torch.randn_like(x0)
         x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, state["total"], cfg.lr, cfg.warmup_steps)
+        set_learning_rate(opt, step, state["total"], cfg)
         with autocast(device, cfg.amp):
             pred = unet(x_t, t).sample
         loss = F.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet, step)
+        optimizer_step(loss, unet, opt, ema, step)
         return loss
 
-    if cfg.time_budget_s and not meta and not cfg.steps:
-        total = fit_steps_to_budget(train_step, probe_steps=min(60, total), budget_s=cfg.time_budget_s)
-        state["total"], start = total, min(60, total)
-    if not run_steps(train_step, start, total, out, unet, ema, opt, cfg.checkpoint_every_s, progress, "denoiser",
-                      cfg.stop_after_steps):
+    if not train(train_step, cfg, meta=meta, start=start, schedule=state, out=out, model=unet, ema=ema, opt=opt,
+                 progress=progress, name="denoiser"):
         return out
+    total = state["total"]
     ema.module.eval().save_pretrained(out / "unet", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
     write_json(out / "train_summary.json", {"steps": total, "epochs": total / steps_per_epoch})
