@@ -48,7 +48,6 @@ from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
 from fvit_core.attacks.registry import run_attack
-from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
 from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
@@ -56,7 +55,6 @@ from fvit_core.protocol.settings import (ExplanationSettings, FolderRunFields, M
                                          SmoothingSettings, TopkFields, check_types)
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.models import ModelPair
-from fvit_core.runtime.precision import PRECISION_CHOICES
 from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.data.folders import ImageItem

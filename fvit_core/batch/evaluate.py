@@ -53,7 +53,7 @@ from fvit_core.analysis import metrics
 from fvit_core.analysis.noise_floor import floor_pairs, map_metrics_floor, noise_floor_estimate
 from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
 from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
-from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.explanations.attention import EXPLANATION_METHODS
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
 from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
@@ -63,8 +63,7 @@ from fvit_core.protocol.settings import (AttackSettings, EstimateFields, Explana
                                          check_types)
 from fvit_core.models import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
-from fvit_core.explanations.sensitivity import SENSITIVITY_NORMS, ball_perturbations, check_sensitivity_settings, relative_change, sensitivity
-from fvit_core.runtime.precision import PRECISION_CHOICES
+from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
 from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.method.monte_carlo import SmoothedOutput
