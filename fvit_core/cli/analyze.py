@@ -51,6 +51,32 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
 }
 
 
+# switch -> (settings field, argparse action, help): on/off settings of analyze, eval and certify.
+SWITCHES: dict[str, tuple[str, str, str]] = {
+    "--shared-noise": ("shared_noise", "store_true",
+                       "reuse the clean image's noise draws for the attacked image (labelled option)"),
+    "--no-noise-floor": ("noise_floor", "store_false", "skip the noise floor (faster; no floor to compare V_k with)"),
+    "--early-stop": ("early_stop", "store_true",
+                     "stop sampling once the label and the top-k set are statistically settled"),
+    "--no-perturbation-test": ("perturbation_test", "store_false",
+                               "skip the perturbation test (saves about half the time of the smoothed modes)"),
+    "--check-attacks": ("check_attacks", "store_true",
+                        "check the top-k certificate against PGD-L2 and the top-k attack inside the radius"),
+    "--allow-download": ("allow_download", "store_true", "allow hub downloads for named hub models"),
+    "--no-progress": ("progress", "store_false", "no progress bar"),
+    "--no-figures": ("figures", "store_false", "write the tables but not the figures"),
+    "--strict": ("strict", "store_true",
+                 "stop at the first unreadable image (default: skip it, name it in the summary and go on)"),
+}
+
+
+def add_switches(p: argparse.ArgumentParser, *flags: str) -> None:
+    """Add on/off flags of :data:`SWITCHES`; unset ones leave the settings' defaults alone."""
+    for flag in flags:
+        dest, action, help_text = SWITCHES[flag]
+        p.add_argument(flag, dest=dest, action=action, default=argparse.SUPPRESS, help=help_text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="attack one image and compare the vanilla ViT with the FViT",
                        description="Attack one image and compare the vanilla ViT with the Faithful ViT (DDS).")
@@ -59,12 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_text)
     p.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other attack parameter, e.g. --attack-param alpha=2/255 (repeatable)")
-    p.add_argument("--shared-noise", dest="shared_noise", action="store_true", default=argparse.SUPPRESS,
-                   help="reuse the clean image's noise draws for the attacked image (labelled option)")
-    p.add_argument("--no-noise-floor", dest="noise_floor", action="store_false", default=argparse.SUPPRESS,
-                   help="skip the second clean estimate (faster; no noise floor)")
-    p.add_argument("--early-stop", dest="early_stop", action="store_true", default=argparse.SUPPRESS,
-                   help="stop sampling once the label and the top-k set are statistically settled")
+    add_switches(p, "--shared-noise", "--no-noise-floor", "--early-stop")
     p.add_argument("--config", help="settings JSON (as exported by the dashboard); explicit flags override it")
     p.add_argument("--allow-download", action="store_true", help="allow hub downloads for named hub models")
     p.add_argument("--json", help="write the result JSON here ('-' for standard output)")
@@ -72,6 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_analyze)
     a = sub.add_parser("attacks", help="list the attacks and their parameters")
     a.set_defaults(handler=_list_attacks)
+
+
+def attack_params(items: list[str]) -> dict:
+    """The repeatable ``--attack-param NAME=VALUE`` flags as {name: value} (values as param_value reads them)."""
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SettingError(f"--attack-param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = param_value(value)
+    return params
 
 
 def config_from_args(ns: argparse.Namespace):
@@ -83,13 +115,7 @@ def config_from_args(ns: argparse.Namespace):
     params = base.get("attack_params") or {}
     if not isinstance(params, dict):
         raise SettingError(f"attack_params must be a JSON object of NAME: VALUE pairs, got {params!r}")
-    params = dict(params)
-    for item in ns.attack_param:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SettingError(f"--attack-param takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = param_value(value)
-    base["attack_params"] = params
+    base["attack_params"] = {**params, **attack_params(ns.attack_param)}
     return AnalysisConfig.from_dict(base)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from fvit_core.cli.analyze import ANALYZE_FLAGS, param_value, parse_number
-from fvit_core.errors import SettingError
+from fvit_core.cli.analyze import ANALYZE_FLAGS, add_switches, attack_params, parse_number
 
 
 def comma_list(kind: Callable[[str], object]) -> Callable[[str], tuple]:
@@ -53,16 +52,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         _shared(p, flag)
     p.add_argument("--multistep-steps", dest="multistep_steps", type=int, default=argparse.SUPPRESS,
                    help="denoising steps of mode multistep (default 10)")
-    p.add_argument("--allow-download", dest="allow_download", action="store_true", default=argparse.SUPPRESS,
-                   help="allow hub downloads for named hub models")
+    add_switches(p, "--allow-download")
     p.add_argument("--dist-backend", dest="dist_backend", choices=("gloo", "nccl"), default=argparse.SUPPRESS,
                    help="torch.distributed backend under torchrun (default gloo: it only carries a barrier)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                   help="no progress bar")
-    p.add_argument("--no-figures", dest="figures", action="store_false", default=argparse.SUPPRESS,
-                   help="write the tables but not the figures")
-    p.add_argument("--strict", dest="strict", action="store_true", default=argparse.SUPPRESS,
-                   help="stop at the first unreadable image (default: skip it, name it in the summary and go on)")
+    add_switches(p, "--no-progress", "--no-figures", "--strict")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,18 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         _shared(e, flag)
     e.add_argument("--attack-param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other attack parameter, given to the attacks that have it (repeatable)")
-    e.add_argument("--shared-noise", dest="shared_noise", action="store_true", default=argparse.SUPPRESS,
-                   help="reuse the clean image's noise draws for the attacked image (labelled option)")
-    e.add_argument("--no-noise-floor", dest="noise_floor", action="store_false", default=argparse.SUPPRESS,
-                   help="skip the second clean estimate (faster; no noise floor)")
+    add_switches(e, "--shared-noise", "--no-noise-floor")
     e.add_argument("--renyi-alpha", dest="renyi_alpha", type=float, default=argparse.SUPPRESS,
                    help="order of the Renyi divergence reported (default 2)")
     e.add_argument("--pt-samples", dest="pt_samples", type=int, default=argparse.SUPPRESS,
                    help="smoothing samples per perturbed image in the perturbation test (default 16)")
     e.add_argument("--pt-fill", dest="pt_fill", choices=("mean", "zero"), default=argparse.SUPPRESS,
                    help="removed patches take the image's per-channel mean (default) or 0")
-    e.add_argument("--no-perturbation-test", dest="perturbation_test", action="store_false", default=argparse.SUPPRESS,
-                   help="skip the perturbation test (saves about half the time of the smoothed modes)")
+    add_switches(e, "--no-perturbation-test")
     e.set_defaults(handler=run_eval_command)
 
     c = sub.add_parser("certify", help="Cohen CERTIFY per image plus the top-k attention radius (TSV, tables, figure)",
@@ -114,8 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="L2 radii of the certified-accuracy table (default 0,0.125,0.25,0.375,0.5,0.75,1)")
     c.add_argument("--check-random", dest="check_random", type=int, default=argparse.SUPPRESS,
                    help="check the top-k certificate at this many random points on the certified sphere (default 0)")
-    c.add_argument("--check-attacks", dest="check_attacks", action="store_true", default=argparse.SUPPRESS,
-                   help="check the top-k certificate against PGD-L2 and the top-k attack inside the radius")
+    add_switches(c, "--check-attacks")
     c.add_argument("--check-samples", dest="check_samples", type=int, default=argparse.SUPPRESS,
                    help="smoothing samples per checked point (default --n)")
     c.set_defaults(handler=run_certify_command)
@@ -132,13 +120,7 @@ def eval_config_from_args(ns: argparse.Namespace):
     from fvit_core.batch.evaluate import EvalConfig
 
     values = _values(ns, EvalConfig)
-    params = {}
-    for item in ns.attack_param:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SettingError(f"--attack-param takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = param_value(value)
-    values["attack_params"] = params
+    values["attack_params"] = attack_params(ns.attack_param)
     return EvalConfig(**values)
 
 

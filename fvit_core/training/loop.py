@@ -183,6 +183,19 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
+def start_training(cfg: TrainRunConfig, size: int) -> tuple[Path, torch.device, torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """What both trainers do first: the output folder, the device, the global seed, and the
+    training images at ``size`` px on the device: (out, device, images uint8, labels, classes)."""
+    from fvit_core.training.data import load_training_data
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    images, labels, classes = load_training_data(cfg.data, size=size)
+    return out, device, images.to(device), labels.to(device), classes
+
+
 def optimizer_step(loss: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, ema: "EMA", step: int) -> None:
     """One update of both trainers: backward, gradients clipped at norm 1.0, the optimiser step,
     then the EMA of the weights."""

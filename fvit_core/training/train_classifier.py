@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from fvit_core.models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
 from fvit_core.training.data import augment_batch, load_training_data
-from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, resolve_device,
-                                     seed_step, set_learning_rate, train, write_json)
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, seed_step,
+                                     set_learning_rate, start_training, train, write_json)
 
 
 @dataclass
@@ -88,12 +88,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
     """Train (or resume) a classifier; returns the output folder holding the EMA model."""
     from timm.data import Mixup
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    images, labels, classes = load_training_data(cfg.data, size=int(cfg.model_args.get("img_size", 32)))
-    images, labels = images.to(device), labels.to(device)
+    out, device, images, labels, classes = start_training(cfg, int(cfg.model_args.get("img_size", 32)))
     model = _build_model(cfg, classes).to(device).train()
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))

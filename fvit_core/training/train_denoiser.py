@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from fvit_core.models import DEFAULT_UNET_ARGS
-from fvit_core.training.data import augment_batch, load_training_data
-from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, resolve_device,
-                                     seed_step, set_learning_rate, train, write_json)
+from fvit_core.training.data import augment_batch
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, seed_step,
+                                     set_learning_rate, start_training, train, write_json)
 
 
 @dataclass
@@ -33,12 +33,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     """Train (or resume) a denoiser; returns the output folder (unet/ + scheduler/ of the EMA)."""
     from diffusers import DDPMScheduler
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    images, _, classes = load_training_data(cfg.data, size=int(cfg.unet_args.get("sample_size", 32)))
-    images = images.to(device)
+    out, device, images, _, classes = start_training(cfg, int(cfg.unet_args.get("sample_size", 32)))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
     sqrt_abar = scheduler.alphas_cumprod.sqrt().to(device)
     sqrt_1m_abar = (1 - scheduler.alphas_cumprod).sqrt().to(device)
