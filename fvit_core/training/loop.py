@@ -212,12 +212,23 @@ def set_learning_rate(opt: torch.optim.Optimizer, step: int, total: int, cfg: Tr
         group["lr"] = cosine_lr(step, total, cfg.lr, cfg.warmup_steps)
 
 
-def train(step_fn: Callable[[int], torch.Tensor], cfg: TrainRunConfig, *, meta: dict | None, start: int,
-          schedule: dict, out: Path, model: nn.Module, ema: "EMA", opt: torch.optim.Optimizer, progress: bool,
-          name: str) -> bool:
-    """Fit the schedule to ``cfg.time_budget_s`` on a fresh run (a few probe steps set
-    ``schedule["total"]``), then run the steps with checkpoints (run_steps); False when stopped
-    early by ``cfg.stop_after_steps``."""
+def train(batch: Callable[[int], tuple], loss: Callable[..., torch.Tensor], cfg: TrainRunConfig, *,
+          device: torch.device, meta: dict | None, start: int, schedule: dict, out: Path, model: nn.Module,
+          ema: "EMA", opt: torch.optim.Optimizer, progress: bool, name: str) -> bool:
+    """The training loop of both trainers: for each step, ``batch(step)`` prepares the inputs,
+    the learning rate follows the schedule, ``loss(*inputs)`` runs under autocast, then one
+    optimizer_step. A fresh run with ``cfg.time_budget_s`` first fits the schedule's length to
+    the budget (a few probe steps set ``schedule["total"]``); the steps run with checkpoints
+    (run_steps). Returns False when stopped early by ``cfg.stop_after_steps``."""
+
+    def step_fn(step: int) -> torch.Tensor:
+        inputs = batch(step)
+        set_learning_rate(opt, step, schedule["total"], cfg)
+        with autocast(device, cfg.amp):
+            value = loss(*inputs)
+        optimizer_step(value, model, opt, ema, step)
+        return value
+
     total = schedule["total"]
     if cfg.time_budget_s and not meta and not cfg.steps:
         total = fit_steps_to_budget(step_fn, probe_steps=min(60, total), budget_s=cfg.time_budget_s)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from fvit_core.models import (CIFAR10_MEAN, CIFAR10_STD, DEFAULT_VIT_ARCH, DEFAULT_VIT_ARGS, PixelViT, create_vit,
                       load_classifier, load_denoiser, save_classifier)
 from fvit_core.training.data import augment_batch, load_training_data
-from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, seed_step,
-                                     set_learning_rate, start_training, train, write_json)
+from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, seed_step, start_training, train,
+                                     write_json)
 
 
 @dataclass
@@ -112,21 +112,19 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> Pa
 
     state = {"total": total, "loss": float("nan")}
 
-    def train_step(step: int) -> float:
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         seed_step(cfg.seed, step)
         idx = batch_indices(step)
         x = augment_batch(images[idx])
         if denoised is not None:
             x = denoised(x)
-        x, y = mixup(x, labels[idx])
-        set_learning_rate(opt, step, state["total"], cfg)
-        with autocast(device, cfg.amp):
-            loss = torch.sum(-y * F.log_softmax(model(x).float(), dim=-1), dim=-1).mean()
-        optimizer_step(loss, model, opt, ema, step)
-        return loss
+        return mixup(x, labels[idx])
 
-    if not train(train_step, cfg, meta=meta, start=start, schedule=state, out=out, model=model, ema=ema, opt=opt,
-                 progress=progress, name="classifier"):
+    def soft_cross_entropy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.sum(-y * F.log_softmax(model(x).float(), dim=-1), dim=-1).mean()
+
+    if not train(batch, soft_cross_entropy, cfg, device=device, meta=meta, start=start, schedule=state, out=out,
+                 model=model, ema=ema, opt=opt, progress=progress, name="classifier"):
         return out
     total = state["total"]
     ema.module.eval()

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from fvit_core.models import DEFAULT_UNET_ARGS
 from fvit_core.training.data import augment_batch
-from fvit_core.training.loop import (EMA, TrainRunConfig, autocast, load_checkpoint, optimizer_step, seed_step,
-                                     set_learning_rate, start_training, train, write_json)
+from fvit_core.training.loop import (EMA, TrainRunConfig, load_checkpoint, seed_step, start_training, train,
+                                     write_json)
 
 
 @dataclass
@@ -49,23 +49,20 @@ def train_denoiser(cfg: DenoiserTrainConfig, *, progress: bool = True) -> Path:
     write_json(out / "train_config.json", {**asdict(cfg), "classes": classes, "n_train": len(images)})
     state = {"total": total}
 
-    def train_step(step: int):
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         seed_step(cfg.seed, step)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable batch choice
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g).to(device)
         x0 = augment_batch(images[idx], pad=0) * 2.0 - 1.0
         t = torch.randint(0, cfg.t_max + 1, (x0.shape[0],), device=device)
         noise = torch.randn_like(x0)
-        x_t = sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise
-        set_learning_rate(opt, step, state["total"], cfg)
-        with autocast(device, cfg.amp):
-            pred = unet(x_t, t).sample
-        loss = F.mse_loss(pred.float(), noise)
-        optimizer_step(loss, unet, opt, ema, step)
-        return loss
+        return sqrt_abar[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_abar[t].view(-1, 1, 1, 1) * noise, t, noise
 
-    if not train(train_step, cfg, meta=meta, start=start, schedule=state, out=out, model=unet, ema=ema, opt=opt,
-                 progress=progress, name="denoiser"):
+    def noise_prediction_error(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(unet(x_t, t).sample.float(), noise)
+
+    if not train(batch, noise_prediction_error, cfg, device=device, meta=meta, start=start, schedule=state, out=out,
+                 model=unet, ema=ema, opt=opt, progress=progress, name="denoiser"):
         return out
     total = state["total"]
     ema.module.eval().save_pretrained(out / "unet", safe_serialization=True)
