@@ -202,3 +202,12 @@ def eval_reference(image_folder, tiny_pair_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_reference")
     assert main(eval_command(image_folder, tiny_pair_dir, out)) == 0
     return out, read_rows(out)
+
+
+@pytest.fixture
+def two_threads():
+    """torch's intra-op thread count set to 2 for one test (the worker pool then has two workers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -20,14 +20,6 @@ def _images(n=2, seed=0):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("mode", ["dds", "rs", "multistep", "denoise-only"])
 def test_the_default_runtime_gives_the_reference_loop_numbers(tiny_pair, two_threads, mode):
     """Worker pool and batch cut are speed only: same draws, same votes, maps within rounding.

@@ -202,14 +202,6 @@ def test_memory_does_not_keep_per_sample_maps_unless_asked(tiny_pair):
 # ------------------------------------------------------------------ CPU workers
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
     from fvit_core.runtime.strategy import Runtime
 
