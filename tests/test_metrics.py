@@ -238,3 +238,24 @@ def test_map_metrics_batched_equal_per_row():
         single = map_metrics(a[i], b[i], (4, 4), 4)
         for name in MAP_METRICS:
             assert batched[name][i] == pytest.approx(single[name])
+
+
+def test_kendall_equals_scipy_on_batches_with_ties_and_in_chunks(monkeypatch):
+    """The vectorised tau-b is scipy.stats.kendalltau's, row by row, ties included, whatever the chunking."""
+    from scipy.stats import kendalltau
+
+    from fvit_core.analysis import metrics
+
+    rng = np.random.default_rng(7)
+    for patches in (4, 64, 196):
+        a = rng.random((40, patches))
+        b = a + 0.5 * rng.random((40, patches))
+        a[:6] = np.round(a[:6] * 3) / 3  # ties in the reference map
+        b[4:9] = np.round(b[4:9] * 2) / 2  # ties in the other map
+        expected = np.array([kendalltau(x, y).statistic for x, y in zip(a, b)])
+        np.testing.assert_allclose(metrics.kendall(a, b), expected, rtol=0, atol=1e-15)
+        monkeypatch.setattr(metrics, "_KENDALL_CHUNK_PAIRS", patches)  # one row per chunk
+        np.testing.assert_allclose(metrics.kendall(a, b), expected, rtol=0, atol=1e-15)
+        monkeypatch.undo()
+    constant = np.vstack([np.ones(16), rng.random(16)])
+    assert np.isnan(metrics.kendall(constant, rng.random((2, 16)))[0])

@@ -1,0 +1,127 @@
+"""One default analysis on this CPU, in GFLOP-equivalents of its own float32 matmul rate (issue #16).
+
+Prints the CPU's capabilities (AVX2, AVX-512, native bfloat16: AVX512-BF16 or AMX), the float32
+matmul rate measured in this process, and one default analysis (PGD-10 8/255, DDS at sigma 0.25
+with 64 samples on the clean and the attacked image, bootstrap noise floor) with the networks in
+float32 (what ``precision="auto"`` runs on a CPU without native bfloat16) and, where the CPU has
+it, in bfloat16 (``auto`` there):
+
+- ``first``: the first analysis in a fresh process (after the models are loaded);
+- ``warm``: the median of ``--repeats`` analyses after it, each with the attack cache cleared;
+- ``GFLOP-eq``: warm seconds x the float32 matmul rate, the issue's machine-independent cost.
+
+Run alone on an idle machine (``uptime`` is printed): ``python benchmarks/bench_cpu.py``.
+Each precision runs in its own fresh process, so "first" is really the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+IMAGE = ROOT / "assets" / "samples" / "cifar10_cat_1.png"
+
+
+def cpu_capabilities() -> dict:
+    """Model name and the flags that decide the fast paths (Linux /proc/cpuinfo; torch's probes)."""
+    import torch
+
+    flags: set[str] = set()
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    from fvit_core.runtime.precision import native_bfloat16
+
+    return {"cpu": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags, "native_bfloat16": native_bfloat16(torch.device("cpu"))}
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """float32 GEMM rate of this process (all intra-op threads), best of ``repeats`` (GFLOP/s)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(precision: str, repeats: int) -> dict:
+    """One fresh process's numbers for ``precision`` (run by main in a subprocess)."""
+    from fvit_core.analysis.config import AnalysisConfig
+    from fvit_core.analysis.pipeline import analyze, clear_cache
+    from fvit_core.data.images import load_image
+    from fvit_core.models import load_pair
+
+    pair = load_pair("default")
+    image = load_image(IMAGE)
+    config = AnalysisConfig(precision=precision)
+    first = _timed(lambda: analyze(image, config, pair=pair))
+    warm, stages = [], []
+    for _ in range(repeats):
+        clear_cache()
+        start = time.perf_counter()
+        result = analyze(image, config, pair=pair)
+        warm.append(time.perf_counter() - start)
+        stages.append(result.timing)
+    rate = matmul_gflops()
+    median = statistics.median(warm)
+    parts = {name: statistics.median(t.get(name, 0.0) for t in stages) for name in ("attack", "vanilla", "smoothing",
+                                                                                     "metrics")}
+    return {"precision": precision, "ran": result.faithful.precision, "first_s": first, "warm_s": median,
+            "warm_min_s": min(warm), "first_over_warm": first / median, "matmul_gflops": rate,
+            "gflop_equivalents": median * rate, "stages_s": parts, "load": os.getloadavg()[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="warm analyses per precision (median)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.child, args.repeats)))
+        return 0
+    caps = cpu_capabilities()
+    print(json.dumps(caps))
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    rows = []
+    for precision in ["float32"] + (["bfloat16"] if caps["native_bfloat16"] else []):
+        out = subprocess.run([sys.executable, __file__, "--child", precision, "--repeats", str(args.repeats)],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{precision:9s} first {row['first_s']:.3f} s, warm {row['warm_s']:.3f} s (min {row['warm_min_s']:.3f}), "
+              f"first/warm {row['first_over_warm']:.2f}, matmul {row['matmul_gflops']:.0f} GFLOP/s, "
+              f"{row['gflop_equivalents']:.0f} GFLOP-eq; stages "
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["stages_s"].items()) + f"; load {row['load']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": caps, "runs": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
