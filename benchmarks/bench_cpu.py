@@ -8,6 +8,7 @@ it, in bfloat16 (``auto`` there):
 
 - ``first``: the first analysis in a fresh process (after the models are loaded);
 - ``warm``: the median of ``--repeats`` analyses after it, each with the attack cache cleared;
+- the matmul rate: the median of three measurements (after the first analysis, halfway, at the end);
 - ``GFLOP-eq``: warm seconds x the float32 matmul rate, the issue's machine-independent cost.
 
 Run alone on an idle machine (``uptime`` is printed): ``python benchmarks/bench_cpu.py``.
@@ -80,25 +81,29 @@ def measure(precision: str, repeats: int) -> dict:
     image = load_image(IMAGE)
     config = AnalysisConfig(precision=precision)
     first = _timed(lambda: analyze(image, config, pair=pair))
+    rates = [matmul_gflops()]  # the rate drifts on a shared host: measured between the analyses too
     warm, stages = [], []
-    for _ in range(repeats):
+    for i in range(repeats):
         clear_cache()
         start = time.perf_counter()
         result = analyze(image, config, pair=pair)
         warm.append(time.perf_counter() - start)
         stages.append(result.timing)
-    rate = matmul_gflops()
+        if i == repeats // 2:
+            rates.append(matmul_gflops())
+    rates.append(matmul_gflops())
+    rate = statistics.median(rates)
     median = statistics.median(warm)
     parts = {name: statistics.median(t.get(name, 0.0) for t in stages) for name in ("attack", "vanilla", "smoothing",
                                                                                      "metrics")}
     return {"precision": precision, "ran": result.faithful.precision, "first_s": first, "warm_s": median,
-            "warm_min_s": min(warm), "first_over_warm": first / median, "matmul_gflops": rate,
+            "warm_min_s": min(warm), "first_over_warm": first / median, "matmul_gflops": rate, "matmul_gflops_all": rates,
             "gflop_equivalents": median * rate, "stages_s": parts, "load": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="warm analyses per precision (median)")
+    parser.add_argument("--repeats", type=int, default=9, help="warm analyses per precision (median)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{precision:9s} first {row['first_s']:.3f} s, warm {row['warm_s']:.3f} s (min {row['warm_min_s']:.3f}), "
-              f"first/warm {row['first_over_warm']:.2f}, matmul {row['matmul_gflops']:.0f} GFLOP/s, "
+              f"first/warm {row['first_over_warm']:.2f}, matmul {row['matmul_gflops']:.0f} GFLOP/s ("
+              f"{'/'.join(f'{r:.0f}' for r in row['matmul_gflops_all'])}), "
               f"{row['gflop_equivalents']:.0f} GFLOP-eq; stages "
               + ", ".join(f"{k} {v:.3f}" for k, v in row["stages_s"].items()) + f"; load {row['load']:.2f}")
     if args.json:
