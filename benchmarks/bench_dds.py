@@ -328,7 +328,7 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
             drawing.append(fig or 0.0)
         rep.numbers[f"slider_{label.split()[0]}"] = median(totals)
         rows.append([label, f"{median(totals):.3f}", f"{median(compute):.3f}",
-                     f"{median(drawing):.3f}" if fig is not None else "figures.py absent"])
+                     f"{median(drawing):.3f}" if fig is not None else "report absent"])
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "

@@ -1,7 +1,7 @@
 """How the FViT's sample loop runs: a :class:`Runtime` chosen by the caller, never the maths.
 
 Every strategy here changes speed and at most float rounding, each checked by an equivalence test
-(tests/test_runtime.py, tests/test_smoothing.py, tests/test_reliability.py):
+(tests/test_faithful_vit.py, tests/test_smoothing.py, tests/test_reliability.py):
 - ``precision``: the networks in float32, bfloat16 or "auto" (runtime.precision);
 - ``parallel``: forward batches on single-threaded CPU workers (runtime.workers);
 - ``batch_size``: samples per forward pass (on a CPU at most :data:`CPU_BATCH` too).
