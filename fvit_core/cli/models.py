@@ -13,15 +13,24 @@ from fvit_core.errors import InputError, SettingError
 PRESETS = ("256x256_diffusion_uncond", "cifar10_uncond_50M_500K")  # fvit_core.models.adm.ADM_PRESETS (kept light)
 
 
+def _command(sub: argparse._SubParsersAction, name: str, help_text: str, description: str,
+             *positionals: tuple[str, str]) -> argparse.ArgumentParser:
+    """A sub-command with its one-line help, its description and its positional arguments."""
+    p = sub.add_parser(name, help=help_text, description=description)
+    for dest, arg_help in positionals:
+        p.add_argument(dest, help=arg_help)
+    return p
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     _register_save_classifier(sub)
-    p = sub.add_parser(
-        "convert-adm", help="convert an OpenAI guided-diffusion / improved-diffusion UNet checkpoint to diffusers",
-        description="Convert an OpenAI guided-diffusion (ADM) UNet checkpoint into a diffusers folder (unet/ "
-                    "safetensors + scheduler/) that --denoiser OUT_DIR loads. The checkpoint is read with "
-                    "torch.load(weights_only=True): no code is unpickled.")
-    p.add_argument("checkpoint", help="the .pt file, e.g. 256x256_diffusion_uncond.pt")
-    p.add_argument("out_dir", help="new folder for the diffusers model")
+    p = _command(sub, "convert-adm",
+                 "convert an OpenAI guided-diffusion / improved-diffusion UNet checkpoint to diffusers",
+                 "Convert an OpenAI guided-diffusion (ADM) UNet checkpoint into a diffusers folder (unet/ safetensors + "
+                 "scheduler/) that --denoiser OUT_DIR loads. The checkpoint is read with torch.load(weights_only=True): "
+                 "no code is unpickled.",
+                 ("checkpoint", "the .pt file, e.g. 256x256_diffusion_uncond.pt"),
+                 ("out_dir", "new folder for the diffusers model"))
     p.add_argument("--preset", default="256x256_diffusion_uncond", choices=PRESETS,
                    help="the published model's flags (default: 256x256_diffusion_uncond)")
     p.add_argument("--flags", type=Path, metavar="FLAGS.json",
@@ -55,13 +64,13 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _register_save_classifier(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "save-classifier", help="download a timm ViT's hub weights once and save it as a local classifier folder",
-        description="Create timm model NAME with its hub weights and save it as a classifier folder (config.json + "
-                    "model.safetensors, with its class names) that --classifier OUT_DIR and the dashboard load "
-                    "offline. Needs --allow-download.")
-    p.add_argument("name", help="timm model name, e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k")
-    p.add_argument("out_dir", help="new folder, e.g. $FVIT_MODELS_DIR/imagenet-vit-b16")
+    p = _command(sub, "save-classifier",
+                 "download a timm ViT's hub weights once and save it as a local classifier folder",
+                 "Create timm model NAME with its hub weights and save it as a classifier folder (config.json + "
+                 "model.safetensors, with its class names) that --classifier OUT_DIR and the dashboard load offline. "
+                 "Needs --allow-download.",
+                 ("name", "timm model name, e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+                 ("out_dir", "new folder, e.g. $FVIT_MODELS_DIR/imagenet-vit-b16"))
     p.add_argument("--allow-download", dest="allow_download", action="store_true",
                    help="allow the hub download (required: without it nothing is fetched)")
     p.set_defaults(handler=run_save_classifier)
