@@ -130,6 +130,8 @@ def test_bad_settings_are_refused_when_the_fvit_is_built(tiny_pair, kwargs, mess
         FaithfulViT.from_pair(tiny_pair, sigma, **kwargs)
     with pytest.raises(ValueError, match="needs a denoiser"):
         FaithfulViT(tiny_pair.classifier, None, 0.25, mode="dds")
+    with pytest.raises(ValueError, match="take one image"):
+        FaithfulViT.from_pair(tiny_pair, 0.25).explain(_images(2), 4)
 
 
 def test_model_cache_is_a_per_model_lru_forgotten_with_the_model():

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fvit_core.data.pixels import check_pixels
-from fvit_core.errors import SettingError
+from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
@@ -176,6 +176,9 @@ class FaithfulViT:
                 generator: torch.Generator | None = None) -> SmoothedOutput:
         """The FViT explanation of one image x (3, H, W) or (1, 3, H, W): w~(x) with its standard
         error, and the smoothed prediction, from n draws."""
+        if x.ndim == 4 and x.shape[0] != 1 or x.ndim not in (3, 4):
+            raise InputError(f"explain, predict and certify take one image (3, H, W), got shape {tuple(x.shape)}; "
+                             "sample() takes a batch")
         return self.sample(x.reshape(1, *x.shape[-3:]), n, method=method, head_fusion=head_fusion,
                            generator=generator)[0]
 
