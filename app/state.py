@@ -404,24 +404,17 @@ def expensive_reason(config: AnalysisConfig) -> str | None:
     return "; ".join(reasons) or None
 
 
-# Attack parameters named like an analysis setting follow it when linked (the top-k attack
-# attacks the analysed k and explanation; the adaptive attack the analysed sigma), and a step
-# size follows the budget as in the paper (alpha = eps / 5).
-LINKABLE_SETTINGS: tuple[str, ...] = ("k", "method", "head_fusion", "sigma")
-
-
 def linked_params(spec: AttackSpec) -> list[str]:
-    """The parameters of ``spec`` that the 'tie to the analysis' option sets."""
-    names = [p.name for p in spec.params]
-    linked = [n for n in names if n in LINKABLE_SETTINGS]
-    if "alpha" in names and "eps" in names:
-        linked.insert(0, "alpha")
-    return linked
+    """The parameters of ``spec`` that the 'tie to the analysis' option sets: the registry's rules,
+    the same as the CLI's (``AttackSpec.derived``: the Linf step alpha = eps / 5; and
+    ``AttackSpec.follows``: the top-k attack's k and explanation, the adaptive attack's sigma)."""
+    return [name for name, _ in spec.derived] + list(spec.follows)
 
 
-def linked_value(name: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
-    """Value of a linked parameter: eps / 5 for alpha, else the analysis setting of that name."""
-    return float(params["eps"]) / 5.0 if name == "alpha" else settings[name]
+def linked_value(spec: AttackSpec, name: str, params: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """Value of a linked parameter: its registry rule applied to ``params``, or the analysis setting."""
+    rules = dict(spec.derived)
+    return rules[name](params) if name in rules else settings[name]
 
 
 @dataclass(frozen=True)
@@ -490,7 +483,7 @@ def attack_params(spec: AttackSpec, shown: dict[str, Any], *, linked: bool, sett
             params[param.name] = param.default
     if linked:
         for name in linked_params(spec):
-            params[name] = linked_value(name, params, settings)
+            params[name] = linked_value(spec, name, params, settings)
     return params
 
 

@@ -137,6 +137,14 @@ def test_attack_params_convert_back_to_pixels_and_link_to_the_analysis():
     eot = state.attack_params(ATTACKS["eot_dds"], {}, linked=True, settings=settings)
     assert eot["sigma"] == 0.5
     assert state.linked_params(ATTACKS["fgsm"]) == []
+    # The dashboard ties exactly what the registry derives, as the CLI does: L2 PGD keeps its own step.
+    assert state.linked_params(ATTACKS["pgdl2"]) == []
+    l2 = state.attack_params(ATTACKS["pgdl2"], {"eps": 1.0}, linked=True, settings=settings)
+    assert l2["alpha"] == ATTACKS["pgdl2"].param("alpha").default
+    from fvit_core.attacks.registry import attack_arguments
+
+    cli_side = ATTACKS["pgd"].resolve(attack_arguments("pgd", {}, eps=16 / 255, steps=3, settings=settings))
+    assert cli_side["alpha"] == pgd["alpha"]
 
 
 def test_build_config_gives_a_valid_reproducible_config():
