@@ -3,7 +3,7 @@
 The notebook API (README, "Python"): the handful of names a researcher needs, imported on first
 use so that ``import fvit_core`` (and the ``fvit`` command's help) stays free of torch.
 
-    load_pair, load_image, prepare_image     models and images
+    load_pair, load_image, prepare_image     models and images (smoothing_size: the size DDS works at)
     FaithfulViT, Runtime                     the method (sample / explain / predict / certify)
     AnalysisConfig, analyze                  one attacked-vs-clean comparison, as the CLI and app run it
     ATTACKS, get_attack, run_attack          the attack registry
@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "load_pair": "fvit_core.models.pairs",
     "load_image": "fvit_core.data.images",
     "prepare_image": "fvit_core.data.images",
+    "smoothing_size": "fvit_core.method.pixel_space",
     "FaithfulViT": "fvit_core.method.faithful_vit",
     "Runtime": "fvit_core.runtime.strategy",
     "AnalysisConfig": "fvit_core.analysis.pipeline",

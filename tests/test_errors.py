@@ -123,3 +123,27 @@ def test_cli_out_of_memory_exits_2_with_a_hint(tmp_path, capfd, monkeypatch):
     assert main(["analyze", str(_png(tmp_path))]) == 2
     err = capfd.readouterr().err
     assert err.startswith("fvit analyze: error: out of memory (try a smaller --batch-size") and "please report" not in err
+
+
+def test_the_notebook_api_raises_typed_errors_on_user_input():
+    """Wrong arrays are InputError, wrong orders and grids SettingError: a notebook user (and the
+    CLI's exit status) can tell their mistake from a bug."""
+    import numpy as np
+
+    from fvit_core.analysis import metrics
+    from fvit_core.errors import InputError, SettingError
+    from fvit_core.method import certify
+
+    p = np.full(4, 0.25)
+    with pytest.raises(InputError, match="same shape"):
+        metrics.topk_overlap(np.ones(4), np.ones(5), 2)
+    with pytest.raises(InputError, match="NaN"):
+        metrics.topk_overlap(np.array([1.0, np.nan, 0.0, 0.0]), np.ones(4), 2)
+    with pytest.raises(InputError, match="softmax"):
+        metrics.divergences(np.array([2.0, -1.0, 0.0, 0.0]), p)
+    with pytest.raises(SettingError, match="renyi_alpha"):
+        metrics.divergences(p, p, renyi_alpha=-1.0)
+    with pytest.raises(SettingError, match="grid"):
+        metrics.map_metrics(p, p, (3, 3), 2)
+    with pytest.raises(InputError, match="vote counts"):
+        certify.certify_counts(np.array([1.5, 2.0]), np.array([3, 4]), 0.25, 0.001)

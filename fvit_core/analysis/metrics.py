@@ -20,7 +20,8 @@ import numpy as np
 from scipy.special import logsumexp, rel_entr
 from scipy.stats import rankdata
 
-from fvit_core.errors import SettingError
+from fvit_core.errors import InputError, SettingError
+
 
 ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence[float]]  # noqa: F821  (torch is optional here)
 
@@ -36,9 +37,9 @@ def _as_array(values: ArrayLike, name: str) -> np.ndarray:
         values = values.detach().cpu().numpy()
     array = np.asarray(values, dtype=np.float64)
     if array.ndim not in (1, 2) or array.shape[-1] == 0:
-        raise ValueError(f"{name} must have shape (P,) or (B, P) with P >= 1, got {array.shape}")
+        raise InputError(f"{name} must have shape (P,) or (B, P) with P >= 1, got {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     return array
 
 
@@ -51,7 +52,7 @@ def _check_k(k: int, size: int) -> int:
 def _pair(w1: ArrayLike, w2: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     a, b = _as_array(w1, "w1"), _as_array(w2, "w2")
     if a.shape != b.shape:
-        raise ValueError(f"attention maps must have the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"attention maps must have the same shape, got {a.shape} and {b.shape}")
     return a, b
 
 
@@ -92,7 +93,7 @@ def overlap_curve(w1: ArrayLike, w2: ArrayLike, ks: Sequence[int] | None = None)
     size = a.shape[-1]
     ks_array = np.arange(1, size + 1) if ks is None else np.array([_check_k(k, size) for k in ks], dtype=np.int64)
     if ks_array.size == 0:
-        raise ValueError("ks is empty; pass at least one k in 1..P or None for all")
+        raise SettingError("ks is empty; pass at least one k in 1..P or None for all")
     worst_rank = np.maximum(_ranks(a), _ranks(b))  # (..., P)
     shared = (worst_rank[..., None, :] < ks_array[:, None]).sum(axis=-1)  # (..., K)
     return shared / ks_array
@@ -101,10 +102,10 @@ def overlap_curve(w1: ArrayLike, w2: ArrayLike, ks: Sequence[int] | None = None)
 def _check_distribution(values: ArrayLike, name: str) -> np.ndarray:
     p = _as_array(values, name)
     if np.any(p < 0):
-        raise ValueError(f"{name} has negative entries; pass probabilities (softmax of logits), not logits")
+        raise InputError(f"{name} has negative entries; pass probabilities (softmax of logits), not logits")
     totals = p.sum(axis=-1)
     if np.any(np.abs(totals - 1.0) > _SUM_TOLERANCE):
-        raise ValueError(f"{name} must sum to 1 along the last axis (got sums {np.round(totals, 6)}); apply softmax")
+        raise InputError(f"{name} must sum to 1 along the last axis (got sums {np.round(totals, 6)}); apply softmax")
     return p / totals[..., None]
 
 
@@ -143,10 +144,10 @@ def divergences(p: ArrayLike, q: ArrayLike, *, renyi_alpha: float = 2.0) -> dict
     Returns floats for (C,) inputs, (B,) arrays for (B, C).
     """
     if not (np.isfinite(renyi_alpha) and renyi_alpha > 0):
-        raise ValueError(f"renyi_alpha must be a finite number > 0 (e.g. 2.0), got {renyi_alpha!r}")
+        raise SettingError(f"renyi_alpha must be a finite number > 0 (e.g. 2.0), got {renyi_alpha!r}")
     p, q = _check_distribution(p, "p"), _check_distribution(q, "q")
     if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+        raise InputError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
     mid = 0.5 * (p + q)
     p_floor, q_floor = _floored(p), _floored(q)
     values = {
@@ -168,7 +169,7 @@ def label_flip(p: ArrayLike, q: ArrayLike) -> bool | np.ndarray:
     """
     a, b = _as_array(p, "p"), _as_array(q, "q")
     if a.shape != b.shape:
-        raise ValueError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"p and q must have the same shape, got {a.shape} and {b.shape}")
     flipped = np.argmax(a, axis=-1) != np.argmax(b, axis=-1)
     return bool(flipped) if a.ndim == 1 else flipped
 
@@ -240,7 +241,7 @@ _KENDALL_CHUNK_PAIRS = 8_000_000  # row-pairs of int8 signs per chunk (two array
 def _grid(w: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     rows, cols = int(grid[0]), int(grid[1])
     if rows < 1 or cols < 1 or rows * cols != w.shape[-1]:
-        raise ValueError(f"grid {grid} does not hold {w.shape[-1]} patches; pass the model's grid_size (rows, cols)")
+        raise SettingError(f"grid {grid} does not hold {w.shape[-1]} patches; pass the model's grid_size (rows, cols)")
     return w.reshape(*w.shape[:-1], rows, cols)
 
 
@@ -251,10 +252,10 @@ def centroid(w: ArrayLike, grid: tuple[int, int]) -> np.ndarray:
     """
     a = _as_array(w, "w")
     if np.any(a < 0):
-        raise ValueError("centroid needs a non-negative map (explanations are clamped at 0)")
+        raise InputError("centroid needs a non-negative map (explanations are clamped at 0)")
     total = a.sum(axis=-1)
     if np.any(total <= 0):
-        raise ValueError("centroid of a map with zero total mass is undefined")
+        raise InputError("centroid of a map with zero total mass is undefined")
     maps = _grid(a, grid)
     rows = np.arange(maps.shape[-2], dtype=np.float64)
     cols = np.arange(maps.shape[-1], dtype=np.float64)
@@ -280,7 +281,7 @@ def ssim(w1: ArrayLike, w2: ArrayLike, grid: tuple[int, int]) -> float | np.ndar
     """
     a, b = _pair(w1, w2)
     if np.any(a < 0) or np.any(b < 0):
-        raise ValueError("ssim needs non-negative maps (explanations are clamped at 0)")
+        raise InputError("ssim needs non-negative maps (explanations are clamped at 0)")
     x, y = _grid(_scaled_by_max(a), grid), _grid(_scaled_by_max(b), grid)
     window = (min(SSIM_WINDOW, x.shape[-2]), min(SSIM_WINDOW, x.shape[-1]))
     view = np.lib.stride_tricks.sliding_window_view
@@ -307,7 +308,7 @@ def topk_mass(w_reference: ArrayLike, w_other: ArrayLike, k: int) -> float | np.
     a, b = _pair(w_reference, w_other)
     k = _check_k(k, a.shape[-1])
     if np.any(b < 0):
-        raise ValueError("topk_mass needs a non-negative map (explanations are clamped at 0)")
+        raise InputError("topk_mass needs a non-negative map (explanations are clamped at 0)")
     total = b.sum(axis=-1)
     inside = np.where(_ranks(a) < k, b, 0.0).sum(axis=-1)
     value = np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)

@@ -41,7 +41,6 @@ from fvit_core.models import ModelPair, load_pair
 from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
 from fvit_core.runtime.cache import ModelCache
 from fvit_core.runtime.precision import resolve_precision, weights_fingerprint
-from fvit_core.runtime.strategy import Runtime
 from fvit_core.runtime.workers import submit_single_threaded
 
 __all__ = ["AnalysisConfig", "AnalysisResult", "ProgressFn", "analyze", "analyze_many", "clear_cache"]
@@ -225,7 +224,7 @@ def _smoothing_parts(cfg: AnalysisConfig) -> tuple:
 def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
                         timer: _Timer) -> Callable[[], _AttackStage]:
     """Start (or find in the cache) the attack and vanilla passes; returns a function that waits
-    for them. On a CPU they run on the single-threaded worker (runtime.workers.run_single_threaded says
+    for them. On a CPU they run on the single-threaded worker (runtime.workers.submit_single_threaded says
     why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
     key = _attack_key(cfg, pair, digest, seeds)
     stage = _ATTACK_STAGES.get(pair.classifier, key)
@@ -260,20 +259,14 @@ def _overlaps(cfg: AnalysisConfig) -> bool:
     return not cfg.early_stop and not (cfg.shared_noise and cfg.mode != "denoise-only")
 
 
-def _floor_batch(cfg: AnalysisConfig) -> bool:
-    """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""
-    return cfg.noise_floor and cfg.noise_floor_estimator == "independent"
-
-
 def faithful_vit(cfg: AnalysisConfig, pair: ModelPair) -> FaithfulViT:
-    """The FViT an analysis compares with the vanilla ViT, running under the analysis' runtime."""
-    return FaithfulViT.from_pair(pair, cfg.sigma, mode=cfg.mode, multistep_steps=cfg.multistep_steps,
-                                 runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+    """The FViT an analysis compares with the vanilla ViT."""
+    return FaithfulViT.for_run(pair, cfg.sigma, cfg.mode, cfg)
 
 
 def _sample_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: float) -> dict:
     """FaithfulViT.sample's arguments shared by the analysis' calls (progress mapped to [start, start + span])."""
-    floor_batch = _floor_batch(cfg)
+    floor_batch = cfg.second_estimate
     return dict(method=cfg.method, head_fusion=cfg.head_fusion,
                 keep_samples=cfg.bootstrap > 0 or (cfg.noise_floor and not floor_batch),
                 progress=lambda done, total: report("smoothing", start + span * done / total))
@@ -286,7 +279,7 @@ def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: 
     floor, [clean, clean again], from the "clean" stage's generator. With it: the full
     [clean, attacked(, clean again)], the attacked estimate drawing from the "attacked" stage's
     generator (independent of the clean draws, whatever their count). As fvit eval does."""
-    floor_batch = _floor_batch(cfg)
+    floor_batch = cfg.second_estimate
     if x_adv is None:
         batch = torch.cat([x, x] if floor_batch else [x]).cpu()
         return faithful_vit(cfg, pair).sample(batch, cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
@@ -307,7 +300,7 @@ def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_ad
     then stops all of them at the same N.
     """
     generator = seeds.generator("clean", *_smoothing_parts(cfg))
-    floor_batch = _floor_batch(cfg)
+    floor_batch = cfg.second_estimate
     batch = torch.cat([x, x_adv, x] if floor_batch else [x, x_adv]).cpu()
     noise = None
     if cfg.shared_noise and cfg.mode != "denoise-only":

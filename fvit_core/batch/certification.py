@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fvit_core.errors import InputError, SettingError
+from fvit_core.errors import FViTError, InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.runtime import distributed
@@ -56,7 +56,6 @@ from fvit_core.protocol.settings import (ExplanationSettings, FolderRunFields, M
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.models import ModelPair
 from fvit_core.method.faithful_vit import FaithfulViT
-from fvit_core.runtime.strategy import Runtime
 from fvit_core.data.folders import ImageItem
 from fvit_core.batch.evaluate import SkippedImages, progress_bar, selected_items, start_run
 from fvit_core.batch.report import skipped_markdown
@@ -147,8 +146,7 @@ def time_seconds(text: str) -> float:
 
 def faithful_vit(cfg: CertifyConfig, pair: ModelPair) -> FaithfulViT:
     """The FViT a certification run certifies."""
-    return FaithfulViT.from_pair(pair, cfg.sigma, mode=cfg.mode, multistep_steps=cfg.multistep_steps,
-                                 runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+    return FaithfulViT.for_run(pair, cfg.sigma, cfg.mode, cfg)
 
 
 def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
@@ -163,7 +161,7 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
                                                                   head_fusion=cfg.head_fusion, generator=g)
     try:
         topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
-    except ValueError as exc:
+    except SettingError as exc:
         raise SettingError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
     row = {
         "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
@@ -243,8 +241,8 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
                 row = certify_image(cfg, pair, item, root)
             except ImageError as exc:
                 skipped.record(root, item, exc)
-            except ValueError as exc:  # say which image a failure is about
-                raise InputError(f"{root / item.path}: {exc}") from exc
+            except FViTError as exc:  # say which image a user's problem is about; a bug stays a bug
+                raise type(exc)(f"{root / item.path}: {exc}") from exc
             else:
                 log.append(_encode(row))
                 written += 1

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from fvit_core.errors import InputError, SettingError
+from fvit_core.errors import FViTError, InputError, SettingError
 from fvit_core.method import certify
 
 from fvit_core.runtime import distributed
@@ -65,7 +65,6 @@ from fvit_core.models import ModelPair, load_pair
 from fvit_core.method.pixel_space import smoothing_size
 from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
 from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
-from fvit_core.runtime.strategy import Runtime
 from fvit_core.method.monte_carlo import SmoothedOutput
 from fvit_core.method.vanilla import vanilla
 from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
@@ -311,14 +310,9 @@ class ImageEvaluation:
                 keep_samples: bool = False) -> list[SmoothedOutput]:
         """FaithfulViT(s).sample: the setting's FViT under the run's runtime."""
         cfg = self.cfg
-        fvit = FaithfulViT.from_pair(self.pair, s.sigma, mode=s.mode, multistep_steps=cfg.multistep_steps,
-                                     runtime=Runtime(precision=cfg.precision, batch_size=cfg.batch_size))
+        fvit = FaithfulViT.for_run(self.pair, s.sigma, s.mode, cfg)
         return fvit.sample(images, n_samples or cfg.n_samples, method=method or s.method, head_fusion=cfg.head_fusion,
                            keep_samples=keep_samples, generator=generator, noise=noise)
-
-    def _floor_batch(self) -> bool:
-        """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""
-        return self.cfg.noise_floor and self.cfg.noise_floor_estimator == "independent"
 
     def _shared_noise(self, s: Setting) -> torch.Tensor | None:
         if not self.cfg.shared_noise or s.mode == "denoise-only":
@@ -330,7 +324,7 @@ class ImageEvaluation:
         """(clean estimate, independent second estimate or None, shared noise or None)."""
         g = self._generator("clean", s)
         noise = self._shared_noise(s)
-        floor_batch = self._floor_batch()
+        floor_batch = self.cfg.second_estimate
         # The bootstrap floor resamples the clean estimate's own samples.
         keep = self.cfg.noise_floor and not floor_batch
         if noise is None:
@@ -475,7 +469,7 @@ class ImageEvaluation:
             return None  # no noise, no certificate
         try:
             return float(certify.topk_certified_radius(attention, self.cfg.k, self.cfg.beta, s.sigma))
-        except ValueError:  # k too large for the bound (k + k0 > P)
+        except SettingError:  # k too large for the bound (k + k0 > P)
             return None
 
 
@@ -654,8 +648,8 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
                     log.append(json_line(row))
                     written += 1
                     bar.update(1)
-            except ValueError as exc:  # say which image a failure is about
-                raise InputError(f"{root / item.path}: {exc}") from exc
+            except FViTError as exc:  # say which image a user's problem is about; a bug stays a bug
+                raise type(exc)(f"{root / item.path}: {exc}") from exc
     skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fvit_core.data.pixels import check_pixels
 from fvit_core.errors import InputError, SettingError
-from fvit_core.method.denoise import resize_pixels
+from fvit_core.method.pixel_space import resize_pixels
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 _SUPPORTED_TEXT = "PNG, JPEG, WebP, BMP, TIFF, GIF"
@@ -393,7 +393,7 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
     ``resize`` keeps the whole image (aspect ratio not kept); ``center_crop`` first crops the
     largest centred region with the target aspect ratio; ``pad`` (letterbox) first centres the
     whole image on a black canvas with the target aspect ratio, so nothing is cut or distorted.
-    Resizing is bicubic with antialiasing (denoise.resize_pixels), clamped to [0, 1].
+    Resizing is bicubic with antialiasing (method.pixel_space.resize_pixels), clamped to [0, 1].
     """
     check_pixels(image, batched=False, what="image")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or any(

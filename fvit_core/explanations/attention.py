@@ -342,7 +342,7 @@ def _check_model(model: PixelViT) -> None:
         raise SettingError("explanations read the [CLS] row of attention; this ViT has no class token")
 
 
-def check_pixels(model: PixelViT, x: Tensor) -> None:
+def check_model_input(model: PixelViT, x: Tensor) -> None:
     """Raise InputError unless ``x`` is a float (B, 3, H, W) batch in [0, 1] of the model's size or
     a uniform rescale of it (the smoothing space, which the model resizes as its first layer)."""
     if not isinstance(x, Tensor):
@@ -363,11 +363,11 @@ def _check_target(
         return None
     target = torch.as_tensor(target, device=device).reshape(-1)
     if target.dtype.is_floating_point or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.numel() == 1 and batch > 1:
         target = target.expand(batch)
     if target.numel() != batch:
-        raise ValueError(f"target has {target.numel()} entries for a batch of {batch}; pass one class per image")
+        raise InputError(f"target has {target.numel()} entries for a batch of {batch}; pass one class per image")
     if bool(((target < 0) | (target >= model.num_classes)).any()):
         raise SettingError(f"target classes must be in 0..{model.num_classes - 1}, got {target.tolist()}")
     return target.long()
@@ -459,7 +459,7 @@ def explain(
     spec = _check_method(method)
     _check_fusion(head_fusion)
     _check_model(model)
-    check_pixels(model, x)
+    check_model_input(model, x)
     chosen = _check_target(model, target, x.shape[0], x.device)
     if method in _LRP_SPECS:
         logits, weights, chosen = _explain_lrp(model, x, method, head_fusion, chosen, differentiable)
@@ -535,7 +535,7 @@ def layer_head_maps(model: PixelViT, x: Tensor) -> Tensor:
     ``raw`` explanation. For the per-layer / per-head explorer view.
     """
     _check_model(model)
-    check_pixels(model, x)
+    check_model_input(model, x)
     with torch.no_grad(), capture_attention(model, cls_only=True) as record:
         model(x)
     return torch.stack(record.layer_maps(), dim=1)[..., model.num_prefix_tokens:]

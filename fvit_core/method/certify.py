@@ -7,7 +7,7 @@
 - Linf from L2: R / sqrt(n).
 
 Radii and sigma are in [0, 1] pixel units, L2 over all n = 3*H*W input dimensions. The Monte
-Carlo estimates (counts, smoothed attention) come from the smoothing module; this module turns
+Carlo estimates (counts, smoothed attention) come from method.faithful_vit; this module turns
 them into guarantees and does no sampling.
 """
 
@@ -22,7 +22,7 @@ from scipy.special import logsumexp
 from scipy.stats import binomtest, norm
 
 from fvit_core.analysis.metrics import ArrayLike
-from fvit_core.errors import SettingError
+from fvit_core.errors import InputError, SettingError
 
 ABSTAIN = -1
 
@@ -52,13 +52,13 @@ def _counts(values: ArrayLike, name: str) -> np.ndarray:
         values = values.detach().cpu().numpy()
     counts = np.asarray(values)
     if counts.ndim != 1 or counts.size < 2:
-        raise ValueError(f"{name} must be a 1-D vector of per-class counts (>= 2 classes), got shape {counts.shape}")
+        raise InputError(f"{name} must be a 1-D vector of per-class counts (>= 2 classes), got shape {counts.shape}")
     if not np.issubdtype(counts.dtype, np.integer):
         if not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):
-            raise ValueError(f"{name} must hold whole vote counts")
+            raise InputError(f"{name} must hold whole vote counts")
         counts = counts.astype(np.int64)
     if np.any(counts < 0):
-        raise ValueError(f"{name} has negative counts")
+        raise InputError(f"{name} has negative counts")
     return counts.astype(np.int64)
 
 
@@ -75,7 +75,7 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """
     alpha = _check_unit_interval(alpha, "alpha", upper=0.5)
     if not (int(n) == n and int(n_a) == n_a and 0 <= n_a <= n and n >= 1):
-        raise ValueError(f"need whole numbers 0 <= n_a <= n with n >= 1, got n_a={n_a}, n={n}")
+        raise InputError(f"need whole numbers 0 <= n_a <= n with n >= 1, got n_a={n_a}, n={n}")
     return float(binomtest(int(n_a), int(n)).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low)
 
 
@@ -115,11 +115,11 @@ def certify_counts(
     selection = _counts(counts_selection, "counts_selection")
     estimation = _counts(counts_estimation, "counts_estimation")
     if selection.shape != estimation.shape:
-        raise ValueError(
+        raise InputError(
             f"selection and estimation counts need the same classes, got {selection.shape} and {estimation.shape}"
         )
     if estimation.sum() == 0:
-        raise ValueError("counts_estimation is empty: certify needs n >= 1 fresh samples")
+        raise InputError("counts_estimation is empty: certify needs n >= 1 fresh samples")
     top = int(np.argmax(selection))
     p_a_lower = lower_confidence_bound(int(estimation[top]), int(estimation.sum()), alpha)
     if p_a_lower < 0.5:
@@ -140,7 +140,7 @@ def prediction_stability_bound(radius: float, sigma: float, renyi_alpha: float) 
     """
     sigma = _check_sigma(sigma)
     if not (math.isfinite(radius) and radius >= 0):
-        raise ValueError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
+        raise InputError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
     if not (math.isfinite(renyi_alpha) and renyi_alpha > 0):
         raise SettingError(f"renyi_alpha must be a finite order > 0 (METHOD.md uses alpha > 1), got {renyi_alpha!r}")
     return float(renyi_alpha) * float(radius) ** 2 / (2.0 * sigma**2)
@@ -152,9 +152,9 @@ def linf_from_l2(radius: float, input_dim: int) -> float:
     input_dim is n = 3*H*W.
     """
     if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-        raise ValueError(f"input_dim must be the number of input values 3*H*W (>= 1), got {input_dim!r}")
+        raise InputError(f"input_dim must be the number of input values 3*H*W (>= 1), got {input_dim!r}")
     if not (math.isfinite(radius) and radius >= 0):
-        raise ValueError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
+        raise InputError(f"radius must be a finite L2 distance >= 0, got {radius!r}")
     return float(radius) / math.sqrt(int(input_dim))
 
 
@@ -214,9 +214,9 @@ def topk_certified_radius(
     sigma = _check_sigma(sigma)
     weights = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float64)
     if weights.ndim != 1 or weights.size < 2 or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError("m must be a 1-D vector of P >= 2 non-negative finite attention weights")
+        raise InputError("m must be a 1-D vector of P >= 2 non-negative finite attention weights")
     if weights.sum() <= 0:
-        raise ValueError("m sums to 0; pass a smoothed attention vector")
+        raise InputError("m sums to 0; pass a smoothed attention vector")
     if not (isinstance(beta, (int, float, np.floating)) and 0.0 < beta <= 1.0):
         raise SettingError(f"beta must be in (0, 1] (the top-k overlap to guarantee), got {beta!r}")
     size = weights.size
@@ -269,7 +269,7 @@ def certified_accuracy(predictions: ArrayLike, labels: ArrayLike, radii: ArrayLi
     predictions, labels = np.asarray(predictions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     radii, at = np.asarray(radii, dtype=np.float64), np.asarray(at, dtype=np.float64)
     if not (predictions.shape == labels.shape == radii.shape):
-        raise ValueError(f"predictions, labels and radii must be per image, got shapes {predictions.shape}, "
+        raise InputError(f"predictions, labels and radii must be per image, got shapes {predictions.shape}, "
                          f"{labels.shape}, {radii.shape}")
     if predictions.size == 0:
         return np.full(at.shape, np.nan)

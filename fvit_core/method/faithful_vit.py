@@ -43,7 +43,8 @@ from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from fvit_core.method.monte_carlo import EarlyStop, MonteCarloSums, SmoothedOutput
 from fvit_core.models import Denoiser, ModelPair, PixelViT
-from fvit_core.runtime.precision import PRECISIONS, models_in_precision, resolve_precision
+from fvit_core.protocol.settings import RunFields
+from fvit_core.runtime.precision import models_in_precision, resolve_precision
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.runtime.workers import map_in_order
 
@@ -105,6 +106,12 @@ class FaithfulViT:
     def from_pair(cls, pair: ModelPair, sigma: float, **kwargs) -> "FaithfulViT":
         """The FViT of a loaded classifier/denoiser pair."""
         return cls(pair.classifier, pair.denoiser, sigma, **kwargs)
+
+    @classmethod
+    def for_run(cls, pair: ModelPair, sigma: float, mode: str, run: RunFields) -> "FaithfulViT":
+        """The FViT a run's settings describe (an analysis, fvit eval's setting, fvit certify): the
+        pair at ``sigma`` in ``mode``, with the run's multistep steps and runtime."""
+        return cls.from_pair(pair, sigma, mode=mode, multistep_steps=run.multistep_steps, runtime=run.runtime())
 
     @property
     def device(self) -> torch.device:
@@ -258,7 +265,7 @@ class _Draw:
         classifier, denoiser = models_in_precision(fvit.classifier, fvit.denoiser, precision)
         shared = None if noise is None else noise.detach().float().cpu()
         return cls(fvit, classifier, denoiser, images.detach().float().cpu(), shared, method, head_fusion,
-                   PRECISIONS[precision], generator)
+                   fvit.runtime.dtype(fvit.device, method), generator)
 
     def __call__(self, job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """(image index (b,), attention (b, P), probabilities (b, C), {image: its first model input})."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 from fvit_core.errors import SettingError
 from fvit_core.protocol import limits
+
+if TYPE_CHECKING:
+    from fvit_core.runtime.strategy import Runtime
 
 # How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
 # - independent: V_k between the clean estimate and a second, independent clean estimate with
@@ -195,6 +198,11 @@ class EstimateFields:
     noise_floor_estimator: str = "bootstrap"
     bootstrap: int = 200
 
+    @property
+    def second_estimate(self) -> bool:
+        """Whether the noise floor needs a second clean estimate (the "independent" estimator)."""
+        return self.noise_floor and self.noise_floor_estimator == "independent"
+
 
 @dataclass(kw_only=True)
 class SensitivityFields:
@@ -217,6 +225,12 @@ class RunFields:
     precision: str = "auto"
     batch_size: int = 256
     seed: int = 0
+
+    def runtime(self) -> "Runtime":
+        """The FViT's runtime strategy of these settings (runtime.strategy; imports torch)."""
+        from fvit_core.runtime.strategy import Runtime
+
+        return Runtime(precision=self.precision, batch_size=self.batch_size)
 
 
 @dataclass(kw_only=True)

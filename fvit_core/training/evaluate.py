@@ -115,7 +115,9 @@ def certify_pair(
 
 
 def _faithful_vit(classifier: PixelViT, denoiser: Denoiser | None, sigma: float, batch_size: int) -> FaithfulViT:
-    """The FViT of the model cards: DDS (randomized smoothing without a denoiser), float32."""
+    """The FViT of the model cards: DDS in float32; without a denoiser, randomized smoothing, whose
+    noisy input is clipped to [0, 1] like everywhere else (the former ``dds_votes`` fed it unclipped;
+    every shipped pair has a denoiser, so no model card number came from that path)."""
     return FaithfulViT(classifier, denoiser, sigma, mode="dds" if denoiser is not None else "rs",
                        runtime=Runtime(precision="float32", batch_size=batch_size))
 
