@@ -47,7 +47,7 @@ from fvit_core.runtime import distributed
 from fvit_core.protocol import limits
 
 from fvit_core.analysis import metrics
-from fvit_core.attacks.registry import run_attack
+from fvit_core.attacks.registry import attack_arguments, run_attack
 from fvit_core.method.denoise import check_schedule
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
 from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
@@ -193,8 +193,9 @@ def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor,
         label = torch.tensor([item.label], device=pair.device)
         for name, params, labels in (
             ("pgdl2", {"eps": radius, "alpha": radius / 5}, label),  # transfer attack on the label
-            ("topk", {"eps": linf, "alpha": linf / 5, "k": cfg.k, "method": cfg.method,
-                      "head_fusion": cfg.head_fusion}, None),  # the explanation attack keeps the prediction
+            # the explanation attack keeps the prediction; alpha, k, method and fusion by the registry's rules
+            ("topk", attack_arguments("topk", eps=linf, settings={"k": cfg.k, "method": cfg.method,
+                                                                  "head_fusion": cfg.head_fusion}), None),
         ):
             seed = image_seeds("certify-check", name)
             adv = run_attack(name, pair.classifier, x.to(pair.device), labels, params, denoiser=pair.denoiser,

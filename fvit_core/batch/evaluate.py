@@ -217,10 +217,11 @@ def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
                                                "head_fusion": cfg.head_fusion}, strict=False)
 
 
-def attack_key(setting: Setting) -> tuple:
-    """What the attacked image depends on: eot_dds also on sigma, topk also on the method."""
-    return (setting.attack, setting.eps, setting.sigma if setting.attack == "eot_dds" else None,
-            setting.method if setting.attack == "topk" else None)
+def attack_key(cfg: EvalConfig, setting: Setting) -> tuple:
+    """What the attacked image depends on (protocol.seeds.attack_parts of the resolved parameters:
+    the attack and its budget; eot_dds also the sigma, topk also the method): the key of the attack
+    unit and the setting parts of its seed."""
+    return attack_parts(setting.attack, get_attack(setting.attack).resolve(attack_arguments(cfg, setting)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,11 +279,8 @@ class ImageEvaluation:
         """The generator of ``stage`` for setting ``s`` (protocol/seeds: as fvit analyze)."""
         return self.seeds.generator(stage, *smoothing_parts(s.mode, s.sigma, s.method), *parts)
 
-    def _attack_parts(self, s: Setting) -> tuple:
-        return attack_parts(s.attack, get_attack(s.attack).resolve(attack_arguments(self.cfg, s)))
-
     def _unit_keys(self, s: Setting) -> list[tuple]:
-        akey, space = attack_key(s), self._space(s)
+        akey, space = attack_key(self.cfg, s), self._space(s)
         keys = [("attack", akey, space), ("vanilla", None, s.method, space)]
         if s.smoothed:
             keys += [("clean", s.mode, s.sigma, s.method), ("attacked", akey, s.mode, s.sigma, s.method)]
@@ -297,7 +295,7 @@ class ImageEvaluation:
     def _attack(self, s: Setting) -> torch.Tensor:
         cfg = self.cfg
         labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
-        seed = self.seeds("attack", *self._attack_parts(s))
+        seed = self.seeds("attack", *attack_key(cfg, s))
         return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack_arguments(cfg, s),
                           denoiser=self.pair.denoiser, seed=seed)
 
@@ -339,9 +337,9 @@ class ImageEvaluation:
         return clean, floor, noise
 
     def _attacked(self, s: Setting) -> SmoothedOutput:
-        x_adv = self.units.values[("attack", attack_key(s), self._space(s))]
+        x_adv = self.units.values[("attack", attack_key(self.cfg, s), self._space(s))]
         noise = self.units.values[("clean", s.mode, s.sigma, s.method)][2]
-        g = self._generator("attacked", s, *self._attack_parts(s))
+        g = self._generator("attacked", s, *attack_key(self.cfg, s))
         return self._smooth(x_adv, s, g, noise=noise)[0]
 
     def _perturbation_test(self, s: Setting) -> tuple[list[int], list[int]]:
@@ -415,7 +413,7 @@ class ImageEvaluation:
 
     def _row(self, s: Setting, keys: list[tuple]) -> dict:
         cfg, v = self.cfg, self.units.values
-        akey, space = attack_key(s), self._space(s)
+        akey, space = attack_key(self.cfg, s), self._space(s)
         x_adv = v[("attack", akey, space)]
         vanilla_clean = v[("vanilla", None, s.method, space)]
         floor = agreement = radius = map_floor = None
