@@ -345,7 +345,8 @@ def section_batch(rep: Report, images_dir: Path, count: int) -> None:
         cfg = EvalConfig(data=str(images_dir), out=f"{tmp}/eval", limit=count, progress=False, figures=False)
         seconds = run_eval(cfg).seconds
         rep.numbers["eval_images_per_s"] = count / seconds
-        rows.append(["fvit eval (defaults: PGD 8/255, vanilla + DDS sigma 0.25, N = 32, floor, perturbation test)",
+        rows.append([f"fvit eval (defaults: PGD 8/255, vanilla + DDS sigma 0.25, N = {cfg.n_samples}, "
+                     f"{cfg.noise_floor_estimator} floor, perturbation test)",
                      count, f"{seconds:.1f}", f"{count / seconds:.2f} images/s"])
         ccfg = CertifyConfig(data=str(images_dir), out=f"{tmp}/cert", limit=max(count // 4, 1), n0=100, n=1000,
                              progress=False, figures=False)
