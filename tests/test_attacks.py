@@ -357,3 +357,32 @@ def test_projection_linf_and_l2() -> None:
     inside = x + 0.01
     assert torch.allclose(project_to_budget(inside, x, norm="L2", eps=0.3), inside)
     assert float(project_to_budget(far, x, norm="none", eps=None).max()) <= 1.0
+
+
+@pytest.mark.parametrize("eps, steps, random_start", [(8 / 255, 10, True), (2 / 255, 3, False), (16 / 255, 4, True)])
+def test_pgd_is_torchattacks_pgd_image_for_image(tiny_vit, eps, steps, random_start):
+    """The registry's PGD is a direct loop (no torchattacks import for the default attack) with
+    torchattacks.PGD's algorithm: the same seed gives the same attacked images, bit for bit."""
+    import torchattacks
+
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ours = run_attack("pgd", tiny_vit, x, params={"eps": eps, "steps": steps, "random_start": random_start}, seed=5)
+    labels = tiny_vit(x).argmax(-1)
+    reference = torchattacks.PGD(tiny_vit, eps=eps, alpha=eps / 5, steps=steps, random_start=random_start)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        expected = reference(x, labels)
+    assert torch.equal(ours, expected)
+    assert float((ours - x).abs().max()) <= eps + 1e-6 and not torch.equal(ours, x)
+
+
+def test_the_default_attack_does_not_import_torchattacks(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom fvit_core.attacks.registry import run_attack\nfrom fvit_core.models import load_pair\n"
+            "vit = load_pair('default').classifier\n"
+            "run_attack('pgd', vit, torch.rand(1, 3, 32, 32), seed=0)\n"
+            "print('torchattacks' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
