@@ -44,7 +44,7 @@ from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timest
 from fvit_core.method.monte_carlo import EarlyStop, MonteCarloSums, SmoothedOutput
 from fvit_core.models import Denoiser, ModelPair, PixelViT
 from fvit_core.protocol.settings import RunFields
-from fvit_core.runtime.precision import models_in_precision, resolve_precision
+from fvit_core.runtime.precision import PRECISIONS, models_in_precision
 from fvit_core.runtime.strategy import Runtime
 from fvit_core.runtime.workers import map_in_order
 
@@ -261,11 +261,11 @@ class _Draw:
     @classmethod
     def build(cls, fvit: FaithfulViT, images: Tensor, noise: Tensor | None, method: str, head_fusion: str,
               generator: torch.Generator | None) -> "_Draw":
-        precision = resolve_precision(fvit.runtime.precision, fvit.device, method)
+        precision = fvit.runtime.precision_for(fvit.device, method)  # resolved once per call
         classifier, denoiser = models_in_precision(fvit.classifier, fvit.denoiser, precision)
         shared = None if noise is None else noise.detach().float().cpu()
         return cls(fvit, classifier, denoiser, images.detach().float().cpu(), shared, method, head_fusion,
-                   fvit.runtime.dtype(fvit.device, method), generator)
+                   PRECISIONS[precision], generator)
 
     def __call__(self, job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """(image index (b,), attention (b, P), probabilities (b, C), {image: its first model input})."""

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from fvit_core.runtime.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
+from fvit_core.runtime.precision import PRECISION_CHOICES, resolve_precision
 from fvit_core.errors import SettingError
 
 # On a CPU: at most this many samples per forward pass, by the dtype the networks run in
@@ -47,9 +47,10 @@ class Runtime:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise SettingError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
 
-    def dtype(self, device: torch.device, method: str) -> torch.dtype:
-        """The dtype the networks run in for ``method`` on ``device``."""
-        return PRECISIONS[resolve_precision(self.precision, device, method)]
+    def precision_for(self, device: torch.device, method: str) -> str:
+        """The precision (a name of runtime.precision.PRECISIONS) the networks run in for
+        ``method`` on ``device``: "auto" resolved."""
+        return resolve_precision(self.precision, device, method)
 
     def workers(self, device: torch.device, mode: str) -> int:
         if not self.parallel or device.type != "cpu" or mode == "multistep":
