@@ -11,8 +11,17 @@ it, in bfloat16 (``auto`` there):
 - the matmul rate: the median of three measurements (after the first analysis, halfway, at the end);
 - ``GFLOP-eq``: warm seconds x the float32 matmul rate, the issue's machine-independent cost.
 
+The floor: the same work packed perfectly on the cores. One thread measures the sample loop (64
+draws of one image) and the attack; the floor is ``(2 x loop + attack) / cores + metrics``, the
+metrics stage being serial Python. An analysis cannot take less, however it is scheduled, unless
+the arithmetic itself shrinks.
+
+``--avx2-kernels`` adds a float32 run with ATen, oneDNN and MKL held to AVX2 kernels
+(ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS): the kernels a float32-only
+AVX2 CPU runs, on this CPU's cores. It is an emulation: clock, caches and FMA width stay this CPU's.
+
 Run alone on an idle machine (``uptime`` is printed): ``python benchmarks/bench_cpu.py``.
-Each precision runs in its own fresh process, so "first" is really the first.
+Each run is its own fresh process, so "first" is really the first.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 IMAGE = ROOT / "assets" / "samples" / "cifar10_cat_1.png"
+# What a float32-only AVX2 CPU runs: every kernel library held to AVX2 (each reads its variable once, at start).
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def cpu_capabilities() -> dict:
@@ -96,15 +108,61 @@ def measure(precision: str, repeats: int) -> dict:
     median = statistics.median(warm)
     parts = {name: statistics.median(t.get(name, 0.0) for t in stages) for name in ("attack", "vanilla", "smoothing",
                                                                                      "metrics")}
-    return {"precision": precision, "ran": result.faithful.precision, "first_s": first, "warm_s": median,
-            "warm_min_s": min(warm), "first_over_warm": first / median, "matmul_gflops": rate, "matmul_gflops_all": rates,
-            "gflop_equivalents": median * rate, "stages_s": parts, "load": os.getloadavg()[0]}
+    single = single_thread_work(pair, image, config)
+    floor = (2 * single["sample_loop_s"] + single["attack_s"]) / torch_threads() + parts["metrics"]
+    return {"precision": precision, "ran": result.faithful.precision, "kernels": kernel_isa(), "first_s": first,
+            "warm_s": median, "warm_min_s": min(warm), "first_over_warm": first / median, "matmul_gflops": rate,
+            "matmul_gflops_all": rates, "gflop_equivalents": median * rate, "stages_s": parts, "single_thread_s": single,
+            "floor_s": floor, "floor_gflop_equivalents": floor * rate, "load": os.getloadavg()[0]}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def kernel_isa() -> str:
+    """The instruction set ATen dispatches its CPU kernels for ("AVX2", "AVX512", ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def single_thread_work(pair, image, config) -> dict:
+    """One thread's seconds (median of 3) for the analysis's parallel work: the sample loop of 64
+    draws of one image (noise, denoiser, ViT with the explanation, sums) and the attack at batch 1."""
+    import torch
+
+    from fvit_core.analysis.pipeline import faithful_vit
+    from fvit_core.attacks.registry import run_attack
+    from fvit_core.method.pixel_space import smoothing_size
+    from fvit_core.data.images import prepare_image
+    from fvit_core.runtime.strategy import Runtime
+    from fvit_core.method.faithful_vit import FaithfulViT
+
+    x = torch.from_numpy(prepare_image(image, smoothing_size(pair, config.mode)).astype("float32"))[None]
+    precision = faithful_vit(config, pair).runtime.precision_for(pair.device, config.method)
+    fvit = FaithfulViT.from_pair(pair, config.sigma, mode=config.mode, runtime=Runtime(precision, parallel=False))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            loop = [_timed(lambda: fvit.sample(x, config.n_samples, method=config.method,
+                                               generator=torch.Generator().manual_seed(i))) for i in range(4)][1:]
+        attack = [_timed(lambda: run_attack(config.attack, pair.classifier, x, params=config.attack_arguments(),
+                                            seed=i)) for i in range(4)][1:]
+    finally:
+        torch.set_num_threads(before)
+    return {"sample_loop_s": statistics.median(loop), "attack_s": statistics.median(attack)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9, help="warm analyses per precision (median)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--avx2-kernels", action="store_true",
+                        help="also run float32 with every kernel library held to AVX2 (a float32-only CPU's kernels)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -114,16 +172,22 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(caps))
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     rows = []
-    for precision in ["float32"] + (["bfloat16"] if caps["native_bfloat16"] else []):
+    runs = [("float32", {})] + ([("bfloat16", {})] if caps["native_bfloat16"] else [])
+    if args.avx2_kernels:
+        runs.append(("float32", AVX2_KERNELS))
+    for precision, env in runs:
         out = subprocess.run([sys.executable, __file__, "--child", precision, "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
+                             capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, **env})
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{precision:9s} first {row['first_s']:.3f} s, warm {row['warm_s']:.3f} s (min {row['warm_min_s']:.3f}), "
-              f"first/warm {row['first_over_warm']:.2f}, matmul {row['matmul_gflops']:.0f} GFLOP/s ("
-              f"{'/'.join(f'{r:.0f}' for r in row['matmul_gflops_all'])}), "
+        single = row["single_thread_s"]
+        print(f"{precision:9s} {row['kernels']:7s} first {row['first_s']:.3f} s, warm {row['warm_s']:.3f} s "
+              f"(min {row['warm_min_s']:.3f}), first/warm {row['first_over_warm']:.2f}, matmul "
+              f"{row['matmul_gflops']:.0f} GFLOP/s ({'/'.join(f'{r:.0f}' for r in row['matmul_gflops_all'])}), "
               f"{row['gflop_equivalents']:.0f} GFLOP-eq; stages "
-              + ", ".join(f"{k} {v:.3f}" for k, v in row["stages_s"].items()) + f"; load {row['load']:.2f}")
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["stages_s"].items())
+              + f"; one thread: sample loop {single['sample_loop_s']:.3f} s, attack {single['attack_s']:.3f} s; "
+              f"floor {row['floor_s']:.3f} s = {row['floor_gflop_equivalents']:.0f} GFLOP-eq; load {row['load']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"cpu": caps, "runs": rows}, indent=1) + "\n")
     return 0

@@ -33,6 +33,10 @@ class ModelLoadError(FViTError, ValueError):
     """A model could not be loaded (missing, corrupted, wrong architecture); the message says what to fix."""
 
 
+# What a model that returns NaN or infinity most likely has, and what to do about it.
+NON_FINITE_HINT = "its weights are probably corrupted (NaN or infinite); re-export or re-download the checkpoint"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for running out of memory (host MemoryError, or torch's CUDA/MPS out-of-memory error,
     a RuntimeError subclass): the user can fix it with a smaller batch, so it is not a bug.

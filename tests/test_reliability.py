@@ -439,6 +439,24 @@ def test_denoiser_with_nan_weights_is_named(tiny_pair) -> None:
     assert np.isfinite(result.fvit.clean.probs).all()
 
 
+def test_the_sample_loop_names_a_nan_denoiser_after_its_first_batch(tiny_pair) -> None:
+    """FaithfulViT.sample checks each denoised batch, so every caller (analyze, fvit eval and
+    certify, the notebook API) names the denoiser, and stops at the first batch."""
+    import copy
+
+    from fvit_core.method.faithful_vit import FaithfulViT
+    from fvit_core.runtime.strategy import Runtime
+
+    denoiser = copy.deepcopy(tiny_pair.denoiser)
+    denoiser.unet = _nan_copy(denoiser.unet, "conv_in")
+    calls = []
+    denoiser.unet.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    fvit = FaithfulViT(tiny_pair.classifier, denoiser, 0.25, runtime=Runtime(batch_size=2, parallel=False))
+    with pytest.raises(ModelLoadError, match="the denoiser returned NaN or infinite pixels for the noisy copies"):
+        fvit.sample(torch.rand(1, 3, 32, 32), 8, generator=torch.Generator().manual_seed(0))
+    assert calls == [2]  # one batch of 2 of the 4 batches, then the error
+
+
 def test_nan_weights_on_disk_are_refused_at_load_and_by_the_cli(tiny_pair_dir, tmp_path, capsys) -> None:
     from conftest import TINY_VIT_ARGS, make_tiny_vit
 

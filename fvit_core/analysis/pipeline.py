@@ -30,7 +30,7 @@ from fvit_core.analysis.result import AnalysisResult, FaithfulDetails, ImageView
 from fvit_core.attacks.registry import get_attack, run_attack
 from fvit_core.data.images import image_digest, prepare_image
 from fvit_core.data.pixels import check_pixels
-from fvit_core.errors import ModelLoadError, SettingError
+from fvit_core.errors import NON_FINITE_HINT, ModelLoadError, SettingError
 from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
 from fvit_core.method.denoise import check_schedule
 from fvit_core.method.faithful_vit import FaithfulViT
@@ -159,7 +159,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     t0 = timer.lap("prepare", t0)
 
     with torch.inference_mode():
-        _check_models_finite(pair, x, cfg)
+        _check_models_finite(pair, x)
         report("attack", 0.0)
         if _overlaps(cfg):
             # The clean estimates do not need the attack: on a CPU the attack runs on its own
@@ -399,20 +399,13 @@ def _plain(values: dict) -> dict:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
 
 
-_NON_FINITE_HINT = "its weights are probably corrupted (NaN or infinite); re-export or re-download the checkpoint"
-
-
-def _check_models_finite(pair: ModelPair, x: torch.Tensor, cfg: AnalysisConfig) -> None:
-    """One cheap forward pass of each model on the clean image before any work: a model that
-    returns NaN or infinity is named in the error instead of surfacing as a NaN metric later."""
+def _check_models_finite(pair: ModelPair, x: torch.Tensor) -> None:
+    """One cheap forward pass of the classifier on the clean image before any work: a classifier
+    that returns NaN or infinity is named in the error instead of surfacing as a NaN metric later.
+    The denoiser is checked on its first batch of draws (FaithfulViT.sample), which costs no
+    extra forward pass."""
     if not bool(torch.isfinite(pair.classifier(x)).all()):
-        raise ModelLoadError(f"the classifier returned NaN or infinite logits for this image: {_NON_FINITE_HINT}")
-    if cfg.mode != "rs" and pair.denoiser is not None:
-        from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-
-        t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
-        if not bool(torch.isfinite(one_shot_denoise(pair.denoiser, x, t_star)).all()):
-            raise ModelLoadError(f"the denoiser returned NaN or infinite pixels for this image: {_NON_FINITE_HINT}")
+        raise ModelLoadError(f"the classifier returned NaN or infinite logits for this image: {NON_FINITE_HINT}")
 
 
 def _check_smoothed_finite(outs: list[SmoothedOutput]) -> None:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fvit_core.data.pixels import check_pixels
-from fvit_core.errors import InputError, SettingError
+from fvit_core.errors import NON_FINITE_HINT, InputError, ModelLoadError, SettingError
 from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
@@ -278,6 +278,9 @@ class _Draw:
                 x = x + self.shared[job.sample_idx]
             inputs = base_input(self.denoiser, x.to(fvit.device), fvit.mode, fvit.t_star, fvit.multistep_steps,
                                 self.generator)
+            if fvit.mode != "rs" and not bool(torch.isfinite(inputs).all()):
+                # Named here, on the first batch, rather than as a NaN estimate after all of them.
+                raise ModelLoadError(f"the denoiser returned NaN or infinite pixels for the noisy copies: {NON_FINITE_HINT}")
             exp = explain(self.classifier, inputs.to(self.dtype), method=self.method, head_fusion=self.head_fusion)
             probs = torch.softmax(exp.logits.float(), dim=-1)
             firsts = {int(job.image_idx[row]): inputs[row].float().cpu().numpy()
