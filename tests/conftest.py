@@ -143,6 +143,15 @@ def tiny_pair_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _fresh_analysis_caches():
+    """Every test starts without cached attack stages or clean estimates (analysis.pipeline), so a
+    test that counts model calls does not depend on which tests ran before it."""
+    from fvit_core.analysis import pipeline
+
+    pipeline.clear_cache()
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tiny_pair_dir):
     """The tiny pair loaded back through load_pair (timm local-dir + diffusers from_pretrained)."""

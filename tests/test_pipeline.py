@@ -160,6 +160,46 @@ def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
     assert _strip(analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(again)
 
 
+def test_attack_settings_reuse_the_cached_clean_estimates(tiny_pair, monkeypatch):
+    """Changing only the attack smooths the attacked image alone, and gives what a fresh
+    analysis gives; any other setting, or clear_cache, smooths the clean image again."""
+    from fvit_core.analysis import pipeline
+    from fvit_core.method.faithful_vit import FaithfulViT
+
+    sizes = []
+    real = FaithfulViT.sample
+    monkeypatch.setattr(FaithfulViT, "sample", lambda self, images, n, **kw: sizes.append(len(images)) or
+                        real(self, images, n, **kw))
+    first = analyze(_image(seed=4), AnalysisConfig(**FAST), pair=tiny_pair)
+    assert sizes == [1, 1]  # clean, attacked
+    weaker = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)
+    other = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "attack": "fgsm", "steps": None}), pair=tiny_pair)
+    assert sizes == [1, 1, 1, 1]  # the attacked image only, twice
+    for result in (weaker, other):
+        np.testing.assert_array_equal(result.fvit.clean.attention, first.fvit.clean.attention)
+        np.testing.assert_array_equal(result.faithful.votes_clean, first.faithful.votes_clean)
+    assert weaker.attack["params"]["eps"] == pytest.approx(4 / 255) and other.attack["name"] == "fgsm"
+    pipeline.clear_cache()
+    fresh = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)
+    assert sizes == [1, 1, 1, 1, 1, 1] and _strip(fresh) == _strip(weaker)
+    # Any smoothing setting, the seed or another image: a miss.
+    for changed in ({"sigma": 0.5}, {"n_samples": 8}, {"seed": 9}, {"precision": "bfloat16"}):
+        analyze(_image(seed=4), AnalysisConfig(**{**FAST, **changed}), pair=tiny_pair)
+    analyze(_image(seed=8), AnalysisConfig(**FAST), pair=tiny_pair)
+    assert sizes == [1] * 6 + [1, 1] * 5
+    # A result's arrays never alias the cache.
+    weaker.faithful.votes_clean[:] = 0
+    weaker.fvit.clean.attention[:] = 0
+    assert _strip(analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)) == _strip(fresh)
+    assert len(sizes) == 17  # that last one was a hit again
+    attacks = []
+    real_attack = pipeline.run_attack
+    monkeypatch.setattr(pipeline, "run_attack", lambda *a, **kw: attacks.append(1) or real_attack(*a, **kw))
+    pipeline.clear_cache(attacks=False)  # the clean estimates only: the attack stays cached
+    assert _strip(analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)) == _strip(fresh)
+    assert len(sizes) == 19 and attacks == []
+
+
 def test_analyze_many_equals_separate_analyses(tiny_pair):
     from fvit_core.analysis import pipeline
     from fvit_core.analysis.pipeline import analyze_many

@@ -13,6 +13,7 @@ CPU the attack runs on a single-threaded worker while the clean image is sampled
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -112,8 +113,9 @@ def analyze(
 
     The attacked image and the vanilla ViT's views are cached per model, keyed by the image's
     digest and every setting they depend on (:func:`clear_cache`), so changing only smoothing
-    settings (sigma, N, mode, ...) skips the attack. The attack is seeded, so a cached result
-    is the one a fresh run would compute.
+    settings (sigma, N, mode, ...) skips the attack. The clean image's FViT estimates are cached
+    the same way, under every setting but the attack's, so changing only the attack smooths the
+    attacked image alone. Both are seeded, so a cached result is the one a fresh run would compute.
     """
     cfg = config or AnalysisConfig()
     return analyze_many(image, [cfg], pair=pair, progress=progress)[0]
@@ -166,7 +168,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
             # single-threaded worker while the clean samples are drawn (docs/PERFORMANCE.md).
             pending = _start_attack_stage(cfg, pair, x, digest, seeds, timer)
             t0 = time.perf_counter()
-            clean_outs = _smooth_stage(cfg, pair, x, None, seeds, report)
+            clean_outs = _clean_stage(cfg, pair, x, digest, seeds, report)
             report("attack", 0.5)
             stage = pending()
             outs = _smooth_stage(cfg, pair, x, stage.x_adv, seeds, report, clean_outs)
@@ -200,17 +202,56 @@ class _AttackStage:
 _ATTACK_STAGES: "ModelCache[_AttackStage]" = ModelCache(64)
 
 
-def clear_cache() -> None:
-    """Forget every cached attack stage (benchmarks time cold analyses with it)."""
-    _ATTACK_STAGES.clear()
+# The clean image's estimates of the last 16 images/settings per classifier: an analysis that
+# changes only the attack (the dashboard's attack controls) smooths the attacked image alone.
+_CLEAN_ESTIMATES: "ModelCache[list[SmoothedOutput]]" = ModelCache(16)
+
+# The settings that only the attack reads: the clean estimates are the same whatever they are.
+_ATTACK_FIELDS: frozenset[str] = frozenset({"attack", "eps", "steps", "attack_params"})
+
+
+def clear_cache(*, attacks: bool = True, clean_estimates: bool = True) -> None:
+    """Forget the cached attack stages and clean estimates, or one kind of them (benchmarks time
+    cold analyses, or a new sigma with the attack cached, with it)."""
+    if attacks:
+        _ATTACK_STAGES.clear()
+    if clean_estimates:
+        _CLEAN_ESTIMATES.clear()
 
 
 def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
     params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
-    denoiser = id(pair.denoiser) if pair.denoiser is not None else None
     # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
-    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, denoiser, str(pair.device),
+    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, *_models_key(pair))
+
+
+def _models_key(pair: ModelPair) -> tuple:
+    denoiser = id(pair.denoiser) if pair.denoiser is not None else None
+    return (denoiser, str(pair.device),
             weights_fingerprint(pair.classifier, *([pair.denoiser.unet] if pair.denoiser is not None else [])))
+
+
+def _clean_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
+    """Everything the clean estimates depend on: the image, every setting but the attack's (a
+    superset of what they read, so a hit is always what a fresh computation gives), the
+    precision the networks run in, and the models."""
+    settings = {name: value for name, value in cfg.to_dict().items() if name not in _ATTACK_FIELDS}
+    return (digest, seeds.image, json.dumps(settings, sort_keys=True, default=str),
+            resolve_precision(cfg.precision, pair.device, cfg.method), *_models_key(pair))
+
+
+def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
+                 report: ProgressFn) -> list[SmoothedOutput]:
+    """The clean image's estimates (:func:`_smooth_stage` without ``x_adv``), from the cache when
+    only the attack changed since they were computed. Copies go in and out, so results never
+    alias the cache."""
+    key = _clean_key(cfg, pair, digest, seeds)
+    cached = _CLEAN_ESTIMATES.get(pair.classifier, key)
+    if cached is not None:
+        return copy.deepcopy(cached)
+    outs = _smooth_stage(cfg, pair, x, None, seeds, report)
+    _CLEAN_ESTIMATES.put(pair.classifier, key, copy.deepcopy(outs))
+    return outs
 
 
 def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
