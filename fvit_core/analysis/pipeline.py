@@ -202,9 +202,10 @@ class _AttackStage:
 _ATTACK_STAGES: "ModelCache[_AttackStage]" = ModelCache(64)
 
 
-# The clean image's estimates of the last 16 images/settings per classifier: an analysis that
+# The clean image's estimates of the last 8 images/settings per classifier: an analysis that
 # changes only the attack (the dashboard's attack controls) smooths the attacked image alone.
-_CLEAN_ESTIMATES: "ModelCache[list[SmoothedOutput]]" = ModelCache(16)
+# Fewer entries than the attack stages: with the bootstrap, each keeps its N per-sample maps.
+_CLEAN_ESTIMATES: "ModelCache[list[SmoothedOutput]]" = ModelCache(8)
 
 # The settings that only the attack reads: the clean estimates are the same whatever they are.
 _ATTACK_FIELDS: frozenset[str] = frozenset({"attack", "eps", "steps", "attack_params"})
