@@ -320,7 +320,7 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
         totals, compute, drawing = [], [], []
         for i in range(repeats):
             sigma = (0.12, 0.5)[i % 2]
-            pipeline.clear_cache(attacks=False)  # a new sigma: its clean estimates are not cached yet
+            pipeline.clear_cache(attacks=False)  # a new sigma: its estimates are not cached yet
             start = time.perf_counter()
             result = analyze(image, AnalysisConfig(sigma=sigma, **extra), pair=pair)
             mid = time.perf_counter()
@@ -344,8 +344,7 @@ def section_attack_change(rep: Report, pair: ModelPair, image: np.ndarray, repea
         analyze(image, AnalysisConfig(**extra), pair=pair)  # this image's clean estimates are now cached
         totals, compute, drawing = [], [], []
         for i in range(repeats):
-            eps = (4 / 255, 6 / 255)[i % 2]
-            pipeline.clear_cache(clean_estimates=False)  # a new attack: crafted afresh
+            eps = (3 + i) / 255  # a new attack every time: crafted and its image smoothed afresh
             start = time.perf_counter()
             result = analyze(image, AnalysisConfig(eps=eps, **extra), pair=pair)
             mid = time.perf_counter()

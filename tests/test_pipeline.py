@@ -160,44 +160,64 @@ def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
     assert _strip(analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(again)
 
 
-def test_attack_settings_reuse_the_cached_clean_estimates(tiny_pair, monkeypatch):
-    """Changing only the attack smooths the attacked image alone, and gives what a fresh
-    analysis gives; any other setting, or clear_cache, smooths the clean image again."""
+def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(tiny_pair, monkeypatch):
+    """Changing only the attack smooths the attacked image alone; changing only settings computed
+    from the estimates smooths nothing; both give what a fresh analysis gives. Any smoothing
+    setting, the seed, another image or clear_cache smooths again."""
     from fvit_core.analysis import pipeline
     from fvit_core.method.faithful_vit import FaithfulViT
 
-    sizes = []
-    real = FaithfulViT.sample
+    sizes, attacks = [], []
+    real_sample, real_attack = FaithfulViT.sample, pipeline.run_attack
     monkeypatch.setattr(FaithfulViT, "sample", lambda self, images, n, **kw: sizes.append(len(images)) or
-                        real(self, images, n, **kw))
-    first = analyze(_image(seed=4), AnalysisConfig(**FAST), pair=tiny_pair)
-    assert sizes == [1, 1]  # clean, attacked
-    weaker = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)
-    other = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "attack": "fgsm", "steps": None}), pair=tiny_pair)
-    assert sizes == [1, 1, 1, 1]  # the attacked image only, twice
+                        real_sample(self, images, n, **kw))
+    monkeypatch.setattr(pipeline, "run_attack", lambda *a, **kw: attacks.append(1) or real_attack(*a, **kw))
+
+    def run(**changed):
+        before = len(sizes), len(attacks)
+        result = analyze(_image(seed=4), AnalysisConfig(**{**FAST, **changed}), pair=tiny_pair)
+        return result, len(sizes) - before[0], len(attacks) - before[1]
+
+    def fresh(**changed):
+        pipeline.clear_cache()
+        return run(**changed)[0]
+
+    first, smoothed, attacked = run()
+    assert (smoothed, attacked) == (2, 1)  # clean, attacked; one attack
+    weaker, smoothed, attacked = run(eps=4 / 255)
+    assert (smoothed, attacked) == (1, 1)  # the attacked image only
+    other, smoothed, attacked = run(attack="fgsm", steps=None)
+    assert (smoothed, attacked) == (1, 1) and other.attack["name"] == "fgsm"
     for result in (weaker, other):
         np.testing.assert_array_equal(result.fvit.clean.attention, first.fvit.clean.attention)
         np.testing.assert_array_equal(result.faithful.votes_clean, first.faithful.votes_clean)
-    assert weaker.attack["params"]["eps"] == pytest.approx(4 / 255) and other.attack["name"] == "fgsm"
-    pipeline.clear_cache()
-    fresh = analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)
-    assert sizes == [1, 1, 1, 1, 1, 1] and _strip(fresh) == _strip(weaker)
-    # Any smoothing setting, the seed or another image: a miss.
-    for changed in ({"sigma": 0.5}, {"n_samples": 8}, {"seed": 9}, {"precision": "bfloat16"}):
-        analyze(_image(seed=4), AnalysisConfig(**{**FAST, **changed}), pair=tiny_pair)
-    analyze(_image(seed=8), AnalysisConfig(**FAST), pair=tiny_pair)
-    assert sizes == [1] * 6 + [1, 1] * 5
+    assert _strip(fresh(eps=4 / 255)) == _strip(weaker)
+    assert _strip(fresh(attack="fgsm", steps=None)) == _strip(other)
+    # Settings computed from the estimates alone: no smoothing and no attack.
+    run()
+    for changed in ({"k": 3}, {"beta": 0.75}, {"confidence_alpha": 0.01}, {"renyi_alpha": 3.0},
+                    {"sensitivity_samples": 2}):
+        cached, smoothed, attacked = run(**changed)
+        # The sensitivity check smooths its own perturbed copies, never cached.
+        assert (smoothed, attacked) == (1 if "sensitivity_samples" in changed else 0, 0), changed
+        assert _strip(fresh(**changed)) == _strip(cached), changed
+        run()
+    # Any smoothing setting, the seed or another image: both estimates again.
+    for changed in ({"sigma": 0.5}, {"n_samples": 8}, {"seed": 9}, {"precision": "bfloat16"}, {"method": "rollout"},
+                    {"noise_floor": False}, {"noise_floor_estimator": "independent"}):
+        assert run(**changed)[1] == 2, changed
+    assert analyze(_image(seed=8), AnalysisConfig(**FAST), pair=tiny_pair) is not None and sizes[-2:] == [1, 1]
     # A result's arrays never alias the cache.
+    weaker = run(eps=4 / 255)[0]
     weaker.faithful.votes_clean[:] = 0
     weaker.fvit.clean.attention[:] = 0
-    assert _strip(analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)) == _strip(fresh)
-    assert len(sizes) == 17  # that last one was a hit again
-    attacks = []
-    real_attack = pipeline.run_attack
-    monkeypatch.setattr(pipeline, "run_attack", lambda *a, **kw: attacks.append(1) or real_attack(*a, **kw))
-    pipeline.clear_cache(attacks=False)  # the clean estimates only: the attack stays cached
-    assert _strip(analyze(_image(seed=4), AnalysisConfig(**{**FAST, "eps": 4 / 255}), pair=tiny_pair)) == _strip(fresh)
-    assert len(sizes) == 19 and attacks == []
+    weaker.fvit.attacked.attention[:] = 0
+    again, smoothed, attacked = run(eps=4 / 255)
+    assert (smoothed, attacked) == (0, 0) and _strip(again) == _strip(fresh(eps=4 / 255))
+    # clear_cache(attacks=False) forgets the estimates and keeps the attack.
+    run()
+    pipeline.clear_cache(attacks=False)
+    assert run()[1:] == (2, 0)
 
 
 def test_analyze_many_equals_separate_analyses(tiny_pair):

@@ -113,9 +113,10 @@ def analyze(
 
     The attacked image and the vanilla ViT's views are cached per model, keyed by the image's
     digest and every setting they depend on (:func:`clear_cache`), so changing only smoothing
-    settings (sigma, N, mode, ...) skips the attack. The clean image's FViT estimates are cached
-    the same way, under every setting but the attack's, so changing only the attack smooths the
-    attacked image alone. Both are seeded, so a cached result is the one a fresh run would compute.
+    settings (sigma, N, mode, ...) skips the attack. The FViT estimates are cached the same way:
+    changing only the attack smooths the attacked image alone, and changing only settings computed
+    from the estimates (k, beta, confidence_alpha, renyi_alpha, the sensitivity check) smooths
+    nothing. Everything is seeded, so a cached result is the one a fresh run would compute.
     """
     cfg = config or AnalysisConfig()
     return analyze_many(image, [cfg], pair=pair, progress=progress)[0]
@@ -171,7 +172,7 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
             clean_outs = _clean_stage(cfg, pair, x, digest, seeds, report)
             report("attack", 0.5)
             stage = pending()
-            outs = _smooth_stage(cfg, pair, x, stage.x_adv, seeds, report, clean_outs)
+            outs = _attacked_stage(cfg, pair, x, stage.x_adv, digest, seeds, report, clean_outs)
         else:
             stage = _start_attack_stage(cfg, pair, x, digest, seeds, timer)()
             t0 = time.perf_counter()
@@ -202,22 +203,28 @@ class _AttackStage:
 _ATTACK_STAGES: "ModelCache[_AttackStage]" = ModelCache(64)
 
 
-# The clean image's estimates of the last 8 images/settings per classifier: an analysis that
-# changes only the attack (the dashboard's attack controls) smooths the attacked image alone.
-# Fewer entries than the attack stages: with the bootstrap, each keeps its N per-sample maps.
-_CLEAN_ESTIMATES: "ModelCache[list[SmoothedOutput]]" = ModelCache(8)
+# The FViT estimates of the last images/settings per classifier (clean and attacked entries, 8
+# of each on average): an analysis that changes only the attack smooths the attacked image alone,
+# and one that changes only what is computed from the estimates (k, beta, the confidence and
+# Renyi levels, the sensitivity check) smooths nothing. Fewer entries than the attack stages:
+# with the bootstrap, each keeps its N per-sample maps.
+_ESTIMATES: "ModelCache[list[SmoothedOutput]]" = ModelCache(16)
 
-# The settings that only the attack reads: the clean estimates are the same whatever they are.
+# Settings that only the attack reads: the clean estimates are the same whatever they are.
 _ATTACK_FIELDS: frozenset[str] = frozenset({"attack", "eps", "steps", "attack_params"})
+# Settings that no smoothing call of the overlapping path reads (pipeline._overlaps: no early
+# stopping, whose rule reads k): the metrics, certificates and sensitivity stage, computed afresh.
+_ESTIMATE_FREE_FIELDS: frozenset[str] = frozenset({"k", "beta", "confidence_alpha", "renyi_alpha",
+                                                   "sensitivity_samples", "sensitivity_radius", "sensitivity_norm"})
 
 
-def clear_cache(*, attacks: bool = True, clean_estimates: bool = True) -> None:
-    """Forget the cached attack stages and clean estimates, or one kind of them (benchmarks time
-    cold analyses, or a new sigma with the attack cached, with it)."""
+def clear_cache(*, attacks: bool = True, estimates: bool = True) -> None:
+    """Forget the cached attack stages and FViT estimates, or one kind of them (benchmarks time
+    cold analyses, a new sigma with the attack cached, or a new attack, with it)."""
     if attacks:
         _ATTACK_STAGES.clear()
-    if clean_estimates:
-        _CLEAN_ESTIMATES.clear()
+    if estimates:
+        _ESTIMATES.clear()
 
 
 def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
@@ -232,27 +239,43 @@ def _models_key(pair: ModelPair) -> tuple:
             weights_fingerprint(pair.classifier, *([pair.denoiser.unet] if pair.denoiser is not None else [])))
 
 
-def _clean_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
-    """Everything the clean estimates depend on: the image, every setting but the attack's (a
-    superset of what they read, so a hit is always what a fresh computation gives), the
-    precision the networks run in, and the models."""
-    settings = {name: value for name, value in cfg.to_dict().items() if name not in _ATTACK_FIELDS}
+def _estimates_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
+    """What the clean estimates of the overlapping path depend on: the image, every setting but
+    the attack's and the estimate-free ones (a superset of what the smoothing calls read, so a hit
+    is always what a fresh computation gives), the precision the networks run in, and the models."""
+    assert _overlaps(cfg), "only the overlapping path's estimates are cached"
+    skip = _ATTACK_FIELDS | _ESTIMATE_FREE_FIELDS
+    settings = {name: value for name, value in cfg.to_dict().items() if name not in skip}
     return (digest, seeds.image, json.dumps(settings, sort_keys=True, default=str),
             resolve_precision(cfg.precision, pair.device, cfg.method), *_models_key(pair))
 
 
-def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
-                 report: ProgressFn) -> list[SmoothedOutput]:
-    """The clean image's estimates (:func:`_smooth_stage` without ``x_adv``), from the cache when
-    only the attack changed since they were computed. Copies go in and out, so results never
+def _cached_estimates(pair: ModelPair, key: tuple, compute: Callable[[], list[SmoothedOutput]]) -> list[SmoothedOutput]:
+    """``compute()``, or its cached value under ``key``. Copies go in and out, so results never
     alias the cache."""
-    key = _clean_key(cfg, pair, digest, seeds)
-    cached = _CLEAN_ESTIMATES.get(pair.classifier, key)
+    cached = _ESTIMATES.get(pair.classifier, key)
     if cached is not None:
         return copy.deepcopy(cached)
-    outs = _smooth_stage(cfg, pair, x, None, seeds, report)
-    _CLEAN_ESTIMATES.put(pair.classifier, key, copy.deepcopy(outs))
+    outs = compute()
+    _ESTIMATES.put(pair.classifier, key, copy.deepcopy(outs))
     return outs
+
+
+def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
+                 report: ProgressFn) -> list[SmoothedOutput]:
+    """The clean image's estimates (:func:`_smooth_stage` without ``x_adv``), cached."""
+    return _cached_estimates(pair, ("clean", *_estimates_key(cfg, pair, digest, seeds)),
+                             lambda: _smooth_stage(cfg, pair, x, None, seeds, report))
+
+
+def _attacked_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor, digest: str,
+                    seeds: ImageSeeds, report: ProgressFn, clean_outs: list[SmoothedOutput]) -> list[SmoothedOutput]:
+    """[clean, attacked(, clean again)] (:func:`_smooth_stage` with ``x_adv``), the attacked
+    estimate cached under the clean estimates' key and the attack's settings (which, with the
+    seed and the image, determine ``x_adv``: the attack stage's key)."""
+    key = ("attacked", *_estimates_key(cfg, pair, digest, seeds), *_attack_key(cfg, pair, digest, seeds))
+    attacked = _cached_estimates(pair, key, lambda: _smooth_stage(cfg, pair, x, x_adv, seeds, report, [None])[1:2])
+    return [clean_outs[0], *attacked, *clean_outs[1:]]
 
 
 def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
