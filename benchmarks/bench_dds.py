@@ -313,24 +313,36 @@ def _figures_time(result) -> float | None:
     return time.perf_counter() - start
 
 
-def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
+def _dashboard_changes(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int, name: str,
+                       change: Callable[[int], dict]) -> list[list]:
+    """Rows of (settings, median s, analyze, figures) for ``repeats`` analyses of ``image`` with
+    ``change(i)`` applied (a setting the dashboard changes), after one analysis that fills the
+    caches, as the dashboard's previous result did."""
     rows = []
     for label, extra in (("default (auto precision, bootstrap floor)", {}), ("careful (float32, independent floor)", CAREFUL)):
-        analyze(image, AnalysisConfig(**extra), pair=pair)  # the attack for this image is now cached
+        analyze(image, AnalysisConfig(**extra), pair=pair)
         totals, compute, drawing = [], [], []
         for i in range(repeats):
-            sigma = (0.12, 0.5)[i % 2]
-            pipeline.clear_cache(attacks=False)  # a new sigma: its estimates are not cached yet
+            config = AnalysisConfig(**{**extra, **change(i)})
             start = time.perf_counter()
-            result = analyze(image, AnalysisConfig(sigma=sigma, **extra), pair=pair)
+            result = analyze(image, config, pair=pair)
             mid = time.perf_counter()
             fig = _figures_time(result)
             totals.append(time.perf_counter() - start)
             compute.append(mid - start)
             drawing.append(fig or 0.0)
-        rep.numbers[f"slider_{label.split()[0]}"] = median(totals)
+        rep.numbers[f"{name}_{label.split()[0]}"] = median(totals)
         rows.append([label, f"{median(totals):.3f}", f"{median(compute):.3f}",
                      f"{median(drawing):.3f}" if fig is not None else "report absent"])
+    return rows
+
+
+def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
+    def new_sigma(i: int) -> dict:
+        pipeline.clear_cache(attacks=False)  # a new sigma: its estimates are not cached yet, the attack is
+        return {"sigma": (0.12, 0.5)[i % 2]}
+
+    rows = _dashboard_changes(rep, pair, image, repeats, "slider", new_sigma)
     rep.table("Dashboard: sigma slider change to updated figures (N = 64; attack cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="Same code path as the app's server side: pipeline.analyze, then the Compare page's two "
@@ -339,22 +351,13 @@ def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int
 
 
 def section_attack_change(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
-    rows = []
-    for label, extra in (("default (auto precision, bootstrap floor)", {}), ("careful (float32, independent floor)", CAREFUL)):
-        analyze(image, AnalysisConfig(**extra), pair=pair)  # this image's clean estimates are now cached
-        totals, compute, drawing = [], [], []
-        for i in range(repeats):
-            eps = (3 + i) / 255  # a new attack every time: crafted and its image smoothed afresh
-            start = time.perf_counter()
-            result = analyze(image, AnalysisConfig(eps=eps, **extra), pair=pair)
-            mid = time.perf_counter()
-            fig = _figures_time(result)
-            totals.append(time.perf_counter() - start)
-            compute.append(mid - start)
-            drawing.append(fig or 0.0)
-        rep.numbers[f"attack_change_{label.split()[0]}"] = median(totals)
-        rows.append([label, f"{median(totals):.3f}", f"{median(compute):.3f}",
-                     f"{median(drawing):.3f}" if fig is not None else "report absent"])
+    def new_eps(i: int) -> dict:
+        # A new eps every time, with no attack cached (the other settings' run crafted these too):
+        # the attack crafted and its image smoothed afresh, the clean estimates cached.
+        pipeline.clear_cache(estimates=False)
+        return {"eps": (3 + i) / 255}
+
+    rows = _dashboard_changes(rep, pair, image, repeats, "attack_change", new_eps)
     rep.table("Dashboard: attack change (eps) to updated figures (N = 64; clean estimates cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="The attack is crafted afresh and the attacked image smoothed; the clean image's estimates come "
