@@ -17,6 +17,7 @@ What it measures, all in one process on the default pair (models.load_pair("defa
 - the dashboard's slider change: analyze at a new sigma (attack cached) + the Compare page's
   figures rendered to PNG through fvit_core.report (if present);
 - the dashboard's attack change: analyze at a new eps (clean estimates cached) + the same figures;
+- the dashboard's k change: analyze at a new k (attack and estimates cached) + the same figures;
 - batch evaluation (fvit eval) images/s and certification (fvit certify) samples/s;
 - peak memory, and memory against N (fresh subprocesses);
 - a straightforward reference implementation in the same run: one sample at a time, attention
@@ -364,6 +365,15 @@ def section_attack_change(rep: Report, pair: ModelPair, image: np.ndarray, repea
                    "from pipeline.analyze's cache, as when the dashboard's attack controls change.")
 
 
+def section_k_change(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
+    rows = _dashboard_changes(rep, pair, image, repeats, "k_change", lambda i: {"k": 4 + i % 8})
+    rep.table("Dashboard: k slider change to updated figures (N = 64; attack and estimates cached)",
+              ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
+              note="No setting a smoothing call reads changed, so pipeline.analyze reuses both images' estimates and "
+                   "recomputes the metrics, noise floor and certificates at the new k (the same numbers as a fresh "
+                   "analysis: tests/test_pipeline.py).")
+
+
 def section_batch(rep: Report, images_dir: Path, count: int) -> None:
     from fvit_core.batch.certification import CertifyConfig, run_certify
     from fvit_core.batch.evaluate import EvalConfig, run_eval
@@ -636,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": lambda: section_sweep(rep, pair, image, repeats),
         "slider": lambda: section_slider(rep, pair, image, repeats),
         "attack_change": lambda: section_attack_change(rep, pair, image, repeats),
+        "k_change": lambda: section_k_change(rep, pair, image, repeats),
         "reference": lambda: section_reference(rep, pair, image, repeats),
         "accuracy": lambda: section_accuracy(rep, pair, count),
         "early_stop": lambda: section_early_stop(rep, pair, max(count // 2, 3)),
