@@ -172,7 +172,8 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
             clean_outs = _clean_stage(cfg, pair, x, digest, seeds, report)
             report("attack", 0.5)
             stage = pending()
-            outs = _attacked_stage(cfg, pair, x, stage.x_adv, digest, seeds, report, clean_outs)
+            attacked = _attacked_stage(cfg, pair, stage.x_adv, digest, seeds, report)
+            outs = [clean_outs[0], *attacked, *clean_outs[1:]]  # [clean, attacked(, clean again)]
         else:
             stage = _start_attack_stage(cfg, pair, x, digest, seeds, timer)()
             t0 = time.perf_counter()
@@ -263,19 +264,18 @@ def _cached_estimates(pair: ModelPair, key: tuple, compute: Callable[[], list[Sm
 
 def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
                  report: ProgressFn) -> list[SmoothedOutput]:
-    """The clean image's estimates (:func:`_smooth_stage` without ``x_adv``), cached."""
+    """The clean image's estimates (:func:`_smooth_clean`), cached."""
     return _cached_estimates(pair, ("clean", *_estimates_key(cfg, pair, digest, seeds)),
-                             lambda: _smooth_stage(cfg, pair, x, None, seeds, report))
+                             lambda: _smooth_clean(cfg, pair, x, seeds, report))
 
 
-def _attacked_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor, digest: str,
-                    seeds: ImageSeeds, report: ProgressFn, clean_outs: list[SmoothedOutput]) -> list[SmoothedOutput]:
-    """[clean, attacked(, clean again)] (:func:`_smooth_stage` with ``x_adv``), the attacked
-    estimate cached under the clean estimates' key and the attack's settings (which, with the
-    seed and the image, determine ``x_adv``: the attack stage's key)."""
+def _attacked_stage(cfg: AnalysisConfig, pair: ModelPair, x_adv: torch.Tensor, digest: str, seeds: ImageSeeds,
+                    report: ProgressFn) -> list[SmoothedOutput]:
+    """The attacked image's estimate (:func:`_smooth_attacked`), cached under the clean
+    estimates' key and the attack stage's (which, with the seed and the image, determines
+    ``x_adv``)."""
     key = ("attacked", *_estimates_key(cfg, pair, digest, seeds), *_attack_key(cfg, pair, digest, seeds))
-    attacked = _cached_estimates(pair, key, lambda: _smooth_stage(cfg, pair, x, x_adv, seeds, report, [None])[1:2])
-    return [clean_outs[0], *attacked, *clean_outs[1:]]
+    return _cached_estimates(pair, key, lambda: _smooth_attacked(cfg, pair, x_adv, seeds, report))
 
 
 def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
@@ -337,23 +337,23 @@ def _sample_kwargs(cfg: AnalysisConfig, report: ProgressFn, start: float, span: 
                 progress=lambda done, total: report("smoothing", start + span * done / total))
 
 
-def _smooth_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor | None,
-                  seeds: ImageSeeds, report: ProgressFn, clean_outs: list[SmoothedOutput] | None = None
-                  ) -> list[SmoothedOutput]:
-    """The two-call path (_overlaps). Without ``x_adv``: [clean] or, with the independent noise
-    floor, [clean, clean again], from the "clean" stage's generator. With it: the full
-    [clean, attacked(, clean again)], the attacked estimate drawing from the "attacked" stage's
-    generator (independent of the clean draws, whatever their count). As fvit eval does."""
-    floor_batch = cfg.second_estimate
-    if x_adv is None:
-        batch = torch.cat([x, x] if floor_batch else [x]).cpu()
-        return faithful_vit(cfg, pair).sample(batch, cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
-                                              **_sample_kwargs(cfg, report, 0.1, 0.5))
+def _smooth_clean(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, seeds: ImageSeeds,
+                  report: ProgressFn) -> list[SmoothedOutput]:
+    """The two-call path's first call (_overlaps): [clean] or, with the independent noise floor,
+    [clean, clean again], from the "clean" stage's generator."""
+    batch = torch.cat([x, x] if cfg.second_estimate else [x]).cpu()
+    return faithful_vit(cfg, pair).sample(batch, cfg.n_samples, generator=seeds.generator("clean", *_smoothing_parts(cfg)),
+                                          **_sample_kwargs(cfg, report, 0.1, 0.5))
+
+
+def _smooth_attacked(cfg: AnalysisConfig, pair: ModelPair, x_adv: torch.Tensor, seeds: ImageSeeds,
+                     report: ProgressFn) -> list[SmoothedOutput]:
+    """The two-call path's second call: [attacked], from the "attacked" stage's generator
+    (independent of the clean draws, whatever their count). As fvit eval does."""
     generator = seeds.generator("attacked", *_smoothing_parts(cfg),
                                 *attack_parts(cfg.attack, get_attack(cfg.attack).resolve(cfg.attack_arguments())))
-    attacked = faithful_vit(cfg, pair).sample(x_adv.cpu(), cfg.n_samples, generator=generator,
-                                              **_sample_kwargs(cfg, report, 0.6, 0.35))
-    return [clean_outs[0], attacked[0], *clean_outs[1:]]
+    return faithful_vit(cfg, pair).sample(x_adv.cpu(), cfg.n_samples, generator=generator,
+                                          **_sample_kwargs(cfg, report, 0.6, 0.35))
 
 
 def _smoothing_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, x_adv: torch.Tensor,
