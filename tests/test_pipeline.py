@@ -156,6 +156,17 @@ def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
     pipeline.clear_cache()
     again = analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)
     assert len(calls) == 4 and _strip(again) == _strip(first)
+    # Another explanation method explains the same attacked image; the topk attack reads the
+    # method, so it attacks again.
+    rollout = analyze(_image(seed=5), AnalysisConfig(**{**FAST, "method": "rollout"}), pair=tiny_pair)
+    assert len(calls) == 4
+    np.testing.assert_array_equal(rollout.attacked_image, first.attacked_image)
+    pipeline.clear_cache()
+    assert _strip(analyze(_image(seed=5), AnalysisConfig(**{**FAST, "method": "rollout"}), pair=tiny_pair)) == _strip(rollout)
+    assert len(calls) == 5
+    for method in ("raw", "rollout"):
+        analyze(_image(seed=5), AnalysisConfig(**{**FAST, "attack": "topk", "method": method}), pair=tiny_pair)
+    assert len(calls) == 7
     first.attacked_image[:] = 0  # a result's arrays never alias the cache
     assert _strip(analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(again)
 

@@ -113,7 +113,9 @@ def analyze(
 
     The attacked image and the vanilla ViT's views are cached per model, keyed by the image's
     digest and every setting they depend on (:func:`clear_cache`), so changing only smoothing
-    settings (sigma, N, mode, ...) skips the attack. The FViT estimates are cached the same way:
+    settings (sigma, N, mode, ...) skips the attack, and changing only the explanation method
+    explains the cached attacked image (unless the attack reads the method, as ``topk`` does).
+    The FViT estimates are cached the same way:
     changing only the attack smooths the attacked image alone, and changing only settings computed
     from the estimates (k, beta, confidence_alpha, renyi_alpha, the sensitivity check) smooths
     nothing. Everything is seeded, so a cached result is the one a fresh run would compute.
@@ -202,6 +204,9 @@ class _AttackStage:
 
 # The attack stages of the last 64 images/settings per classifier (a few MB): the slider path.
 _ATTACK_STAGES: "ModelCache[_AttackStage]" = ModelCache(64)
+# Their attacked images, whatever the explanation method: a method change explains the cached
+# attacked image instead of attacking again (unless the attack reads the method: topk).
+_ADVERSARIAL: "ModelCache[torch.Tensor]" = ModelCache(64)
 
 
 # The FViT estimates of the last images/settings per classifier (clean and attacked entries, 8
@@ -224,14 +229,24 @@ def clear_cache(*, attacks: bool = True, estimates: bool = True) -> None:
     cold analyses, a new sigma with the attack cached, or a new attack, with it)."""
     if attacks:
         _ATTACK_STAGES.clear()
+        _ADVERSARIAL.clear()
     if estimates:
         _ESTIMATES.clear()
 
 
-def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
+def _adversarial_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
+    """What the attacked image depends on: the image, the attack with its resolved parameters
+    (which include the explanation settings when the attack reads them: registry.attack_arguments),
+    the seed and the models."""
     params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
     # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
-    return (digest, seeds.image, cfg.attack, params, cfg.seed, cfg.method, cfg.head_fusion, *_models_key(pair))
+    return (digest, seeds.image, cfg.attack, params, cfg.seed, *_models_key(pair))
+
+
+def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
+    """What the attack stage depends on: the attacked image's key, and the explanation settings
+    of the vanilla views."""
+    return (*_adversarial_key(cfg, pair, digest, seeds), cfg.method, cfg.head_fusion)
 
 
 def _models_key(pair: ModelPair) -> tuple:
@@ -297,10 +312,15 @@ def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, d
         timer.parts.setdefault("attack", 0.0)
         return lambda: stage
 
+    adversarial_key = _adversarial_key(cfg, pair, digest, seeds)
+
     def compute() -> _AttackStage:
         t0 = time.perf_counter()
-        x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
-                           seed=_attack_seed(cfg, seeds))
+        x_adv = _ADVERSARIAL.get(pair.classifier, adversarial_key)
+        if x_adv is None:
+            x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
+                               seed=_attack_seed(cfg, seeds))
+            _ADVERSARIAL.put(pair.classifier, adversarial_key, x_adv)
         t0 = timer.lap("attack", t0)
         with torch.inference_mode():
             att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
