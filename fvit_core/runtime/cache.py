@@ -1,9 +1,10 @@
-"""Runtime strategy: results cached per model, for the dashboard's slider path.
+"""Runtime strategy: results cached per model, for the dashboard's sliders and selectors.
 
 A :class:`ModelCache` keeps the last results computed with a model (an LRU per model, forgotten
 with the model). Callers key entries by everything the result depends on, including
 :func:`runtime.precision.weights_fingerprint`, so a cached result is always the one a fresh
-computation would give (the analysis caches its seeded attack stage: tests/test_pipeline.py).
+computation would give (the analysis caches its seeded attack stages, attacked images and FViT
+estimates: tests/test_pipeline.py).
 """
 
 from __future__ import annotations
