@@ -225,8 +225,9 @@ _ESTIMATE_FREE_FIELDS: frozenset[str] = frozenset({"k", "beta", "confidence_alph
 
 
 def clear_cache(*, attacks: bool = True, estimates: bool = True) -> None:
-    """Forget the cached attack stages and FViT estimates, or one kind of them (benchmarks time
-    cold analyses, a new sigma with the attack cached, or a new attack, with it)."""
+    """Forget the cached attacks (attack stages and their attacked images) and FViT estimates, or
+    one kind of them (benchmarks time cold analyses, a new sigma with the attack cached, or a new
+    attack, with it)."""
     if attacks:
         _ATTACK_STAGES.clear()
         _ADVERSARIAL.clear()
