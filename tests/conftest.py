@@ -145,8 +145,8 @@ def tiny_pair_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_analysis_caches():
-    """Every test starts without cached attack stages or clean estimates (analysis.pipeline), so a
-    test that counts model calls does not depend on which tests ran before it."""
+    """Every test starts without cached attacks or FViT estimates (analysis.pipeline), so a test
+    that counts model calls does not depend on which tests ran before it."""
     from fvit_core.analysis import pipeline
 
     pipeline.clear_cache()

@@ -115,10 +115,10 @@ def analyze(
     digest and every setting they depend on (:func:`clear_cache`), so changing only smoothing
     settings (sigma, N, mode, ...) skips the attack, and changing only the explanation method
     explains the cached attacked image (unless the attack reads the method, as ``topk`` does).
-    The FViT estimates are cached the same way:
-    changing only the attack smooths the attacked image alone, and changing only settings computed
-    from the estimates (k, beta, confidence_alpha, renyi_alpha, the sensitivity check) smooths
-    nothing. Everything is seeded, so a cached result is the one a fresh run would compute.
+    The FViT estimates are cached the same way: changing only the attack smooths the attacked
+    image alone, and changing only settings computed from the estimates (k, beta,
+    confidence_alpha, renyi_alpha, the sensitivity check) smooths nothing. Everything is seeded,
+    so a cached result is the one a fresh run would compute.
     """
     cfg = config or AnalysisConfig()
     return analyze_many(image, [cfg], pair=pair, progress=progress)[0]
@@ -163,21 +163,23 @@ def _analyze_one(image: np.ndarray | torch.Tensor, cfg: AnalysisConfig, pair: Mo
     digest = image_digest(prepared)
     t0 = timer.lap("prepare", t0)
 
+    keys = _CacheKeys.of(cfg, pair, digest, seeds)
+
     with torch.inference_mode():
         _check_models_finite(pair, x)
         report("attack", 0.0)
         if _overlaps(cfg):
             # The clean estimates do not need the attack: on a CPU the attack runs on its own
             # single-threaded worker while the clean samples are drawn (docs/PERFORMANCE.md).
-            pending = _start_attack_stage(cfg, pair, x, digest, seeds, timer)
+            pending = _start_attack_stage(cfg, pair, x, keys, seeds, timer)
             t0 = time.perf_counter()
-            clean_outs = _clean_stage(cfg, pair, x, digest, seeds, report)
+            clean_outs = _clean_stage(cfg, pair, x, keys, seeds, report)
             report("attack", 0.5)
             stage = pending()
-            attacked = _attacked_stage(cfg, pair, stage.x_adv, digest, seeds, report)
+            attacked = _attacked_stage(cfg, pair, stage.x_adv, keys, seeds, report)
             outs = [clean_outs[0], *attacked, *clean_outs[1:]]  # [clean, attacked(, clean again)]
         else:
-            stage = _start_attack_stage(cfg, pair, x, digest, seeds, timer)()
+            stage = _start_attack_stage(cfg, pair, x, keys, seeds, timer)()
             t0 = time.perf_counter()
             outs = _smoothing_stage(cfg, pair, x, stage.x_adv, seeds, report)
         _check_smoothed_finite(outs)
@@ -235,36 +237,43 @@ def clear_cache(*, attacks: bool = True, estimates: bool = True) -> None:
         _ESTIMATES.clear()
 
 
-def _adversarial_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
-    """What the attacked image depends on: the image, the attack with its resolved parameters
-    (which include the explanation settings when the attack reads them: registry.attack_arguments),
-    the seed and the models."""
-    params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
-    # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
-    return (digest, seeds.image, cfg.attack, params, cfg.seed, *_models_key(pair))
+@dataclass(frozen=True)
+class _CacheKeys:
+    """The cache keys of one analysis, derived once (the weights' fingerprint walks every tensor).
 
+    - ``adversarial``: what the attacked image depends on: the image, the attack with its resolved
+      parameters (which hold the explanation settings when the attack reads them:
+      registry.attack_arguments), the seed and the models;
+    - ``attack``: the attack stage's: that, and the explanation settings of the vanilla views;
+    - ``estimates``: what the FViT estimates of the overlapping path depend on: the image, every
+      setting but the attack's and the estimate-free ones (a superset of what the smoothing calls
+      read, so a hit is always what a fresh computation gives), the precision the networks run
+      in, and the models. None off that path (_overlaps), whose estimates are not cached.
+    """
 
-def _attack_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
-    """What the attack stage depends on: the attacked image's key, and the explanation settings
-    of the vanilla views."""
-    return (*_adversarial_key(cfg, pair, digest, seeds), cfg.method, cfg.head_fusion)
+    adversarial: tuple
+    attack: tuple
+    estimates: tuple | None
+
+    @classmethod
+    def of(cls, cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> "_CacheKeys":
+        models = _models_key(pair)
+        params = json.dumps(_plain(get_attack(cfg.attack).resolve(cfg.attack_arguments())), sort_keys=True, default=str)
+        # seeds.image: two decoded images that prepare to the same pixels still get their own seeds.
+        adversarial = (digest, seeds.image, cfg.attack, params, cfg.seed, *models)
+        estimates = None
+        if _overlaps(cfg):
+            skip = _ATTACK_FIELDS | _ESTIMATE_FREE_FIELDS
+            settings = {name: value for name, value in cfg.to_dict().items() if name not in skip}
+            estimates = (digest, seeds.image, json.dumps(settings, sort_keys=True, default=str),
+                         resolve_precision(cfg.precision, pair.device, cfg.method), *models)
+        return cls(adversarial, (*adversarial, cfg.method, cfg.head_fusion), estimates)
 
 
 def _models_key(pair: ModelPair) -> tuple:
     denoiser = id(pair.denoiser) if pair.denoiser is not None else None
     return (denoiser, str(pair.device),
             weights_fingerprint(pair.classifier, *([pair.denoiser.unet] if pair.denoiser is not None else [])))
-
-
-def _estimates_key(cfg: AnalysisConfig, pair: ModelPair, digest: str, seeds: ImageSeeds) -> tuple:
-    """What the clean estimates of the overlapping path depend on: the image, every setting but
-    the attack's and the estimate-free ones (a superset of what the smoothing calls read, so a hit
-    is always what a fresh computation gives), the precision the networks run in, and the models."""
-    assert _overlaps(cfg), "only the overlapping path's estimates are cached"
-    skip = _ATTACK_FIELDS | _ESTIMATE_FREE_FIELDS
-    settings = {name: value for name, value in cfg.to_dict().items() if name not in skip}
-    return (digest, seeds.image, json.dumps(settings, sort_keys=True, default=str),
-            resolve_precision(cfg.precision, pair.device, cfg.method), *_models_key(pair))
 
 
 def _cached_estimates(pair: ModelPair, key: tuple, compute: Callable[[], list[SmoothedOutput]]) -> list[SmoothedOutput]:
@@ -278,20 +287,19 @@ def _cached_estimates(pair: ModelPair, key: tuple, compute: Callable[[], list[Sm
     return outs
 
 
-def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
+def _clean_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, keys: _CacheKeys, seeds: ImageSeeds,
                  report: ProgressFn) -> list[SmoothedOutput]:
     """The clean image's estimates (:func:`_smooth_clean`), cached."""
-    return _cached_estimates(pair, ("clean", *_estimates_key(cfg, pair, digest, seeds)),
-                             lambda: _smooth_clean(cfg, pair, x, seeds, report))
+    return _cached_estimates(pair, ("clean", *keys.estimates), lambda: _smooth_clean(cfg, pair, x, seeds, report))
 
 
-def _attacked_stage(cfg: AnalysisConfig, pair: ModelPair, x_adv: torch.Tensor, digest: str, seeds: ImageSeeds,
+def _attacked_stage(cfg: AnalysisConfig, pair: ModelPair, x_adv: torch.Tensor, keys: _CacheKeys, seeds: ImageSeeds,
                     report: ProgressFn) -> list[SmoothedOutput]:
     """The attacked image's estimate (:func:`_smooth_attacked`), cached under the clean
     estimates' key and the attack stage's (which, with the seed and the image, determines
     ``x_adv``)."""
-    key = ("attacked", *_estimates_key(cfg, pair, digest, seeds), *_attack_key(cfg, pair, digest, seeds))
-    return _cached_estimates(pair, key, lambda: _smooth_attacked(cfg, pair, x_adv, seeds, report))
+    return _cached_estimates(pair, ("attacked", *keys.estimates, *keys.attack),
+                             lambda: _smooth_attacked(cfg, pair, x_adv, seeds, report))
 
 
 def _attack_seed(cfg: AnalysisConfig, seeds: ImageSeeds) -> int:
@@ -302,32 +310,29 @@ def _smoothing_parts(cfg: AnalysisConfig) -> tuple:
     return smoothing_parts(cfg.mode, cfg.sigma, cfg.method)
 
 
-def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, digest: str, seeds: ImageSeeds,
+def _start_attack_stage(cfg: AnalysisConfig, pair: ModelPair, x: torch.Tensor, keys: _CacheKeys, seeds: ImageSeeds,
                         timer: _Timer) -> Callable[[], _AttackStage]:
     """Start (or find in the cache) the attack and vanilla passes; returns a function that waits
     for them. On a CPU they run on the single-threaded worker (runtime.workers.submit_single_threaded says
     why), so the caller can smooth the clean image meanwhile; elsewhere they run now."""
-    key = _attack_key(cfg, pair, digest, seeds)
-    stage = _ATTACK_STAGES.get(pair.classifier, key)
+    stage = _ATTACK_STAGES.get(pair.classifier, keys.attack)
     if stage is not None:
         timer.parts.setdefault("attack", 0.0)
         return lambda: stage
 
-    adversarial_key = _adversarial_key(cfg, pair, digest, seeds)
-
     def compute() -> _AttackStage:
         t0 = time.perf_counter()
-        x_adv = _ADVERSARIAL.get(pair.classifier, adversarial_key)
+        x_adv = _ADVERSARIAL.get(pair.classifier, keys.adversarial)
         if x_adv is None:
             x_adv = run_attack(cfg.attack, pair.classifier, x, params=cfg.attack_arguments(), denoiser=pair.denoiser,
                                seed=_attack_seed(cfg, seeds))
-            _ADVERSARIAL.put(pair.classifier, adversarial_key, x_adv)
+            _ADVERSARIAL.put(pair.classifier, keys.adversarial, x_adv)
         t0 = timer.lap("attack", t0)
         with torch.inference_mode():
             att_v, probs_v = vanilla(pair, torch.cat([x, x_adv]), method=cfg.method, head_fusion=cfg.head_fusion)
         timer.lap("vanilla", t0)
         computed = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
-        _ATTACK_STAGES.put(pair.classifier, key, computed)
+        _ATTACK_STAGES.put(pair.classifier, keys.attack, computed)
         return computed
 
     if pair.device.type != "cpu":
