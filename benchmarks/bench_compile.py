@@ -36,14 +36,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def per_draw_ms(fn, batch: int, repeats: int) -> float:
     """Median milliseconds per draw of ``fn`` (one batch per call), after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / batch * 1e3
+    from bench_dds import timed
+
+    return statistics.median(timed(fn, repeats, warmup=3)) / batch * 1e3
 
 
 def measure(batch: int, repeats: int) -> dict:
