@@ -46,6 +46,7 @@ def measure(batch: int, repeats: int) -> dict:
     import torch
     import torch._inductor.config as inductor_config
 
+    from fvit_core.analysis.config import AnalysisConfig
     from fvit_core.explanations.attention import explain
     from fvit_core.method.denoise import timestep_for_sigma
     from fvit_core.models import load_pair
@@ -56,7 +57,7 @@ def measure(batch: int, repeats: int) -> dict:
     unet, vit = pair.denoiser.unet, pair.classifier
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=generator)
-    t = torch.full((batch,), timestep_for_sigma(pair.denoiser.alphas_cumprod, 0.25), dtype=torch.long)
+    t = torch.full((batch,), timestep_for_sigma(pair.denoiser.alphas_cumprod, AnalysisConfig().sigma), dtype=torch.long)
     with torch.inference_mode():
         eager = {"unet_ms": per_draw_ms(lambda: unet(x, t).sample, batch, repeats),
                  "vit_raw_ms": per_draw_ms(lambda: explain(vit, x, method="raw"), batch, repeats),
