@@ -44,15 +44,16 @@ def summary_line(result: AnalysisResult, image=None) -> str:
     d, cfg = result.faithful, result.config
     crafted = "on the FViT (adaptive)" if result.attack["crafted_on"] == "fvit" else "on the vanilla ViT (transfer)"
     t_star = f", t* = {d.t_star}" if d.t_star is not None else ""
-    drawn = f" of {cfg.n_samples} (stopped early)" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
+    asked = cfg.sampling.n_samples
+    drawn = f" of {asked} (stopped early)" if d.n_samples != asked and cfg.smoothing.noisy else ""
     shown = ""
     if image is not None:
         truth = f", true class **{image.true_label}**" if image.true_label else ", true class unknown"
         shown = f"**Image** {image.name}{truth}. "
     return (f"{shown}**Attack** {style.attack_summary(result)}, crafted {crafted}; {style.perturbation_summary(result)}. "
-            f"**Explanation** {style.method_name(cfg.method)} (heads: {cfg.head_fusion}). "
+            f"**Explanation** {style.method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}). "
             f"**FViT** {style.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
-            f"top-{cfg.k} of {len(result.vanilla.overlap_curve)} patches. "
+            f"top-{cfg.explanation.k} of {len(result.vanilla.overlap_curve)} patches. "
             f"Computed in {result.timing['total']:.1f} s.")
 
 
@@ -133,9 +134,9 @@ def floor_verdict(result: AnalysisResult) -> str:
     ci = f" (95% CI {d.topk_overlap_ci[0]:.2f}–{d.topk_overlap_ci[1]:.2f})" if d.topk_overlap_ci else ""
     reaches = v >= d.topk_overlap_floor or (d.topk_overlap_ci is not None and d.topk_overlap_ci[1] >= d.topk_overlap_floor)
     if reaches:
-        return (f"V{sub(result.config.k)} = {v:.2f}{ci} reaches the noise floor {d.topk_overlap_floor:.2f} (two clean estimates): "
+        return (f"V{sub(result.config.explanation.k)} = {v:.2f}{ci} reaches the noise floor {d.topk_overlap_floor:.2f} (two clean estimates): "
                 "no attack effect beyond sampling noise.")
-    return (f"V{sub(result.config.k)} = {v:.2f}{ci} is below the noise floor {d.topk_overlap_floor:.2f}: the attack moved focal patches "
+    return (f"V{sub(result.config.explanation.k)} = {v:.2f}{ci} is below the noise floor {d.topk_overlap_floor:.2f}: the attack moved focal patches "
             "beyond sampling noise.")
 
 
@@ -157,7 +158,7 @@ def prediction_cards(result: AnalysisResult, which: str) -> None:
 
 
 def overlap_cards(result: AnalysisResult, which: str) -> None:
-    k = result.config.k
+    k = result.config.explanation.k
     cmp_ = style.comparison(result, which)
     help_text = (f"Fraction of the clean image's top-{k} patches still among the attacked image's top-{k}: "
                  "1 = focal points kept, 0 = all moved.")
@@ -189,7 +190,7 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
 def certificate_cards(result: AnalysisResult) -> None:
     """Certified radii of the FViT at the clean image and the prediction-stability bound."""
     c, d = result.faithful.certified, result.faithful
-    k = result.config.k
+    k = result.config.explanation.k
     left, right = st.columns(2)
     left.metric("Certified class radius (L2)", "abstain" if c.predicted_class < 0 else f"{c.class_radius:.3f}",
                 delta=f"p_A ≥ {c.p_a_lower:.2f}", delta_color="gray", delta_arrow="off",
@@ -197,7 +198,7 @@ def certificate_cards(result: AnalysisResult) -> None:
                      "abstain when the top class has no certified majority of the votes.")
     right.metric(f"Certified top-{k} radius (L2)", f"{c.topk_radius_l2:.4f}",
                  delta=f"Linf {c.topk_radius_linf * 255:.3f}/255", delta_color="gray", delta_arrow="off",
-                 help=f"V{sub(k)} ≥ β = {result.config.beta:g} is guaranteed for every perturbation within this radius "
+                 help=f"V{sub(k)} ≥ β = {result.config.explanation.beta:g} is guaranteed for every perturbation within this radius "
                       "(pixel units; Linf = L2 / sqrt(3HW)).")
     covered = "covers" if c.topk_radius_l2 >= c.perturbation_l2 else "does not cover"
     st.caption(f"Prediction stability: D{sub(result.config.renyi_alpha)} ≤ {c.prediction_bound:.3g} nats for "

@@ -7,7 +7,7 @@ estimates (Monte Carlo noise only), so an FViT value is an attack effect only be
 
 from __future__ import annotations
 
-from fvit_core.analysis.metrics import MAP_METRICS
+from fvit_core.metrics import MAP_METRICS
 from fvit_core.analysis.result import AnalysisResult
 
 _LABELS = {"spearman": "Spearman rank correlation", "kendall": "Kendall's tau", "pearson": "Pearson correlation",
@@ -22,7 +22,7 @@ def _cell(value: float | None) -> str:
 
 def metrics_rows(result: AnalysisResult) -> list[dict[str, str]]:
     """The table's rows as plain strings (keys: COLUMNS); 'n/a' where a value is undefined or off."""
-    k = result.config.k
+    k = result.config.explanation.k
     floor_maps = result.faithful.map_metrics_floor or {}
     rows = [{"metric": f"top-{k} overlap V_{k}", "vanilla ViT": _cell(result.vanilla.topk_overlap),
              "FViT": _cell(result.fvit.topk_overlap), "FViT noise floor": _cell(result.faithful.topk_overlap_floor)}]

@@ -4,6 +4,8 @@
   engine only reads them, and nothing here may modify them).
 - Results: a per-session LRU of :class:`AnalysisResult` keyed by (image digest, settings), so
   going back to an earlier setting is instant; the sigma sweep fills the same cache.
+- Stages: one :class:`AnalysisCache` per server (``st.cache_resource``), which the engine's
+  analysis reuses stages from (a new attack with the clean estimates cached, and so on).
 - The current analysis: the result on screen, with the image and models it came from. It stays
   on screen when newer settings fail (bad upload, unloadable model, invalid value).
 """
@@ -15,13 +17,15 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from app import state
-from fvit_core.explanations.explorer import layer_head_attention, smoothed_layer_head_attention
-from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
+from app import analysis_settings, image_sources, model_sources
 from fvit_core.analysis import sweep
+from fvit_core.analysis.cache import AnalysisCache
 from fvit_core.analysis.config import AnalysisConfig
-from fvit_core.analysis.result import AnalysisResult
+from fvit_core.analysis.explorer import layer_head_attention, smoothed_layer_head_attention
 from fvit_core.analysis.pipeline import analyze
+from fvit_core.analysis.result import AnalysisResult
+from fvit_core.models import MODEL_PAIRS, ModelPair, load_pair
+from fvit_core.runtime.cache import LRU
 
 RESULT_CACHE_SIZE = 32
 
@@ -32,22 +36,31 @@ def cached_pair(kind: str, classifier: str | None, denoiser: str | None, pair: s
     return load_pair(pair, classifier=classifier, denoiser=denoiser, allow_download=kind == "hub")
 
 
-def pair_for(models: state.ModelChoice) -> ModelPair:
+@st.cache_resource
+def analysis_cache() -> AnalysisCache:
+    """The stages recent analyses computed, one cache per server (entries are keyed by
+    everything they depend on, so sessions can share them): a slider that changes one setting
+    recomputes only what depends on it."""
+    return AnalysisCache()
+
+
+def pair_for(models: model_sources.ModelChoice) -> ModelPair:
     return cached_pair(models.kind, models.classifier, models.denoiser, models.pair)
 
 
-def model_input(models: state.ModelChoice, errors: list[str]) -> state.ModelInfo | None:
+def model_input(models: model_sources.ModelChoice, errors: list[str]) -> model_sources.ModelInfo | None:
     """Input size, patches, classes and training data of the chosen classifier; None (and a
     message) on failure."""
     try:
         clf = pair_for(models).classifier
     except Exception as exc:
-        errors.append(state.error_message("Cannot load the models", exc))
+        errors.append(analysis_settings.error_message("Cannot load the models", exc))
         return None
     st.session_state["last_good_models"] = models
     spec = MODEL_PAIRS.get(models.pair) if models.kind in ("default", "pair") else None
-    return state.ModelInfo(input_size=tuple(clf.img_size), num_patches=clf.num_patches,
-                           class_names=tuple(clf.class_names), training_data=spec.training_data if spec else None)
+    return model_sources.ModelInfo(input_size=tuple(clf.img_size), num_patches=clf.num_patches,
+                                   class_names=tuple(clf.class_names),
+                                   training_data=spec.training_data if spec else None)
 
 
 @dataclass(frozen=True)
@@ -56,12 +69,12 @@ class Current:
 
     key: str
     result: AnalysisResult
-    image: state.LoadedImage
-    models: state.ModelChoice
+    image: image_sources.LoadedImage
+    models: model_sources.ModelChoice
 
 
-def results() -> state.ResultCache:
-    return st.session_state.setdefault("_results", state.ResultCache(RESULT_CACHE_SIZE))
+def results() -> LRU:
+    return st.session_state.setdefault("_results", LRU(RESULT_CACHE_SIZE))
 
 
 def current() -> Current | None:
@@ -88,14 +101,14 @@ def progress_bar(text: str) -> tuple[Callable[[str, float], None], Any]:
     return report, bar
 
 
-def compute(image: state.LoadedImage, config: AnalysisConfig, models: state.ModelChoice,
+def compute(image: image_sources.LoadedImage, config: AnalysisConfig, models: model_sources.ModelChoice,
             progress: Callable[[str, float], None] | None = None) -> AnalysisResult:
     """Cached analysis (ValueError for invalid settings, images or models)."""
-    key = state.settings_key(image.digest, config)
+    key = analysis_settings.settings_key(image.digest, config)
     cached = results().get(key)
     if cached is not None:
         return cached
-    result = analyze(image.pixels, config, pair=pair_for(models), progress=progress)
+    result = analyze(image.pixels, config, pair=pair_for(models), progress=progress, cache=analysis_cache())
     results().put(key, result)
     return result
 
@@ -108,7 +121,7 @@ def show_errors(messages: list[str]) -> None:
 def update(values) -> None:
     """Make the current analysis match the sidebar, computing if needed and allowed.
 
-    Quick settings compute at once; expensive ones (:func:`state.expensive_reason`) wait for the
+    Quick settings compute at once; expensive ones (:func:`analysis_settings.expensive_reason`) wait for the
     **Run analysis** button. Errors are shown on the page; the last good analysis stays current.
     """
     show_errors(values.errors)
@@ -116,31 +129,31 @@ def update(values) -> None:
     if values.errors or values.image is None:
         return
     try:
-        config = state.build_config(values.settings, values.attack_params, values.models)
-        config.validate(num_patches=pair_for(values.models).classifier.num_patches)
+        config = analysis_settings.build_config(values.settings, values.attack_params, values.models)
+        config.check_model(pair_for(values.models).classifier.num_patches)
     except Exception as exc:
-        st.error(state.error_message("Invalid settings", exc))
+        st.error(analysis_settings.error_message("Invalid settings", exc))
         return
-    key = state.settings_key(values.image.digest, config)
+    key = analysis_settings.settings_key(values.image.digest, config)
     st.session_state["_wanted_key"] = key
     cur = current()
     if cur is not None and cur.key == key:
         return
     if key not in results():
-        reason = state.expensive_reason(config)
+        reason = analysis_settings.expensive_reason(config)
         if reason:
             st.info(f"These settings take a while ({reason}), so they wait for a click.")
             if not st.button("Run analysis", key="run", type="primary"):
                 return
     report, bar = progress_bar("Analysing:")
-    if state.expensive_reason(config):
+    if analysis_settings.expensive_reason(config):
         # Any click reruns the page, which stops this run at its next progress report (after the
         # forward batch in progress); the settings then wait for "Run analysis" again.
         st.button("Cancel", key="cancel_run", help="stop this analysis after the batch in progress")
     try:
         result = compute(values.image, config, values.models, report)
     except Exception as exc:  # the last good analysis stays on screen
-        st.error(state.error_message("The analysis failed", exc))
+        st.error(analysis_settings.error_message("The analysis failed", exc))
         return
     finally:
         bar.empty()
@@ -165,17 +178,17 @@ def fvit_layer_maps(cur: Current) -> Any:
         cfg, d = cur.result.config, cur.result.faithful
         memo[cur.key] = smoothed_layer_head_attention(
             pair_for(cur.models), cur.result.clean_image, cur.result.attacked_image, mode=d.mode, sigma=d.sigma,
-            n_samples=d.n_samples, seed=cfg.seed, multistep_steps=cfg.multistep_steps)
+            n_samples=d.n_samples, seed=cfg.seed, multistep_steps=cfg.smoothing.multistep_steps)
     return memo[cur.key]
 
 
 def sweep_status(cur: Current, sigmas) -> tuple[list[AnalysisResult], list[AnalysisConfig]]:
     """Results of the sigma sweep around the current analysis already cached, and the configs
     still to compute (the current sigma is always included)."""
-    configs = sweep.sweep_configs(cur.result.config, [*sigmas, cur.result.config.sigma])
+    configs = sweep.sweep_configs(cur.result.config, [*sigmas, cur.result.config.smoothing.sigma])
     done, missing = [], []
     for config in configs:
-        cached = results().get(state.settings_key(cur.image.digest, config))
+        cached = results().get(analysis_settings.settings_key(cur.image.digest, config))
         (done.append(cached) if cached is not None else missing.append(config))
     return done, missing
 
@@ -188,7 +201,7 @@ def run_sweep(cur: Current, configs: list[AnalysisConfig]) -> bool:
     try:
         sweep.run_sweep(configs, lambda config, stage: compute(cur.image, config, cur.models, stage), progress=report)
     except Exception as exc:
-        st.error(state.error_message("The sweep failed", exc))
+        st.error(analysis_settings.error_message("The sweep failed", exc))
         return False
     finally:
         bar.empty()

@@ -13,26 +13,25 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from app import state
-from fvit_core.attacks.registry import ATTACKS
-from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS
-from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
+from app import analysis_settings, attack_widgets, image_sources, model_sources
 from fvit_core.analysis.config import AnalysisConfig
-from fvit_core.protocol.settings import NOISE_FLOOR_ESTIMATORS
+from fvit_core.analysis.noise_floor import NOISE_FLOOR_ESTIMATORS
+from fvit_core.attacks.specs import ATTACKS
+from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
+from fvit_core.errors import ModelLoadError
+from fvit_core.explanations.settings import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.method.settings import SMOOTHING_MODES
+from fvit_core.models import MODEL_PAIRS, models_dir
 from fvit_core.runtime.precision import PRECISION_CHOICES
-from fvit_core.method.faithful_vit import SMOOTHING_MODES
 
-_DEFAULTS = AnalysisConfig()
-SETTING_DEFAULTS: dict[str, Any] = {
-    "image_mode": _DEFAULTS.image_mode, "model_kind": "default", "attack": _DEFAULTS.attack,
-    "method": _DEFAULTS.method, "head_fusion": _DEFAULTS.head_fusion, "mode": _DEFAULTS.mode,
-    "sigma": _DEFAULTS.sigma, "n_samples": _DEFAULTS.n_samples, "k": _DEFAULTS.k, "beta": _DEFAULTS.beta,
-    "seed": _DEFAULTS.seed, "shared_noise": _DEFAULTS.shared_noise, "noise_floor": _DEFAULTS.noise_floor,
-    "bootstrap": _DEFAULTS.bootstrap, "renyi_alpha": _DEFAULTS.renyi_alpha,
-    "confidence_alpha": _DEFAULTS.confidence_alpha, "precision": _DEFAULTS.precision,
-    "noise_floor_estimator": _DEFAULTS.noise_floor_estimator, "early_stop": _DEFAULTS.early_stop,
-    "sensitivity_samples": _DEFAULTS.sensitivity_samples,
-}
+# The settings the sidebar has widgets for (keys double as flat setting names), at the engine's
+# defaults; "model_kind" is the sidebar's own (which model source).
+_WIDGET_SETTINGS: tuple[str, ...] = (
+    "image_mode", "attack", "method", "head_fusion", "mode", "sigma", "n_samples", "k", "beta", "seed", "shared_noise",
+    "noise_floor", "bootstrap", "renyi_alpha", "confidence_alpha", "precision", "noise_floor_estimator", "early_stop",
+    "sensitivity_samples")
+_DEFAULTS = AnalysisConfig().to_dict()
+SETTING_DEFAULTS: dict[str, Any] = {"model_kind": "default", **{name: _DEFAULTS[name] for name in _WIDGET_SETTINGS}}
 SAMPLE_CHOICES: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
                  "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
@@ -51,8 +50,8 @@ PREVIEW_PX = 128
 class SidebarValues:
     """What the sidebar produced: the image (or None), the models, the settings and errors."""
 
-    image: state.LoadedImage | None
-    models: state.ModelChoice
+    image: image_sources.LoadedImage | None
+    models: model_sources.ModelChoice
     settings: dict[str, Any]
     attack_params: dict[str, Any]
     errors: list[str] = field(default_factory=list)
@@ -65,7 +64,7 @@ def init_defaults() -> None:
     for name, spec in ATTACKS.items():
         st.session_state.setdefault(f"attack.{name}.linked", True)
         for param in spec.params:
-            st.session_state.setdefault(f"attack.{name}.{param.name}", state.widget_spec(param).value)
+            st.session_state.setdefault(f"attack.{name}.{param.name}", attack_widgets.widget_spec(param).value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,31 +72,31 @@ def init_defaults() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _decoded(name: str, data: bytes, source: str, label: str | None) -> state.LoadedImage:
+def _decoded(name: str, data: bytes, source: str, label: str | None) -> image_sources.LoadedImage:
     """Decode once per distinct file: the last decoded image and the last refusals (messages
     only) are remembered for this session, so reruns neither decode again nor retry a refused
-    file; older decoded images are dropped (state.DECODED_IMAGES_PER_SESSION says why)."""
+    file; older decoded images are dropped (image_sources.DECODED_IMAGES_PER_SESSION says why)."""
     images: dict = st.session_state.setdefault("_decoded", {})
     refused: dict = st.session_state.setdefault("_refused", {})
-    key = (source, name, state.bytes_digest(data))
+    key = (source, name, image_sources.bytes_digest(data))
     if key in refused:
-        raise state.ImageError(refused[key])
+        raise image_sources.ImageError(refused[key])
     if key not in images:
         try:
-            image = state.load_upload(name, data, source=source, true_label=label)
-        except state.ImageError as exc:
+            image = image_sources.load_upload(name, data, source=source, true_label=label)
+        except image_sources.ImageError as exc:
             # The message, not the exception: its traceback would keep the decoder's frames alive.
-            while len(refused) >= state.REFUSALS_PER_SESSION:
+            while len(refused) >= image_sources.REFUSALS_PER_SESSION:
                 refused.pop(next(iter(refused)))
             refused[key] = str(exc)
-            raise state.ImageError(str(exc)) from None
-        while len(images) >= state.DECODED_IMAGES_PER_SESSION:
+            raise image_sources.ImageError(str(exc)) from None
+        while len(images) >= image_sources.DECODED_IMAGES_PER_SESSION:
             images.pop(next(iter(images)))
         images[key] = image
     return images[key]
 
 
-def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any]:
+def image_section(errors: list[str]) -> tuple[image_sources.LoadedImage | None, Any, Any]:
     """Uploader and gallery; an uploaded file wins while it is present. Returns the image (or the
     last good image when the new one is broken; the error goes into ``errors``) and two empty
     containers, for what the model is (above the uploader) and for the preview, filled once the
@@ -109,11 +108,11 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any
                               help="PNG, JPEG, WebP, BMP, TIFF or GIF (first frame); up to 20 MB. A file named "
                                    "after one of the model's classes (cat_01.jpg) shows that class as the true one.")
     st.caption("PNG · JPEG · WebP · BMP · TIFF · GIF, up to 20 MB")
-    items = state.list_gallery()
+    items = image_sources.list_gallery()
     image = None
     if items:
         names = [item.name for item in items]
-        st.session_state.setdefault("gallery", state.DEFAULT_GALLERY_IMAGE if state.DEFAULT_GALLERY_IMAGE in names else names[0])
+        st.session_state.setdefault("gallery", image_sources.DEFAULT_GALLERY_IMAGE if image_sources.DEFAULT_GALLERY_IMAGE in names else names[0])
         if st.session_state["gallery"] not in names:
             st.session_state["gallery"] = names[0]
         labels = {item.name: item.label for item in items}
@@ -126,29 +125,29 @@ def image_section(errors: list[str]) -> tuple[state.LoadedImage | None, Any, Any
         elif items:
             image = _decoded(item.name, item.path.read_bytes(), "gallery", item.label)
         else:
-            image = st.session_state.setdefault("_generated", state.generated_image())
+            image = st.session_state.setdefault("_generated", image_sources.generated_image())
     except Exception as exc:
-        errors.append(state.error_message("Cannot use this image", exc))
+        errors.append(analysis_settings.error_message("Cannot use this image", exc))
         image = st.session_state.get("last_good_image")
     if image is not None:
         st.session_state["last_good_image"] = image
     st.radio("Fit to the model's input", PREPARE_MODES, key="image_mode", horizontal=True,
-             format_func=state.IMAGE_MODE_LABELS.get,
+             format_func=image_sources.IMAGE_MODE_LABELS.get,
              help="resize: the whole image, stretched to the model's shape; centre crop: the largest centred "
                   "part with the model's shape; pad: the whole image on black bars (letterbox), nothing cut "
                   "or stretched")
     return image, about, st.container()
 
 
-def with_true_label(image: state.LoadedImage, info: state.ModelInfo) -> state.LoadedImage:
+def with_true_label(image: image_sources.LoadedImage, info: model_sources.ModelInfo) -> image_sources.LoadedImage:
     """An upload named after one of the model's classes (cat_01.jpg) gets that class as its true label."""
     if image.true_label or image.source != "upload":
         return image
-    label = state.label_from_name(image.name, info.class_names)
+    label = image_sources.label_from_name(image.name, info.class_names)
     return dataclasses.replace(image, true_label=label) if label else image
 
 
-def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode: str) -> None:
+def show_model_view(image: image_sources.LoadedImage, input_size: tuple[int, int], mode: str) -> None:
     """The image as the classifier sees it (resized, cropped or padded), enlarged without
     smoothing, and a notice when that changes the image a lot."""
     key = (image.digest, tuple(input_size), mode)
@@ -161,9 +160,9 @@ def show_model_view(image: state.LoadedImage, input_size: tuple[int, int], mode:
     where = "uploaded" if image.source == "upload" else image.source
     left, right = st.columns([1, 1.3], vertical_alignment="center")
     left.image(shown, width=PREVIEW_PX)
-    right.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({state.IMAGE_MODE_LABELS.get(mode, mode)}) "
+    right.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({image_sources.IMAGE_MODE_LABELS.get(mode, mode)}) "
                   f"from {image.size_text} · {where} {image.name}{truth}")
-    notice = state.fit_notice(tuple(image.pixels.shape[1:]), tuple(input_size), mode)
+    notice = image_sources.fit_notice(tuple(image.pixels.shape[1:]), tuple(input_size), mode)
     if notice:
         st.warning(notice, icon=":material/aspect_ratio:")
 
@@ -179,22 +178,22 @@ PAIR_KIND = "pair:"  # model_kind values "pair:NAME": a named pair of fvit_core.
 def _kind_label(kind: str) -> str:
     if kind.startswith(PAIR_KIND):
         name = kind[len(PAIR_KIND):]
-        return f"{name} ({state.MODEL_PAIRS[name].training_data.split(' (')[0]}, real size)"
+        return f"{name} ({MODEL_PAIRS[name].training_data.split(' (')[0]}, real size)"
     return MODEL_KIND_LABELS.get(kind, kind)
 
 
 def _start_small() -> None:
     """A real-size pair on a CPU starts with the fewest samples (it waits for a click anyway)."""
     kind = st.session_state.get("model_kind", "")
-    if kind.startswith(PAIR_KIND) and state.MODEL_PAIRS[kind[len(PAIR_KIND):]].cpu_seconds_per_sample:
+    if kind.startswith(PAIR_KIND) and MODEL_PAIRS[kind[len(PAIR_KIND):]].cpu_seconds_per_sample:
         st.session_state["n_samples"] = SAMPLE_CHOICES[0]
 
 
-def models_section(errors: list[str]) -> state.ModelChoice:
+def models_section(errors: list[str]) -> model_sources.ModelChoice:
     """Shipped pair, a named real-size pair whose files are present, a local folder of the models
     directory, or (if allowed) hub names."""
-    pairs = [PAIR_KIND + name for name in state.available_pairs()]
-    kinds = ["default", *pairs, "local"] + (["hub"] if state.downloads_allowed() else [])
+    pairs = [PAIR_KIND + name for name in model_sources.available_pairs()]
+    kinds = ["default", *pairs, "local"] + (["hub"] if model_sources.downloads_allowed() else [])
     if st.session_state.get("model_kind") not in kinds:
         st.session_state["model_kind"] = "default"
     with st.expander("Models", expanded=st.session_state["model_kind"] != "default"):
@@ -213,35 +212,35 @@ def models_section(errors: list[str]) -> state.ModelChoice:
             if kind == "hub":
                 clf = st.text_input("timm model name", key="hub_classifier", placeholder="vit_tiny_patch16_224")
                 den = st.text_input("diffusers denoiser id", key="hub_denoiser", placeholder="google/ddpm-cifar10-32")
-                return state.ModelChoice("hub", state.check_hub_name(clf, "classifier"),
-                                         state.check_hub_name(den, "denoiser"))
+                return model_sources.ModelChoice("hub", model_sources.check_hub_name(clf, "classifier"),
+                                         model_sources.check_hub_name(den, "denoiser"))
         except Exception as exc:
-            errors.append(state.error_message("Models", exc))
-            return st.session_state.get("last_good_models", state.ModelChoice())
-    return state.ModelChoice()
+            errors.append(analysis_settings.error_message("Models", exc))
+            return st.session_state.get("last_good_models", model_sources.ModelChoice())
+    return model_sources.ModelChoice()
 
 
-def _named_pair(name: str) -> state.ModelChoice:
-    spec = state.MODEL_PAIRS[name]
+def _named_pair(name: str) -> model_sources.ModelChoice:
+    spec = MODEL_PAIRS[name]
     st.caption(spec.description)
     if spec.cpu_seconds_per_sample:
         st.caption(f"On a CPU each DDS sample takes about {spec.cpu_seconds_per_sample:.0f} s in float32 (half that "
                    "where bfloat16 is native; measured on 2 cores, docs/PERFORMANCE.md): analyses wait for a click, "
                    f"start with N = {SAMPLE_CHOICES[0]}, show progress and can be cancelled.")
-    return state.ModelChoice("pair", pair=name)
+    return model_sources.ModelChoice("pair", pair=name)
 
 
-def _local_models() -> state.ModelChoice:
-    root = state.models_dir()
+def _local_models() -> model_sources.ModelChoice:
+    root = models_dir()
     st.caption(f"Folders in the models directory {root} (FVIT_MODELS_DIR).")
-    classifiers, denoisers = state.local_model_folders("classifier", root), state.local_model_folders("denoiser", root)
+    classifiers, denoisers = model_sources.local_model_folders("classifier", root), model_sources.local_model_folders("denoiser", root)
     if not classifiers or not denoisers:
-        raise state.ModelLoadError(f"the models directory {root} needs at least one classifier folder "
+        raise ModelLoadError(f"the models directory {root} needs at least one classifier folder "
                                    "(config.json + model.safetensors) and one denoiser folder (unet/ + scheduler/)")
     clf = st.selectbox("Classifier folder", classifiers, key="local_classifier")
     den = st.selectbox("Denoiser folder", denoisers, key="local_denoiser")
-    return state.ModelChoice("local", state.resolve_local_model(clf, "classifier", root),
-                             state.resolve_local_model(den, "denoiser", root))
+    return model_sources.ModelChoice("local", model_sources.resolve_local_model(clf, "classifier", root),
+                             model_sources.resolve_local_model(den, "denoiser", root))
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +248,7 @@ def _local_models() -> state.ModelChoice:
 # --------------------------------------------------------------------------------------------
 
 
-def _param_widget(key: str, spec: state.WidgetSpec) -> Any:
+def _param_widget(key: str, spec: attack_widgets.WidgetSpec) -> Any:
     if spec.kind == "checkbox":
         return st.checkbox(spec.label, key=key, help=spec.help)
     if spec.kind == "select":
@@ -264,7 +263,7 @@ def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
     name = st.selectbox("Attack", list(ATTACKS), key="attack", format_func=lambda n: ATTACKS[n].label)
     spec = ATTACKS[name]
     st.caption(spec.description.split(". ")[0] + ".")
-    linkable = state.linked_params(spec)
+    linkable = attack_widgets.linked_params(spec)
     linked = False
     if linkable:
         what = ", ".join("α = ε/5" if n == "alpha" else n for n in linkable)
@@ -275,8 +274,8 @@ def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
     for param in spec.params:
         if linked and param.name in linkable:
             continue
-        shown[param.name] = _param_widget(f"attack.{name}.{param.name}", state.widget_spec(param))
-    return state.attack_params(spec, shown, linked=linked, settings=settings)
+        shown[param.name] = _param_widget(f"attack.{name}.{param.name}", attack_widgets.widget_spec(param))
+    return attack_widgets.attack_params(spec, shown, linked=linked, settings=settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +289,7 @@ def faithful_section(num_patches: int) -> None:
     st.slider("σ: noise std (pixel units)", 0.01, 1.0, step=0.01, key="sigma",
               help="Gaussian noise added before denoising, in [0, 1] pixel units (0.25 = a quarter of the range)")
     st.select_slider("Noise samples N", SAMPLE_CHOICES, key="n_samples",
-                     help=f"Monte Carlo samples per estimate; more than {state.MAX_INTERACTIVE_SAMPLES} waits for a click")
+                     help=f"Monte Carlo samples per estimate; more than {analysis_settings.MAX_INTERACTIVE_SAMPLES} waits for a click")
     if st.session_state["k"] > num_patches:
         st.session_state["k"] = num_patches
     st.slider("k: top-k focal patches", 1, num_patches, step=1, key="k",
@@ -327,14 +326,14 @@ def advanced_section() -> None:
                         key="confidence_alpha")
 
 
-DEFAULT_MODEL_INFO = state.ModelInfo((32, 32), 64, ())
+DEFAULT_MODEL_INFO = model_sources.ModelInfo((32, 32), 64, ())
 SIDEBAR_TABS = ("Image", "FViT", "Explanation", "Attack")
 
 
 def render(model_input) -> SidebarValues:
     """Draw the sidebar: one tab per group of settings (image, FViT, explanation, attack), so each
     is one click away on a laptop screen. ``model_input(models, errors)`` gives the chosen
-    classifier's :class:`state.ModelInfo`, or None when the models cannot be loaded (then the last
+    classifier's :class:`model_sources.ModelInfo`, or None when the models cannot be loaded (then the last
     known one is used)."""
     init_defaults()
     errors: list[str] = []

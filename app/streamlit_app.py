@@ -17,9 +17,9 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import session, sidebar, state  # noqa: E402
+from app import model_sources, session, sidebar  # noqa: E402
 
-if not state.downloads_allowed():  # nothing reaches a model hub unless the operator allows it
+if not model_sources.downloads_allowed():  # nothing reaches a model hub unless the operator allows it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The page icon is a local file: a Material icon name would make every page load fetch an SVG

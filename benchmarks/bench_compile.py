@@ -57,7 +57,7 @@ def measure(batch: int, repeats: int) -> dict:
     unet, vit = pair.denoiser.unet, pair.classifier
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=generator)
-    t = torch.full((batch,), timestep_for_sigma(pair.denoiser.alphas_cumprod, AnalysisConfig().sigma), dtype=torch.long)
+    t = torch.full((batch,), timestep_for_sigma(pair.denoiser.alphas_cumprod, AnalysisConfig().smoothing.sigma), dtype=torch.long)
     with torch.inference_mode():
         eager = {"unet_ms": per_draw_ms(lambda: unet(x, t).sample, batch, repeats),
                  "vit_raw_ms": per_draw_ms(lambda: explain(vit, x, method="raw"), batch, repeats),

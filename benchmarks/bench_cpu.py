@@ -85,18 +85,17 @@ def _timed(fn) -> float:
 def measure(precision: str, repeats: int) -> dict:
     """One fresh process's numbers for ``precision`` (run by main in a subprocess)."""
     from fvit_core.analysis.config import AnalysisConfig
-    from fvit_core.analysis.pipeline import analyze, clear_cache
+    from fvit_core.analysis.pipeline import analyze
     from fvit_core.data.images import load_image
     from fvit_core.models import load_pair
 
     pair = load_pair("default")
     image = load_image(IMAGE)
-    config = AnalysisConfig(precision=precision)
+    config = AnalysisConfig.of(precision=precision)
     first = _timed(lambda: analyze(image, config, pair=pair))
     rates = [matmul_gflops()]  # the rate drifts on a shared host: measured between the analyses too
     warm, stages = [], []
-    for i in range(repeats):
-        clear_cache()
+    for i in range(repeats):  # no cache: every analysis computes afresh
         start = time.perf_counter()
         result = analyze(image, config, pair=pair)
         warm.append(time.perf_counter() - start)
@@ -134,27 +133,26 @@ def single_thread_work(pair, image, config) -> dict:
     draws of one image (noise, denoiser, ViT with the explanation, sums) and the attack at batch 1."""
     import torch
 
-    from fvit_core.analysis.pipeline import faithful_vit
-    from fvit_core.attacks.registry import run_attack
-    from fvit_core.method.pixel_space import smoothing_size
+    from fvit_core.attacks.runner import run_attack
     from fvit_core.data.images import prepare_image
-    from fvit_core.runtime.strategy import Runtime
     from fvit_core.method.faithful_vit import FaithfulViT
+    from fvit_core.runtime.strategy import Runtime
 
-    x = torch.from_numpy(prepare_image(image, smoothing_size(pair, config.mode)).astype("float32"))[None]
-    precision = faithful_vit(config, pair).runtime.precision_for(pair.device, config.method)
-    fvit = FaithfulViT.from_pair(pair, config.sigma, mode=config.mode, runtime=Runtime(precision, parallel=False))
+    method, attack = config.explanation.method, config.resolved_attack()
+    x = torch.from_numpy(prepare_image(image, pair.smoothing_size(config.smoothing.mode)).astype("float32"))[None]
+    precision = FaithfulViT.of(pair, config.smoothing, config.runtime).precision_for(method)
+    fvit = FaithfulViT.of(pair, config.smoothing, Runtime(precision=precision, parallel=False))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            loop = [_timed(lambda: fvit.sample(x, config.n_samples, method=config.method,
+            loop = [_timed(lambda: fvit.sample(x, config.sampling.n_samples, method=method,
                                                generator=torch.Generator().manual_seed(i))) for i in range(4)][1:]
-        attack = [_timed(lambda: run_attack(config.attack, pair.classifier, x, params=config.attack_arguments(),
-                                            seed=i)) for i in range(4)][1:]
+        attacks = [_timed(lambda: run_attack(attack.name, pair.classifier, x, params=attack.params, seed=i))
+                   for i in range(4)][1:]
     finally:
         torch.set_num_threads(before)
-    return {"sample_loop_s": statistics.median(loop), "attack_s": statistics.median(attack)}
+    return {"sample_loop_s": statistics.median(loop), "attack_s": statistics.median(attacks)}
 
 
 def main(argv: list[str] | None = None) -> int:

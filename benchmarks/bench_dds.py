@@ -54,8 +54,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fvit_core.analysis import metrics, noise_floor, pipeline  # noqa: E402
-from fvit_core.attacks.registry import run_attack  # noqa: E402
+from fvit_core import metrics  # noqa: E402
+from fvit_core.analysis import noise_floor  # noqa: E402
+from fvit_core.analysis.cache import AnalysisCache  # noqa: E402
+from fvit_core.attacks.runner import run_attack  # noqa: E402
 from fvit_core.explanations.attention import capture_attention, explain, normalise_patch_weights  # noqa: E402
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma  # noqa: E402
 from fvit_core.data.images import load_image, prepare_image  # noqa: E402
@@ -63,10 +65,20 @@ from fvit_core.models import ModelPair, load_pair  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
-from fvit_core.method.faithful_vit import FaithfulViT, smooth  # noqa: E402
+from fvit_core.method.faithful_vit import FaithfulViT  # noqa: E402
 from fvit_core.runtime import strategy  # noqa: E402
 from fvit_core.runtime.precision import models_in_precision  # noqa: E402
 from fvit_core.runtime.strategy import Runtime  # noqa: E402
+
+# The dashboard's server-wide cache, as app/session.py keeps it (the dashboard sections time it).
+CACHE = AnalysisCache()
+
+
+def smooth(pair: ModelPair, images: torch.Tensor, *, sigma: float, n_samples: int, precision: str = "float32",
+           batch_size: int = 256, **sample_kwargs):
+    """The FViT's Monte Carlo estimates of ``images`` at ``sigma`` in ``precision`` (DDS)."""
+    fvit = FaithfulViT.from_pair(pair, sigma, runtime=Runtime(precision=precision, batch_size=batch_size))
+    return fvit.sample(images, n_samples, **sample_kwargs)
 
 DATA = Path("/work/shared/data/cifar10-test-2k")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -143,24 +155,25 @@ def reference_analysis(pair: ModelPair, image: np.ndarray, cfg: AnalysisConfig) 
     captured and kept for every sample, means and bootstrap computed from the kept lists."""
     clf = pair.classifier
     x = torch.from_numpy(prepare_image(image, clf.img_size).astype(np.float32))[None]
-    x_adv = run_attack(cfg.attack, clf, x, params=cfg.attack_arguments(), seed=cfg.seed)
-    t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, cfg.sigma)
+    attack, sigma, n, k = cfg.resolved_attack(), cfg.smoothing.sigma, cfg.sampling.n_samples, cfg.explanation.k
+    x_adv = run_attack(attack.name, clf, x, params=attack.params, seed=cfg.seed)
+    t_star = timestep_for_sigma(pair.denoiser.alphas_cumprod, sigma)
     g = torch.Generator().manual_seed(cfg.seed)
     estimates = []
     with torch.no_grad():
         vanilla = [_reference_forward(clf, img) for img in (x, x_adv)]
         for img in (x, x_adv, x):
             kept = []
-            for _ in range(cfg.n_samples):
-                noisy = img + torch.randn(img.shape, generator=g) * cfg.sigma
+            for _ in range(n):
+                noisy = img + torch.randn(img.shape, generator=g) * sigma
                 kept.append(_reference_forward(clf, one_shot_denoise(pair.denoiser, noisy, t_star)))
             estimates.append(kept)
     means = [np.mean([w for w, _, _ in kept], axis=0) for kept in estimates]
     rng = np.random.default_rng(cfg.seed)
     samples = [np.stack([w for w, _, _ in kept]) for kept in estimates]
-    ci = _reference_bootstrap(samples[0], samples[1], cfg.k, cfg.bootstrap, rng)
-    return {"vanilla": vanilla, "overlap": metrics.topk_overlap(means[0], means[1], cfg.k),
-            "floor": metrics.topk_overlap(means[0], means[2], cfg.k), "ci": ci}
+    ci = _reference_bootstrap(samples[0], samples[1], k, cfg.floor.bootstrap, rng)
+    return {"vanilla": vanilla, "overlap": metrics.topk_overlap(means[0], means[1], k),
+            "floor": metrics.topk_overlap(means[0], means[2], k), "ci": ci}
 
 
 def _reference_forward(clf, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
@@ -260,8 +273,7 @@ def section_rates(rep: Report, pair: ModelPair, repeats: int) -> None:
 def _analysis_seconds(pair: ModelPair, image: np.ndarray, cfg: AnalysisConfig, repeats: int) -> tuple[float, dict]:
     parts: list[dict] = []
 
-    def run() -> None:
-        pipeline.clear_cache()
+    def run() -> None:  # cold: no cache
         parts.append(analyze(image, cfg, pair=pair).timing)
 
     seconds = median(timed(run, repeats))
@@ -274,7 +286,7 @@ def section_analysis(rep: Report, pair: ModelPair, image: np.ndarray, repeats: i
     for label, extra in (("default (auto precision, bootstrap floor)", {}), ("careful (float32, independent floor)", CAREFUL),
                          ("bfloat16, independent floor", {"precision": "bfloat16", "noise_floor_estimator": "independent"})):
         for n in (16, 64, 256):
-            seconds, parts = _analysis_seconds(pair, image, AnalysisConfig(n_samples=n, **extra), repeats)
+            seconds, parts = _analysis_seconds(pair, image, AnalysisConfig.of(n_samples=n, **extra), repeats)
             rep.numbers[f"analysis_{label.split()[0]}_{n}"] = seconds
             if label.startswith("bfloat16") and n != 64:
                 continue
@@ -289,10 +301,9 @@ def section_analysis(rep: Report, pair: ModelPair, image: np.ndarray, repeats: i
 def section_sweep(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
     rows = []
     for label, extra in (("default (auto precision, bootstrap floor)", {}), ("careful (float32, independent floor)", CAREFUL)):
-        configs = [AnalysisConfig(sigma=s, n_samples=64, **extra) for s in SWEEP_SIGMAS]
+        configs = [AnalysisConfig.of(sigma=s, n_samples=64, **extra) for s in SWEEP_SIGMAS]
 
-        def run() -> None:
-            pipeline.clear_cache()
+        def run() -> None:  # a private cache for the sweep's length: one attack
             analyze_many(image, configs, pair=pair)
 
         seconds = median(timed(run, max(repeats - 2, 1)))
@@ -321,12 +332,12 @@ def _dashboard_changes(rep: Report, pair: ModelPair, image: np.ndarray, repeats:
     caches, as the dashboard's previous result did."""
     rows = []
     for label, extra in (("default (auto precision, bootstrap floor)", {}), ("careful (float32, independent floor)", CAREFUL)):
-        analyze(image, AnalysisConfig(**extra), pair=pair)
+        analyze(image, AnalysisConfig.of(**extra), pair=pair, cache=CACHE)
         totals, compute, drawing = [], [], []
         for i in range(repeats):
-            config = AnalysisConfig(**{**extra, **change(i)})
+            config = AnalysisConfig.of(**{**extra, **change(i)})
             start = time.perf_counter()
-            result = analyze(image, config, pair=pair)
+            result = analyze(image, config, pair=pair, cache=CACHE)
             mid = time.perf_counter()
             fig = _figures_time(result)
             totals.append(time.perf_counter() - start)
@@ -340,7 +351,7 @@ def _dashboard_changes(rep: Report, pair: ModelPair, image: np.ndarray, repeats:
 
 def section_slider(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
     def new_sigma(i: int) -> dict:
-        pipeline.clear_cache(attacks=False)  # a new sigma: its estimates are not cached yet, the attack is
+        CACHE.clear(attacks=False)  # a new sigma: its estimates are not cached yet, the attack is
         return {"sigma": (0.12, 0.5)[i % 2]}
 
     rows = _dashboard_changes(rep, pair, image, repeats, "slider", new_sigma)
@@ -355,14 +366,14 @@ def section_attack_change(rep: Report, pair: ModelPair, image: np.ndarray, repea
     def new_eps(i: int) -> dict:
         # A new eps every time, with no attack cached (the other settings' run crafted these too):
         # the attack crafted and its image smoothed afresh, the clean estimates cached.
-        pipeline.clear_cache(estimates=False)
+        CACHE.clear(estimates=False)
         return {"eps": (3 + i) / 255}
 
     rows = _dashboard_changes(rep, pair, image, repeats, "attack_change", new_eps)
     rep.table("Dashboard: attack change (eps) to updated figures (N = 64; clean estimates cached)",
               ["settings", "median s", "analyze", "figures (Compare page, plotly JSON)"], rows,
               note="The attack is crafted afresh and the attacked image smoothed; the clean image's estimates come "
-                   "from pipeline.analyze's cache, as when the dashboard's attack controls change.")
+                   "from the analysis cache, as when the dashboard's attack controls change.")
 
 
 def section_k_change(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
@@ -375,23 +386,24 @@ def section_k_change(rep: Report, pair: ModelPair, image: np.ndarray, repeats: i
 
 
 def section_batch(rep: Report, images_dir: Path, count: int) -> None:
-    from fvit_core.batch.certification import CertifyConfig, run_certify
-    from fvit_core.batch.evaluate import EvalConfig, run_eval
+    from fvit_core.batch.certification import run_certify
+    from fvit_core.batch.config import CertifyConfig, EvalConfig
+    from fvit_core.batch.evaluate import run_eval
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = EvalConfig(data=str(images_dir), out=f"{tmp}/eval", limit=count, progress=False, figures=False)
+        cfg = EvalConfig.of(data=str(images_dir), out=f"{tmp}/eval", limit=count, progress=False, figures=False)
         seconds = run_eval(cfg).seconds
         rep.numbers["eval_images_per_s"] = count / seconds
-        rows.append([f"fvit eval (defaults: PGD 8/255, vanilla + DDS sigma 0.25, N = {cfg.n_samples}, "
-                     f"{cfg.noise_floor_estimator} floor, perturbation test)",
+        rows.append([f"fvit eval (defaults: PGD 8/255, vanilla + DDS sigma 0.25, N = {cfg.sampling.n_samples}, "
+                     f"{cfg.floor.estimator} floor, perturbation test)",
                      count, f"{seconds:.1f}", f"{count / seconds:.2f} images/s"])
-        ccfg = CertifyConfig(data=str(images_dir), out=f"{tmp}/cert", limit=max(count // 4, 1), n0=100, n=1000,
-                             progress=False, figures=False)
+        ccfg = CertifyConfig.of(data=str(images_dir), out=f"{tmp}/cert", limit=max(count // 4, 1), n0=100, n=1000,
+                                progress=False, figures=False)
         seconds = run_certify(ccfg).seconds
-        samples = ccfg.limit * (ccfg.n0 + ccfg.n)
+        samples = ccfg.batch.limit * (ccfg.certificate.n0 + ccfg.certificate.n)
         rep.numbers["certify_samples_per_s"] = samples / seconds
-        rows.append(["fvit certify (sigma 0.25, n0 = 100, n = 1000)", ccfg.limit, f"{seconds:.1f}",
+        rows.append(["fvit certify (sigma 0.25, n0 = 100, n = 1000)", ccfg.batch.limit, f"{seconds:.1f}",
                      f"{samples / seconds:.0f} samples/s"])
     rep.table("Batch throughput (defaults of each command, precision auto)", ["command", "images", "s", "throughput"], rows,
               note="Wall time of the whole command (model loading and reports included).")
@@ -401,11 +413,13 @@ _MEMORY_CHILD = """
 import gc, sys, torch
 sys.path.insert(0, {root!r})
 from fvit_core.models import load_pair
-from fvit_core.method.faithful_vit import smooth
+from fvit_core.method.faithful_vit import FaithfulViT
+from fvit_core.runtime.strategy import Runtime
 pair = load_pair("default")
 status = lambda key: int([line.split()[1] for line in open("/proc/self/status") if line.startswith(key)][0])
+fvit = FaithfulViT.from_pair(pair, 0.25, runtime=Runtime(precision={precision!r}))
 for _ in range(2):  # the second call shows whether anything stayed behind
-    smooth(pair, torch.rand(1, 3, 32, 32), sigma=0.25, n_samples={n}, precision={precision!r})
+    fvit.sample(torch.rand(1, 3, 32, 32), {n})
     gc.collect()
 print(status("VmHWM"), status("VmRSS"))
 """
@@ -436,9 +450,9 @@ def section_memory(rep: Report, sizes: tuple[int, ...]) -> None:
 
 
 def section_reference(rep: Report, pair: ModelPair, image: np.ndarray, repeats: int) -> None:
-    cfg = AnalysisConfig(n_samples=64)
+    cfg = AnalysisConfig.of(n_samples=64)
     ref = median(timed(lambda: reference_analysis(pair, image, cfg), max(repeats - 2, 1)))
-    careful = rep.numbers.get("analysis_careful_64") or _analysis_seconds(pair, image, AnalysisConfig(**CAREFUL),
+    careful = rep.numbers.get("analysis_careful_64") or _analysis_seconds(pair, image, AnalysisConfig.of(**CAREFUL),
                                                                           repeats)[0]
     default = rep.numbers.get("analysis_default_64") or _analysis_seconds(pair, image, cfg, repeats)[0]
     rep.numbers.update(reference_s=ref, speedup_default=ref / default, speedup_careful=ref / careful)
@@ -560,12 +574,11 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
                    f"Differences under about 10% are run-to-run noise here. Chosen: "
                    f"{', '.join(f'{str(k).split(chr(46))[-1]} {v}' for k, v in default.items())}.")
     image = torch.from_numpy(prepare_image(test_images(1)[0], pair.classifier.img_size).astype(np.float32))[None]
-    cfg = AnalysisConfig()
+    params = AnalysisConfig().resolved_attack().params
     rows = []
     for n_threads in sorted({1, threads}):
         torch.set_num_threads(n_threads)
-        seconds = median(timed(lambda: run_attack("pgd", pair.classifier, image, params=cfg.attack_arguments(),
-                                                  seed=0), 5))
+        seconds = median(timed(lambda: run_attack("pgd", pair.classifier, image, params=params, seed=0), 5))
         rows.append([n_threads, f"{seconds * 1e3:.0f} ms"])
     torch.set_num_threads(threads)
     rep.table("The attack (PGD-10, one image) by intra-op threads", ["threads", "median"], rows,

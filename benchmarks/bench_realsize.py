@@ -70,11 +70,12 @@ def count_flops(pair) -> dict:
 
 
 def seconds_per_sample(pair, precision: str, samples: int, batch_size: int, repeats: int) -> dict:
-    from fvit_core.method.faithful_vit import smooth
+    from fvit_core.method.faithful_vit import FaithfulViT
+    from fvit_core.runtime.strategy import Runtime
 
     x = torch.rand(1, 3, 256, 256)
-    run = lambda: smooth(pair, x, sigma=0.25, n_samples=samples, precision=precision, batch_size=batch_size,  # noqa: E731
-                         generator=torch.Generator().manual_seed(0))
+    fvit = FaithfulViT.from_pair(pair, 0.25, runtime=Runtime(precision=precision, batch_size=batch_size))
+    run = lambda: fvit.sample(x, samples, generator=torch.Generator().manual_seed(0))  # noqa: E731
     run()  # warm-up: bfloat16 copies, allocator, kernel choice
     times = []
     for _ in range(repeats):
@@ -91,8 +92,8 @@ def timed_analysis(pair, precision: str, n_samples: int, batch_size: int) -> dic
     from fvit_core.analysis.pipeline import analyze
 
     image = np.random.default_rng(0).random((3, 256, 256), dtype=np.float32)
-    cfg = AnalysisConfig(attack="pgd", steps=10, n_samples=n_samples, batch_size=batch_size, device=str(pair.device),
-                         precision=precision)
+    cfg = AnalysisConfig.of(attack="pgd", steps=10, n_samples=n_samples, batch_size=batch_size,
+                            device=str(pair.device), precision=precision)
     analyze(image, cfg, pair=pair)  # warm-up
     if pair.device.type == "cuda":
         torch.cuda.synchronize()

@@ -20,12 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fvit_core.analysis import metrics, pipeline  # noqa: E402
+from fvit_core import metrics  # noqa: E402
 from fvit_core.models import load_pair  # noqa: E402
+from fvit_core.analysis.cache import AnalysisCache  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 from fvit_core.analysis.pipeline import analyze, analyze_many
 from fvit_core.method.monte_carlo import EarlyStop  # noqa: E402
-from fvit_core.method.faithful_vit import smooth
+from fvit_core.method.faithful_vit import FaithfulViT  # noqa: E402
+from fvit_core.runtime.strategy import Runtime  # noqa: E402
 
 
 def _seconds(fn, repeats: int = 5) -> float:
@@ -38,6 +40,12 @@ def _seconds(fn, repeats: int = 5) -> float:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def smooth(pair, images, *, sigma: float, n_samples: int, precision: str, batch_size: int = 256, **kwargs):
+    """The FViT's Monte Carlo estimates of ``images`` (DDS at ``sigma``, networks in ``precision``)."""
+    fvit = FaithfulViT.from_pair(pair, sigma, runtime=Runtime(precision=precision, batch_size=batch_size))
+    return fvit.sample(images, n_samples, **kwargs)
 
 
 def main() -> int:
@@ -62,17 +70,13 @@ def main() -> int:
     out["early_stop_n"] = [o.n_samples for o in stopped]
     image = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
     for label, extra in (("default", {}), ("fast", {"precision": "bfloat16", "noise_floor_estimator": "bootstrap"})):
-        cfg = AnalysisConfig(device="cuda", **extra)
-
-        def cold():
-            pipeline.clear_cache()
-            analyze(image, cfg, pair=gpu)
-
-        out[f"analysis_{label}_cold_s"] = _seconds(cold)
+        cfg = AnalysisConfig.of(device="cuda", **extra)
+        cache = AnalysisCache()
+        out[f"analysis_{label}_cold_s"] = _seconds(lambda: analyze(image, cfg, pair=gpu))
         out[f"analysis_{label}_cached_attack_s"] = _seconds(
-            lambda: (pipeline.clear_cache(attacks=False), analyze(image, cfg, pair=gpu)))
-        configs = [AnalysisConfig(device="cuda", sigma=s, **extra) for s in (0.06, 0.12, 0.18, 0.25, 0.5, 1.0)]
-        out[f"sweep6_{label}_s"] = _seconds(lambda: (pipeline.clear_cache(), analyze_many(image, configs, pair=gpu)), 3)
+            lambda: (cache.clear(attacks=False), analyze(image, cfg, pair=gpu, cache=cache)))
+        configs = [AnalysisConfig.of(device="cuda", sigma=s, **extra) for s in (0.06, 0.12, 0.18, 0.25, 0.5, 1.0)]
+        out[f"sweep6_{label}_s"] = _seconds(lambda: analyze_many(image, configs, pair=gpu), 3)
     big = torch.rand(1, 3, 32, 32)
     for precision in ("float32", "bfloat16"):
         seconds = _seconds(lambda: smooth(gpu, big, sigma=0.25, n_samples=8192, batch_size=4096, precision=precision), 3)

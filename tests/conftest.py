@@ -5,11 +5,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# The dashboard's package (app/) is imported from the repository root, as `streamlit run` does.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from fvit_core.models import CIFAR10_MEAN, CIFAR10_STD, PixelViT, create_vit
 
@@ -141,15 +147,6 @@ def tiny_pair_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_pair")
     save_tiny_pair(folder)
     return folder
-
-
-@pytest.fixture(autouse=True)
-def _fresh_analysis_caches():
-    """Every test starts without cached attacks or FViT estimates (analysis.pipeline), so a test
-    that counts model calls does not depend on which tests ran before it."""
-    from fvit_core.analysis import pipeline
-
-    pipeline.clear_cache()
 
 
 @pytest.fixture(scope="session")

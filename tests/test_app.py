@@ -1,4 +1,5 @@
-"""The dashboard: its plain helpers (app/state.py) and every page through streamlit's AppTest.
+"""The dashboard: its plain helpers (app/image_sources.py, model_sources.py, attack_widgets.py,
+analysis_settings.py) and every page through streamlit's AppTest.
 
 AppTest runs the real app on the shipped default pair; the settings that make it slow are turned
 down through the app's own widgets (8 noise samples, 2 attack steps), as a user could.
@@ -20,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app import metrics_table, state  # noqa: E402
-from fvit_core.attacks.registry import ATTACKS  # noqa: E402
+from app import analysis_settings, attack_widgets, image_sources, metrics_table, model_sources  # noqa: E402
+from fvit_core.runtime.cache import LRU  # noqa: E402
+from fvit_core.attacks.specs import ATTACKS  # noqa: E402
 from fvit_core.data.images import ImageError  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 
@@ -60,7 +62,7 @@ def test_load_upload_decodes_every_supported_format(fmt, mode):
     buffer = io.BytesIO()
     Image.fromarray(random_rgb()).convert(mode).save(buffer, format=fmt)
     data = buffer.getvalue()
-    loaded = state.load_upload(f"my file.{fmt.lower()}", data)
+    loaded = image_sources.load_upload(f"my file.{fmt.lower()}", data)
     assert loaded.pixels.shape == (3, 40, 48) and loaded.pixels.dtype == np.float32
     assert 0.0 <= loaded.pixels.min() and loaded.pixels.max() <= 1.0
     assert loaded.name == f"my_file.{fmt.lower()}" and loaded.data == data and loaded.source == "upload"
@@ -70,7 +72,7 @@ def test_load_upload_keeps_16_bit_grey_scale():
     grey = (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16)
     buffer = io.BytesIO()
     Image.fromarray(grey).save(buffer, format="PNG")
-    loaded = state.load_upload("grey16.png", buffer.getvalue())
+    loaded = image_sources.load_upload("grey16.png", buffer.getvalue())
     assert loaded.pixels.shape == (3, 40, 48)
     assert loaded.pixels[0].max() == pytest.approx(grey.max() / 65535, abs=1e-6)
 
@@ -82,20 +84,20 @@ def test_load_upload_keeps_16_bit_grey_scale():
 ])
 def test_load_upload_rejects_bad_files_with_a_message(data, message):
     with pytest.raises(ImageError, match=message):
-        state.load_upload("bad.png", data)
+        image_sources.load_upload("bad.png", data)
 
 
 def test_load_upload_rejects_huge_images_before_decoding():
     with pytest.raises(ImageError, match="over the limit"):
-        state.load_upload("big.png", encode(random_rgb(height=100, width=100)), max_pixels=5_000)
+        image_sources.load_upload("big.png", encode(random_rgb(height=100, width=100)), max_pixels=5_000)
     with pytest.raises(ImageError, match="over the limit"):
-        state.load_upload("big.png", encode(random_rgb()), max_bytes=100)
+        image_sources.load_upload("big.png", encode(random_rgb()), max_bytes=100)
 
 
 def test_same_pixels_same_digest_other_pixels_other_digest():
     a, b = encode(random_rgb(0)), encode(random_rgb(1))
-    assert state.load_upload("a.png", a).digest == state.load_upload("renamed.png", a).digest
-    assert state.load_upload("a.png", a).digest != state.load_upload("b.png", b).digest
+    assert image_sources.load_upload("a.png", a).digest == image_sources.load_upload("renamed.png", a).digest
+    assert image_sources.load_upload("a.png", a).digest != image_sources.load_upload("b.png", b).digest
 
 
 def test_gallery_lists_images_with_labels(tmp_path):
@@ -103,132 +105,131 @@ def test_gallery_lists_images_with_labels(tmp_path):
     (tmp_path / "b.jpg").write_bytes(encode(random_rgb(), "JPEG"))
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "labels.json").write_text(json.dumps({"a.png": {"label": "cat"}, "b.jpg": "dog"}))
-    items = state.list_gallery(tmp_path)
+    items = image_sources.list_gallery(tmp_path)
     assert [(i.name, i.label) for i in items] == [("a.png", "cat"), ("b.jpg", "dog")]
-    assert state.load_gallery_image(items[0]).true_label == "cat"
-    assert state.list_gallery(tmp_path / "missing") == []
+    assert image_sources.list_gallery(tmp_path / "missing") == []
 
 
 def test_generated_image_is_a_valid_fallback():
-    image = state.generated_image()
+    image = image_sources.generated_image()
     assert image.pixels.shape == (3, 32, 32) and image.source == "generated"
 
 
 def test_widgets_come_from_param_specs_in_display_units():
     pgd = ATTACKS["pgd"]
-    eps = state.widget_spec(pgd.param("eps"))
+    eps = attack_widgets.widget_spec(pgd.param("eps"))
     assert (eps.kind, eps.value, eps.min, eps.max, eps.step, eps.scale) == ("slider", 8.0, 0.0, 64.0, 1.0, 255.0)
     assert "/255" in eps.label
-    assert state.widget_spec(pgd.param("steps")).kind == "number"
-    assert state.widget_spec(pgd.param("random_start")).kind == "checkbox"
-    assert state.widget_spec(ATTACKS["apgd"].param("loss")).options == ("ce", "dlr")
-    assert state.widget_spec(ATTACKS["cw"].param("c")).kind == "number"  # 1e-4 .. 1e4 is no slider
+    assert attack_widgets.widget_spec(pgd.param("steps")).kind == "number"
+    assert attack_widgets.widget_spec(pgd.param("random_start")).kind == "checkbox"
+    assert attack_widgets.widget_spec(ATTACKS["apgd"].param("loss")).options == ("ce", "dlr")
+    assert attack_widgets.widget_spec(ATTACKS["cw"].param("c")).kind == "number"  # 1e-4 .. 1e4 is no slider
 
 
 def test_attack_params_convert_back_to_pixels_and_link_to_the_analysis():
     settings = {"k": 5, "method": "rollout", "head_fusion": "max", "sigma": 0.5}
-    pgd = state.attack_params(ATTACKS["pgd"], {"eps": 16.0, "steps": 3, "random_start": False}, linked=True,
+    pgd = attack_widgets.attack_params(ATTACKS["pgd"], {"eps": 16.0, "steps": 3, "random_start": False}, linked=True,
                               settings=settings)
     assert pgd == {"eps": 16 / 255, "alpha": 16 / 255 / 5, "steps": 3, "random_start": False}
-    unlinked = state.attack_params(ATTACKS["pgd"], {"eps": 16.0, "alpha": 2.0}, linked=False, settings=settings)
+    unlinked = attack_widgets.attack_params(ATTACKS["pgd"], {"eps": 16.0, "alpha": 2.0}, linked=False, settings=settings)
     assert unlinked["alpha"] == 2 / 255 and unlinked["steps"] == 10
-    topk = state.attack_params(ATTACKS["topk"], {"eps": 8.0}, linked=True, settings=settings)
+    topk = attack_widgets.attack_params(ATTACKS["topk"], {"eps": 8.0}, linked=True, settings=settings)
     assert (topk["k"], topk["method"], topk["head_fusion"]) == (5, "rollout", "max")
-    eot = state.attack_params(ATTACKS["eot_dds"], {}, linked=True, settings=settings)
+    eot = attack_widgets.attack_params(ATTACKS["eot_dds"], {}, linked=True, settings=settings)
     assert eot["sigma"] == 0.5
-    assert state.linked_params(ATTACKS["fgsm"]) == []
+    assert attack_widgets.linked_params(ATTACKS["fgsm"]) == []
     # The dashboard ties exactly what the registry derives, as the CLI does: L2 PGD keeps its own step.
-    assert state.linked_params(ATTACKS["pgdl2"]) == []
-    l2 = state.attack_params(ATTACKS["pgdl2"], {"eps": 1.0}, linked=True, settings=settings)
+    assert attack_widgets.linked_params(ATTACKS["pgdl2"]) == []
+    l2 = attack_widgets.attack_params(ATTACKS["pgdl2"], {"eps": 1.0}, linked=True, settings=settings)
     assert l2["alpha"] == ATTACKS["pgdl2"].param("alpha").default
-    from fvit_core.attacks.registry import attack_arguments
+    from fvit_core.attacks.settings import AttackSettings
 
-    cli_side = ATTACKS["pgd"].resolve(attack_arguments("pgd", {}, eps=16 / 255, steps=3, settings=settings))
+    cli_side = AttackSettings(name="pgd", eps=16 / 255, steps=3).resolve(settings).params
     assert cli_side["alpha"] == pgd["alpha"]
 
 
 def test_build_config_gives_a_valid_reproducible_config():
     settings = {"sigma": 0.3, "k": 4, "n_samples": 16, "attack": "fgsm", "model_kind": "default"}
-    models = state.ModelChoice()
-    config = state.build_config(settings, {"eps": 4 / 255}, models)
-    config.validate(num_patches=64)
-    assert (config.sigma, config.k, config.attack_params) == (0.3, 4, {"eps": 4 / 255})
+    models = model_sources.ModelChoice()
+    config = analysis_settings.build_config(settings, {"eps": 4 / 255}, models)
+    config.check_model(num_patches=64)
+    assert (config.smoothing.sigma, config.explanation.k, config.attack.params) == (0.3, 4, {"eps": 4 / 255})
     assert AnalysisConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    other = state.build_config({**settings, "sigma": 0.31}, {"eps": 4 / 255}, models)
-    assert state.settings_key("d", config) != state.settings_key("d", other)
-    assert state.settings_key("d", config) == state.settings_key("d", state.build_config(settings, {"eps": 4 / 255}, models))
+    other = analysis_settings.build_config({**settings, "sigma": 0.31}, {"eps": 4 / 255}, models)
+    assert analysis_settings.settings_key("d", config) != analysis_settings.settings_key("d", other)
+    assert analysis_settings.settings_key("d", config) == analysis_settings.settings_key("d", analysis_settings.build_config(settings, {"eps": 4 / 255}, models))
 
 
 def test_expensive_settings_are_recognised():
-    assert state.expensive_reason(AnalysisConfig()) is None
-    assert "samples" in state.expensive_reason(AnalysisConfig(n_samples=256))
-    assert "denoiser" in state.expensive_reason(AnalysisConfig(attack="eot_dds"))
-    assert "AutoAttack" in state.expensive_reason(AnalysisConfig(attack="autoattack"))
-    assert "steps" in state.expensive_reason(AnalysisConfig(attack_params={"steps": 200}))
-    assert "sensitivity (8 x 64" in state.expensive_reason(AnalysisConfig(sensitivity_samples=8))
+    assert analysis_settings.expensive_reason(AnalysisConfig()) is None
+    assert "samples" in analysis_settings.expensive_reason(AnalysisConfig.of(n_samples=256))
+    assert "denoiser" in analysis_settings.expensive_reason(AnalysisConfig.of(attack="eot_dds"))
+    assert "AutoAttack" in analysis_settings.expensive_reason(AnalysisConfig.of(attack="autoattack"))
+    assert "steps" in analysis_settings.expensive_reason(AnalysisConfig.of(attack_params={"steps": 200}))
+    assert "sensitivity (8 x 64" in analysis_settings.expensive_reason(AnalysisConfig.of(sensitivity_samples=8))
 
 
 def test_local_models_only_from_the_models_directory(tiny_pair_dir, tmp_path):
-    assert state.local_model_folders("classifier", tiny_pair_dir) == ["classifier"]
-    assert state.local_model_folders("denoiser", tiny_pair_dir) == ["denoiser"]
-    path = state.resolve_local_model("classifier", "classifier", tiny_pair_dir)
+    assert model_sources.local_model_folders("classifier", tiny_pair_dir) == ["classifier"]
+    assert model_sources.local_model_folders("denoiser", tiny_pair_dir) == ["denoiser"]
+    path = model_sources.resolve_local_model("classifier", "classifier", tiny_pair_dir)
     assert Path(path) == (tiny_pair_dir / "classifier").resolve()
     for name in ("../classifier", "/etc", "denoiser", str(tiny_pair_dir / "classifier")):
         with pytest.raises(ValueError, match="not a model name|not a classifier folder"):
-            state.resolve_local_model(name, "classifier", tiny_pair_dir)
+            model_sources.resolve_local_model(name, "classifier", tiny_pair_dir)
     root = tmp_path / "models"
     root.mkdir()
     (root / "escape").symlink_to(tiny_pair_dir / "classifier")  # a link out of the directory is ignored
-    assert state.local_model_folders("classifier", root) == []
+    assert model_sources.local_model_folders("classifier", root) == []
 
 
 def test_hub_names_need_permission_and_are_never_paths(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="FVIT_ALLOW_DOWNLOAD=1"):
-        state.check_hub_name("vit_tiny_patch16_224", "classifier")
+        model_sources.check_hub_name("vit_tiny_patch16_224", "classifier")
     monkeypatch.setenv("FVIT_ALLOW_DOWNLOAD", "1")
-    assert not state.downloads_allowed()  # HF_HUB_OFFLINE=1 still wins
+    assert not model_sources.downloads_allowed()  # HF_HUB_OFFLINE=1 still wins
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert state.downloads_allowed()
-    assert state.check_hub_name(" google/ddpm-cifar10-32 ", "denoiser") == "google/ddpm-cifar10-32"
+    assert model_sources.downloads_allowed()
+    assert model_sources.check_hub_name(" google/ddpm-cifar10-32 ", "denoiser") == "google/ddpm-cifar10-32"
     with pytest.raises(ValueError, match="enter a classifier name"):
-        state.check_hub_name("  ", "classifier")
+        model_sources.check_hub_name("  ", "classifier")
     for bad in ("/etc/passwd", "../models", "a/b/c", "~/x"):
         with pytest.raises(ValueError, match="not a hub id"):
-            state.check_hub_name(bad, "classifier")
+            model_sources.check_hub_name(bad, "classifier")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "local").mkdir()
     with pytest.raises(ValueError, match="local path"):
-        state.check_hub_name("local", "classifier")
+        model_sources.check_hub_name("local", "classifier")
 
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def test_fit_notice_says_what_fitting_does_to_the_image():
-    assert state.fit_notice((32, 32), (32, 32), "resize") is None
-    assert state.fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
-    shrunk = state.fit_notice((512, 512), (32, 32), "resize")
+    assert image_sources.fit_notice((32, 32), (32, 32), "resize") is None
+    assert image_sources.fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
+    shrunk = image_sources.fit_notice((512, 512), (32, 32), "resize")
     assert shrunk == ("This image is shrunk about 16× (512×512 → 32×32 px): the model sees far less detail "
                       "than the file has.")
-    tall = state.fit_notice((40, 20), (32, 32), "center_crop")
+    tall = image_sources.fit_notice((40, 20), (32, 32), "center_crop")
     assert tall == "This image is 20×40, not square: centre crop cuts top and bottom off."
-    assert "pad adds black bars left and right" in state.fit_notice((40, 20), (32, 32), "pad")
-    assert "resize stretches it" in state.fit_notice((20, 40), (32, 32), "resize")
-    assert state.fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
+    assert "pad adds black bars left and right" in image_sources.fit_notice((40, 20), (32, 32), "pad")
+    assert "resize stretches it" in image_sources.fit_notice((20, 40), (32, 32), "resize")
+    assert image_sources.fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
 
 
 def test_true_label_from_a_class_named_file():
-    assert state.label_from_name("cat_01.jpg", CIFAR10) == "cat"
-    assert state.label_from_name("My-Dog.PNG", CIFAR10) == "dog"
-    assert state.label_from_name("category.png", CIFAR10) is None  # not a whole word
-    assert state.label_from_name("cat_and_dog.png", CIFAR10) is None  # two classes: unknown
-    assert state.label_from_name("golden_retriever.jpg", ("golden retriever", "tabby")) == "golden retriever"
-    info = state.ModelInfo((32, 32), 64, CIFAR10, "the CIFAR-10 training split")
+    assert image_sources.label_from_name("cat_01.jpg", CIFAR10) == "cat"
+    assert image_sources.label_from_name("My-Dog.PNG", CIFAR10) == "dog"
+    assert image_sources.label_from_name("category.png", CIFAR10) is None  # not a whole word
+    assert image_sources.label_from_name("cat_and_dog.png", CIFAR10) is None  # two classes: unknown
+    assert image_sources.label_from_name("golden_retriever.jpg", ("golden retriever", "tabby")) == "golden retriever"
+    info = model_sources.ModelInfo((32, 32), 64, CIFAR10, "the CIFAR-10 training split")
     assert "input 32×32 px (64 patches)" in info.describe("pair") and "10 classes only" in info.describe("pair")
 
 
 def test_result_cache_keeps_the_most_recent():
-    cache = state.ResultCache(2)
+    cache = LRU(2)
     cache.put("a", 1), cache.put("b", 2)
     assert cache.get("a") == 1  # a is now the most recent
     cache.put("c", 3)
@@ -299,10 +300,10 @@ def test_default_load_shows_a_complete_comparison(default_app):
         assert metric_values(at, label)
     assert "95% CI" in metric_deltas(at, "Top-8 overlap V₈")[1]
     text = captions(at)
-    assert "As the model sees it: 32×32" in text and state.DEFAULT_GALLERY_IMAGE in text
+    assert "As the model sees it: 32×32" in text and image_sources.DEFAULT_GALLERY_IMAGE in text
     assert "PGD (Linf): eps 8/255" in text and "N = 8 samples" in text and "σ = 0.25" in text
     assert len(at.image) >= 4  # preview, two attention figures, inputs row
-    assert result.config.n_samples == 8 and result.config.attack_params["steps"] == 2
+    assert result.config.sampling.n_samples == 8 and result.config.attack.params["steps"] == 2
     (table,) = at.dataframe  # the metrics table: one row per metric, the FViT's floor beside it
     frame = table.value
     assert list(frame.columns) == list(metrics_table.COLUMNS) and len(frame) == 9
@@ -388,7 +389,7 @@ def test_changing_sigma_updates_numbers_and_charts():
     at.slider(key="sigma").set_value(0.5).run()
     assert not at.exception and not at.error
     after = current(at).result
-    assert after.config.sigma == 0.5 and after.faithful.t_star > before.faithful.t_star
+    assert after.config.smoothing.sigma == 0.5 and after.faithful.t_star > before.faithful.t_star
     # Same attacked image, so the bound alpha R^2 / (2 sigma^2) drops by (0.25 / 0.5)^2.
     assert after.attack["l2"] == pytest.approx(before.attack["l2"])
     c_before, c_after = before.faithful.certified, after.faithful.certified
@@ -405,7 +406,7 @@ def test_changing_k_updates_labels_values_and_the_curve():
     at = run_app()
     at.slider(key="k").set_value(3).run()
     result = current(at).result
-    assert result.config.k == 3
+    assert result.config.explanation.k == 3
     assert metric_values(at, "Top-3 overlap V₃") == [f"{result.vanilla.topk_overlap:.2f}", f"{result.fvit.topk_overlap:.2f}"]
     assert result.vanilla.topk_overlap == pytest.approx(result.vanilla.overlap_curve[2])
     at.switch_page("views/topk.py").run()
@@ -503,7 +504,7 @@ def test_local_models_come_from_the_models_directory(tiny_pair_dir, monkeypatch)
     assert not at.text_input  # no free-text paths anywhere
     result = current(at).result
     assert result.grid_size == (4, 4) and at.slider(key="k").max == 16
-    assert result.config.classifier == str((tiny_pair_dir / "classifier").resolve())
+    assert result.config.models.classifier == str((tiny_pair_dir / "classifier").resolve())
     assert "top-8 of 16 patches" in captions(at)
 
 
@@ -548,7 +549,7 @@ def test_a_named_real_size_pair_is_offered_when_its_files_are_present(tmp_path, 
     at.button(key="run").click().run()
     assert not at.exception and not at.error
     result = current(at).result
-    assert result.config.model == "imagenet-vit-b16" and result.pixel_size == (16, 16)
+    assert result.config.models.pair == "imagenet-vit-b16" and result.pixel_size == (16, 16)
     assert result.classifier_size == (32, 32) and result.faithful.n_samples == 4
 
 
@@ -557,7 +558,7 @@ def test_metrics_table_rows(tiny_pair):
     from fvit_core.analysis.pipeline import analyze
 
     image = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
-    cfg = AnalysisConfig(n_samples=4, steps=1, bootstrap=10, k=4, sensitivity_samples=2)
+    cfg = AnalysisConfig.of(n_samples=4, steps=1, bootstrap=10, k=4, sensitivity_samples=2)
     result = analyze(image, cfg, pair=tiny_pair)
     rows = metrics_table.metrics_rows(result)
     assert [r["metric"] for r in rows][0] == "top-4 overlap V_4" and len(rows) == 9
@@ -570,13 +571,13 @@ def test_metrics_table_rows(tiny_pair):
 def test_error_messages_tell_user_errors_from_bugs():
     from fvit_core.errors import InputError, ModelLoadError, SettingError
 
-    assert state.error_message("Invalid settings", SettingError("k must be\n 1..64")) == "Invalid settings: k must be 1..64"
-    assert state.error_message("Models", ModelLoadError("no model folder 'x'")) == "Models: no model folder 'x'"
-    assert state.error_message("Cannot use this image", InputError("empty file")) == "Cannot use this image: empty file"
-    bug = state.error_message("The analysis failed", KeyError("secret internals"))
+    assert analysis_settings.error_message("Invalid settings", SettingError("k must be\n 1..64")) == "Invalid settings: k must be 1..64"
+    assert analysis_settings.error_message("Models", ModelLoadError("no model folder 'x'")) == "Models: no model folder 'x'"
+    assert analysis_settings.error_message("Cannot use this image", InputError("empty file")) == "Cannot use this image: empty file"
+    bug = analysis_settings.error_message("The analysis failed", KeyError("secret internals"))
     assert bug == "The analysis failed: internal error, please report it (KeyError)." and "secret" not in bug
-    assert "internal error" in state.error_message("x", ValueError("plain"))  # an untyped ValueError is a bug
-    assert state.error_message("x", MemoryError()).startswith("x: out of memory")
+    assert "internal error" in analysis_settings.error_message("x", ValueError("plain"))  # an untyped ValueError is a bug
+    assert analysis_settings.error_message("x", MemoryError()).startswith("x: out of memory")
 
 
 def test_a_bug_in_the_engine_is_an_internal_error_without_traceback(monkeypatch):

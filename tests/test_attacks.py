@@ -9,18 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from fvit_core import models
-from fvit_core.attacks.registry import (
-    ATTACKS,
-    AttackContext,
-    BUDGET_ATOL,
-    AttackSpec,
-    ParamSpec,
-    budget_excess,
-    get_attack,
-    project_to_budget,
-    run_attack,
-    topk_mask,
-)
+from fvit_core.attacks.ours import AttackContext, budget_excess, project_to_budget, topk_mask
+from fvit_core.attacks.runner import BUDGET_ATOL, BUILDERS, run_attack
+from fvit_core.attacks.settings import AttackSettings
+from fvit_core.attacks.specs import ATTACKS, AttackSpec, ParamSpec, get_attack
 from fvit_core.explanations.attention import explain
 
 # Small budgets keep every attack well under a second on 2 CPU cores.
@@ -109,21 +101,22 @@ def test_specs_are_well_formed(name: str) -> None:
 
 def test_linf_step_follows_the_budget_in_the_registry() -> None:
     """alpha = eps / 5 is the registry's rule: run_attack, fvit analyze and fvit eval all get it."""
-    from fvit_core.attacks.registry import attack_arguments
-
     assert ATTACKS["pgd"].resolve({"eps": 16 / 255})["alpha"] == pytest.approx(16 / 255 / 5)
     assert ATTACKS["pgd"].resolve({"eps": 16 / 255, "alpha": 1 / 255})["alpha"] == 1 / 255  # given: kept
     for name in ("mifgsm", "eotpgd", "topk", "eot_dds"):
         assert ATTACKS[name].resolve({"eps": 4 / 255})["alpha"] == pytest.approx(4 / 255 / 5), name
     assert ATTACKS["pgdl2"].resolve({"eps": 1.0})["alpha"] == 0.1  # the rule is Linf's; L2 keeps its default
     # The analysis settings an attack follows when its own parameter is not given.
-    settings = {"sigma": 0.5, "k": 4, "method": "rollout", "head_fusion": "max"}
-    assert attack_arguments("eot_dds", {}, settings=settings) == {"sigma": 0.5}
-    assert attack_arguments("topk", {"k": 2}, eps=2 / 255, settings=settings) == {
+    follow = {"sigma": 0.5, "k": 4, "method": "rollout", "head_fusion": "max"}
+    assert AttackSettings(name="eot_dds").arguments(follow) == {"sigma": 0.5}
+    assert AttackSettings(name="topk", eps=2 / 255, params={"k": 2}).arguments(follow) == {
         "k": 2, "eps": 2 / 255, "method": "rollout", "head_fusion": "max"}
     with pytest.raises(ValueError, match="no parameter 'eps'"):
-        attack_arguments("cw", {}, eps=8 / 255)
-    assert attack_arguments("cw", {"std": 0.1}, eps=8 / 255, strict=False) == {}
+        AttackSettings(name="cw", eps=8 / 255).arguments()
+    assert AttackSettings(name="cw", eps=8 / 255, params={"std": 0.1}).arguments(strict=False) == {}
+    resolved = AttackSettings(name="topk", eps=2 / 255).resolve(follow)
+    assert resolved.params["alpha"] == pytest.approx(2 / 255 / 5) and resolved.seed_parts == ("topk", 2 / 255, None,
+                                                                                              "rollout")
 
 
 def test_run_attack_uses_the_derived_step(tiny_vit) -> None:
@@ -222,7 +215,7 @@ def test_autoattack_takes_n_classes_from_the_model(images) -> None:
     model = _five_class_model()
     for version in ("standard", "plus"):  # built, not run: they are slow (spec description)
         params = ATTACKS["autoattack"].resolve({"version": version})
-        attack = ATTACKS["autoattack"].builder(AttackContext(model, params, None, 0))
+        attack = BUILDERS["autoattack"](AttackContext(model, params, None, 0))
         assert attack.n_classes == 5
         assert all(getattr(a, "n_target_classes", 4) == 4 for a in attack._autoattack.attacks)
     # At this tiny budget APGD-CE fools neither image, so APGD-T runs over the other 4 classes
@@ -380,7 +373,7 @@ def test_the_default_attack_does_not_import_torchattacks(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, torch\nfrom fvit_core.attacks.registry import run_attack\nfrom fvit_core.models import load_pair\n"
+    code = ("import sys, torch\nfrom fvit_core.attacks.runner import run_attack\nfrom fvit_core.models import load_pair\n"
             "vit = load_pair('default').classifier\n"
             "run_attack('pgd', vit, torch.rand(1, 3, 32, 32), seed=0)\n"
             "print('torchattacks' in sys.modules)")

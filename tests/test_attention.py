@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from fvit_core.explanations.attention import (
-    EXPLANATION_METHODS,
-    HEAD_FUSIONS,
     capture_attention,
     explain,
     install_attention_taps,
@@ -19,6 +17,7 @@ from fvit_core.explanations.attention import (
     rollout_layer_matrix,
     rollout_matrix,
 )
+from fvit_core.explanations.settings import EXPLANATION_METHODS, HEAD_FUSIONS
 
 P = 16  # tiny_vit: 32x32 pixels, 8x8 patches
 
@@ -286,7 +285,7 @@ def test_invalid_inputs_raise_actionable_errors(tiny_vit, kwargs, x, match):
 @pytest.mark.parametrize("fusion", HEAD_FUSIONS)
 def test_fast_raw_path_matches_the_captured_attention(tiny_vit, fusion):
     from fvit_core.explanations.attention import _METHODS, _compute, fuse_heads
-    from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
+    from fvit_core.explanations.raw_path import raw_cls_path, supports_cls_path
 
     x = _pixels(batch=4)
     assert supports_cls_path(tiny_vit)
@@ -303,7 +302,7 @@ def test_fast_raw_path_skips_the_capture_and_falls_back_in_training_mode(tiny_vi
     import copy
 
     from fvit_core.explanations import attention
-    from fvit_core.runtime.raw_attention import supports_cls_path
+    from fvit_core.explanations.raw_path import supports_cls_path
 
     expected = explain(tiny_vit, _pixels(), method="raw")
     with monkeypatch.context() as patch:

@@ -213,7 +213,7 @@ def _smoothed_topk_indicator(x: np.ndarray, k: int, sigma: float, noise: np.ndar
 @pytest.mark.parametrize("k", [1, 2])
 def test_topk_radius_holds_under_monte_carlo_perturbations(k):
     """METHOD.md 5.3: perturbations inside the radius keep the top-k; well beyond it they need not."""
-    from fvit_core.analysis.metrics import topk_overlap
+    from fvit_core.metrics import topk_overlap
 
     rng = np.random.default_rng(0)
     sigma, noise = 0.25, rng.standard_normal((200_000, 6))

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fvit_core.analysis import pipeline
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
-from fvit_core.batch.evaluate import EvalConfig, run_eval
+from fvit_core.batch.config import EvalConfig
+from fvit_core.batch.evaluate import run_eval
 from fvit_core.cli.main import main
 from fvit_core.data.images import load_image
 from fvit_core.models import load_pair
@@ -32,11 +32,10 @@ SEED = 3
 def test_api_cli_and_eval_give_the_same_numbers(tmp_path):
     pair = load_pair("default")
     # eval attacks the true label, analyze the model's prediction: the same only when they agree.
-    config = AnalysisConfig(n_samples=N_SAMPLES, seed=SEED)
+    config = AnalysisConfig.of(n_samples=N_SAMPLES, seed=SEED)
     api = analyze(load_image(IMAGE), config, pair=pair)
     assert api.vanilla.clean.label_name == "airplane", "pick an image the default model classifies correctly"
 
-    pipeline.clear_cache()  # the command computes its attack afresh
     out_json = tmp_path / "analysis.json"
     assert main(["analyze", str(IMAGE), "--n-samples", str(N_SAMPLES), "--seed", str(SEED),
                  "--json", str(out_json)]) == 0
@@ -46,7 +45,7 @@ def test_api_cli_and_eval_give_the_same_numbers(tmp_path):
     data.mkdir(parents=True)
     shutil.copy(IMAGE, data / IMAGE.name)
     out = tmp_path / "eval"
-    run_eval(EvalConfig(data=str(data.parent), out=str(out), n_samples=N_SAMPLES, seed=SEED,
+    run_eval(EvalConfig.of(data=str(data.parent), out=str(out), n_samples=N_SAMPLES, seed=SEED,
                         modes=("vanilla", "dds"), perturbation_test=False, figures=False, progress=False))
     rows = {row["mode"]: row for row in map(json.loads, (out / "rows.jsonl").read_text().splitlines())}
     assert set(rows) == {"vanilla", "dds"} and rows["dds"]["n_samples"] == N_SAMPLES

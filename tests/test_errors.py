@@ -130,7 +130,7 @@ def test_the_notebook_api_raises_typed_errors_on_user_input():
     CLI's exit status) can tell their mistake from a bug."""
     import numpy as np
 
-    from fvit_core.analysis import metrics
+    from fvit_core import metrics
     from fvit_core.errors import InputError, SettingError
     from fvit_core.method import certify
 

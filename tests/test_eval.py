@@ -17,8 +17,9 @@ from scipy import stats
 
 from conftest import EVAL_TEST_ROWS, eval_command, read_rows
 
-from fvit_core.analysis.metrics import MAP_METRICS
+from fvit_core.metrics import MAP_METRICS
 from fvit_core.batch import evaluate as ev
+from fvit_core.batch.grid import settings_grid
 from fvit_core.explanations.perturbation_test import (FRACTIONS, perturbation_auc, perturbed_batch, removal_counts,
                                           remove_patches, split_hits)
 from fvit_core.batch.store import AppendLog, complete_lines
@@ -36,9 +37,9 @@ REQUIRED_FIELDS = {"image", "label", "mode", "attack", "eps", "sigma", "method",
 
 
 def test_grid_vanilla_once_per_budget_and_eot_per_sigma():
-    cfg = ev.EvalConfig(data="d", out="o", attacks=("pgd", "eot_dds", "cw"), eps=(2 / 255, 8 / 255),
+    cfg = ev.EvalConfig.of(data="d", out="o", attacks=("pgd", "eot_dds", "cw"), eps=(2 / 255, 8 / 255),
                         sigmas=(0.12, 0.25), modes=("vanilla", "dds"), methods=("raw",))
-    grid = ev.settings_grid(cfg)
+    grid = settings_grid(cfg.grid)
     pgd = [s for s in grid if s.attack == "pgd"]
     assert len(pgd) == 2 * (1 + 2)  # per budget: vanilla once, dds per sigma
     assert len([s for s in grid if s.attack == "eot_dds" and s.mode == "vanilla"]) == 2 * 2  # attack depends on sigma
@@ -50,7 +51,7 @@ def test_grid_vanilla_once_per_budget_and_eot_per_sigma():
         cfg, ev.Setting("eot_dds", 8 / 255, "dds", 0.25, "raw"))
     assert ev.attack_key(cfg, ev.Setting("topk", 8 / 255, "dds", 0.12, "raw")) != ev.attack_key(
         cfg, ev.Setting("topk", 8 / 255, "dds", 0.12, "rollout"))
-    params = ev.get_attack("eot_dds").resolve(ev.attack_arguments(cfg, ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw")))
+    params = cfg.resolved_attack(ev.Setting("eot_dds", 4 / 255, "dds", 0.12, "raw")).params
     assert params["sigma"] == 0.12 and params["alpha"] == pytest.approx(4 / 255 / 5)
 
 
@@ -63,7 +64,7 @@ def test_attack_computed_once_per_budget_and_reused(image_folder, tiny_pair_dir,
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(ev, "run_attack", counting)
-    cfg = ev.EvalConfig(data=str(image_folder), out=str(tmp_path / "o"), classifier=str(tiny_pair_dir / "classifier"),
+    cfg = ev.EvalConfig.of(data=str(image_folder), out=str(tmp_path / "o"), classifier=str(tiny_pair_dir / "classifier"),
                         denoiser=str(tiny_pair_dir / "denoiser"), limit=1, eps=(2 / 255, 8 / 255), sigmas=(0.12, 0.25),
                         modes=("vanilla", "dds", "rs"), methods=("raw",), n_samples=4, pt_samples=1, k=4,
                         steps=2, progress=False, figures=False)
@@ -288,25 +289,25 @@ def test_remove_patches_fills_with_the_image_mean():
 
 def test_bad_grid_values_are_refused(tmp_path):
     with pytest.raises(ValueError, match="mode"):
-        ev.EvalConfig(data="d", out="o", modes=("vanilla", "smooth")).validate()
+        ev.EvalConfig.of(data="d", out="o", modes=("vanilla", "smooth"))
     with pytest.raises(ValueError, match="belong to none"):
-        ev.EvalConfig(data="d", out="o", attack_params={"n_queries": 10}).validate()
+        ev.EvalConfig.of(data="d", out="o", attack_params={"n_queries": 10})
     with pytest.raises(ValueError, match="eps"):
-        ev.EvalConfig(data="d", out="o", eps=(-1.0,)).validate()
+        ev.EvalConfig.of(data="d", out="o", eps=(-1.0,))
     with pytest.raises(ValueError, match="precision"):
-        ev.EvalConfig(data="d", out="o", precision="float16").validate()
-    from fvit_core.batch.certification import CertifyConfig
+        ev.EvalConfig.of(data="d", out="o", precision="float16")
+    from fvit_core.batch.config import CertifyConfig
 
     with pytest.raises(ValueError, match="precision"):
-        CertifyConfig(data="d", out="o", precision="half").validate()
-    ev.EvalConfig(data="d", out="o", precision="bfloat16").validate()
-    CertifyConfig(data="d", out="o", precision="float32").validate()
+        CertifyConfig.of(data="d", out="o", precision="half")
+    ev.EvalConfig.of(data="d", out="o", precision="bfloat16")
+    CertifyConfig.of(data="d", out="o", precision="float32")
 
 
 def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_path):
     """Rows seeded from the image path (no seed_protocol) or made with the independent floor (no
     noise_floor_estimator: it was the only one) cannot be resumed with today's defaults."""
-    cfg = ev.EvalConfig(data="d", out=str(tmp_path))
+    cfg = ev.EvalConfig.of(data="d", out=str(tmp_path))
     (tmp_path / "rows.jsonl").write_text("")
     stored = {**cfg.to_dict(), "n_samples": 64}
     del stored["noise_floor_estimator"]
@@ -316,29 +317,31 @@ def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_p
     (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL}))
     with pytest.raises(ValueError, match="noise_floor_estimator 'independent' -> 'bootstrap'"):
         ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
-    cfg.noise_floor_estimator = "independent"
+    cfg = cfg.replace(noise_floor_estimator="independent")
     ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))  # resumes with what it used
 
 
 def test_shared_settings_are_checked_alike(tmp_path):
-    """One rule per shared setting (protocol/settings) in analyze, eval and certify, types included."""
+    """One rule per shared setting (each concept's settings object) in analyze, eval and certify,
+    types included, checked when the settings are made."""
     from fvit_core.analysis.config import AnalysisConfig
-    from fvit_core.batch.certification import CertifyConfig
+    from fvit_core.batch.config import CertifyConfig
 
-    for bad, message in (({"method": "nope"}, "unknown method 'nope'"), ({"head_fusion": "x"}, "unknown head fusion"),
-                         ({"precision": "float16"}, "precision must be one of"), ({"k": 0}, "k must be")):
+    for bad, message in (({"method": "nope"}, "unknown explanation method 'nope'"),
+                         ({"head_fusion": "x"}, "unknown head fusion"), ({"precision": "float16"}, "unknown precision"),
+                         ({"k": 0}, "k must be")):
         with pytest.raises(ValueError, match=message):
-            AnalysisConfig(**bad).validate()
+            AnalysisConfig.of(**bad)
         with pytest.raises(ValueError, match=message):
-            CertifyConfig(data="d", out="o", **bad).validate()
+            CertifyConfig.of(data="d", out="o", **bad)
         eval_bad = {"methods": (bad["method"],)} if "method" in bad else bad
         with pytest.raises(ValueError, match=message):
-            ev.EvalConfig(data="d", out="o", **eval_bad).validate()
-    with pytest.raises(ValueError, match="noise_floor_estimator must be one of"):
-        ev.EvalConfig(data="d", out="o", noise_floor_estimator="jackknife").validate()
+            ev.EvalConfig.of(data="d", out="o", **eval_bad)
+    with pytest.raises(ValueError, match="unknown noise floor estimator 'jackknife'"):
+        ev.EvalConfig.of(data="d", out="o", noise_floor_estimator="jackknife")
     with pytest.raises(ValueError, match="eps must be a number"):
-        ev.EvalConfig(data="d", out="o", eps=("8/255",)).validate()
+        ev.EvalConfig.of(data="d", out="o", eps=("8/255",))
     with pytest.raises(ValueError, match="sigma must be a number"):
-        CertifyConfig(data="d", out="o", sigma="0.25").validate()
+        CertifyConfig.of(data="d", out="o", sigma="0.25")
     with pytest.raises(ValueError, match="eps must be a number"):
-        AnalysisConfig(eps="8/255").validate()
+        AnalysisConfig.of(eps="8/255")

@@ -12,7 +12,8 @@ from scipy.stats import norm
 
 from fvit_core.method.certify import ABSTAIN
 from fvit_core.method.denoise import one_shot_denoise
-from fvit_core.method.faithful_vit import FaithfulViT, smooth
+from fvit_core.method.faithful_vit import FaithfulViT
+from helpers import smooth
 from fvit_core.runtime.strategy import REFERENCE_RUNTIME, Runtime
 
 
@@ -21,18 +22,19 @@ def _images(n=2, seed=0):
 
 
 @pytest.mark.parametrize("mode", ["dds", "rs", "multistep", "denoise-only"])
-def test_the_default_runtime_gives_the_reference_loop_numbers(tiny_pair, two_threads, mode):
+def test_workers_and_batch_cut_give_the_reference_loop_numbers(tiny_pair, two_threads, mode):
     """Worker pool and batch cut are speed only: same draws, same votes, maps within rounding.
     (multistep draws its step noise between the batches' draws, so its numbers depend on the
     cut: it is compared at the same batch size.)"""
     x = _images(3)
-    fast = FaithfulViT.from_pair(tiny_pair, 0.25, mode=mode, runtime=Runtime(batch_size=7))
+    fast = FaithfulViT.from_pair(tiny_pair, 0.25, mode=mode, runtime=Runtime(precision="float32", batch_size=7))
     reference_runtime = dataclasses.replace(REFERENCE_RUNTIME, batch_size=7 if mode == "multistep" else 256)
     reference = FaithfulViT.from_pair(tiny_pair, 0.25, mode=mode, runtime=reference_runtime)
     a = fast.sample(x, 20, keep_samples=True, generator=torch.Generator().manual_seed(1))
     b = reference.sample(x, 20, keep_samples=True, generator=torch.Generator().manual_seed(1))
-    assert fast.runtime.workers(fast.device, mode) == (1 if mode == "multistep" else 2)
-    assert reference.runtime.workers(reference.device, mode) == 1
+    sequential = mode == "multistep"
+    assert fast.runtime.workers(fast.device, sequential=sequential) == (1 if sequential else 2)
+    assert reference.runtime.workers(reference.device, sequential=sequential) == 1
     for u, v in zip(a, b):
         assert np.array_equal(u.votes, v.votes) and u.n_samples == v.n_samples
         np.testing.assert_allclose(u.samples_attention, v.samples_attention, atol=1e-6)
@@ -105,17 +107,26 @@ def test_noisy_logits_are_the_models_logits_on_denoised_draws_and_carry_gradient
     assert all(p.grad is None for p in tiny_pair.classifier.parameters())
 
 
-def test_smooth_is_the_functional_form_of_sample(tiny_pair):
+def test_the_default_runtime_is_the_analysis_default(tiny_pair):
+    """One default per setting: the FViT's own runtime is the analysis's ("auto" precision), and
+    FaithfulViT.of builds the FViT a config's smoothing settings describe."""
+    from fvit_core.analysis.config import AnalysisConfig
+
+    cfg = AnalysisConfig.of(sigma=0.5, mode="rs")
+    assert FaithfulViT.from_pair(tiny_pair, 0.25).runtime == cfg.runtime == Runtime(precision="auto")
+    built = FaithfulViT.of(tiny_pair, cfg.smoothing, cfg.runtime)
+    assert (built.sigma, built.mode, built.t_star) == (0.5, "rs", None)
     x = _images(2)
-    a = smooth(tiny_pair, x, sigma=0.25, n_samples=8, batch_size=5, generator=torch.Generator().manual_seed(0))
-    fvit = FaithfulViT.from_pair(tiny_pair, 0.25, runtime=Runtime(batch_size=5))
-    b = fvit.sample(x, 8, generator=torch.Generator().manual_seed(0))
+    a = smooth(tiny_pair, x, sigma=0.25, n_samples=8, batch_size=5, precision="auto",
+               generator=torch.Generator().manual_seed(0))
+    b = FaithfulViT.from_pair(tiny_pair, 0.25, runtime=Runtime(batch_size=5)).sample(
+        x, 8, generator=torch.Generator().manual_seed(0))
     for u, v in zip(a, b):
         assert np.array_equal(u.attention, v.attention) and np.array_equal(u.votes, v.votes)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(mode="nope"), "unknown smoothing mode"), (dict(sigma=0.0), "sigma must be a positive"),
+    (dict(mode="nope"), "unknown smoothing mode"), (dict(sigma=0.0), r"sigma must be a number in \[0.001, 4\]"),
     (dict(runtime="fast"), None),
 ])
 def test_bad_settings_are_refused_when_the_fvit_is_built(tiny_pair, kwargs, message):
@@ -150,7 +161,7 @@ def test_model_cache_is_a_per_model_lru_forgotten_with_the_model():
     cache.put(b, "x", 4)
     del a
     gc.collect()
-    assert len(cache._entries) == 1 and cache.get(b, "x") == 4
+    assert len(cache._per_model) == 1 and cache.get(b, "x") == 4
     cache.clear()
     assert cache.get(b, "x") is None
     with pytest.raises(ValueError, match="at least one"):

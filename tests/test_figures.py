@@ -14,7 +14,7 @@ import matplotlib as mpl
 from matplotlib.patches import Rectangle
 
 from fvit_core.report import export, interactive, static, style
-from fvit_core.explanations.explorer import layer_head_attention
+from fvit_core.analysis.explorer import layer_head_attention
 from fvit_core.data.images import load_image
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
@@ -52,12 +52,12 @@ def image():
 
 @pytest.fixture(scope="module")
 def result(image, tiny_pair):
-    return analyze(image, AnalysisConfig(**FAST), pair=tiny_pair)
+    return analyze(image, AnalysisConfig.of(**FAST), pair=tiny_pair)
 
 
 @pytest.fixture(scope="module")
 def sweep_rows(image, tiny_pair):
-    return sigma_sweep(image, AnalysisConfig(**FAST), [0.5, 0.12], tiny_pair)
+    return sigma_sweep(image, AnalysisConfig.of(**FAST), [0.5, 0.12], tiny_pair)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_compare_figure_uses_one_colour_scale_for_all_four_maps(result):
 
 
 def test_attention_figure_outlines_k_patches_and_the_lost_ones(result):
-    k = result.config.k
+    k = result.config.explanation.k
     fig = static.attention_figure(result, "vanilla")
     clean_ax, attacked_ax = fig.axes[:2]
 
@@ -182,7 +182,7 @@ def test_plotly_overlap_curve_carries_the_numbers(result):
     by_name = {trace.get("name"): trace for trace in data["data"]}
     assert np.allclose(plotly_values(by_name["Vanilla ViT"]["y"]), result.vanilla.overlap_curve)
     assert np.allclose(plotly_values(by_name["Faithful ViT (DDS)"]["y"]), result.fvit.overlap_curve)
-    assert data["layout"]["shapes"][0]["x0"] == result.config.k
+    assert data["layout"]["shapes"][0]["x0"] == result.config.explanation.k
 
 
 def test_plotly_compare_shares_the_colour_axis(result):
@@ -216,7 +216,7 @@ def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
     assert hover[r, c, 1] == pytest.approx(clean[top])
     assert hover[r, c, 2] == 1 + int(np.sum(clean > clean[top]))  # its rank on the clean map
     rects = [sh for sh in data["layout"]["shapes"] if sh["line"]["color"] == style.TOPK_EDGE]
-    assert len(rects) == 2 * result.config.k  # top-k outlined on both maps
+    assert len(rects) == 2 * result.config.explanation.k  # top-k outlined on both maps
     assert data["layout"]["yaxis2"]["scaleanchor"] == "x2"
 
 
@@ -243,11 +243,11 @@ def test_result_json_and_metrics_csv(result):
     assert [r["model"] for r in rows] == ["vanilla", "fvit"]
     assert float(rows[0]["topk_overlap"]) == result.vanilla.topk_overlap
     assert float(rows[1]["noise_floor"]) == result.faithful.topk_overlap_floor
-    assert rows[0]["noise_floor"] == "" and float(rows[1]["sigma"]) == result.config.sigma
+    assert rows[0]["noise_floor"] == "" and float(rows[1]["sigma"]) == result.config.smoothing.sigma
     for row in rows:  # every row names the settings it was measured with
-        assert row["method"] == result.config.method and row["head_fusion"] == result.config.head_fusion
-        assert float(row["sigma"]) == result.config.sigma and int(row["k"]) == result.config.k
-        assert int(row["n_samples"]) == result.faithful.n_samples and int(row["n_samples_requested"]) == result.config.n_samples
+        assert row["method"] == result.config.explanation.method and row["head_fusion"] == result.config.explanation.head_fusion
+        assert float(row["sigma"]) == result.config.smoothing.sigma and int(row["k"]) == result.config.explanation.k
+        assert int(row["n_samples"]) == result.faithful.n_samples and int(row["n_samples_requested"]) == result.config.sampling.n_samples
     assert rows[0]["mode"] == "" and rows[1]["mode"] == result.faithful.mode
     assert float(rows[1]["topk_radius_l2"]) == result.faithful.certified.topk_radius_l2
 
@@ -258,9 +258,9 @@ def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tm
 
     image_file = tmp_path / "input.png"
     image_file.write_bytes(_png_bytes(seed=5))
-    config = AnalysisConfig(classifier=str(tiny_pair_dir / "classifier"), denoiser=str(tiny_pair_dir / "denoiser"),
+    config = AnalysisConfig.of(classifier=str(tiny_pair_dir / "classifier"), denoiser=str(tiny_pair_dir / "denoiser"),
                             attack="fgsm", attack_params={"eps": 4 / 255}, **{k: v for k, v in FAST.items() if k != "steps"})
-    pair = load_pair(config.model, classifier=config.classifier, denoiser=config.denoiser)
+    pair = config.models.load()
     expected = analyze(load_image(image_file), config, pair=pair).to_json()
     settings = tmp_path / "settings.json"
     settings.write_bytes(export.settings_json(config))
@@ -295,16 +295,16 @@ def test_sigma_sweep_rows_share_one_attack_and_follow_sigma(image, tiny_pair, sw
     assert [r["sigma"] for r in sweep_rows] == [0.12, 0.5]
     assert sweep_rows[0]["perturbation_l2"] == sweep_rows[1]["perturbation_l2"]  # same attacked image
     assert sweep_rows[0]["vanilla_overlap"] == sweep_rows[1]["vanilla_overlap"]
-    direct = analyze(image, AnalysisConfig(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
+    direct = analyze(image, AnalysisConfig.of(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
     assert sweep_rows[1] == sweep_row(direct)
     assert sweep_rows[0]["t_star"] < sweep_rows[1]["t_star"]
     json.dumps(sweep_rows, allow_nan=False)  # plain values only
 
 
 def test_sweep_configs_pin_the_adaptive_attack_to_one_sigma():
-    configs = sweep_configs(AnalysisConfig(attack="eot_dds", sigma=0.25), [0.5, 0.12, 0.5])
-    assert [c.sigma for c in configs] == [0.12, 0.5]
-    assert all(c.attack_params["sigma"] == 0.25 for c in configs)
+    configs = sweep_configs(AnalysisConfig.of(attack="eot_dds", sigma=0.25), [0.5, 0.12, 0.5])
+    assert [c.smoothing.sigma for c in configs] == [0.12, 0.5]
+    assert all(c.attack.params["sigma"] == 0.25 for c in configs)
     with pytest.raises(ValueError, match="positive"):
         sweep_configs(AnalysisConfig(), [0.0])
 
@@ -352,7 +352,7 @@ def test_smoothed_layer_maps_average_the_denoised_samples(result, tiny_pair):
 
     from fvit_core.explanations.attention import layer_head_maps
     from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-    from fvit_core.explanations.explorer import smoothed_layer_head_attention
+    from fvit_core.analysis.explorer import smoothed_layer_head_attention
 
     args = dict(mode="dds", sigma=0.25, n_samples=5, seed=3)
     maps = smoothed_layer_head_attention(tiny_pair, result.clean_image, result.attacked_image, batch_size=2, **args)

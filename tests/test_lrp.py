@@ -10,9 +10,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from fvit_core.explanations.attention import explain, needs_gradients
+from fvit_core.explanations.attention import explain
 from fvit_core.explanations.lrp import (
-    LRP_METHODS,
     add_relevance,
     copy_relevance,
     forward_logits,
@@ -23,6 +22,7 @@ from fvit_core.explanations.lrp import (
     relevance_pass,
 )
 from fvit_core.explanations.lrp import _forward  # the trace the conservation test walks
+from fvit_core.explanations.settings import LRP_METHODS, float32_only, needs_gradients
 from fvit_core.runtime.precision import resolve_precision
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lrp_reference.npz"
@@ -115,7 +115,8 @@ def test_explain_runs_the_lrp_methods(tiny_vit, method):
     raw = raw.detach().clamp(min=0)
     torch.testing.assert_close(exp.attention, raw / raw.sum(-1, keepdim=True))
     assert needs_gradients(method) == (method == "transformer_attribution")
-    assert resolve_precision("auto", "cpu", method) == "float32"  # LRP is never run in bfloat16 by "auto"
+    assert float32_only(method)  # LRP is never run in bfloat16 by "auto"
+    assert resolve_precision("auto", "cpu", float32_only=float32_only(method)) == "float32"
 
 
 def test_lrp_explanations_are_differentiable(tiny_vit):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.analysis.metrics import divergences, label_flip, overlap_curve, topk_indices, topk_overlap
+from fvit_core.metrics import divergences, label_flip, overlap_curve, topk_indices, topk_overlap
 
 # ---------------------------------------------------------------------------------- top-k
 
@@ -145,7 +145,7 @@ def test_label_flip():
 
 # ---------------------------------------------------------------------------------- map metrics
 
-from fvit_core.analysis.metrics import (  # noqa: E402
+from fvit_core.metrics import (  # noqa: E402
     MAP_METRICS,
     centroid,
     centroid_shift,
@@ -244,7 +244,7 @@ def test_kendall_equals_scipy_on_batches_with_ties_and_in_chunks(monkeypatch):
     """The vectorised tau-b is scipy.stats.kendalltau's, row by row, ties included, whatever the chunking."""
     from scipy.stats import kendalltau
 
-    from fvit_core.analysis import metrics
+    from fvit_core import metrics
 
     rng = np.random.default_rng(7)
     for patches in (4, 64, 196):

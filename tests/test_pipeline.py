@@ -1,5 +1,6 @@
 """analyze(): the one call the app and the CLI share."""
 
+import functools
 import json
 import threading
 
@@ -19,7 +20,7 @@ def _image(h=32, w=32, seed=0):
 
 
 def test_result_json_has_the_documented_fields(tiny_pair):
-    result = analyze(_image(), AnalysisConfig(**FAST), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(**FAST), pair=tiny_pair)
     data = json.loads(result.dumps())
     assert set(data) >= {"config", "attack", "vanilla", "fvit", "timing"}
     assert {"name", "linf", "l2"} <= set(data["attack"])
@@ -37,7 +38,7 @@ def test_result_json_has_the_documented_fields(tiny_pair):
 
 
 def test_attack_stays_within_budget_and_is_reported(tiny_pair):
-    result = analyze(_image(), AnalysisConfig(eps=4 / 255, **FAST), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(eps=4 / 255, **FAST), pair=tiny_pair)
     delta = result.attacked_image - result.clean_image
     assert np.abs(delta).max() <= 4 / 255 + 1e-6
     assert result.attack["linf"] == pytest.approx(float(np.abs(delta).max()), abs=1e-7)
@@ -46,16 +47,16 @@ def test_attack_stays_within_budget_and_is_reported(tiny_pair):
 
 
 def test_no_attack_gives_identical_vanilla_maps(tiny_pair):
-    result = analyze(_image(), AnalysisConfig(attack="none", **{k: v for k, v in FAST.items() if k != "steps"}),
+    result = analyze(_image(), AnalysisConfig.of(attack="none", **{k: v for k, v in FAST.items() if k != "steps"}),
                      pair=tiny_pair)
     assert result.vanilla.topk_overlap == 1.0 and not result.vanilla.label_flip
     assert result.attack["linf"] == 0.0
 
 
 def test_same_seed_gives_identical_json_and_other_seed_differs(tiny_pair):
-    a = analyze(_image(), AnalysisConfig(seed=3, **FAST), pair=tiny_pair).to_json()
-    b = analyze(_image(), AnalysisConfig(seed=3, **FAST), pair=tiny_pair).to_json()
-    c = analyze(_image(), AnalysisConfig(seed=4, **FAST), pair=tiny_pair).to_json()
+    a = analyze(_image(), AnalysisConfig.of(seed=3, **FAST), pair=tiny_pair).to_json()
+    b = analyze(_image(), AnalysisConfig.of(seed=3, **FAST), pair=tiny_pair).to_json()
+    c = analyze(_image(), AnalysisConfig.of(seed=4, **FAST), pair=tiny_pair).to_json()
     for d in (a, b, c):
         d.pop("timing")
     assert json.dumps(a) == json.dumps(b)
@@ -63,15 +64,15 @@ def test_same_seed_gives_identical_json_and_other_seed_differs(tiny_pair):
 
 
 def test_large_and_odd_sized_images_are_resized(tiny_pair):
-    result = analyze(_image(480, 640), AnalysisConfig(**FAST), pair=tiny_pair)
+    result = analyze(_image(480, 640), AnalysisConfig.of(**FAST), pair=tiny_pair)
     assert result.clean_image.shape == (3, 32, 32)
-    crop = analyze(_image(480, 640), AnalysisConfig(image_mode="center_crop", **FAST), pair=tiny_pair)
+    crop = analyze(_image(480, 640), AnalysisConfig.of(image_mode="center_crop", **FAST), pair=tiny_pair)
     assert crop.clean_image.shape == (3, 32, 32)
     assert not np.allclose(result.clean_image, crop.clean_image)
 
 
 def test_shared_noise_option_and_overlap_curve(tiny_pair):
-    result = analyze(_image(), AnalysisConfig(shared_noise=True, **FAST), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(shared_noise=True, **FAST), pair=tiny_pair)
     curve = result.fvit.overlap_curve
     assert curve.shape == (16,) and curve[-1] == 1.0
     assert result.fvit.topk_overlap == pytest.approx(curve[3])
@@ -79,7 +80,7 @@ def test_shared_noise_option_and_overlap_curve(tiny_pair):
 
 def test_concurrent_analyses_equal_sequential_ones(tiny_pair):
     """One cached pair serving several threads: no cross-talk in attention capture."""
-    configs = [AnalysisConfig(seed=s, method=m, **FAST) for s, m in
+    configs = [AnalysisConfig.of(seed=s, method=m, **FAST) for s, m in
                [(0, "raw"), (1, "rollout"), (2, "grad_rollout"), (3, "gradcam")]]
     images = [_image(seed=i) for i in range(4)]
     expected = [analyze(img, cfg, pair=tiny_pair).to_json() for img, cfg in zip(images, configs)]
@@ -102,26 +103,27 @@ def test_concurrent_analyses_equal_sequential_ones(tiny_pair):
 
 @pytest.mark.parametrize("change, message", [
     ({"sigma": -0.1}, "sigma"), ({"n_samples": 0}, "n_samples"), ({"k": 17}, "exceeds"),
-    ({"eps": -1.0}, "eps"), ({"attack": "nope"}, "unknown attack"), ({"method": "nope"}, "unknown method"),
-    ({"mode": "nope"}, "unknown mode"), ({"beta": 0.0}, "beta"),
+    ({"eps": -1.0}, "eps"), ({"attack": "nope"}, "unknown attack"), ({"method": "nope"}, "unknown explanation method"),
+    ({"mode": "nope"}, "unknown smoothing mode"), ({"beta": 0.0}, "beta"),
     ({"sensitivity_samples": 65}, "0..64"), ({"sensitivity_samples": 2, "sensitivity_radius": 0.0}, "radius"),
-    ({"sensitivity_norm": "L1"}, "sensitivity_norm"),
+    ({"sensitivity_norm": "L1"}, "unknown sensitivity norm"),
 ])
 def test_invalid_settings_are_refused_with_a_message(tiny_pair, change, message):
-    cfg = AnalysisConfig(**{**FAST, **change})
+    """Refused when the settings are made (before any model or image is touched), or, for what
+    depends on the model (k at most its patches), when the analysis starts."""
     with pytest.raises(ValueError, match=message):
-        analyze(_image(), cfg, pair=tiny_pair)
+        analyze(_image(), AnalysisConfig.of(**{**FAST, **change}), pair=tiny_pair)
 
 
 @pytest.mark.parametrize("bad", [np.zeros((32, 32, 3), np.float32), np.full((3, 8, 8), 2.0, np.float32),
                                  np.full((3, 8, 8), np.nan, np.float32)])
 def test_bad_images_are_refused(tiny_pair, bad):
     with pytest.raises(ValueError, match="image must be"):
-        analyze(bad, AnalysisConfig(**FAST), pair=tiny_pair)
+        analyze(bad, AnalysisConfig.of(**FAST), pair=tiny_pair)
 
 
 def test_settings_round_trip_through_a_file(tmp_path):
-    cfg = AnalysisConfig(sigma=0.5, attack="fgsm", eps=2 / 255, k=3)
+    cfg = AnalysisConfig.of(sigma=0.5, attack="fgsm", eps=2 / 255, k=3)
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(cfg.to_dict()))
     assert AnalysisConfig.from_file(path) == cfg
@@ -141,34 +143,36 @@ def _strip(result):
 
 def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
     from fvit_core.analysis import pipeline
+    from fvit_core.analysis.cache import AnalysisCache
 
-    pipeline.clear_cache()
+    cache = AnalysisCache()
     calls = []
     real = pipeline.run_attack
     monkeypatch.setattr(pipeline, "run_attack", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    first = analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)
-    other_sigma = analyze(_image(seed=5), AnalysisConfig(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
+    analyze = functools.partial(pipeline.analyze, cache=cache)
+    first = analyze(_image(seed=5), AnalysisConfig.of(**FAST), pair=tiny_pair)
+    other_sigma = analyze(_image(seed=5), AnalysisConfig.of(**{**FAST, "sigma": 0.5}), pair=tiny_pair)
     assert len(calls) == 1 and other_sigma.faithful.sigma == 0.5
     np.testing.assert_array_equal(first.attacked_image, other_sigma.attacked_image)
-    analyze(_image(seed=5), AnalysisConfig(**{**FAST, "seed": 9}), pair=tiny_pair)  # new attack seed
-    analyze(_image(seed=6), AnalysisConfig(**FAST), pair=tiny_pair)  # new image
+    analyze(_image(seed=5), AnalysisConfig.of(**{**FAST, "seed": 9}), pair=tiny_pair)  # new attack seed
+    analyze(_image(seed=6), AnalysisConfig.of(**FAST), pair=tiny_pair)  # new image
     assert len(calls) == 3
-    pipeline.clear_cache()
-    again = analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)
+    cache.clear()
+    again = analyze(_image(seed=5), AnalysisConfig.of(**FAST), pair=tiny_pair)
     assert len(calls) == 4 and _strip(again) == _strip(first)
     # Another explanation method explains the same attacked image; the topk attack reads the
     # method, so it attacks again.
-    rollout = analyze(_image(seed=5), AnalysisConfig(**{**FAST, "method": "rollout"}), pair=tiny_pair)
+    rollout = analyze(_image(seed=5), AnalysisConfig.of(**{**FAST, "method": "rollout"}), pair=tiny_pair)
     assert len(calls) == 4
     np.testing.assert_array_equal(rollout.attacked_image, first.attacked_image)
-    pipeline.clear_cache()
-    assert _strip(analyze(_image(seed=5), AnalysisConfig(**{**FAST, "method": "rollout"}), pair=tiny_pair)) == _strip(rollout)
+    cache.clear()
+    assert _strip(analyze(_image(seed=5), AnalysisConfig.of(**{**FAST, "method": "rollout"}), pair=tiny_pair)) == _strip(rollout)
     assert len(calls) == 5
     for method in ("raw", "rollout"):
-        analyze(_image(seed=5), AnalysisConfig(**{**FAST, "attack": "topk", "method": method}), pair=tiny_pair)
+        analyze(_image(seed=5), AnalysisConfig.of(**{**FAST, "attack": "topk", "method": method}), pair=tiny_pair)
     assert len(calls) == 7
     first.attacked_image[:] = 0  # a result's arrays never alias the cache
-    assert _strip(analyze(_image(seed=5), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(again)
+    assert _strip(analyze(_image(seed=5), AnalysisConfig.of(**FAST), pair=tiny_pair)) == _strip(again)
 
 
 def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(tiny_pair, monkeypatch):
@@ -176,8 +180,10 @@ def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(t
     from the estimates smooths nothing; both give what a fresh analysis gives. Any smoothing
     setting, the seed, another image or clear_cache smooths again."""
     from fvit_core.analysis import pipeline
+    from fvit_core.analysis.cache import AnalysisCache
     from fvit_core.method.faithful_vit import FaithfulViT
 
+    cache = AnalysisCache()
     sizes, attacks = [], []
     real_sample, real_attack = FaithfulViT.sample, pipeline.run_attack
     monkeypatch.setattr(FaithfulViT, "sample", lambda self, images, n, **kw: sizes.append(len(images)) or
@@ -186,12 +192,11 @@ def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(t
 
     def run(**changed):
         before = len(sizes), len(attacks)
-        result = analyze(_image(seed=4), AnalysisConfig(**{**FAST, **changed}), pair=tiny_pair)
+        result = analyze(_image(seed=4), AnalysisConfig.of(**{**FAST, **changed}), pair=tiny_pair, cache=cache)
         return result, len(sizes) - before[0], len(attacks) - before[1]
 
     def fresh(**changed):
-        pipeline.clear_cache()
-        return run(**changed)[0]
+        return analyze(_image(seed=4), AnalysisConfig.of(**{**FAST, **changed}), pair=tiny_pair)
 
     first, smoothed, attacked = run()
     assert (smoothed, attacked) == (2, 1)  # clean, attacked; one attack
@@ -217,7 +222,8 @@ def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(t
     for changed in ({"sigma": 0.5}, {"n_samples": 8}, {"seed": 9}, {"precision": "bfloat16"}, {"method": "rollout"},
                     {"noise_floor": False}, {"noise_floor_estimator": "independent"}):
         assert run(**changed)[1] == 2, changed
-    assert analyze(_image(seed=8), AnalysisConfig(**FAST), pair=tiny_pair) is not None and sizes[-2:] == [1, 1]
+    assert analyze(_image(seed=8), AnalysisConfig.of(**FAST), pair=tiny_pair, cache=cache) is not None
+    assert sizes[-2:] == [1, 1]
     # A result's arrays never alias the cache.
     weaker = run(eps=4 / 255)[0]
     weaker.faithful.votes_clean[:] = 0
@@ -225,20 +231,28 @@ def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(t
     weaker.fvit.attacked.attention[:] = 0
     again, smoothed, attacked = run(eps=4 / 255)
     assert (smoothed, attacked) == (0, 0) and _strip(again) == _strip(fresh(eps=4 / 255))
-    # clear_cache(attacks=False) forgets the estimates and keeps the attack.
+    # clear(attacks=False) forgets the estimates and keeps the attack; without a cache nothing is kept.
     run()
-    pipeline.clear_cache(attacks=False)
+    cache.clear(attacks=False)
     assert run()[1:] == (2, 0)
+    before = len(sizes), len(attacks)
+    fresh()
+    assert (len(sizes) - before[0], len(attacks) - before[1]) == (2, 1)
 
 
 def test_analyze_many_equals_separate_analyses(tiny_pair):
     from fvit_core.analysis import pipeline
     from fvit_core.analysis.pipeline import analyze_many
 
-    configs = [AnalysisConfig(**{**FAST, "sigma": s}) for s in (0.12, 0.25, 0.5)]
-    pipeline.clear_cache()
-    together = analyze_many(_image(seed=2), configs, pair=tiny_pair)
-    pipeline.clear_cache()
+    configs = [AnalysisConfig.of(**{**FAST, "sigma": s}) for s in (0.12, 0.25, 0.5)]
+    calls = []
+    real = pipeline.run_attack
+    pipeline.run_attack = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        together = analyze_many(_image(seed=2), configs, pair=tiny_pair)
+    finally:
+        pipeline.run_attack = real
+    assert len(calls) == 1  # one attack for the sweep: its private cache
     apart = [analyze(_image(seed=2), c, pair=tiny_pair) for c in configs]
     assert [_strip(a) for a in together] == [_strip(b) for b in apart]
     with pytest.raises(ValueError, match="at least one"):
@@ -252,7 +266,7 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
     real = FaithfulViT.sample
     monkeypatch.setattr(FaithfulViT, "sample", lambda self, images, n, **kw: sizes.append(len(images)) or
                         real(self, images, n, **kw))
-    result = analyze(_image(), AnalysisConfig(**{**FAST, "noise_floor_estimator": "bootstrap"}), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(**{**FAST, "noise_floor_estimator": "bootstrap"}), pair=tiny_pair)
     d = result.faithful
     assert sizes == [1, 1]  # clean (while the attack runs), then attacked: no third estimate
     assert 0 <= d.topk_overlap_floor <= 1 and d.topk_overlap_floor_ci[0] <= d.topk_overlap_floor_ci[1]
@@ -263,8 +277,8 @@ def test_bootstrap_noise_floor_needs_no_third_batch(tiny_pair, monkeypatch):
     assert c.predicted_class in (guess, -1)
     if c.predicted_class == -1:
         assert c.class_radius == 0.0
-    with pytest.raises(ValueError, match="noise_floor_estimator"):
-        AnalysisConfig(**{**FAST, "noise_floor_estimator": "guess"}).validate()
+    with pytest.raises(ValueError, match="unknown noise floor estimator 'guess'"):
+        AnalysisConfig.of(**{**FAST, "noise_floor_estimator": "guess"})
 
 
 def test_bootstrap_noise_floor_tracks_the_spread():
@@ -278,7 +292,7 @@ def test_bootstrap_noise_floor_tracks_the_spread():
 
 
 def test_vectorised_bootstrap_equals_the_per_resample_loop():
-    from fvit_core.analysis import metrics
+    from fvit_core import metrics
     from fvit_core.analysis.noise_floor import bootstrap_overlap
 
     rng = np.random.default_rng(0)
@@ -294,7 +308,7 @@ def test_vectorised_bootstrap_equals_the_per_resample_loop():
 
 def test_bfloat16_and_early_stop_settings(tiny_pair):
     no_attack = {k: v for k, v in FAST.items() if k != "steps"}
-    cfg = AnalysisConfig(**{**no_attack, "attack": "none", "k": 2, "n_samples": 48, "precision": "bfloat16",
+    cfg = AnalysisConfig.of(**{**no_attack, "attack": "none", "k": 2, "n_samples": 48, "precision": "bfloat16",
                             "early_stop": True, "sigma": 0.01})
     result = analyze(_image(), cfg, pair=tiny_pair)
     d = result.faithful
@@ -306,7 +320,7 @@ def test_bfloat16_and_early_stop_settings(tiny_pair):
     assert AnalysisConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     for bad, message in (({"precision": "float16"}, "precision"), ({"early_stop_alpha": 1.5}, "early_stop_alpha")):
         with pytest.raises(ValueError, match=message):
-            AnalysisConfig(**{**FAST, **bad}).validate()
+            AnalysisConfig.of(**{**FAST, **bad})
 
 
 def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
@@ -316,10 +330,8 @@ def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        configs = [AnalysisConfig(seed=s, method=m, **FAST) for s, m in [(5, "raw"), (6, "rollout"), (7, "raw")]]
-        pipeline.clear_cache()
+        configs = [AnalysisConfig.of(seed=s, method=m, **FAST) for s, m in [(5, "raw"), (6, "rollout"), (7, "raw")]]
         expected = [_strip(analyze(_image(seed=i), c, pair=tiny_pair)) for i, c in enumerate(configs)]
-        pipeline.clear_cache()
         got = [None] * len(configs)
 
         def work(i):
@@ -340,7 +352,6 @@ def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
     time out instead of returning the result that the one-call path gives."""
     from fvit_core.analysis import pipeline
 
-    pipeline.clear_cache()
     started = threading.Event()
     from fvit_core.method.faithful_vit import FaithfulViT
 
@@ -356,18 +367,17 @@ def test_clean_image_is_smoothed_while_the_attack_runs(tiny_pair, monkeypatch):
 
     monkeypatch.setattr(pipeline, "run_attack", attack)
     monkeypatch.setattr(FaithfulViT, "sample", sample)
-    overlapped = analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)
+    overlapped = analyze(_image(seed=3), AnalysisConfig.of(**FAST), pair=tiny_pair)
     monkeypatch.setattr(pipeline, "run_attack", real_attack)
-    pipeline.clear_cache()
-    assert _strip(analyze(_image(seed=3), AnalysisConfig(**FAST), pair=tiny_pair)) == _strip(overlapped)
+    assert _strip(analyze(_image(seed=3), AnalysisConfig.of(**FAST), pair=tiny_pair)) == _strip(overlapped)
     assert overlapped.timing["attack"] > 0 and overlapped.faithful.n_samples == FAST["n_samples"]
 
 
 @pytest.mark.parametrize("estimator", ["bootstrap", "independent"])
 def test_map_metrics_and_their_floor_in_the_json(tiny_pair, estimator):
-    from fvit_core.analysis.metrics import MAP_METRICS, map_metrics
+    from fvit_core.metrics import MAP_METRICS, map_metrics
 
-    result = analyze(_image(seed=7), AnalysisConfig(**{**FAST, "noise_floor_estimator": estimator}), pair=tiny_pair)
+    result = analyze(_image(seed=7), AnalysisConfig.of(**{**FAST, "noise_floor_estimator": estimator}), pair=tiny_pair)
     data = json.loads(result.dumps())
     for model in ("vanilla", "fvit"):
         clean, attacked = (np.array(data[model][side]["attention"]) for side in ("clean", "attacked"))
@@ -378,18 +388,18 @@ def test_map_metrics_and_their_floor_in_the_json(tiny_pair, estimator):
     assert -1 <= floor["spearman"] <= 1 and floor["centroid_shift"] >= 0 and 0 <= floor["topk_mass"] <= 1
     if estimator == "independent":  # one pair: the clean estimate against the second one
         assert "map_metrics_floor" in data["fvit"] and floor["ssim"] <= 1
-    no_floor = analyze(_image(seed=7), AnalysisConfig(**{**FAST, "noise_floor": False}), pair=tiny_pair)
+    no_floor = analyze(_image(seed=7), AnalysisConfig.of(**{**FAST, "noise_floor": False}), pair=tiny_pair)
     assert no_floor.faithful.map_metrics_floor is None
 
 
 def test_neighbourhood_sensitivity_with_its_floor(tiny_pair):
-    cfg = AnalysisConfig(**{**FAST, "sensitivity_samples": 3, "sensitivity_radius": 0.05})
+    cfg = AnalysisConfig.of(**{**FAST, "sensitivity_samples": 3, "sensitivity_radius": 0.05})
     result = analyze(_image(seed=8), cfg, pair=tiny_pair)
     v, f = result.vanilla.sensitivity, result.fvit.sensitivity
     assert 0 < v["mean"] <= v["max"] and 0 < f["mean"] <= f["max"]
     assert f["floor"] > 0  # two clean Monte Carlo estimates differ too
     assert result.timing["sensitivity"] > 0
     # a vanishing radius leaves the deterministic vanilla map (almost) unchanged
-    tiny = analyze(_image(seed=8), AnalysisConfig(**{**FAST, "sensitivity_samples": 2, "sensitivity_radius": 1e-7}),
+    tiny = analyze(_image(seed=8), AnalysisConfig.of(**{**FAST, "sensitivity_samples": 2, "sensitivity_radius": 1e-7}),
                    pair=tiny_pair)
     assert tiny.vanilla.sensitivity["max"] < 1e-3

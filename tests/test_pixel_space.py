@@ -12,7 +12,7 @@ from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
 from fvit_core.models import TINY_UNET_ARGS, ModelPair, load_denoiser
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
-from fvit_core.method.pixel_space import is_uniform_rescale, resize_pixels, smoothing_size
+from fvit_core.data.pixels import is_uniform_rescale, resize_pixels
 
 SIGMA = 0.25
 
@@ -46,7 +46,7 @@ def test_unet_sees_white_noise_of_twice_sigma_at_its_own_size(mixed_pair):
     image = np.random.default_rng(0).random((3, 48, 48), dtype=np.float32)
     calls, handle = _record_unet_inputs(mixed_pair)
     try:
-        result = analyze(image, AnalysisConfig(attack="none", sigma=SIGMA, n_samples=16, precision="float32",
+        result = analyze(image, AnalysisConfig.of(attack="none", sigma=SIGMA, n_samples=16, precision="float32",
                                                bootstrap=0, noise_floor=False), pair=mixed_pair)
     finally:
         handle.remove()
@@ -81,16 +81,16 @@ def test_classifier_resizes_the_smoothing_space_as_its_first_layer(mixed_pair):
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.allclose(clf(x), clf(resize_pixels(x, (32, 32))), atol=1e-6)
-    assert smoothing_size(mixed_pair, "dds") == (64, 64) and smoothing_size(mixed_pair, "rs") == (32, 32)
-    assert smoothing_size(ModelPair(classifier=clf, denoiser=None), "dds") == (32, 32)
+    assert mixed_pair.smoothing_size("dds") == (64, 64) and mixed_pair.smoothing_size("rs") == (32, 32)
+    assert ModelPair(classifier=clf, denoiser=None).smoothing_size("dds") == (32, 32)
     assert is_uniform_rescale((64, 64), (32, 32)) and not is_uniform_rescale((64, 48), (32, 32))
 
 
 def test_rs_keeps_the_classifier_size_and_perturbation_norms_live_in_the_space(mixed_pair):
     image = np.random.default_rng(1).random((3, 40, 40), dtype=np.float32)
     base = dict(attack="fgsm", eps=8 / 255, n_samples=4, bootstrap=0, noise_floor=False, precision="float32")
-    rs = analyze(image, AnalysisConfig(mode="rs", **base), pair=mixed_pair)
-    dds = analyze(image, AnalysisConfig(mode="dds", **base), pair=mixed_pair)
+    rs = analyze(image, AnalysisConfig.of(mode="rs", **base), pair=mixed_pair)
+    dds = analyze(image, AnalysisConfig.of(mode="dds", **base), pair=mixed_pair)
     assert rs.pixel_size == (32, 32) and dds.pixel_size == (64, 64)
     assert dds.classifier_size == (32, 32) and dds.clean_view.shape == (3, 32, 32)
     # Linf budget holds in the space the attack was crafted in; L2 grows with the pixel count.
@@ -116,9 +116,10 @@ def test_eval_rows_live_in_each_modes_pixel_space(den64_dir, tiny_pair_dir, imag
     """Batch evaluation: vanilla and DDS rows share one attacked 64 px image; RS rows have their
     own attack at the classifier's 32 px (4 times fewer pixels: about half the L2 norm)."""
     from conftest import read_rows
-    from fvit_core.batch.evaluate import EvalConfig, run_eval
+    from fvit_core.batch.config import EvalConfig
+    from fvit_core.batch.evaluate import run_eval
 
-    run_eval(EvalConfig(data=str(image_folder), out=str(tmp_path / "eval"), classifier=str(tiny_pair_dir / "classifier"),
+    run_eval(EvalConfig.of(data=str(image_folder), out=str(tmp_path / "eval"), classifier=str(tiny_pair_dir / "classifier"),
                         denoiser=str(den64_dir), modes=("vanilla", "rs", "dds"), limit=2, n_samples=2, pt_samples=2,
                         steps=5, progress=False, figures=False, precision="float32"))
     rows = read_rows(tmp_path / "eval")

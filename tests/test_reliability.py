@@ -30,16 +30,17 @@ import torch
 from PIL import Image
 
 import conftest
-from fvit_core.attacks import registry as attacks
+from fvit_core.attacks import runner as attacks
 from fvit_core.explanations import attention
 from fvit_core.method import certify, monte_carlo
 from fvit_core.cli import main as cli
 from fvit_core.method import denoise
-from fvit_core.data import images
-from fvit_core.analysis import metrics
+from fvit_core.data import images, pixels
+from fvit_core import metrics
 from fvit_core import models
 from fvit_core.analysis import pipeline
-from fvit_core.method import faithful_vit, vanilla
+from fvit_core.method import vanilla
+from helpers import smooth
 from fvit_core.models import ModelLoadError
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
@@ -77,11 +78,11 @@ class Ctx:
 
 
 def _analyze(**change) -> Callable[[Ctx], Any]:
-    return lambda c: analyze(c.img, AnalysisConfig(**{**FAST, **change}), pair=c.pair)
+    return lambda c: analyze(c.img, AnalysisConfig.of(**{**FAST, **change}), pair=c.pair)
 
 
 def _smooth(images_fn=lambda c: c.x, **change) -> Callable[[Ctx], Any]:
-    return lambda c: faithful_vit.smooth(c.pair, images_fn(c), **{"sigma": 0.25, "n_samples": 2, **change})
+    return lambda c: smooth(c.pair, images_fn(c), **{"sigma": 0.25, "n_samples": 2, **change})
 
 
 def _attack(name="pgd", x_fn=lambda c: c.x, **kw) -> Callable[[Ctx], Any]:
@@ -93,13 +94,13 @@ def _explain(x_fn=lambda c: c.x, **kw) -> Callable[[Ctx], Any]:
 
 
 def _eval_cfg(**change):
-    from fvit_core.batch.evaluate import EvalConfig
-    return EvalConfig(data="data", out="out", **change)
+    from fvit_core.batch.config import EvalConfig
+    return EvalConfig.of(data="data", out="out", **change)
 
 
 def _certify_cfg(**change):
-    from fvit_core.batch.certification import CertifyConfig
-    return CertifyConfig(data="data", out="out", **change)
+    from fvit_core.batch.config import CertifyConfig
+    return CertifyConfig.of(data="data", out="out", **change)
 
 
 W = np.random.default_rng(0).random(16)
@@ -118,10 +119,10 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("analyze: eps as text", _analyze(eps="8/255"), "eps must be a number"),
     ("analyze: steps = 0", _analyze(steps=0), "steps must be a whole number in 1..100,000"),
     ("analyze: unknown attack", _analyze(attack="nope"), "unknown attack 'nope'; choose one of"),
-    ("analyze: unknown method", _analyze(method="nope"), "unknown method 'nope'; choose one of"),
-    ("analyze: unknown mode", _analyze(mode="nope"), "unknown mode 'nope'; choose one of"),
+    ("analyze: unknown method", _analyze(method="nope"), "unknown explanation method 'nope'; choose one of"),
+    ("analyze: unknown mode", _analyze(mode="nope"), "unknown smoothing mode 'nope'; choose one of"),
     ("analyze: unknown head fusion", _analyze(head_fusion="median"), "unknown head fusion 'median'"),
-    ("analyze: unknown image mode", _analyze(image_mode="stretch"), "image_mode must be one of resize, center_crop, pad"),
+    ("analyze: unknown image mode", _analyze(image_mode="stretch"), "unknown image mode 'stretch'; choose one of resize, center_crop, pad"),
     ("analyze: beta = 0", _analyze(beta=0.0), r"beta must be a number in \(0, 1\]"),
     ("analyze: confidence alpha 0.7", _analyze(confidence_alpha=0.7), r"confidence_alpha must be a number in \(0, 0.5\)"),
     ("analyze: renyi alpha inf", _analyze(renyi_alpha=float("inf")), r"renyi_alpha must be a number in \(1, 1,000\]"),
@@ -147,9 +148,9 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
      r"multistep_steps=500 exceeds t\*=\d+ \(sigma 0.05\)"),
     ("analyze: multistep steps 1e9", _analyze(mode="multistep", multistep_steps=10**9),
      "multistep_steps must be a whole number in 1..1,000"),
-    ("analyze: samples 1e12", _analyze(n_samples=10**12), "n_samples must be a whole number in 2..100,000"),
+    ("analyze: samples 1e12", _analyze(n_samples=10**12), "n_samples must be a whole number in 1..100,000"),
     ("analyze: samples and batch 1e6", _analyze(n_samples=10**6, batch_size=10**6),
-     "n_samples must be a whole number in 2..100,000"),
+     "batch_size must be a whole number in 1..4,096"),
     ("analyze: batch 1e6", _analyze(batch_size=10**6), "batch_size must be a whole number in 1..4,096"),
     ("analyze: 400-digit samples", _analyze(n_samples=10**400), "n_samples must be .* got an integer of 401 digits"),
     ("analyze: 400-digit attack steps", _analyze(steps=None, attack_params={"steps": 10**400}),
@@ -159,40 +160,41 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
      r"bootstrap x n_samples = 10,000 x 10,000 is over the limit of 10,000,000"),
     ("analyze: renyi alpha 1e308", _analyze(renyi_alpha=1e308), r"renyi_alpha must be a number in \(1, 1,000\]"),
     ("analyze: a megabyte of text as seed", _analyze(seed="9" * 1_000_000), r"seed must be a whole number, got '9{56}\.\.\.$"),
-    ("eval: samples 1e7", lambda c: _eval_cfg(n_samples=10**7).validate(), "n_samples must be a whole number in 2..100,000"),
-    ("eval: sigma 1e-300", lambda c: _eval_cfg(sigmas=(1e-300,)).validate(), r"sigma must be a number in \[0.001, 4\]"),
-    ("eval: 2,000 budgets", lambda c: _eval_cfg(eps=(0.01,) * 2000).validate(), "eps holds 2,000 values, over the limit"),
-    ("eval: pt samples 1e9", lambda c: _eval_cfg(pt_samples=10**9).validate(), "pt_samples must be a whole number in 1..100,000"),
-    ("eval: limit 0", lambda c: _eval_cfg(limit=0).validate(), "limit must be a whole number in 1..100,000,000"),
-    ("certify: n 1e9", lambda c: _certify_cfg(n=10**9).validate(), "n must be a whole number in 1..1,000,000"),
-    ("certify: check samples 1", lambda c: _certify_cfg(check_samples=1).validate(),
+    ("eval: samples 1e7", lambda c: _eval_cfg(n_samples=10**7), "n_samples must be a whole number in 1..100,000"),
+    ("eval: one sample with a noise floor", lambda c: _eval_cfg(n_samples=1), "n_samples must be a whole number in 2..100,000"),
+    ("eval: sigma 1e-300", lambda c: _eval_cfg(sigmas=(1e-300,)), r"sigma must be a number in \[0.001, 4\]"),
+    ("eval: 2,000 budgets", lambda c: _eval_cfg(eps=(0.01,) * 2000), "eps holds 2,000 values, over the limit"),
+    ("eval: pt samples 1e9", lambda c: _eval_cfg(pt_samples=10**9), "pt_samples must be a whole number in 1..100,000"),
+    ("eval: limit 0", lambda c: _eval_cfg(limit=0), "limit must be a whole number in 1..100,000,000"),
+    ("certify: n 1e9", lambda c: _certify_cfg(n=10**9), "n must be a whole number in 1..1,000,000"),
+    ("certify: check samples 1", lambda c: _certify_cfg(check_samples=1),
      "check_samples must be a whole number in 2..1,000,000"),
-    ("certify: no radii", lambda c: _certify_cfg(radii=()).validate(), "give at least one value for radii"),
-    ("certify: radius inf", lambda c: _certify_cfg(radii=(float("inf"),)).validate(), r"radii must be a number in \[0, 1,000\]"),
+    ("certify: no radii", lambda c: _certify_cfg(radii=()), "give at least one value for radii"),
+    ("certify: radius inf", lambda c: _certify_cfg(radii=(float("inf"),)), r"radii must be a number in \[0, 1,000\]"),
     ("analyze: image HWC",
-     lambda c: analyze(c.img.transpose(1, 2, 0), AnalysisConfig(**FAST), pair=c.pair), r"image must be an array of shape \(3, H, W\)"),
+     lambda c: analyze(c.img.transpose(1, 2, 0), AnalysisConfig.of(**FAST), pair=c.pair), r"image must be an array of shape \(3, H, W\)"),
     ("analyze: image 2-D",
-     lambda c: analyze(c.img[0], AnalysisConfig(**FAST), pair=c.pair), r"image must be an array of shape \(3, H, W\)"),
+     lambda c: analyze(c.img[0], AnalysisConfig.of(**FAST), pair=c.pair), r"image must be an array of shape \(3, H, W\)"),
     ("analyze: image 4 channels",
-     lambda c: analyze(np.concatenate([c.img, c.img[:1]]), AnalysisConfig(**FAST), pair=c.pair),
+     lambda c: analyze(np.concatenate([c.img, c.img[:1]]), AnalysisConfig.of(**FAST), pair=c.pair),
      r"image must be an array of shape \(3, H, W\)"),
     ("analyze: image 0-255",
-     lambda c: analyze(c.img * 255, AnalysisConfig(**FAST), pair=c.pair), r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
+     lambda c: analyze(c.img * 255, AnalysisConfig.of(**FAST), pair=c.pair), r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
     ("analyze: image uint8",
-     lambda c: analyze((c.img * 255).astype(np.uint8), AnalysisConfig(**FAST), pair=c.pair),
+     lambda c: analyze((c.img * 255).astype(np.uint8), AnalysisConfig.of(**FAST), pair=c.pair),
      r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
     ("analyze: image NaN",
-     lambda c: analyze(c.img * np.nan, AnalysisConfig(**FAST), pair=c.pair),
+     lambda c: analyze(c.img * np.nan, AnalysisConfig.of(**FAST), pair=c.pair),
      r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
     ("analyze: image normalised",
-     lambda c: analyze(c.img - 0.5, AnalysisConfig(**FAST), pair=c.pair), r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
+     lambda c: analyze(c.img - 0.5, AnalysisConfig.of(**FAST), pair=c.pair), r"image must be (finite numbers |float pixels )?in \[0, 1\]"),
     ("settings: not an object", lambda c: AnalysisConfig.from_dict([1, 2]), "settings must be a JSON object"),
     ("settings: unknown name", lambda c: AnalysisConfig.from_dict({"sigmaa": 1}), "unknown settings sigmaa"),
     # smoothing.smooth / vanilla
-    ("smooth: sigma < 0", _smooth(sigma=-1), "sigma must be a positive number"),
+    ("smooth: sigma < 0", _smooth(sigma=-1), r"sigma must be a number in \[0.001, 4\]"),
     ("smooth: zero samples", _smooth(n_samples=0), "n_samples must be a whole number >= 1"),
     ("smooth: fractional samples", _smooth(n_samples=2.5), "n_samples must be a whole number >= 1"),
-    ("smooth: batch size 0", _smooth(batch_size=0), "batch_size must be a whole number >= 1"),
+    ("smooth: batch size 0", _smooth(batch_size=0), "batch_size must be a whole number in 1..4,096"),
     ("smooth: unknown mode", _smooth(mode="nope"), "unknown smoothing mode 'nope'"),
     ("smooth: unknown method", _smooth(method="nope"), "unknown explanation method 'nope'"),
     ("smooth: unknown head fusion", _smooth(head_fusion="nope"), "unknown head fusion 'nope'"),
@@ -308,7 +310,7 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
                  ),
     pytest.param("one_shot_denoise: negative t*", lambda c: denoise.one_shot_denoise(c.den, c.x, -1), "t_star|timestep",
                  ),
-    pytest.param("resize_pixels: empty size", lambda c: denoise.resize_pixels(c.x, (0, 0)), "size",
+    pytest.param("resize_pixels: empty size", lambda c: pixels.resize_pixels(c.x, (0, 0)), "size",
                  ),
     # images.*
     ("load_image: not bytes, path or image",
@@ -412,7 +414,7 @@ def test_classifier_with_nan_weights_is_named(tiny_pair, attack) -> None:
     pair = models.ModelPair(classifier=_nan_copy(tiny_pair.classifier), denoiser=tiny_pair.denoiser)
     steps = None if attack == "none" else 1
     with pytest.raises(ValueError, match="the classifier returned NaN or infinite logits for this image: its weights"):
-        analyze(_image(), AnalysisConfig(**{**FAST, "attack": attack, "steps": steps}), pair=pair)
+        analyze(_image(), AnalysisConfig.of(**{**FAST, "attack": attack, "steps": steps}), pair=pair)
 
 
 def test_classifier_with_an_infinite_bias_is_named(tiny_pair) -> None:
@@ -423,7 +425,7 @@ def test_classifier_with_an_infinite_bias_is_named(tiny_pair) -> None:
         classifier.vit.head.bias[3] = float("inf")
     pair = models.ModelPair(classifier=classifier, denoiser=tiny_pair.denoiser)
     with pytest.raises(ValueError, match="the classifier returned NaN or infinite logits"):
-        analyze(_image(), AnalysisConfig(**FAST), pair=pair)
+        analyze(_image(), AnalysisConfig.of(**FAST), pair=pair)
 
 
 def test_denoiser_with_nan_weights_is_named(tiny_pair) -> None:
@@ -433,9 +435,9 @@ def test_denoiser_with_nan_weights_is_named(tiny_pair) -> None:
     denoiser.unet = _nan_copy(denoiser.unet, "conv_in")
     pair = models.ModelPair(classifier=tiny_pair.classifier, denoiser=denoiser)
     with pytest.raises(ValueError, match="the denoiser returned NaN or infinite pixels"):
-        analyze(_image(), AnalysisConfig(**FAST), pair=pair)
+        analyze(_image(), AnalysisConfig.of(**FAST), pair=pair)
     # RS mode never calls the denoiser, so it still works.
-    result = analyze(_image(), AnalysisConfig(**{**FAST, "mode": "rs"}), pair=pair)
+    result = analyze(_image(), AnalysisConfig.of(**{**FAST, "mode": "rs"}), pair=pair)
     assert np.isfinite(result.fvit.clean.probs).all()
 
 
@@ -474,7 +476,7 @@ def test_nan_weights_on_disk_are_refused_at_load_and_by_the_cli(tiny_pair_dir, t
 
 
 def test_json_refuses_non_finite_numbers(tiny_pair) -> None:
-    result = analyze(_image(), AnalysisConfig(**FAST), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(**FAST), pair=tiny_pair)
     result.vanilla.divergences["kl"] = float("nan")
     with pytest.raises(ValueError):
         result.dumps()  # allow_nan=False: even a bug elsewhere cannot write NaN into the JSON
@@ -486,7 +488,7 @@ def test_json_refuses_non_finite_numbers(tiny_pair) -> None:
 def test_every_valid_k_gives_a_result(tiny_pair, k) -> None:
     """k between P/2 and P used to fail after all the work: the top-k bound needs ranks up to
     k + k0 <= P, and a larger k certifies nothing (radius 0) instead of raising."""
-    result = analyze(_image(), AnalysisConfig(**{**FAST, "k": k}), pair=tiny_pair)
+    result = analyze(_image(), AnalysisConfig.of(**{**FAST, "k": k}), pair=tiny_pair)
     k0 = certify.topk_boundary_size(k, 0.5)
     radius = result.faithful.certified.topk_radius_l2
     assert radius == 0.0 if k + k0 > 16 else radius >= 0.0
@@ -787,7 +789,7 @@ CONCURRENT_CONFIGS = [
 
 
 def _config(i: int) -> AnalysisConfig:
-    return AnalysisConfig(**{**FAST, "n_samples": 4, "bootstrap": 20, **CONCURRENT_CONFIGS[i]})
+    return AnalysisConfig.of(**{**FAST, "n_samples": 4, "bootstrap": 20, **CONCURRENT_CONFIGS[i]})
 
 
 def _json_without_timing(result) -> str:
@@ -832,11 +834,11 @@ def test_same_seed_same_bytes_in_process_and_in_a_fresh_process(tiny_pair, tiny_
     Image.fromarray((np.random.default_rng(3).random((40, 36, 3)) * 255).astype(np.uint8)).save(image_file)
     settings = dict(classifier=str(tiny_pair_dir / "classifier"), denoiser=str(tiny_pair_dir / "denoiser"),
                     n_samples=6, steps=2, k=4, seed=11, bootstrap=30, attack="pgd", method="rollout")
-    config = lambda: AnalysisConfig(**settings)  # noqa: E731 - fresh object each time
+    config = lambda: AnalysisConfig.of(**settings)  # noqa: E731 - fresh object each time
     pixels = images.load_image(image_file)
     first = _json_without_timing(analyze(pixels, config(), pair=tiny_pair))
     torch.manual_seed(1234), np.random.seed(99), random.seed(5)  # disturb every global RNG
-    analyze(_image(1), AnalysisConfig(**{**FAST, "seed": 3}), pair=tiny_pair)
+    analyze(_image(1), AnalysisConfig.of(**{**FAST, "seed": 3}), pair=tiny_pair)
     assert _json_without_timing(analyze(pixels, config(), pair=tiny_pair)) == first
     out = tmp_path / "fresh.json"
     command = [sys.executable, "-m", "fvit_core.cli", "analyze", str(image_file),
@@ -872,7 +874,7 @@ def _hook_count(model) -> int:
 
 def test_memory_stays_bounded_over_fifty_analyses(tiny_pair) -> None:
     def run(i: int) -> None:
-        config = AnalysisConfig(**{**FAST, "n_samples": 4, "bootstrap": 20, "seed": i,
+        config = AnalysisConfig.of(**{**FAST, "n_samples": 4, "bootstrap": 20, "seed": i,
                                    **CONCURRENT_CONFIGS[i % 6], "multistep_steps": 2})
         result = analyze(_image(i % 5), config, pair=tiny_pair)
         assert np.isfinite(result.fvit.clean.probs).all()

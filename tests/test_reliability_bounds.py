@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from app import image_sources, model_sources
 from fuzz_corpus import build_corpus, encode_image, jpeg_segments, noise_rgb, progressive_scan_bomb
 from fvit_core import errors
 from fvit_core.cli import main as cli
@@ -89,13 +90,11 @@ def test_a_decode_over_its_time_budget_is_stopped_at_its_next_read(monkeypatch) 
 
 
 def test_dashboard_decodes_with_a_budget(monkeypatch) -> None:
-    from app import state
-
     seen = {}
-    monkeypatch.setattr(state, "load_image", lambda data, **kw: seen.update(kw) or np.zeros((3, 4, 4), np.float32))
-    state.load_upload("x.png", b"png")
-    assert seen["max_seconds"] == state.MAX_DECODE_SECONDS == 15.0
-    assert seen["max_pixels"] == state.MAX_UPLOAD_PIXELS
+    monkeypatch.setattr(image_sources, "load_image", lambda data, **kw: seen.update(kw) or np.zeros((3, 4, 4), np.float32))
+    image_sources.load_upload("x.png", b"png")
+    assert seen["max_seconds"] == image_sources.MAX_DECODE_SECONDS == 15.0
+    assert seen["max_pixels"] == image_sources.MAX_UPLOAD_PIXELS
 
 
 # =============================================================================================
@@ -194,7 +193,6 @@ def _copy_folder(src: Path, dst: Path) -> Path:
 
 
 def test_dashboard_lists_and_loads_only_what_resolve_model_dir_accepts(tiny_pair_dir, tmp_path) -> None:
-    from app import state
     from fvit_core.models import resolve_model_dir
 
     outside = _copy_folder(tiny_pair_dir, tmp_path / "outside")
@@ -223,12 +221,12 @@ def test_dashboard_lists_and_loads_only_what_resolve_model_dir_accepts(tiny_pair
     for name in bad:  # the engine's guard refuses each
         with pytest.raises(ValueError):
             resolve_model_dir(name, root)
-    assert state.local_model_folders("classifier", root) == ["vit"]
-    assert state.local_model_folders("denoiser", root) == ["ddpm"]
-    assert Path(state.resolve_local_model("vit", "classifier", root)) == (root / "vit").resolve()
+    assert model_sources.local_model_folders("classifier", root) == ["vit"]
+    assert model_sources.local_model_folders("denoiser", root) == ["ddpm"]
+    assert Path(model_sources.resolve_local_model("vit", "classifier", root)) == (root / "vit").resolve()
     for name in bad:  # and the dashboard refuses to load them by name
         with pytest.raises(ValueError, match="links outside the models directory|is not a model name"):
-            state.resolve_local_model(name, "denoiser" if "ddpm" in name else "classifier", root)
+            model_sources.resolve_local_model(name, "denoiser" if "ddpm" in name else "classifier", root)
 
 
 # =============================================================================================

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fvit_core.explanations.sensitivity import MAX_SENSITIVITY_SAMPLES, ball_perturbations, relative_change, sensitivity
+from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
+from fvit_core.protocol.limits import BOUNDS
+
+MAX_SENSITIVITY_SAMPLES = int(BOUNDS["sensitivity_samples"].high)
 
 
 def test_linf_draws_stay_in_the_ball_and_the_image_range():
@@ -32,8 +35,10 @@ def test_draws_are_seeded_and_bounded():
     a = ball_perturbations(x, 4, 0.05, "Linf", torch.Generator().manual_seed(3))
     b = ball_perturbations(x, 4, 0.05, "Linf", torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match=f"1..{MAX_SENSITIVITY_SAMPLES}"):
+    with pytest.raises(ValueError, match=f"sensitivity_samples must be a whole number in 0..{MAX_SENSITIVITY_SAMPLES}"):
         ball_perturbations(x, MAX_SENSITIVITY_SAMPLES + 1, 0.05, "Linf", torch.Generator())
+    with pytest.raises(ValueError, match="at least 1"):
+        ball_perturbations(x, 0, 0.05, "Linf", torch.Generator())
     with pytest.raises(ValueError, match="Linf, L2"):
         ball_perturbations(x, 4, 0.05, "L1", torch.Generator())
 

@@ -9,7 +9,7 @@ import torch
 
 from fvit_core.data.images import load_image
 from fvit_core.models import MODELS_DIR, load_pair
-from fvit_core.method.faithful_vit import smooth
+from helpers import smooth
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test-2k"

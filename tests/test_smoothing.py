@@ -6,7 +6,7 @@ import torch
 
 from fvit_core.explanations.attention import explain
 from fvit_core.method.denoise import one_shot_denoise, timestep_for_sigma
-from fvit_core.method.faithful_vit import smooth
+from helpers import smooth
 
 
 def _images(n=2, seed=0):
@@ -207,8 +207,8 @@ def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
 
     x = _images(3)
     cpu = torch.device("cpu")
-    assert Runtime().workers(cpu, "dds") == 2 and Runtime().workers(cpu, "multistep") == 1
-    assert Runtime(parallel=False).workers(cpu, "dds") == 1
+    assert Runtime().workers(cpu) == 2 and Runtime().workers(cpu, sequential=True) == 1
+    assert Runtime(parallel=False).workers(cpu) == 1
     pooled = smooth(tiny_pair, x, sigma=0.25, n_samples=10, batch_size=4, keep_samples=True,
                     generator=torch.Generator().manual_seed(4))
     torch.set_num_threads(1)
@@ -257,18 +257,22 @@ def test_cpu_batches_are_even_and_independent_of_the_thread_count():
 
 
 def test_auto_precision_is_bfloat16_only_where_native_and_forward_only(monkeypatch):
+    from fvit_core.explanations.settings import float32_only
     from fvit_core.runtime import precision as smoothing
     from fvit_core.runtime.precision import resolve_precision
+
+    def resolve(precision: str, method: str) -> str:
+        return resolve_precision(precision, "cpu", float32_only=float32_only(method))
 
     for native in (True, False):
         monkeypatch.setattr(smoothing, "native_bfloat16", lambda device, native=native: native)
         expected = "bfloat16" if native else "float32"
-        assert resolve_precision("auto", "cpu", "raw") == expected
-        assert resolve_precision("auto", "cpu", "rollout") == expected
-        assert resolve_precision("auto", "cpu", "grad_rollout") == "float32"  # gradients: not measured in bf16
-        assert resolve_precision("auto", "cpu", "gradcam") == "float32"
-        assert resolve_precision("float32", "cpu", "raw") == "float32"
-        assert resolve_precision("bfloat16", "cpu", "gradcam") == "bfloat16"  # an explicit choice is kept
+        assert resolve("auto", "raw") == expected
+        assert resolve("auto", "rollout") == expected
+        assert resolve("auto", "grad_rollout") == "float32"  # gradients: not measured in bf16
+        assert resolve("auto", "gradcam") == "float32"
+        assert resolve("float32", "raw") == "float32"
+        assert resolve("bfloat16", "gradcam") == "bfloat16"  # an explicit choice is kept
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("float16", "cpu")
     assert smoothing.native_bfloat16(torch.device("meta")) is False

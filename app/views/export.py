@@ -22,7 +22,7 @@ if cur is not None:
     sweep_key, rows = st.session_state.get("_sweep_rows", (None, []))
     rows = rows if sweep_key == cur.key and len(rows) > 1 else None
     if rows:
-        sigma = result.config.sigma
+        sigma = result.config.smoothing.sigma
         available["sigma_sweep"] = ("Sigma sweep", lambda: static.sigma_sweep_figure(rows, sigma),
                                     lambda: interactive.plotly_sigma_sweep(rows, sigma))
     maps = st.session_state.get("_layer_maps", {}).get(cur.key)

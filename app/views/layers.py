@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from app import components, session, state
+from app import analysis_settings, components, session
 from fvit_core.report import interactive, static, style
 
 cur = components.page_header(
@@ -14,7 +14,7 @@ cur = components.page_header(
 )
 if cur is not None:
     result = cur.result
-    k = result.config.k
+    k = result.config.explanation.k
     subtitle = style.settings_text(result)
     tabs = st.tabs(["Vanilla ViT", style.model_label(result, "fvit")])
     for tab, which, compute in zip(tabs, style.MODEL_KEYS, (session.layer_maps, session.fvit_layer_maps)):
@@ -24,7 +24,7 @@ if cur is not None:
                 with st.spinner(f"Computing the {label}'s per-layer maps…"):
                     maps = compute(cur)
             except Exception as exc:
-                st.error(state.error_message("Cannot compute the per-layer maps", exc))
+                st.error(analysis_settings.error_message("Cannot compute the per-layer maps", exc))
                 continue
             overlap = static.layer_head_overlap(maps, k)
             left, right = st.columns([3, 2], gap="large")

@@ -26,7 +26,7 @@ if cur is not None:
     rows = [sweep_row(r) for r in done]
     st.session_state["_sweep_rows"] = (cur.key, rows)
     if len(rows) > 1:
-        components.show_plotly(interactive.plotly_sigma_sweep(rows, cur.result.config.sigma), "plot_sigma_sweep")
+        components.show_plotly(interactive.plotly_sigma_sweep(rows, cur.result.config.smoothing.sigma), "plot_sigma_sweep")
     # Readable headers, one interval column, one prediction column: the table fits a laptop's width
     # (the CSV export keeps every field under its own name).
     shown = [{**row, "fvit_ci": (f"{row['fvit_overlap_ci_low']:.2f}–{row['fvit_overlap_ci_high']:.2f}"

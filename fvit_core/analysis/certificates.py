@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fvit_core.analysis import metrics
+from fvit_core import metrics
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.result import Certificates
 from fvit_core.method import certify
@@ -26,20 +26,22 @@ def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarr
     independent = selection is not None
     if selection is None:
         selection, source = clean.votes, "shared"
-    cls, radius = certify.certify_counts(selection, clean.votes, cfg.sigma, cfg.confidence_alpha)
+    sigma, alpha = cfg.smoothing.sigma, cfg.confidence_alpha
+    k, beta = cfg.explanation.k, cfg.explanation.beta
+    cls, radius = certify.certify_counts(selection, clean.votes, sigma, alpha)
     n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
-    p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), cfg.confidence_alpha)
+    p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), alpha)
     k_radius = 0.0
     # The bound compares ranks up to k + k0 (METHOD.md 5.3): for larger k (or k = P) nothing is
     # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
-    k0 = certify.topk_boundary_size(cfg.k, cfg.beta)
-    if cfg.k + k0 <= num_patches and cfg.mode != "denoise-only":
-        k_radius = certify.topk_certified_radius(clean.attention, cfg.k, cfg.beta, cfg.sigma)
+    k0 = certify.topk_boundary_size(k, beta)
+    if k + k0 <= num_patches and cfg.smoothing.noisy:
+        k_radius = certify.topk_certified_radius(clean.attention, k, beta, sigma)
     measured = metrics.divergences(clean.probs, attacked.probs, renyi_alpha=cfg.renyi_alpha)["renyi"]
     return Certificates(
         predicted_class=int(cls), class_radius=float(radius), topk_radius_l2=float(k_radius),
         topk_radius_linf=float(certify.linf_from_l2(k_radius, input_dim)), p_a_lower=float(p_lower),
         perturbation_l2=perturbation_l2,
-        prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, cfg.sigma, cfg.renyi_alpha)),
+        prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, sigma, cfg.renyi_alpha)),
         measured_renyi=float(measured), independent_selection=independent, selection=source,
     )

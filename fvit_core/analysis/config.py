@@ -1,102 +1,63 @@
-"""The settings of one analysis (``fvit analyze``, the dashboard, the notebook API).
+"""The configs of the fronts, composed of the concepts' settings objects.
 
-:class:`AnalysisConfig` keeps one flat field per setting, so a JSON settings file reproduces an
-analysis (``--config``); its :meth:`~AnalysisConfig.validate` composes the shared pieces of
-:mod:`fvit_core.protocol.settings` (the same rules as ``fvit eval`` and ``fvit certify``).
+:class:`RunConfig` holds what every run has (the models, the explanation, the smoothed model,
+the runtime, the seed and how images are fitted); :class:`ComparisonConfig` adds what every
+clean-vs-attacked comparison has (the attack, the estimates, their noise floor, the sensitivity
+check, the divergence order); :class:`AnalysisConfig` is one analysis (``fvit analyze``, the
+dashboard, the notebook API). ``fvit eval`` and ``fvit certify`` compose the same pieces
+(batch.config). Each setting is declared once, in its concept's object, with its default and
+its check; a config adds only the rules between them.
+
+Settings files and the result's JSON use the flat form (one name per setting: ``sigma``, ``k``,
+``attack_params``): :meth:`~fvit_core.protocol.settings.Settings.to_dict`, ``from_dict``, ``of``
+and ``replace``, e.g. ``AnalysisConfig.of(sigma=0.5, n_samples=32)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
-from fvit_core.attacks.registry import get_attack
+from fvit_core.analysis.noise_floor import NoiseFloorSettings
+from fvit_core.attacks.settings import AttackSettings, ResolvedAttack
+from fvit_core.data.images import PREPARE_MODES
 from fvit_core.errors import InputError, SettingError
+from fvit_core.explanations.settings import ExplanationSettings, SensitivitySettings
+from fvit_core.method.settings import EarlyStopSettings, SamplingSettings, SmoothingSettings
+from fvit_core.models.settings import ModelSettings
 from fvit_core.protocol import limits
-from fvit_core.protocol.settings import (AttackSettings, EstimateFields, ExplanationSettings, ModelFields, RunFields,
-                                         RuntimeSettings, SensitivityFields, SensitivitySettings, SmoothingSettings,
-                                         TopkFields, check_types)
+from fvit_core.protocol.settings import Settings, bounded, one_of, setting
+from fvit_core.runtime.strategy import Runtime
+
+C = TypeVar("C", bound=Settings)
 
 
-# The numeric settings only an analysis has, each checked against limits.BOUNDS (the shared ones:
-# protocol/settings).
-ANALYSIS_NUMBERS: tuple[str, ...] = ("confidence_alpha", "renyi_alpha", "early_stop_alpha")
+def followed(sigma: float | None, explanation: ExplanationSettings) -> dict[str, Any]:
+    """The analysis settings that attack parameters may follow (attacks.specs.AttackSpec.follows):
+    the attacked FViT's sigma (None: no FViT), and the k, method and head fusion of the
+    explanation."""
+    return {"sigma": sigma, "k": explanation.k, "method": explanation.method, "head_fusion": explanation.head_fusion}
 
 
-@dataclass(kw_only=True)
-class AnalysisConfig(ModelFields, TopkFields, EstimateFields, SensitivityFields, RunFields):
-    """Every setting of one analysis; a JSON file of these fields reproduces it (``--config``).
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(Settings):
+    """What every run has: ``models``, the ``explanation`` and its top-k set, the ``smoothing`` of
+    the FViT, the ``runtime`` (speed only), the ``seed`` of every draw (protocol.seeds) and how an
+    image is fitted to the model's input (``image_mode``: data.images.PREPARE_MODES)."""
 
-    Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2).
-
-    Cost settings (docs/PERFORMANCE.md measures each): ``precision`` "auto" (the default) runs the
-    DDS networks in bfloat16 where the device computes it natively, else float32
-    (runtime.precision.resolve_precision); ``early_stop`` ends sampling once label and top-k set are
-    settled at level ``early_stop_alpha`` (monte_carlo.EarlyStop); ``noise_floor_estimator``
-    "bootstrap" (the default) estimates the noise floor from the clean samples, "independent"
-    from a third batch of N samples (whose votes then also serve as Cohen's selection counts;
-    otherwise the vanilla ViT's clean prediction is the selection, which is just as valid).
-    """
-
-    # The shared fields (model, head_fusion/k/beta, n_samples and the noise floor, sensitivity,
-    # run costs and seed) come from the protocol's field groups; these are an analysis' own.
-    attack: str = "pgd"
-    eps: float | None = None
-    steps: int | None = None
-    attack_params: dict = field(default_factory=dict)
-    method: str = "raw"
-    mode: str = "dds"
-    sigma: float = 0.25
-    confidence_alpha: float = 0.001
-    early_stop: bool = False
-    early_stop_alpha: float = 0.05
-
-    def attack_arguments(self) -> dict:
-        """The attack's parameters: ``attack_params`` with the ``eps`` / ``steps`` shortcuts applied
-        and the parameters that follow the analysis settings (registry.attack_arguments; the
-        registry's resolve adds the derived ones, alpha = eps / 5)."""
-        return registry_attack_arguments(self.attack, self.attack_params, eps=self.eps, steps=self.steps,
-                                         settings={"sigma": self.sigma, "k": self.k, "method": self.method,
-                                                   "head_fusion": self.head_fusion})
-
-    def validate(self, num_patches: int | None = None) -> None:
-        """Raise ValueError with an actionable message for any invalid setting.
-
-        Settings come from users (flags, settings files, the dashboard), so types are checked
-        too: a settings file with ``"eps": "8/255"`` or ``"shared_noise": "false"`` is refused
-        instead of failing deep inside (or, for the string, being silently true).
-        """
-        check_types(self)
-        # The shared pieces (protocol/settings: the same rules in fvit eval and certify).
-        AttackSettings(self.attack, self.eps, self.steps, self.attack_params).validate()
-        ExplanationSettings(self.method, self.head_fusion, self.k, self.beta).validate(num_patches)
-        SmoothingSettings(self.mode, self.sigma, self.n_samples, self.multistep_steps, self.precision, self.noise_floor,
-                          self.noise_floor_estimator, self.bootstrap).validate()
-        SensitivitySettings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm).validate()
-        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
-        # The numbers only an analysis has, against their documented bounds (limits.BOUNDS).
-        limits.check_settings(self, ANALYSIS_NUMBERS)
-        get_attack(self.attack).resolve(self.attack_arguments())
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    models: ModelSettings = setting(factory=ModelSettings)
+    explanation: ExplanationSettings = setting(factory=ExplanationSettings)
+    smoothing: SmoothingSettings = setting(factory=SmoothingSettings)
+    runtime: Runtime = setting(factory=Runtime)
+    seed: int = setting(0, check=bounded("seed"))
+    image_mode: str = setting("resize", check=one_of("image mode", PREPARE_MODES))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AnalysisConfig":
-        if not isinstance(data, dict):
-            raise SettingError(f"settings must be a JSON object of name: value pairs, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            shown = ", ".join(limits.short_repr(name, 40).strip("'") for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise SettingError(f"unknown settings {shown}; known: {', '.join(sorted(names))}")
-        return cls(**data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "AnalysisConfig":
+    def from_file(cls: type[C], path: str | Path) -> C:
+        """The config of a settings file (a JSON object of flat settings, or a result JSON whose
+        ``config`` holds them), at most limits.MAX_SETTINGS_BYTES."""
         text = limits.read_settings_text(path, "settings file")
         try:
             data = json.loads(text)
@@ -105,3 +66,59 @@ class AnalysisConfig(ModelFields, TopkFields, EstimateFields, SensitivityFields,
         if not isinstance(data, dict):
             raise InputError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparisonConfig(RunConfig):
+    """A clean-vs-attacked comparison: the ``attack`` (crafted on the vanilla ViT unless it is the
+    adaptive eot_dds), the FViT estimates' ``sampling``, their noise ``floor``, the
+    neighbourhood ``sensitivity`` check and the order ``renyi_alpha`` of the Renyi divergence
+    between the clean and the attacked prediction."""
+
+    attack: AttackSettings = setting(factory=AttackSettings)
+    sampling: SamplingSettings = setting(factory=SamplingSettings)
+    floor: NoiseFloorSettings = setting(factory=NoiseFloorSettings)
+    sensitivity: SensitivitySettings = setting(factory=SensitivitySettings)
+    renyi_alpha: float = setting(2.0, check=bounded("renyi_alpha"))
+
+    def check(self) -> None:
+        n, floor = self.sampling.n_samples, self.floor
+        if floor.enabled:  # two estimates to compare need two samples each
+            limits.check("n_samples", n, low=2)
+        if floor.bootstrap * n > limits.MAX_BOOTSTRAP_DRAWS:
+            raise SettingError(f"bootstrap x n_samples = {floor.bootstrap:,} x {n:,} is over the limit of "
+                               f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
+                               f"{limits.MAX_BOOTSTRAP_DRAWS // n:,} bootstrap resamples")
+
+    def follow(self) -> dict[str, Any]:
+        """The settings this comparison's attack parameters may follow (:func:`followed`)."""
+        return followed(self.smoothing.sigma, self.explanation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisConfig(ComparisonConfig):
+    """Every setting of one analysis; a JSON file of its flat form reproduces it (``--config``).
+
+    Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2). Defaults:
+    PGD 8/255 with 10 steps; DDS at sigma 0.25 with 64 samples; raw attention, top-8; the
+    bootstrap noise floor; "auto" precision (docs/PERFORMANCE.md measures each cost setting).
+
+    Besides the comparison's settings: ``early_stop`` (end sampling once label and top-k set are
+    settled) and ``confidence_alpha``, the failure probability of the certificates.
+    """
+
+    early_stop: EarlyStopSettings = setting(factory=EarlyStopSettings)
+    confidence_alpha: float = setting(0.001, check=bounded("confidence_alpha"))
+
+    def check(self) -> None:
+        super().check()
+        self.resolved_attack()  # the attack's parameters against its spec
+
+    def resolved_attack(self) -> ResolvedAttack:
+        """The attack with every parameter resolved (eps / steps shortcuts, followed analysis
+        settings, alpha = eps / 5): computed once per analysis by the pipeline."""
+        return self.attack.resolve(self.follow())
+
+    def check_model(self, num_patches: int) -> None:
+        """What depends on the model: k at most its patches."""
+        self.explanation.check_model(num_patches)

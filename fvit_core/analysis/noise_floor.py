@@ -1,38 +1,74 @@
 """The Monte Carlo noise floor: how much two FViT estimates of the same clean image differ.
 
 V_k between clean and attacked FViT maps means something only against this floor (docs/METHOD.md,
-section 5: Monte Carlo error). Estimators (protocol.settings.NOISE_FLOOR_ESTIMATORS):
-``independent`` (a second clean estimate) or ``bootstrap`` (resamples of the clean estimate's own
-samples, no extra model passes). Shared by ``fvit analyze`` and ``fvit eval``.
+section 5: Monte Carlo error). Estimators (:data:`NOISE_FLOOR_ESTIMATORS`): ``independent`` (a
+second clean estimate) or ``bootstrap`` (resamples of the clean estimate's own samples, no extra
+model passes). Shared by ``fvit analyze`` and ``fvit eval``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from fvit_core.analysis import metrics
-from fvit_core.analysis.config import AnalysisConfig
+from fvit_core import metrics
 from fvit_core.errors import SettingError
 from fvit_core.method.monte_carlo import SmoothedOutput
+from fvit_core.protocol.settings import Settings, bounded, one_of, setting
+
+# How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
+# - independent: V_k between the clean estimate and a second, independent clean estimate with
+#   the same settings (a second batch of N samples; its votes also give Cohen's CERTIFY the
+#   independent selection counts);
+# - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
+#   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
+NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
 
 
-def floor_pairs(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
+@dataclass(frozen=True, kw_only=True)
+class NoiseFloorSettings(Settings):
+    """Whether the noise floor is estimated (``enabled``; flat name ``noise_floor``), by which
+    ``estimator`` (:data:`NOISE_FLOOR_ESTIMATORS`), and the ``bootstrap`` resamples of the floor
+    and of the V_k intervals."""
+
+    enabled: bool = setting(True, json="noise_floor")
+    estimator: str = setting("bootstrap", json="noise_floor_estimator",
+                             check=one_of("noise floor estimator", NOISE_FLOOR_ESTIMATORS))
+    bootstrap: int = setting(200, check=bounded("bootstrap"))
+
+    def check(self) -> None:
+        if self.enabled and self.estimator == "bootstrap" and self.bootstrap < 1:
+            raise SettingError("the bootstrap noise floor needs bootstrap >= 1 resamples (e.g. 200)")
+
+    @property
+    def second_estimate(self) -> bool:
+        """Whether the floor needs a second clean estimate (the "independent" estimator)."""
+        return self.enabled and self.estimator == "independent"
+
+    @property
+    def from_bootstrap(self) -> bool:
+        """Whether the floor resamples the clean estimate's own samples (which it must then keep)."""
+        return self.enabled and not self.second_estimate
+
+
+def floor_pairs(floor: NoiseFloorSettings, clean: SmoothedOutput, second: SmoothedOutput | None,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
     """Pairs of clean FViT maps whose differences are Monte Carlo noise only: (A, B), each (n, P).
 
     The same estimators as the V_k floor: the clean estimate and the independent second one
-    (n = 1), or the means of two bootstrap resamples of the clean samples (n = cfg.bootstrap).
+    (n = 1), or the means of two bootstrap resamples of the clean samples (n = floor.bootstrap).
     None when the noise floor is off or cannot be estimated.
     """
-    if not cfg.noise_floor:
+    if not floor.enabled:
         return None
     if second is not None:
         return clean.attention[None], second.attention[None]
     samples = clean.samples_attention
-    if samples is None or clean.n_samples < 2 or cfg.bootstrap < 1:
+    if samples is None or clean.n_samples < 2 or floor.bootstrap < 1:
         return None
     n = len(samples)
-    idx = rng.integers(0, n, (2, cfg.bootstrap, n))
+    idx = rng.integers(0, n, (2, floor.bootstrap, n))
     return _resample_means(samples, idx[0]), _resample_means(samples, idx[1])
 
 
@@ -89,21 +125,20 @@ def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return counts.astype(np.float64) @ samples / n
 
 
-def noise_floor_estimate(cfg: AnalysisConfig, clean: SmoothedOutput, second: SmoothedOutput | None,
-                 rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
+def noise_floor_estimate(floor: NoiseFloorSettings, k: int, clean: SmoothedOutput, second: SmoothedOutput | None,
+                         rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
     """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off.
 
-    ``cfg``: any settings with ``noise_floor``, ``k`` and ``bootstrap`` (fvit eval's too): the
-    second estimate (``second``) when the estimator is "independent", else the bootstrap of the
-    clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
-    if not cfg.noise_floor or clean.samples_attention is None and second is None:
+    The second estimate (``second``) when the estimator is "independent", else the bootstrap of
+    the clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
+    if not floor.enabled or clean.samples_attention is None and second is None:
         return None, None
     if second is not None:
-        floor = float(metrics.topk_overlap(clean.attention, second.attention, cfg.k))
+        value = float(metrics.topk_overlap(clean.attention, second.attention, k))
         ci = None
-        if cfg.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
-            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, cfg.k, cfg.bootstrap, rng)
-        return floor, ci
+        if floor.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
+            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, k, floor.bootstrap, rng)
+        return value, ci
     if clean.n_samples < 2:
         return None, None
-    return bootstrap_noise_floor(clean.samples_attention, cfg.k, cfg.bootstrap, rng)
+    return bootstrap_noise_floor(clean.samples_attention, k, floor.bootstrap, rng)

@@ -111,7 +111,7 @@ class AnalysisResult:
     """Everything one analysis produced. Images are (3, H, W) float32 in [0, 1].
 
     ``clean_image`` and ``attacked_image`` are in the analysis' pixel space (``pixel_size``: the
-    denoiser's size with a denoiser, pixel_space.smoothing_size), where noise, perturbation norms
+    denoiser's size with a denoiser, ModelPair.smoothing_size), where noise, perturbation norms
     and radii live; ``clean_view`` and ``attacked_view`` are the same images as the classifier saw
     them (resized to ``classifier_size``), which the attention maps are drawn over.
     """

@@ -33,8 +33,8 @@ def sweep_configs(config: AnalysisConfig, sigmas: Sequence[float]) -> list[Analy
     base = config.to_dict()
     params = dict(base["attack_params"])
     if base["attack"] == "eot_dds" and "sigma" not in params:
-        params["sigma"] = float(config.sigma)  # one attacked image for the whole sweep
-    return [AnalysisConfig.from_dict({**base, "sigma": s, "attack_params": dict(params)}) for s in values]
+        params["sigma"] = float(config.smoothing.sigma)  # one attacked image for the whole sweep
+    return [type(config).from_dict({**base, "sigma": s, "attack_params": dict(params)}) for s in values]
 
 
 def sweep_row(result: AnalysisResult) -> dict[str, Any]:
@@ -43,9 +43,9 @@ def sweep_row(result: AnalysisResult) -> dict[str, Any]:
     ci = d.topk_overlap_ci or (None, None)
     return {
         "sigma": float(d.sigma),
-        "k": int(result.config.k),
-        "method": result.config.method,
-        "head_fusion": result.config.head_fusion,
+        "k": int(result.config.explanation.k),
+        "method": result.config.explanation.method,
+        "head_fusion": result.config.explanation.head_fusion,
         "vanilla_overlap": float(result.vanilla.topk_overlap),
         "fvit_overlap": float(result.fvit.topk_overlap),
         "fvit_overlap_ci_low": ci[0],
@@ -104,7 +104,7 @@ def run_sweep(
     """
     results = []
     for i, cfg in enumerate(configs):
-        def report(stage: str, fraction: float, i: int = i, sigma: float = cfg.sigma) -> None:
+        def report(stage: str, fraction: float, i: int = i, sigma: float = cfg.smoothing.sigma) -> None:
             if progress is not None:
                 progress(f"σ = {sigma:g} ({i + 1}/{len(configs)}) {stage}", (i + fraction) / len(configs))
 

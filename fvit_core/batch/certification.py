@@ -27,7 +27,6 @@ floor at that sample count). The certificate promises V_k >= beta at every check
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -39,76 +38,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from fvit_core.errors import FViTError, InputError, SettingError
-from fvit_core.method import certify
-
-from fvit_core.runtime import distributed
-
-from fvit_core.protocol import limits
-
-from fvit_core.analysis import metrics
-from fvit_core.attacks.registry import attack_arguments, run_attack
-from fvit_core.method.denoise import check_schedule
-from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
-from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
-from fvit_core.protocol.settings import (ExplanationSettings, FolderRunFields, ModelFields, RunFields, RuntimeSettings,
-                                         SmoothingSettings, TopkFields, check_types)
-from fvit_core.method.pixel_space import smoothing_size
-from fvit_core.models import ModelPair
-from fvit_core.method.faithful_vit import FaithfulViT
-from fvit_core.data.folders import ImageItem
+from fvit_core import metrics
+from fvit_core.analysis.config import followed
+from fvit_core.attacks.runner import run_attack
+from fvit_core.attacks.settings import AttackSettings
+from fvit_core.batch.config import CertifyConfig
 from fvit_core.batch.evaluate import SkippedImages, progress_bar, selected_items, start_run
-from fvit_core.batch.report import skipped_markdown
+from fvit_core.batch.report import run_models, skipped_markdown
 from fvit_core.batch.store import RowFiles
 from fvit_core.data.files import atomic_write_text
+from fvit_core.data.folders import ImageItem
+from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
+from fvit_core.errors import FViTError, InputError, SettingError
+from fvit_core.method import certify
+from fvit_core.method.denoise import check_schedule
+from fvit_core.method.faithful_vit import FaithfulViT
+from fvit_core.models import ModelPair
+from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
+from fvit_core.runtime import distributed
 
-CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
 CHECK_COLUMNS: tuple[str, ...] = ("check_floor", "check_random_min", "check_pgdl2", "check_topk")
 COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time", "topk_radius",
                             "topk_radius_linf", "image", *CHECK_COLUMNS)
 NOT_RUN = "-"
 HEADER = "\t".join(COLUMNS)
 CONFIG_FILE = "certify_config.json"
-# The numeric settings of a run, each checked against limits.BOUNDS.
-CERTIFY_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "n0", "n", "alpha", "check_random", "check_samples")
-
-
-@dataclass(kw_only=True)
-class CertifyConfig(FolderRunFields, ModelFields, TopkFields, RunFields):
-    """Every setting of one ``fvit certify`` run (sigma and radii in pixel units, L2)."""
-
-    # The shared fields (the folder run, the model, head_fusion/k/beta, run costs and seed) come
-    # from the protocol's field groups. The certificate holds for the smoothed classifier built on
-    # the base networks as they run, so a bfloat16 base gives a valid certificate of that classifier.
-    sigma: float = 0.25
-    n0: int = 100
-    n: int = 1000
-    alpha: float = 0.001
-    mode: str = "dds"
-    method: str = "raw"
-    radii: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
-    check_random: int = 0
-    check_attacks: bool = False
-    check_samples: int | None = None
-
-    FREE_FIELDS = FolderRunFields.RESUMABLE_FIELDS | {"radii"}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        check_types(self)
-        if self.mode not in CERTIFY_MODES:
-            raise SettingError(f"certify needs noise: mode must be one of {', '.join(CERTIFY_MODES)}, got {self.mode!r}")
-        # The shared pieces (protocol/settings: the same rules as fvit analyze and eval); the
-        # sample counts n0 and n have their own bounds.
-        SmoothingSettings(self.mode, self.sigma, None, self.multistep_steps, self.precision,
-                          noise_floor=False).validate(modes=CERTIFY_MODES)
-        ExplanationSettings(self.method, self.head_fusion, self.k, self.beta).validate()
-        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
-        # The numbers only certification has, against their documented bounds (limits.BOUNDS).
-        limits.check_settings(self, CERTIFY_NUMBERS)
-        limits.check_list("radii", self.radii)
 
 
 def _encode(row: dict) -> str:
@@ -146,23 +100,28 @@ def time_seconds(text: str) -> float:
 
 def faithful_vit(cfg: CertifyConfig, pair: ModelPair) -> FaithfulViT:
     """The FViT a certification run certifies."""
-    return FaithfulViT.for_run(pair, cfg.sigma, cfg.mode, cfg)
+    return FaithfulViT.of(pair, cfg.smoothing, cfg.runtime)
+
+
+def _parts(cfg: CertifyConfig) -> tuple:
+    return smoothing_parts(cfg.smoothing.mode, cfg.smoothing.sigma, cfg.explanation.method)
 
 
 def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Path) -> dict:
     """One row: CERTIFY with n0 selection and n estimation draws, and the top-k radius."""
     start = time.perf_counter()
+    c, e, sigma = cfg.certificate, cfg.explanation, cfg.smoothing.sigma
     decoded = load_image(root / item.path)
     image_seeds = ImageSeeds(cfg.seed, image_digest(decoded))  # protocol/seeds: as fvit analyze and eval
-    pixels = prepare_image(decoded, smoothing_size(pair, cfg.mode), mode=cfg.image_mode)
+    pixels = prepare_image(decoded, pair.smoothing_size(cfg.smoothing.mode), mode=cfg.image_mode)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
-    g = image_seeds.generator("certify", *smoothing_parts(cfg.mode, cfg.sigma, cfg.method))
-    predict, radius, estimation = faithful_vit(cfg, pair).certify(x, cfg.n0, cfg.n, cfg.alpha, method=cfg.method,
-                                                                  head_fusion=cfg.head_fusion, generator=g)
+    g = image_seeds.generator("certify", *_parts(cfg))
+    predict, radius, estimation = faithful_vit(cfg, pair).certify(x, c.n0, c.n, c.alpha, method=e.method,
+                                                                  head_fusion=e.head_fusion, generator=g)
     try:
-        topk_radius = certify.topk_certified_radius(estimation.attention, cfg.k, cfg.beta, cfg.sigma)
+        topk_radius = certify.topk_certified_radius(estimation.attention, e.k, e.beta, sigma)
     except SettingError as exc:
-        raise SettingError(f"top-k radius for k={cfg.k}, beta={cfg.beta}: {exc}") from exc
+        raise SettingError(f"top-k radius for k={e.k}, beta={e.beta}: {exc}") from exc
     row = {
         "idx": item.index, "label": item.label, "predict": int(predict), "radius": float(radius),
         "correct": int(predict == item.label), "time": time_text(time.perf_counter() - start),  # CERTIFY's cost
@@ -177,37 +136,37 @@ def certify_image(cfg: CertifyConfig, pair: ModelPair, item: ImageItem, root: Pa
 def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor, item: ImageItem,
                            attention: np.ndarray, radius: float, image_seeds: ImageSeeds) -> dict[str, float | None]:
     """V_k(w~(x), w~(x')) at points x' within the certified top-k radius (module docstring)."""
+    c, e = cfg.certificate, cfg.explanation
     checks: dict[str, float | None] = {name: None for name in CHECK_COLUMNS}
-    if radius <= 0 or (cfg.check_random == 0 and not cfg.check_attacks):
+    if radius <= 0 or (c.check_random == 0 and not c.check_attacks):
         return checks
-    g = image_seeds.generator("certify-check", *smoothing_parts(cfg.mode, cfg.sigma, cfg.method))
+    g = image_seeds.generator("certify-check", *_parts(cfg))
     points = [x]  # an independent estimate at x itself: the noise floor
-    if cfg.check_random:
-        directions = torch.randn((cfg.check_random, *x.shape[1:]), generator=g)
+    if c.check_random:
+        directions = torch.randn((c.check_random, *x.shape[1:]), generator=g)
         directions *= radius / directions.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         points.append((x + directions).clamp(0.0, 1.0))
     attacks = []
-    if cfg.check_attacks:
+    if c.check_attacks:
         dim = int(np.prod(x.shape[1:]))
         linf = radius / math.sqrt(dim)
         label = torch.tensor([item.label], device=pair.device)
         for name, params, labels in (
             ("pgdl2", {"eps": radius, "alpha": radius / 5}, label),  # transfer attack on the label
             # the explanation attack keeps the prediction; alpha, k, method and fusion by the registry's rules
-            ("topk", attack_arguments("topk", eps=linf, settings={"k": cfg.k, "method": cfg.method,
-                                                                  "head_fusion": cfg.head_fusion}), None),
+            ("topk", AttackSettings(name="topk", eps=linf).arguments(followed(None, e)), None),
         ):
             seed = image_seeds("certify-check", name)
             adv = run_attack(name, pair.classifier, x.to(pair.device), labels, params, denoiser=pair.denoiser,
                              seed=seed).cpu()
             points.append(adv)
             attacks.append(name)
-    outs = faithful_vit(cfg, pair).sample(torch.cat(points), cfg.check_samples or cfg.n, method=cfg.method,
-                                          head_fusion=cfg.head_fusion, generator=g)
-    overlaps = [float(metrics.topk_overlap(attention, out.attention, cfg.k)) for out in outs]
+    outs = faithful_vit(cfg, pair).sample(torch.cat(points), c.check_samples or c.n, method=e.method,
+                                          head_fusion=e.head_fusion, generator=g)
+    overlaps = [float(metrics.topk_overlap(attention, out.attention, e.k)) for out in outs]
     checks["check_floor"] = overlaps[0]
-    if cfg.check_random:
-        checks["check_random_min"] = min(overlaps[1:1 + cfg.check_random])
+    if c.check_random:
+        checks["check_random_min"] = min(overlaps[1:1 + c.check_random])
     for name, value in zip(attacks, overlaps[len(overlaps) - len(attacks):]):
         checks[f"check_{name}"] = value
     return checks
@@ -227,16 +186,17 @@ class CertifyReport:
 def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) -> CertifyReport:
     """Certify this rank's shard of the images, append rows, and (rank 0) merge and summarise."""
     start = time.perf_counter()
-    files = certify_row_files(cfg.out)
+    run, smoothing = cfg.batch, cfg.smoothing
+    files = certify_row_files(run.out)
     ctx, pair = start_run(cfg, ctx, CONFIG_FILE, files)
-    check_schedule(pair.denoiser, cfg.sigma, cfg.mode, cfg.multistep_steps)
+    check_schedule(pair.denoiser, smoothing.sigma, smoothing.mode, smoothing.multistep_steps)
     items = selected_items(cfg, pair)
     done = files.done_keys()
     todo = [item for item in distributed.shard(items, ctx) if item.path not in done]
-    root = Path(cfg.data).expanduser()
-    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
+    root = Path(run.data).expanduser()
+    skipped = SkippedImages(run.out, ctx, run.strict)
     written = 0
-    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(len(todo), ctx, "certify", cfg.progress) as bar:
+    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(len(todo), ctx, "certify", run.progress) as bar:
         for item in todo:
             try:
                 row = certify_image(cfg, pair, item, root)
@@ -250,7 +210,7 @@ def run_certify(cfg: CertifyConfig, ctx: distributed.DistContext | None = None) 
             bar.update(1)
     skipped.save()
     distributed.barrier(ctx)
-    report = CertifyReport(out=Path(cfg.out), rows_written=written, rows_total=None,
+    report = CertifyReport(out=Path(run.out), rows_written=written, rows_total=None,
                            seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         report.skipped = skipped.collect()
@@ -271,11 +231,12 @@ def certified_accuracy(rows: list[dict], radii: np.ndarray) -> np.ndarray:
 
 
 def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:
-    """Certified accuracy at cfg.radii (Wilson 95% intervals), abstain rate, top-k radius quantiles."""
+    """Certified accuracy at the radii (Wilson 95% intervals), abstain rate, top-k radius quantiles."""
     from fvit_core.batch.summary import wilson_ci
 
+    c, e, smoothing = cfg.certificate, cfg.explanation, cfg.smoothing
     table = []
-    for r in cfg.radii:
+    for r in c.radii:
         est = wilson_ci([int(row["correct"] == 1 and row["radius"] >= r) for row in rows])
         topk = wilson_ci([int(row["topk_radius"] >= r) for row in rows]) if r > 0 else None
         table.append({"radius": r, "certified_accuracy": est.mean, "low": est.low, "high": est.high,
@@ -287,12 +248,12 @@ def certify_summary(rows: list[dict], cfg: CertifyConfig) -> dict[str, Any]:
     check = None
     if checked:
         worst = [min(row[c] for c in CHECK_COLUMNS[1:] if row.get(c) is not None) for row in checked]
-        check = {"images": len(checked), "held": int(sum(w >= cfg.beta for w in worst)),
+        check = {"images": len(checked), "held": int(sum(w >= e.beta for w in worst)),
                  "min_overlap": float(min(worst)), "mean_floor": float(np.mean([row["check_floor"] for row in checked])),
                  **{f"min_{c}": float(min(row[c] for row in checked)) for c in CHECK_COLUMNS[1:]
                     if all(row.get(c) is not None for row in checked)}}
-    return {"n": len(rows), "sigma": cfg.sigma, "n0": cfg.n0, "n_samples": cfg.n, "alpha": cfg.alpha, "mode": cfg.mode,
-            "method": cfg.method, "k": cfg.k, "beta": cfg.beta, "abstain_rate": abstain, "table": table,
+    return {"n": len(rows), "sigma": smoothing.sigma, "n0": c.n0, "n_samples": c.n, "alpha": c.alpha,
+            "mode": smoothing.mode, "method": e.method, "k": e.k, "beta": e.beta, "abstain_rate": abstain, "table": table,
             "topk_radius": {"mean": float(topk_radii.mean()) if rows else None,
                             "positive_fraction": float(np.mean(topk_radii > 0)) if rows else None, **quantiles},
             "seconds_per_image": float(np.mean([time_seconds(row["time"]) for row in rows])) if rows else None,
@@ -326,7 +287,7 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     """Merge the TSV shards, write certified_accuracy.{csv,md,json}, the figures and run info."""
     from fvit_core.batch.report import hardware
 
-    out = Path(cfg.out)
+    out, smoothing, e = Path(cfg.batch.out), cfg.smoothing, cfg.explanation
     rows, counts = files.merge()
     current = [row for row in rows if row["image"] in planned]
     if not current:
@@ -338,19 +299,19 @@ def finish_certify(cfg: CertifyConfig, files: RowFiles, planned: set, ctx: distr
     atomic_write_text(out / "certified_accuracy.csv", "\n".join(csv_lines) + "\n")
     atomic_write_text(out / "certified_accuracy.md", _markdown(summary) + skipped_markdown(skipped))
     atomic_write_text(out / "certified_accuracy.json", json.dumps(summary, indent=1) + "\n")
-    if cfg.figures:
+    if cfg.batch.figures:
         from fvit_core.batch.plots import certified_accuracy_curve, radius_histogram
 
         top = max(1.0, max(row["radius"] for row in current) * 1.05)
         grid = np.linspace(0.0, top, 201)
         certified_accuracy_curve(grid, certified_accuracy(current, grid), out / "certified_accuracy.png",
-                                 title=f"{cfg.mode.upper()} sigma {cfg.sigma:g}, n {cfg.n}")
+                                 title=f"{smoothing.mode.upper()} sigma {smoothing.sigma:g}, n {cfg.certificate.n}")
         radius_histogram(np.array([row["topk_radius"] for row in current]), out / "topk_radius_hist.png",
-                         title=f"top-{cfg.k} radius (beta {cfg.beta:g}), sigma {cfg.sigma:g}")
+                         title=f"top-{e.k} radius (beta {e.beta:g}), sigma {smoothing.sigma:g}")
     info = {"command": "certify", "rows": len(current), "rows_missing": len(planned) - len(current),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
-            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser}, "device": cfg.device,
+            "models": run_models(cfg), "device": cfg.models.device,
             "images_skipped": len(skipped), "skipped": list(skipped)}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
     return len(current)

@@ -31,7 +31,6 @@ the vanilla ViT and to the smoothed models; ``eot_dds`` is the adaptive attack o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
@@ -42,186 +41,43 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from fvit_core.errors import FViTError, InputError, SettingError
-from fvit_core.method import certify
-
-from fvit_core.runtime import distributed
-
-from fvit_core.protocol import limits
-
-from fvit_core.analysis import metrics
+from fvit_core import metrics
 from fvit_core.analysis.noise_floor import floor_pairs, map_metrics_floor, noise_floor_estimate
-from fvit_core.attacks.registry import ATTACKS, get_attack, run_attack
-from fvit_core.attacks.registry import attack_arguments as registry_attack_arguments
-from fvit_core.explanations.attention import EXPLANATION_METHODS
-from fvit_core.method.denoise import check_schedule
-from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
-from fvit_core.protocol.seeds import ImageSeeds, attack_parts, smoothing_parts
-from fvit_core.protocol.settings import (AttackSettings, EstimateFields, ExplanationSettings, FolderRunFields,
-                                         ModelFields, RunFields, RuntimeSettings, SensitivityFields,
-                                         SensitivitySettings, SmoothingSettings, TopkFields, check_choice, check_choices,
-                                         check_types)
-from fvit_core.models import ModelPair, load_pair
-from fvit_core.method.pixel_space import smoothing_size
-from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
-from fvit_core.method.faithful_vit import SMOOTHING_MODES, FaithfulViT
-from fvit_core.method.monte_carlo import SmoothedOutput
-from fvit_core.method.vanilla import vanilla
-from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
-from fvit_core.explanations.perturbation_test import FILLS, perturbation_auc, perturbed_batch, split_hits
+from fvit_core.attacks.runner import run_attack
+from fvit_core.batch.config import EvalConfig
+from fvit_core.batch.grid import Setting, key_of_row, row_key, row_order, settings_grid
 from fvit_core.batch.store import RowFiles, json_line
 from fvit_core.data.files import atomic_write_text
+from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
+from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
+from fvit_core.errors import FViTError, InputError, SettingError
+from fvit_core.explanations.perturbation_test import perturbation_auc, perturbed_batch, split_hits
+from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
+from fvit_core.method import certify
+from fvit_core.method.denoise import check_schedule
+from fvit_core.method.faithful_vit import FaithfulViT
+from fvit_core.method.monte_carlo import SmoothedOutput
+from fvit_core.method.vanilla import vanilla
+from fvit_core.models import ModelPair
+from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
+from fvit_core.protocol.settings import flat_defaults
+from fvit_core.runtime import distributed
 
-MODES: tuple[str, ...] = ("vanilla", *SMOOTHING_MODES)
-# The numeric settings only a run has, each checked against limits.BOUNDS (the shared ones:
-# protocol/settings).
-EVAL_NUMBERS: tuple[str, ...] = ("limit", "subset_seed", "renyi_alpha", "pt_samples")
 CONFIG_FILE = "eval_config.json"
 # How per-image seeds are derived (protocol/seeds.py), recorded in the output folder's settings:
 # 1 = from the image's path (before issue #12), 2 = from the decoded image's digest.
 SEED_PROTOCOL = 2
 
 
-@dataclass(kw_only=True)
-class EvalConfig(FolderRunFields, ModelFields, TopkFields, EstimateFields, SensitivityFields, RunFields):
-    """Every setting of one ``fvit eval`` run. Units: eps and sigma in [0, 1] pixel units.
-
-    The grid is attacks x eps x modes x sigmas x methods (``vanilla`` is evaluated once per
-    attack and budget, without sigma, except under ``eot_dds``, whose attack depends on sigma).
-    """
-
-    # The shared fields (the folder run, the model, head_fusion/k/beta, n_samples and the noise
-    # floor, sensitivity, run costs and seed) come from the protocol's field groups.
-    attacks: tuple[str, ...] = ("pgd",)
-    eps: tuple[float, ...] = (8 / 255,)
-    steps: int | None = None
-    attack_params: dict = field(default_factory=dict)
-    sigmas: tuple[float, ...] = (0.25,)
-    modes: tuple[str, ...] = ("vanilla", "dds")
-    methods: tuple[str, ...] = ("raw",)
-    perturbation_test: bool = True
-    pt_samples: int = 16
-    pt_fill: str = "mean"
-
-    # Fields that may change between a run and its resumption: the run's, and the grid (rows are
-    # keyed by image and setting). Every other field changes the numbers, so a folder holding
-    # rows made with other values is refused.
-    FREE_FIELDS = FolderRunFields.RESUMABLE_FIELDS | {"attacks", "eps", "sigmas", "modes", "methods"}
-    # Fields added after some folders' rows were made, with the value those rows were made with
-    # when it is not today's default: such a folder resumes only with that value.
-    LEGACY_VALUES = {"noise_floor_estimator": "independent"}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        """ValueError with an actionable message for any invalid setting (before models load)."""
-        check_types(self)
-        # The shared pieces (protocol/settings: the same rules as fvit analyze), per grid value.
-        check_choices("attack", self.attacks, ATTACKS, name="attacks")
-        check_choices("mode", self.modes, MODES, name="modes")
-        check_choices("method", self.methods, EXPLANATION_METHODS, name="methods")
-        for attack in self.attacks:
-            AttackSettings(attack, None, self.steps, self.attack_params).validate()
-        limits.check_list("eps", self.eps)
-        for method in self.methods:
-            ExplanationSettings(method, self.head_fusion, self.k, self.beta).validate()
-        smoothed = [mode for mode in self.modes if mode != "vanilla"]
-        if smoothed and not self.sigmas:
-            raise SettingError("smoothed modes need at least one sigma")
-        limits.check_list("sigmas", self.sigmas, "sigma", allow_empty=True)
-        # Without a smoothed mode the sample settings are still checked (as dds at the first sigma).
-        for mode in smoothed or ["dds"]:
-            for sigma in self.sigmas or [0.25]:
-                SmoothingSettings(mode, sigma, self.n_samples, self.multistep_steps, self.precision, self.noise_floor,
-                                  self.noise_floor_estimator, self.bootstrap).validate()
-        SensitivitySettings(self.sensitivity_samples, self.sensitivity_radius, self.sensitivity_norm).validate()
-        RuntimeSettings(self.seed, self.batch_size, self.image_mode).validate()
-        check_choice("perturbation-test fill", self.pt_fill, FILLS)
-        # The numbers only a run has, against their documented bounds (limits.BOUNDS).
-        limits.check_settings(self, EVAL_NUMBERS)
-        grid = len(settings_grid(self))
-        if grid > limits.MAX_GRID:
-            raise SettingError(f"the grid holds {grid:,} settings (attacks x eps x modes x sigmas x methods), over the "
-                             f"limit of {limits.MAX_GRID:,}; split it over several runs")
-        known = {p.name for a in self.attacks for p in get_attack(a).params}
-        unknown = sorted(set(self.attack_params) - known)
-        if unknown:
-            raise SettingError(f"attack parameter(s) {', '.join(unknown)} belong to none of the attacks "
-                             f"{', '.join(self.attacks)}")
-        for setting in settings_grid(self):
-            get_attack(setting.attack).resolve(attack_arguments(self, setting))
-
-
-# --------------------------------------------------------------------------------------------
-# The grid
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One evaluated combination; ``eps`` is None for attacks without a budget, ``sigma`` None
-    for the vanilla ViT (except under eot_dds, where it is the attacked FViT's sigma)."""
-
-    attack: str
-    eps: float | None
-    mode: str
-    sigma: float | None
-    method: str
-
-    @property
-    def smoothed(self) -> bool:
-        return self.mode != "vanilla"
-
-
-def settings_grid(cfg: EvalConfig) -> list[Setting]:
-    """The settings of a run, in evaluation order."""
-    grid = []
-    for attack in cfg.attacks:
-        has_eps = any(p.name == "eps" for p in get_attack(attack).params)
-        for eps in (cfg.eps if has_eps else (None,)):
-            for mode in cfg.modes:
-                sigmas = (None,) if mode == "vanilla" and attack != "eot_dds" else cfg.sigmas
-                for sigma in sigmas:
-                    grid += [Setting(attack, eps, mode, sigma, method) for method in cfg.methods]
-    return grid
-
-
-def row_key(image: str, setting: Setting) -> tuple:
-    return (image, setting.attack, setting.eps, setting.mode, setting.sigma, setting.method)
-
-
-def key_of_row(row: dict) -> tuple:
-    return (row["image"], row["attack"], row["eps"], row["mode"], row["sigma"], row["method"])
-
-
-def _num(value: float | None) -> float:
-    return -1.0 if value is None else float(value)
-
-
-def row_order(row: dict) -> tuple:
-    return (row["index"], row["attack"], _num(row["eps"]), MODES.index(row["mode"]), _num(row["sigma"]), row["method"])
-
-
 def eval_row_files(out: str | Path) -> RowFiles:
     return RowFiles(out, "rows", "jsonl", encode=json_line, decode=json.loads, key=key_of_row, sort_key=row_order)
 
 
-def attack_arguments(cfg: EvalConfig, setting: Setting) -> dict:
-    """The attack's parameters for a setting (registry.attack_arguments, as ``fvit analyze``):
-    the ``--attack-param`` values it has, eps and steps, the sigma of the FViT for eot_dds, and
-    k, the evaluated method and head fusion for the top-k explanation attack; the registry adds
-    the derived step alpha = eps / 5 when resolving."""
-    return registry_attack_arguments(setting.attack, cfg.attack_params, eps=setting.eps, steps=cfg.steps,
-                                     settings={"sigma": setting.sigma, "k": cfg.k, "method": setting.method,
-                                               "head_fusion": cfg.head_fusion}, strict=False)
-
-
 def attack_key(cfg: EvalConfig, setting: Setting) -> tuple:
-    """What the attacked image depends on (protocol.seeds.attack_parts of the resolved parameters:
-    the attack and its budget; eot_dds also the sigma, topk also the method): the key of the attack
-    unit and the setting parts of its seed."""
-    return attack_parts(setting.attack, get_attack(setting.attack).resolve(attack_arguments(cfg, setting)))
+    """What the attacked image depends on (the resolved attack's seed parts: the attack and its
+    budget; eot_dds also the sigma, topk also the method): the key of the attack unit and the
+    setting parts of its seed."""
+    return cfg.resolved_attack(setting).seed_parts
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,11 +115,12 @@ class ImageEvaluation:
         self.prepared: dict[tuple[int, int], torch.Tensor] = {}
         self.grid = pair.classifier.grid_size
         self.units = _Units()
+        self.k, self.head_fusion = cfg.explanation.k, cfg.explanation.head_fusion
 
     def x(self, s: Setting) -> torch.Tensor:
-        """The image (1, 3, H, W) prepared in the pixel space of ``s``'s mode (pixel_space): one
+        """The image (1, 3, H, W) prepared in the pixel space of ``s``'s mode (ModelPair.smoothing_size): one
         space for the vanilla ViT and every denoising mode, the classifier's size for rs."""
-        size = smoothing_size(self.pair, s.mode)
+        size = self.pair.smoothing_size(s.mode)
         if size not in self.prepared:
             pixels = prepare_image(self.decoded, size, mode=self.cfg.image_mode)
             self.prepared[size] = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None].to(
@@ -271,7 +128,7 @@ class ImageEvaluation:
         return self.prepared[size]
 
     def _space(self, s: Setting) -> tuple[int, int]:
-        return smoothing_size(self.pair, s.mode)
+        return self.pair.smoothing_size(s.mode)
 
     # -- units ------------------------------------------------------------------------------
 
@@ -286,45 +143,48 @@ class ImageEvaluation:
             keys += [("clean", s.mode, s.sigma, s.method), ("attacked", akey, s.mode, s.sigma, s.method)]
         else:
             keys.append(("vanilla", akey, s.method, space))
-        if self.cfg.perturbation_test:
+        if self.cfg.perturbation.enabled:
             keys.append(("pt", s.mode, s.sigma, s.method))
-        if self.cfg.sensitivity_samples:
+        if self.cfg.sensitivity.enabled:
             keys.append(("sens", s.mode, s.sigma, s.method))
         return keys
 
     def _attack(self, s: Setting) -> torch.Tensor:
-        cfg = self.cfg
+        attack = self.cfg.resolved_attack(s)
         labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
-        seed = self.seeds("attack", *attack_key(cfg, s))
-        return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack_arguments(cfg, s),
+        seed = self.seeds("attack", *attack.seed_parts)
+        return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack.params,
                           denoiser=self.pair.denoiser, seed=seed)
 
     def _vanilla(self, image: torch.Tensor, method: str) -> tuple[np.ndarray, np.ndarray]:
-        att, probs = vanilla(self.pair, image, method=method, head_fusion=self.cfg.head_fusion)
+        att, probs = vanilla(self.pair, image, method=method, head_fusion=self.head_fusion)
         return att[0], probs[0]
+
+    def _fvit(self, s: Setting) -> FaithfulViT:
+        """The setting's FViT under the run's runtime."""
+        return FaithfulViT.of(self.pair, self.cfg.smoothing_of(s.mode, s.sigma), self.cfg.runtime)
 
     def _smooth(self, images: torch.Tensor, s: Setting, generator: torch.Generator, *, n_samples: int | None = None,
                 method: str | None = None, noise: torch.Tensor | None = None,
                 keep_samples: bool = False) -> list[SmoothedOutput]:
-        """FaithfulViT(s).sample: the setting's FViT under the run's runtime."""
-        cfg = self.cfg
-        fvit = FaithfulViT.for_run(self.pair, s.sigma, s.mode, cfg)
-        return fvit.sample(images, n_samples or cfg.n_samples, method=method or s.method, head_fusion=cfg.head_fusion,
-                           keep_samples=keep_samples, generator=generator, noise=noise)
+        """The setting's FViT's Monte Carlo estimates of ``images``."""
+        return self._fvit(s).sample(images, n_samples or self.cfg.sampling.n_samples, method=method or s.method,
+                                    head_fusion=self.head_fusion, keep_samples=keep_samples, generator=generator,
+                                    noise=noise)
 
     def _shared_noise(self, s: Setting) -> torch.Tensor | None:
-        if not self.cfg.shared_noise or s.mode == "denoise-only":
+        if not self.cfg.sampling.shared_noise or s.mode == "denoise-only":
             return None
-        g = self._generator("noise", s)
-        return torch.randn((self.cfg.n_samples, *self.x(s).shape[1:]), generator=g) * s.sigma
+        shape = (self.cfg.sampling.n_samples, *self.x(s).shape[1:])
+        return self._fvit(s).noise(shape, self._generator("noise", s))
 
     def _clean(self, s: Setting) -> tuple[SmoothedOutput, SmoothedOutput | None, torch.Tensor | None]:
         """(clean estimate, independent second estimate or None, shared noise or None)."""
         g = self._generator("clean", s)
         noise = self._shared_noise(s)
-        floor_batch = self.cfg.second_estimate
+        floor_batch = self.cfg.floor.second_estimate
         # The bootstrap floor resamples the clean estimate's own samples.
-        keep = self.cfg.noise_floor and not floor_batch
+        keep = self.cfg.floor.from_bootstrap
         if noise is None:
             x = self.x(s)
             batch = torch.cat([x, x]) if floor_batch else x
@@ -348,12 +208,12 @@ class ImageEvaluation:
             attention = self.units.values[("clean", s.mode, s.sigma, s.method)][0].attention
         else:
             attention = self.units.values[("vanilla", None, s.method, self._space(s))][0]
-        batch = perturbed_batch(self.x(s)[0], attention, clf.grid_size, fill=self.cfg.pt_fill)
+        batch = perturbed_batch(self.x(s)[0], attention, clf.grid_size, fill=self.cfg.perturbation.fill)
         if s.smoothed:
             # The smoothed prediction with pt_samples draws; the explanation computed alongside
             # is not used, so the cheapest method is asked for.
             g = self._generator("pt", s)
-            outs = self._smooth(batch, s, g, n_samples=self.cfg.pt_samples, method="raw")
+            outs = self._smooth(batch, s, g, n_samples=self.cfg.perturbation.samples, method="raw")
             predictions = [out.label for out in outs]
         else:
             with torch.no_grad():
@@ -363,12 +223,11 @@ class ImageEvaluation:
     def _sensitivity(self, s: Setting) -> dict[str, float | None]:
         """Max / mean sensitivity of the clean explanation over the ball draws (and, smoothed, the
         floor: the same relative change between the clean estimate and its second estimate)."""
-        cfg = self.cfg
+        sens = self.cfg.sensitivity
         draws = self.seeds.generator("sensitivity-draws")  # the same M images for every mode and method
-        images = ball_perturbations(self.x(s), cfg.sensitivity_samples, cfg.sensitivity_radius, cfg.sensitivity_norm,
-                                    draws)
+        images = ball_perturbations(self.x(s), sens.samples, sens.radius, sens.norm, draws)
         if not s.smoothed:
-            attention, _ = vanilla(self.pair, images, method=s.method, head_fusion=cfg.head_fusion)
+            attention, _ = vanilla(self.pair, images, method=s.method, head_fusion=self.head_fusion)
             return {**sensitivity(self.units.values[("vanilla", None, s.method, self._space(s))][0], attention), "floor": None}
         clean_out, floor_out, _ = self.units.values[("clean", s.mode, s.sigma, s.method)]
         outs = self._smooth(images.cpu(), s, self._generator("sensitivity", s))
@@ -379,7 +238,7 @@ class ImageEvaluation:
     def _floor_pairs(self, s: Setting, clean: SmoothedOutput, second: SmoothedOutput | None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
         """Noise-only pairs of clean maps (analysis.noise_floor.floor_pairs, the same draws as fvit analyze)."""
-        return floor_pairs(self.cfg, clean, second, self._bootstrap_rng(s, "pairs"))
+        return floor_pairs(self.cfg.floor, clean, second, self._bootstrap_rng(s, "pairs"))
 
     def _bootstrap_rng(self, s: Setting, purpose: str) -> np.random.Generator:
         return self.seeds.rng("bootstrap", *smoothing_parts(s.mode, s.sigma, s.method), purpose)
@@ -412,7 +271,7 @@ class ImageEvaluation:
             yield self._row(s, keys)
 
     def _row(self, s: Setting, keys: list[tuple]) -> dict:
-        cfg, v = self.cfg, self.units.values
+        cfg, v, k = self.cfg, self.units.values, self.k
         akey, space = attack_key(self.cfg, s), self._space(s)
         x_adv = v[("attack", akey, space)]
         vanilla_clean = v[("vanilla", None, s.method, space)]
@@ -425,9 +284,9 @@ class ImageEvaluation:
             attacked = (adv_out.attention, adv_out.probs)
             n_samples = clean_out.n_samples
             # The noise floor of the chosen estimator, computed as fvit analyze does.
-            floor, _ = noise_floor_estimate(cfg, clean_out, floor_out, self._bootstrap_rng(s, "floor"))
-            map_floor = map_metrics_floor(self._floor_pairs(s, clean_out, floor_out), self.grid, cfg.k)
-            agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, cfg.k))
+            floor, _ = noise_floor_estimate(cfg.floor, k, clean_out, floor_out, self._bootstrap_rng(s, "floor"))
+            map_floor = map_metrics_floor(self._floor_pairs(s, clean_out, floor_out), self.grid, k)
+            agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, k))
             radius = self._topk_radius(clean_out.attention, s)
         else:
             clean, attacked = vanilla_clean, v[("vanilla", akey, s.method, space)]
@@ -435,19 +294,19 @@ class ImageEvaluation:
         delta = (x_adv - self.x(s)).flatten()
         row = {
             "image": self.item.path, "index": self.item.index, "label": self.item.label,
-            "mode": s.mode, "attack": s.attack, "eps": s.eps, "sigma": s.sigma, "method": s.method, "k": cfg.k,
+            "mode": s.mode, "attack": s.attack, "eps": s.eps, "sigma": s.sigma, "method": s.method, "k": k,
             "n_samples": n_samples,
             "pred_clean": pred_clean, "pred_attacked": pred_attacked,
             "correct_clean": pred_clean == self.item.label, "correct_attacked": pred_attacked == self.item.label,
             "label_flip": pred_clean != pred_attacked,
-            "topk_overlap": float(metrics.topk_overlap(clean[0], attacked[0], cfg.k)),
+            "topk_overlap": float(metrics.topk_overlap(clean[0], attacked[0], k)),
             "topk_overlap_floor": floor, "topk_overlap_vanilla": agreement,
             "divergence": {name: float(value) for name, value in
                            metrics.divergences(clean[1], attacked[1], renyi_alpha=cfg.renyi_alpha).items()},
             "topk_radius": radius,
             "perturbation_linf": float(delta.abs().max()), "perturbation_l2": float(delta.norm()),
             # metrics.MAP_METRICS, attacked vs clean; the floor: second clean estimate vs clean
-            "map_metrics": metrics.map_metrics(clean[0], attacked[0], self.grid, cfg.k),
+            "map_metrics": metrics.map_metrics(clean[0], attacked[0], self.grid, k),
             "map_metrics_floor": map_floor,
             "sensitivity": v.get(("sens", s.mode, s.sigma, s.method)),
         }
@@ -456,7 +315,7 @@ class ImageEvaluation:
         return row
 
     def _pt_fields(self, s: Setting) -> dict:
-        if not self.cfg.perturbation_test:
+        if not self.cfg.perturbation.enabled:
             return {"pt_auc_positive": None, "pt_auc_negative": None, "pt_positive": None, "pt_negative": None}
         positive, negative = self.units.values[("pt", s.mode, s.sigma, s.method)]
         return {"pt_auc_positive": perturbation_auc(positive), "pt_auc_negative": perturbation_auc(negative),
@@ -466,7 +325,7 @@ class ImageEvaluation:
         if s.mode == "denoise-only":
             return None  # no noise, no certificate
         try:
-            return float(certify.topk_certified_radius(attention, self.cfg.k, self.cfg.beta, s.sigma))
+            return float(certify.topk_certified_radius(attention, self.k, self.cfg.explanation.beta, s.sigma))
         except SettingError:  # k too large for the bound (k + k0 > P)
             return None
 
@@ -532,7 +391,7 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
 
     Without rows the folder is free (a run that failed before its first row leaves only its
     settings, which the next run replaces)."""
-    out = Path(cfg.out)
+    out = Path(cfg.batch.out)
     path = out / config_file
     current = cfg.to_dict()
     has_rows = files.merged.exists() or bool(files.shard_paths())
@@ -541,12 +400,11 @@ def check_output_folder(cfg: EvalConfig, config_file: str, files: RowFiles) -> N
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read {path}: {exc}; remove it or choose another --out") from exc
-        fixed = [f.name for f in dataclasses.fields(cfg) if f.name not in cfg.FREE_FIELDS]
-        # A field added after the rows were made counts as its default there (the rows' numbers
+        fixed = [name for name in current if name not in cfg.FREE_FIELDS]
+        # A setting added after the rows were made counts as its default there (the rows' numbers
         # did not depend on it), so older folders still resume with the default; except the
         # LEGACY_VALUES, which count as the value those rows were made with.
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-        defaults.update(getattr(cfg, "LEGACY_VALUES", {}))
+        defaults = {**flat_defaults(type(cfg)), **cfg.LEGACY_VALUES}
         if stored.get("seed_protocol", 1) != SEED_PROTOCOL:
             raise SettingError(f"{out} holds rows seeded by an earlier protocol (per-image seeds from the image's path; "
                              f"now from its decoded pixels, protocol/seeds.py), so new rows would not match them; "
@@ -565,16 +423,11 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def load_models(cfg: Any, device: str) -> ModelPair:
-    """The run's pair (hub downloads only with allow_download; HF_HUB_OFFLINE set by the user wins)."""
-    return load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=device,
-                     allow_download=cfg.allow_download)
-
-
 def selected_items(cfg: Any, pair: ModelPair) -> list[ImageItem]:
-    label_map = read_label_map(cfg.label_map) if cfg.label_map else None
-    items = list_items(cfg.data, pair.classifier.class_names, label_map)
-    return select(items, limit=cfg.limit, subset_seed=cfg.subset_seed)
+    run = cfg.batch
+    label_map = read_label_map(run.label_map) if run.label_map else None
+    items = list_items(run.data, pair.classifier.class_names, label_map)
+    return select(items, limit=run.limit, subset_seed=run.subset_seed)
 
 
 def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files: RowFiles) -> None:
@@ -582,8 +435,8 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
     problem = None
     if ctx.is_main:
         try:
-            if not Path(cfg.data).expanduser().is_dir():
-                raise InputError(f"data folder not found: {cfg.data} (expected DIR/<class>/<image files>)")
+            if not Path(cfg.batch.data).expanduser().is_dir():
+                raise InputError(f"data folder not found: {cfg.batch.data} (expected DIR/<class>/<image files>)")
             check_output_folder(cfg, config_file, files)
         except (ValueError, OSError) as exc:
             problem = str(exc)
@@ -594,12 +447,13 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
 
 def start_run(cfg: Any, ctx: distributed.DistContext | None, config_file: str, files: RowFiles
               ) -> tuple[distributed.DistContext, ModelPair]:
-    """What every batch run does first: validate the settings (before any work), join the
-    torchrun group (or run alone), check and record the output folder, load the models."""
-    cfg.validate()
-    ctx = ctx or distributed.init(cfg.dist_backend)
+    """What every batch run does first (its settings were checked when they were made): join the
+    torchrun group (or run alone), check and record the output folder, load the models (hub
+    downloads only with allow_download; HF_HUB_OFFLINE set by the user wins)."""
+    ctx = ctx or distributed.init(cfg.batch.dist_backend)
     prepare_run(cfg, ctx, config_file, files)
-    return ctx, load_models(cfg, distributed.device_for(ctx, cfg.device))
+    device = distributed.device_for(ctx, cfg.models.device)
+    return ctx, cfg.models.load(device=device, allow_download=cfg.batch.allow_download)
 
 
 def progress_bar(total: int, ctx: distributed.DistContext, what: str, enabled: bool):
@@ -616,22 +470,22 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     Resumable: rows already in the output folder are skipped; see the module docstring.
     """
     start = time.perf_counter()
-    files = eval_row_files(cfg.out)
+    run = cfg.batch
+    files = eval_row_files(run.out)
     ctx, pair = start_run(cfg, ctx, CONFIG_FILE, files)
-    if cfg.k > pair.classifier.num_patches:
-        raise SettingError(f"k={cfg.k} exceeds the classifier's {pair.classifier.num_patches} patches")
-    for mode in (m for m in cfg.modes if m != "vanilla"):
-        for sigma in cfg.sigmas:
-            check_schedule(pair.denoiser, sigma, mode, cfg.multistep_steps)
+    cfg.explanation.check_model(pair.classifier.num_patches)
+    for mode in (m for m in cfg.grid.modes if m != "vanilla"):
+        for sigma in cfg.grid.sigmas:
+            check_schedule(pair.denoiser, sigma, mode, cfg.smoothing.multistep_steps)
     items = selected_items(cfg, pair)
-    grid = settings_grid(cfg)
+    grid = settings_grid(cfg.grid)
     done = files.done_keys()
     work = [(item, [s for s in grid if row_key(item.path, s) not in done]) for item in distributed.shard(items, ctx)]
     total = sum(len(settings) for _, settings in work)
     written = 0
-    root = Path(cfg.data).expanduser()
-    skipped = SkippedImages(cfg.out, ctx, cfg.strict)
-    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", cfg.progress) as bar:
+    root = Path(run.data).expanduser()
+    skipped = SkippedImages(run.out, ctx, run.strict)
+    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", run.progress) as bar:
         for item, settings in work:
             if not settings:
                 continue
@@ -650,7 +504,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
                 raise type(exc)(f"{root / item.path}: {exc}") from exc
     skipped.save()
     distributed.barrier(ctx)
-    report = EvalReport(out=Path(cfg.out), rows_written=written, rows_total=None, rows_missing=None,
+    report = EvalReport(out=Path(run.out), rows_written=written, rows_total=None, rows_missing=None,
                         seconds=time.perf_counter() - start, rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         from fvit_core.batch.report import finish_eval

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fvit_core.report.style import COLORS, publication_style
-from fvit_core.batch.report import fmt_eps, fmt_sigma
+from fvit_core.batch.grid import fmt_eps, fmt_sigma
 
 MODE_COLORS: dict[str, str] = {"vanilla": COLORS["vanilla"], "dds": COLORS["fvit"], "rs": "#E69F00",
                                "denoise-only": "#CC79A7", "multistep": "#56B4E9"}

@@ -18,13 +18,12 @@ from typing import Any, Sequence
 
 import torch
 
-from fvit_core.runtime import distributed
-from fvit_core.analysis.metrics import MAP_METRICS
+from fvit_core.batch.grid import EVAL_GROUP, fmt_eps, fmt_sigma, group_order, key_of_row
 from fvit_core.batch.store import RowFiles
-from fvit_core.data.files import atomic_write_text
 from fvit_core.batch.summary import Estimate, Metric, summarise, to_csv, to_markdown
-
-EVAL_GROUP = ("attack", "eps", "mode", "sigma", "method")
+from fvit_core.data.files import atomic_write_text
+from fvit_core.metrics import MAP_METRICS
+from fvit_core.runtime import distributed
 
 
 def _div(name: str):
@@ -77,27 +76,6 @@ _MAP_TABLE = tuple(m.name for m in MAP_SUMMARY_METRICS[:2 * len(MAP_METRICS)])
 _SENSITIVITY_TABLE = ("sensitivity_max", "sensitivity_mean", "sensitivity_floor")
 
 
-def fmt_eps(eps: float | None) -> str:
-    """8/255 for budgets on the /255 grid, else the number."""
-    if eps is None:
-        return "-"
-    scaled = eps * 255
-    return f"{round(scaled):g}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:.4g}"
-
-
-def fmt_sigma(sigma: float | None) -> str:
-    return "-" if sigma is None else f"{sigma:g}"
-
-
-def _group_order(modes: Sequence[str]):
-    def order(key: tuple) -> tuple:
-        attack, eps, mode, sigma, method = key
-        return (attack, -1.0 if eps is None else eps, modes.index(mode) if mode in modes else 99,
-                -1.0 if sigma is None else sigma, method)
-
-    return order
-
-
 def hardware() -> dict[str, Any]:
     """Where the numbers were measured."""
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -142,29 +120,32 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     Markdown summary and listed in run_info.json. Returns (rows of this command's grid present,
     rows of it missing).
     """
-    from fvit_core.batch.evaluate import MODES, key_of_row
-
-    out = Path(cfg.out)
+    out, k = Path(cfg.batch.out), cfg.explanation.k
     rows, counts = files.merge()
     current = [row for row in rows if key_of_row(row) in planned]
-    records = summarise(current, EVAL_GROUP, EVAL_METRICS, order=_group_order(MODES))
+    records = summarise(current, EVAL_GROUP, EVAL_METRICS, order=group_order)
     atomic_write_text(out / "summary.csv", to_csv(records, EVAL_GROUP, EVAL_METRICS))
-    atomic_write_text(out / "summary.md", eval_markdown(records, cfg.k) + skipped_markdown(skipped))
+    atomic_write_text(out / "summary.md", eval_markdown(records, k) + skipped_markdown(skipped))
     atomic_write_text(out / "summary.json", json.dumps(
-        [{k: _estimate_json(v) for k, v in r.items()} for r in records], indent=1) + "\n")
-    if cfg.figures:
+        [{key: _estimate_json(v) for key, v in r.items()} for r in records], indent=1) + "\n")
+    if cfg.batch.figures:
         from fvit_core.batch.plots import overlap_vs_eps, overlap_vs_sigma
 
-        overlap_vs_eps(records, out / "overlap_vs_eps.png", k=cfg.k)
-        overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=cfg.k)
+        overlap_vs_eps(records, out / "overlap_vs_eps.png", k=k)
+        overlap_vs_sigma(records, out / "overlap_vs_sigma.png", k=k)
     missing = len(planned) - len(current)
     info = {"command": "eval", "rows": len(current), "rows_missing": missing, "rows_in_folder": len(rows),
             "world_size": ctx.world_size, "new_rows_by_file": counts, "wall_seconds_rank0": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hardware(),
-            "models": {"pair": cfg.model, "classifier": cfg.classifier, "denoiser": cfg.denoiser},
-            "device": cfg.device, "images_skipped": len(skipped), "skipped": list(skipped)}
+            "models": run_models(cfg), "device": cfg.models.device, "images_skipped": len(skipped), "skipped": list(skipped)}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2) + "\n")
     return len(current), missing
+
+
+def run_models(cfg: Any) -> dict:
+    """The models of a run, for run_info.json."""
+    models = cfg.models
+    return {"pair": models.pair, "classifier": models.classifier, "denoiser": models.denoiser}
 
 
 def skipped_markdown(skipped: Sequence[dict]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from fractions import Fraction
@@ -108,9 +107,10 @@ def attack_params(items: list[str]) -> dict:
 
 def config_from_args(ns: argparse.Namespace):
     from fvit_core.analysis.config import AnalysisConfig
+    from fvit_core.protocol.settings import flat_names
 
     base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
-    names = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    names = set(flat_names(AnalysisConfig))
     base.update({k: v for k, v in vars(ns).items() if k in names})
     params = base.get("attack_params") or {}
     if not isinstance(params, dict):
@@ -132,22 +132,19 @@ def param_value(text: str):
 
 def run_analyze(ns: argparse.Namespace) -> int:
     started = time.perf_counter()
-    from fvit_core.data.images import load_image
-    from fvit_core.models import load_pair
     from fvit_core.analysis.pipeline import analyze
-
     from fvit_core.data.files import atomic_write_text, check_writable_file, check_writable_folder
+    from fvit_core.data.images import load_image
 
+    # Settings first (checked when made): a typo fails in milliseconds, before any model is loaded.
     cfg = config_from_args(ns)
-    cfg.validate()  # settings first: a typo fails in milliseconds, before any model is loaded
     if ns.json and ns.json != "-":  # outputs next: a bad path must not cost the analysis
         check_writable_file(ns.json, "--json")
     if ns.out:
         check_writable_folder(ns.out, "--out")
     image = load_image(ns.image)
     # --allow-download does not override HF_HUB_OFFLINE set by the user: offline stays offline.
-    pair = load_pair(cfg.model, classifier=cfg.classifier, denoiser=cfg.denoiser, device=cfg.device,
-                     allow_download=ns.allow_download)
+    pair = cfg.models.load(allow_download=ns.allow_download)
     load = time.perf_counter() - started
     result = analyze(image, cfg, pair=pair)
     # The engine times the analysis; the command also spent `load` importing it, decoding the
@@ -175,17 +172,17 @@ def _summary(result) -> str:
     floor = f"{d.topk_overlap_floor:.2f}" if d.topk_overlap_floor is not None else "n/a"
     samples = f"{d.n_samples} samples"
     if d.stopped_early:
-        samples += f" of {result.config.n_samples}, stopped early"
+        samples += f" of {result.config.sampling.n_samples}, stopped early"
     # A negative class is CERTIFY's abstention: no certified majority, so no radius at all.
     radius = "abstain" if d.certified.predicted_class < 0 else f"{d.certified.class_radius:.3f} (L2)"
     timing = result.timing
     load = f" (load {timing['load']:.2f} s)" if "load" in timing else ""
     return "\n".join([
         f"attack {result.attack['name']}: Linf {budget_text(result.attack['linf'])}, L2 {result.attack['l2']:.3f}",
-        f"vanilla ViT ({result.config.method}): {v.clean.label_name} ({v.clean.confidence:.2f}) -> "
-        f"{v.attacked.label_name} ({v.attacked.confidence:.2f}); top-{result.config.k} overlap {v.topk_overlap:.2f}",
+        f"vanilla ViT ({result.config.explanation.method}): {v.clean.label_name} ({v.clean.confidence:.2f}) -> "
+        f"{v.attacked.label_name} ({v.attacked.confidence:.2f}); top-{result.config.explanation.k} overlap {v.topk_overlap:.2f}",
         f"FViT ({d.mode}, sigma {d.sigma:g}, {samples}): {f.clean.label_name} ({f.clean.confidence:.2f}) -> "
-        f"{f.attacked.label_name} ({f.attacked.confidence:.2f}); top-{result.config.k} overlap {f.topk_overlap:.2f} "
+        f"{f.attacked.label_name} ({f.attacked.confidence:.2f}); top-{result.config.explanation.k} overlap {f.topk_overlap:.2f} "
         f"(noise floor {floor})",
         f"certified: class radius {radius}, top-k radius {d.certified.topk_radius_l2:.4f} (L2)",
         f"time {timing['total']:.2f} s{load}",
@@ -208,7 +205,7 @@ def fraction_of_255(value: float) -> str | None:
 
 
 def _list_attacks(ns: argparse.Namespace) -> int:
-    from fvit_core.attacks.registry import ATTACKS
+    from fvit_core.attacks.specs import ATTACKS
 
     for spec in ATTACKS.values():
         params = ", ".join(f"{p.name}={_default_text(p)}" for p in spec.params)

@@ -110,18 +110,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _values(ns: argparse.Namespace, cls: type) -> dict:
-    import dataclasses
+    from fvit_core.protocol.settings import flat_names
 
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(flat_names(cls))
     return {k: v for k, v in vars(ns).items() if k in names}
 
 
 def eval_config_from_args(ns: argparse.Namespace):
-    from fvit_core.batch.evaluate import EvalConfig
+    from fvit_core.batch.config import EvalConfig
 
     values = _values(ns, EvalConfig)
     values["attack_params"] = attack_params(ns.attack_param)
-    return EvalConfig(**values)
+    return EvalConfig.from_dict(values)
 
 
 def run_eval_command(ns: argparse.Namespace) -> int:
@@ -138,9 +138,10 @@ def run_eval_command(ns: argparse.Namespace) -> int:
 
 
 def run_certify_command(ns: argparse.Namespace) -> int:
-    from fvit_core.batch.certification import CertifyConfig, run_certify
+    from fvit_core.batch.certification import run_certify
+    from fvit_core.batch.config import CertifyConfig
 
-    report = run_certify(CertifyConfig(**_values(ns, CertifyConfig)))
+    report = run_certify(CertifyConfig.from_dict(_values(ns, CertifyConfig)))
     if report.rank == 0:
         skipped = f", {len(report.skipped)} unreadable image(s) skipped" if report.skipped else ""
         print(f"fvit certify: {report.rows_total} images{skipped} ({report.rows_written} new on rank 0, "

@@ -1,6 +1,6 @@
 """The evaluation data: an image folder, its labels in the classifier's class order, a seeded subset.
 
-Layout root/<class>/<image files> (training.data.list_image_folder). An image is named by its
+Layout root/<class>/<image files> (:func:`list_image_folder`). An image is named by its
 path relative to the root (the key of its rows; per-image randomness is seeded from it) and
 numbered by its *index*, its position in the sorted listing of the whole folder (Cohen's idx).
 
@@ -21,7 +21,26 @@ from typing import Sequence
 import numpy as np
 
 from fvit_core.errors import InputError, SettingError
-from fvit_core.training.data import list_image_folder
+from fvit_core.data.images import IMAGE_SUFFIXES
+
+
+def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """Files and labels of an image-folder tree; classes in sorted order unless given."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"data folder not found: {root} (expected root/<class>/<image files>)")
+    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise InputError(f"{root} has no class sub-folders (expected root/<class>/<image files>)")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(path))
+                labels.append(label)
+    if not files:
+        raise InputError(f"no images found under {root}")
+    return files, labels, classes
 
 
 @dataclass(frozen=True)

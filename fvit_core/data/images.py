@@ -27,12 +27,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fvit_core.data.pixels import check_pixels
+from fvit_core.data.pixels import check_pixels, resize_pixels
 from fvit_core.errors import InputError, SettingError
-from fvit_core.method.pixel_space import resize_pixels
 
-SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
-_SUPPORTED_TEXT = "PNG, JPEG, WebP, BMP, TIFF, GIF"
+# The one list of image formats: Pillow's name -> (the name shown to users, the file suffixes).
+# The decoder opens only these; labelled folders, training folders and the dashboard's gallery
+# list files by these suffixes.
+IMAGE_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "PNG": ("PNG", (".png",)), "JPEG": ("JPEG", (".jpg", ".jpeg")), "WEBP": ("WebP", (".webp",)),
+    "BMP": ("BMP", (".bmp",)), "TIFF": ("TIFF", (".tif", ".tiff")), "GIF": ("GIF", (".gif",)),
+}
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(IMAGE_FORMATS)
+IMAGE_SUFFIXES: frozenset[str] = frozenset(s for _, suffixes in IMAGE_FORMATS.values() for s in suffixes)
+_SUPPORTED_TEXT = ", ".join(label for label, _ in IMAGE_FORMATS.values())
 DEFAULT_MAX_BYTES = 20_000_000
 DEFAULT_MAX_PIXELS = 40_000_000
 # Wall-clock budget of one decode: a 40-megapixel file decodes in about 7 s on one idle core.
@@ -393,7 +400,7 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
     ``resize`` keeps the whole image (aspect ratio not kept); ``center_crop`` first crops the
     largest centred region with the target aspect ratio; ``pad`` (letterbox) first centres the
     whole image on a black canvas with the target aspect ratio, so nothing is cut or distorted.
-    Resizing is bicubic with antialiasing (method.pixel_space.resize_pixels), clamped to [0, 1].
+    Resizing is bicubic with antialiasing (data.pixels.resize_pixels), clamped to [0, 1].
     """
     check_pixels(image, batched=False, what="image")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or any(

@@ -28,7 +28,7 @@ Head fusion (``mean``, ``max``, ``min``) replaces the mean over heads in every m
 
 Cost. ``raw`` on timm's stock ViT blocks skips the capture and computes only what it reads
 (fused attention in the earlier blocks, the [CLS] query alone in the last block; see
-runtime.raw_attention); the other methods capture through the taps, keeping only the layers (and,
+explanations.raw_path); the other methods capture through the taps, keeping only the layers (and,
 for ``raw``-like reads, the [CLS] row) they use.
 """
 
@@ -44,17 +44,13 @@ import torch
 from torch import Tensor, nn
 
 from fvit_core.data import pixels
+from fvit_core.data.pixels import is_uniform_rescale
 from fvit_core.errors import InputError, SettingError
-from fvit_core.explanations.lrp import LRP_METHODS, lrp_patch_relevance
+from fvit_core.explanations.lrp import lrp_patch_relevance
+from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS,
+                                             check_head_fusion, check_method)
 from fvit_core.models import PixelViT
-from fvit_core.protocol.settings import check_choice
-from fvit_core.runtime.raw_attention import raw_cls_path, supports_cls_path
-from fvit_core.method.pixel_space import is_uniform_rescale
-
-EXPLANATION_METHODS: tuple[str, ...] = (
-    "raw", "rollout", "grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp"
-)
-HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
+from fvit_core.explanations.raw_path import raw_cls_path, supports_cls_path
 
 # Pixels slightly outside [0, 1] from float round-off (resizing, attacks) are accepted.
 _PIXEL_TOLERANCE = 1e-5
@@ -209,7 +205,7 @@ def capture_attention(
 
 def fuse_heads(attn: Tensor, head_fusion: str) -> Tensor:
     """Fuse the heads axis (dim 1) of (B, heads, ...) by mean, max or min -> (B, ...)."""
-    _check_fusion(head_fusion)
+    check_head_fusion(head_fusion)
     if head_fusion == "mean":
         return attn.mean(dim=1)
     if head_fusion == "max":
@@ -310,10 +306,11 @@ _METHODS: dict[str, _MethodSpec] = {
     "grad_rollout": _MethodSpec(needs_grad=True, last_layer_only=False, cls_only=False, reduce=_reduce_grad_rollout),
     "gradcam": _MethodSpec(needs_grad=True, last_layer_only=True, cls_only=False, reduce=_reduce_gradcam),
 }
+assert all(spec.needs_grad == (name in GRADIENT_METHODS) for name, spec in _METHODS.items())
 # The LRP methods propagate relevance with their own traced forward pass (fvit_core.explanations.lrp); the spec
 # only says whether they differentiate the logits (transformer_attribution reads dy/dA).
 _LRP_SPECS: dict[str, _MethodSpec] = {
-    name: _MethodSpec(needs_grad=name == "transformer_attribution", last_layer_only=False, cls_only=False,
+    name: _MethodSpec(needs_grad=name in GRADIENT_METHODS, last_layer_only=False, cls_only=False,
                       reduce=_reduce_raw)
     for name in LRP_METHODS
 }
@@ -326,15 +323,8 @@ assert tuple(_METHODS) + tuple(_LRP_SPECS) == EXPLANATION_METHODS
 
 
 def _check_method(method: str) -> _MethodSpec:
-    if method in _LRP_SPECS:
-        return _LRP_SPECS[method]
-    if method not in _METHODS:
-        check_choice("explanation method", method, EXPLANATION_METHODS)
-    return _METHODS[method]
-
-
-def _check_fusion(head_fusion: str) -> None:
-    check_choice("head fusion", head_fusion, HEAD_FUSIONS)
+    check_method(method)
+    return _LRP_SPECS[method] if method in _LRP_SPECS else _METHODS[method]
 
 
 def _check_model(model: PixelViT) -> None:
@@ -422,12 +412,6 @@ def _compute(
     return logits, spec.reduce(maps, grads, head_fusion, model.num_prefix_tokens), chosen
 
 
-def needs_gradients(method: str) -> bool:
-    """Whether ``method`` differentiates the logits (grad_rollout, gradcam, transformer_attribution)
-    or is forward-only (the other LRP methods propagate relevance with explicit rules, in float32)."""
-    return _check_method(method).needs_grad
-
-
 def explain(
     model: PixelViT,
     x: Tensor,
@@ -457,7 +441,7 @@ def explain(
     Returns an :class:`Explanation` with (B, C) logits and (B, P) attention rows summing to 1.
     """
     spec = _check_method(method)
-    _check_fusion(head_fusion)
+    check_head_fusion(head_fusion)
     _check_model(model)
     check_model_input(model, x)
     chosen = _check_target(model, target, x.shape[0], x.device)

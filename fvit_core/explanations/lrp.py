@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvit_core.errors import SettingError
+from fvit_core.explanations.settings import LRP_METHODS
 
-LRP_METHODS: tuple[str, ...] = ("transformer_attribution", "lrp", "partial_lrp")
 RULES: tuple[str, ...] = ("conservative", "plain")
 
 # The stabiliser of the authors' safe division, and of their z^B denominator.
@@ -360,7 +360,6 @@ def forward_logits(vit: nn.Module, pixels: Tensor) -> Tensor:
 
 
 __all__: Sequence[str] = (
-    "LRP_METHODS",
     "RULES",
     "add_relevance",
     "check_lrp_model",

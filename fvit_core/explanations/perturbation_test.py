@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fvit_core.analysis.metrics import topk_indices
+from fvit_core.metrics import topk_indices
 from fvit_core.errors import SettingError
 
 FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -42,7 +42,7 @@ def removal_counts(num_patches: int, fractions: Sequence[float] = FRACTIONS) -> 
 def remove_patches(image: torch.Tensor, patches: Sequence[int], grid: tuple[int, int], fill: str) -> torch.Tensor:
     """A copy of ``image`` (3, H, W) with the listed patches (row-major over ``grid``) filled.
 
-    The image may be in a smoothing space larger than the classifier's input (pixel_space): a
+    The image may be in a smoothing space larger than the classifier's input (ModelPair.smoothing_size): a
     patch then covers the pixels that the classifier's resize maps onto it, rows
     round(r H / rows) .. round((r + 1) H / rows) (exactly r * patch .. (r + 1) * patch when the
     grid divides the size)."""

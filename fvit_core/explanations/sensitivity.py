@@ -20,11 +20,8 @@ import numpy as np
 import torch
 
 from fvit_core.errors import InputError, SettingError
+from fvit_core.explanations.settings import SensitivitySettings
 
-SENSITIVITY_NORMS: tuple[str, ...] = ("Linf", "L2")
-# The settings bound: M perturbations cost M explanations (vanilla) or M smoothed estimates of
-# N samples each (FViT).
-MAX_SENSITIVITY_SAMPLES = 64
 
 
 def ball_perturbations(x: torch.Tensor, m: int, radius: float, norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -66,10 +63,8 @@ def sensitivity(base: np.ndarray, perturbed: np.ndarray) -> dict[str, float]:
 
 
 def check_sensitivity_settings(m: int, radius: float, norm: str) -> None:
-    """ValueError unless 1 <= m <= MAX_SENSITIVITY_SAMPLES, radius > 0 and norm in SENSITIVITY_NORMS."""
-    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_SENSITIVITY_SAMPLES:
-        raise SettingError(f"sensitivity samples must be a whole number in 1..{MAX_SENSITIVITY_SAMPLES}, got {m!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not np.isfinite(radius) or radius <= 0:
-        raise SettingError(f"sensitivity radius must be a positive number (pixel units, e.g. 0.03), got {radius!r}")
-    if norm not in SENSITIVITY_NORMS:
-        raise SettingError(f"sensitivity norm must be one of {', '.join(SENSITIVITY_NORMS)}, got {norm!r}")
+    """SettingError unless M >= 1 perturbations in a ``norm`` ball of ``radius`` are valid
+    SensitivitySettings (the settings' own checks)."""
+    SensitivitySettings(samples=m, radius=radius, norm=norm)
+    if m < 1:
+        raise SettingError(f"sensitivity samples must be at least 1 to draw perturbations, got {m!r}")

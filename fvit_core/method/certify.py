@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 from scipy.stats import binomtest, norm
 
-from fvit_core.analysis.metrics import ArrayLike
+from numpy.typing import ArrayLike
 from fvit_core.errors import InputError, SettingError
 
 ABSTAIN = -1

@@ -13,9 +13,9 @@ import numbers
 
 import torch
 
+from fvit_core.data.pixels import resize_pixels
 from fvit_core.errors import InputError, SettingError
 from fvit_core.models import Denoiser
-from fvit_core.method.pixel_space import resize_pixels
 
 
 def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -68,12 +68,12 @@ def check_timestep(denoiser: Denoiser, t_star: int) -> int:
 
 def check_denoiser_size(denoiser: Denoiser, x: torch.Tensor) -> None:
     """Noisy images must come at the denoiser's own size: noise added at another size and then
-    resized is not the white noise of std 2*sigma the UNet was trained on at t* (pixel_space
+    resized is not the white noise of std 2*sigma the UNet was trained on at t* (ModelPair.smoothing_size
     says why). ValueError otherwise."""
     size = (denoiser.sample_size, denoiser.sample_size)
     if tuple(x.shape[-2:]) != size:
         raise InputError(f"the denoiser takes {size[0]}x{size[1]} pixels, got {tuple(x.shape)}: prepare the image at "
-                         "pixel_space.smoothing_size(pair) and add the noise there, not before a resize")
+                         "pair.smoothing_size() and add the noise there, not before a resize")
 
 
 def _predict_noise(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

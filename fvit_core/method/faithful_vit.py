@@ -4,33 +4,33 @@ docs/METHOD.md, sections 3 and 5. Shaped like Cohen et al.'s ``Smooth`` (locusla
 is built from its parts (a base classifier whose first layer normalises pixels, a denoiser or
 none, the noise level sigma in pixel units, the mode) and offers
 
+    draw(noisy)               one draw on noisy pixels x + delta: the ViT's logits and explanation
     sample(x, n)              Monte Carlo estimates of every image: w~(x), y~(x), votes, SEs
     explain(x, n, method)     the FViT explanation w~(x) of one image
     predict(x, n, alpha)      Cohen's PREDICT (ABSTAIN = -1)
     certify(x, n0, n, alpha)  Cohen's CERTIFY: (class, L2 radius in pixel units)
-    noisy_logits(x, n)        differentiable logits on n noisy copies (the EOT attack's expectation)
+    noisy_logits(x, n)        differentiable logits of n draws (the EOT attack's expectation)
 
-One draw, for x in [0, 1] in the smoothing space (the denoiser's size, method.pixel_space):
+One draw, for x in [0, 1] in the smoothing space (the denoiser's size, ModelPair.smoothing_size):
 
-    delta ~ N(0, sigma^2 I)                 pixel-space noise, drawn outside every model
+    delta ~ N(0, sigma^2 I)                 pixel-space noise, drawn outside every model (noise)
     x_t   = sqrt(abar*) (2 (x + delta) - 1)  with t*: (1 - abar*) / (4 abar*) ~ sigma^2
     x0    = denoised estimate of x          one shot (dds) or DDPM steps (multistep)
-    p_i, w_i = softmax and explanation of the ViT on x0
+    p_i, w_i = softmax and explanation of the ViT on x0                           (draw)
 
 Modes: ``dds`` (the FViT); ``rs`` (randomized smoothing: the ViT sees x + delta clipped to
 [0, 1], post-processing of the Gaussian mechanism, so the guarantees hold); ``denoise-only`` (no
 noise, one deterministic denoising pass from t*); ``multistep`` (ancestral DDPM steps from t*).
 
-How draws are batched, threaded and in which precision the networks run is the
-:class:`~fvit_core.runtime.strategy.Runtime`'s business, never the method's: the noise is drawn
-in the calling thread in sample order, so the numbers do not depend on the runtime beyond float
-rounding.
+How draws are batched, on which workers and in which precision the networks run is the
+:class:`~fvit_core.runtime.strategy.Runtime`'s business (runtime.sampling), never the method's:
+the noise is drawn in the calling thread in sample order, so the numbers do not depend on the
+runtime beyond float rounding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,20 +38,27 @@ from torch import Tensor
 
 from fvit_core.data.pixels import check_pixels
 from fvit_core.errors import NON_FINITE_HINT, InputError, ModelLoadError, SettingError
-from fvit_core.explanations.attention import EXPLANATION_METHODS, HEAD_FUSIONS, explain
+from fvit_core.explanations.attention import explain
+from fvit_core.explanations.settings import check_head_fusion, check_method, float32_only
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from fvit_core.method.monte_carlo import EarlyStop, MonteCarloSums, SmoothedOutput
+from fvit_core.method.settings import SmoothingSettings
 from fvit_core.models import Denoiser, ModelPair, PixelViT
-from fvit_core.protocol.settings import RunFields
-from fvit_core.runtime.precision import PRECISIONS, models_in_precision
+from fvit_core.runtime.precision import models_in_precision
+from fvit_core.runtime.sampling import Job, ProgressFn, sample_loop
 from fvit_core.runtime.strategy import Runtime
-from fvit_core.runtime.workers import map_in_order
 
-SMOOTHING_MODES: tuple[str, ...] = ("dds", "rs", "denoise-only", "multistep")
 ABSTAIN = cohen.ABSTAIN
 
-ProgressFn = Callable[[int, int], None]
+
+class Draw(NamedTuple):
+    """One batch of draws: the base classifier's inputs (B, 3, H, W) in [0, 1], its logits (B, C)
+    and, when a method was asked for, its explanation (B, P) (rows sum to 1)."""
+
+    inputs: Tensor
+    logits: Tensor
+    attention: Tensor | None
 
 
 class Certificate(NamedTuple):
@@ -63,19 +70,6 @@ class Certificate(NamedTuple):
     estimate: SmoothedOutput
 
 
-def base_input(denoiser: Denoiser | None, noisy: Tensor, mode: str, t_star: int | None, steps: int,
-               generator: torch.Generator | None) -> Tensor:
-    """The base classifier's input for noisy pixels (B, 3, H, W) x + delta: the denoised estimate
-    x0 (dds, denoise-only, multistep) or the clipped noisy image (rs), float pixels in [0, 1]
-    still in the smoothing space (the ViT resizes them as its first layer)."""
-    if mode == "rs":
-        return noisy.clamp(0.0, 1.0)
-    if mode == "multistep":
-        step_generator = generator if generator is not None and noisy.device.type == "cpu" else None
-        return multistep_denoise(denoiser, noisy, t_star, n_steps=steps, generator=step_generator)
-    return one_shot_denoise(denoiser, noisy, t_star)
-
-
 class FaithfulViT:
     """A smoothed ViT: ``classifier`` on denoised noisy copies of the input (module docstring).
 
@@ -83,21 +77,17 @@ class FaithfulViT:
         classifier: the base ViT (pixels in [0, 1]; normalisation and resize are its first layer).
         denoiser: the DDPM denoiser; None only for ``mode="rs"``.
         sigma: the noise level in [0, 1] pixel units (denoise-only uses it to choose t*).
-        mode: one of :data:`SMOOTHING_MODES`.
+        mode: one of method.settings.SMOOTHING_MODES.
         multistep_steps: denoising steps of the ``multistep`` mode.
-        runtime: how the sample loop runs (precision, batching, CPU workers).
+        runtime: how the sample loop runs (precision, batching, CPU workers); default Runtime().
     """
 
     def __init__(self, classifier: PixelViT, denoiser: Denoiser | None, sigma: float, *, mode: str = "dds",
                  multistep_steps: int = 10, runtime: Runtime | None = None):
-        if mode not in SMOOTHING_MODES:
-            raise SettingError(f"unknown smoothing mode {mode!r}; choose one of {', '.join(SMOOTHING_MODES)}")
+        self.smoothing = SmoothingSettings(mode=mode, sigma=sigma, multistep_steps=multistep_steps)
         if mode != "rs" and denoiser is None:
             raise SettingError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
-        if mode != "denoise-only" and not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
-            raise SettingError(f"sigma must be a positive number of pixel units (e.g. 0.25), got {sigma!r}")
         self.classifier, self.denoiser, self.sigma, self.mode = classifier, denoiser, sigma, mode
-        self.multistep_steps = multistep_steps
         self.runtime = runtime or Runtime()
         # denoise-only still uses sigma to choose the timestep it denoises from.
         self.t_star = None if mode == "rs" else timestep_for_sigma(denoiser.alphas_cumprod, sigma)
@@ -108,10 +98,10 @@ class FaithfulViT:
         return cls(pair.classifier, pair.denoiser, sigma, **kwargs)
 
     @classmethod
-    def for_run(cls, pair: ModelPair, sigma: float, mode: str, run: RunFields) -> "FaithfulViT":
-        """The FViT a run's settings describe (an analysis, fvit eval's setting, fvit certify): the
-        pair at ``sigma`` in ``mode``, with the run's multistep steps and runtime."""
-        return cls.from_pair(pair, sigma, mode=mode, multistep_steps=run.multistep_steps, runtime=run.runtime())
+    def of(cls, pair: ModelPair, smoothing: SmoothingSettings, runtime: Runtime | None = None) -> "FaithfulViT":
+        """The FViT that smoothing settings describe, on a loaded pair."""
+        return cls(pair.classifier, pair.denoiser, smoothing.sigma, mode=smoothing.mode,
+                   multistep_steps=smoothing.multistep_steps, runtime=runtime)
 
     @property
     def device(self) -> torch.device:
@@ -123,20 +113,62 @@ class FaithfulViT:
 
     def draws_per_image(self, n_samples: int) -> int:
         """N for ``n_samples`` asked: 1 for the deterministic denoise-only mode."""
-        return 1 if self.mode == "denoise-only" else n_samples
+        return self.smoothing.draws(n_samples)
 
-    # -- the method ------------------------------------------------------------------------
+    # -- one draw ------------------------------------------------------------------------------
 
-    def model_input(self, noisy: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The base classifier's input for noisy pixels x + delta (B, 3, H, W): :func:`base_input`."""
-        return base_input(self.denoiser, noisy, self.mode, self.t_star, self.multistep_steps, generator)
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+              device: torch.device | None = None) -> Tensor:
+        """delta ~ N(0, sigma^2 I) in pixel units, from ``generator`` (None: torch's global one)."""
+        return self.sigma * torch.randn(shape, generator=generator, device=device)
 
-    def noisy_logits(self, x: Tensor, n: int) -> Tensor:
-        """Differentiable logits (n * B, C) of the ViT on n noisy copies of x (B, 3, H, W), draw
-        after draw (row i * B + b is draw i of image b). The noise comes from torch's global
-        generator on x's device (seed it, as the attacks do); the gradient flows to x."""
-        noisy = x.unsqueeze(0) + self.sigma * torch.randn((n, *x.shape), device=x.device)
-        return self.classifier(self.model_input(noisy.flatten(0, 1)))
+    def base_input(self, noisy: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The base classifier's input for noisy pixels x + delta (B, 3, H, W): the denoised
+        estimate x0 (dds, denoise-only, multistep) or the clipped noisy image (rs), float pixels in
+        [0, 1] still in the smoothing space (the ViT resizes them as its first layer)."""
+        if self.mode == "rs":
+            return noisy.clamp(0.0, 1.0)
+        if self.mode == "multistep":
+            steps_generator = generator if generator is not None and noisy.device.type == "cpu" else None
+            return multistep_denoise(self.denoiser, noisy, self.t_star, n_steps=self.smoothing.multistep_steps,
+                                     generator=steps_generator)
+        return one_shot_denoise(self.denoiser, noisy, self.t_star)
+
+    def draw(self, noisy: Tensor, *, method: str | None = "raw", head_fusion: str = "mean",
+             generator: torch.Generator | None = None, differentiable: bool = False) -> Draw:
+        """The ViT on the base input of noisy pixels x + delta (B, 3, H, W): its logits and, for
+        ``method`` (None: none), its explanation. ``generator``: multistep's stochastic steps.
+        ``differentiable``: keep both in the autograd graph of ``noisy`` (the EOT attack)."""
+        inputs = self.base_input(noisy, generator)
+        if self.mode != "rs" and not differentiable and not bool(torch.isfinite(inputs).all()):
+            # Named here, on the first batch, rather than as a NaN estimate after all of them.
+            raise ModelLoadError(f"the denoiser returned NaN or infinite pixels for the noisy copies: {NON_FINITE_HINT}")
+        inputs_in_dtype = inputs.to(self.classifier.mean.dtype)
+        if method is None:
+            return Draw(inputs, self.classifier(inputs_in_dtype), None)
+        exp = explain(self.classifier, inputs_in_dtype, method=method, head_fusion=head_fusion,
+                      differentiable=differentiable)
+        return Draw(inputs, exp.logits, exp.attention)
+
+    def noisy_logits(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Differentiable logits (n * B, C) of n draws on each image of x (B, 3, H, W), draw after
+        draw (row i * B + b is draw i of image b). The noise comes from ``generator`` or torch's
+        global generator on x's device (seed it, as the attacks do); the gradient flows to x."""
+        noisy = x.unsqueeze(0) + self.noise((n, *x.shape), generator, x.device)
+        return self.draw(noisy.flatten(0, 1), method=None, differentiable=True).logits
+
+    # -- Monte Carlo estimates ------------------------------------------------------------------
+
+    def precision_for(self, method: str) -> str:
+        """The precision the networks run in for ``method`` (the runtime's, "auto" resolved)."""
+        return self.runtime.precision_for(self.device, float32_only=float32_only(method))
+
+    def in_precision(self, precision: str) -> "FaithfulViT":
+        """This FViT on read-only copies of its networks in ``precision`` (runtime.precision)."""
+        classifier, denoiser = models_in_precision(self.classifier, self.denoiser, precision)
+        copy = object.__new__(FaithfulViT)
+        copy.__dict__.update(self.__dict__, classifier=classifier, denoiser=denoiser)
+        return copy
 
     def sample(self, images: Tensor, n_samples: int, *, method: str = "raw", head_fusion: str = "mean",
                generator: torch.Generator | None = None, noise: Tensor | None = None, keep_samples: bool = False,
@@ -155,28 +187,34 @@ class FaithfulViT:
         n = self.draws_per_image(n_samples)
         if noise is not None and tuple(noise.shape) != (n, *images.shape[1:]):
             raise SettingError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), "
-                             f"got {tuple(noise.shape)}")
-        draw = _Draw.build(self, images, noise, method, head_fusion, generator)
+                               f"got {tuple(noise.shape)}")
+        smoothed = self.in_precision(self.precision_for(method))  # resolved once per call
+        pixels = images.detach().float().cpu()
+        shared = None if noise is None else noise.detach().float().cpu()
+
+        def work(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+            with torch.inference_mode():
+                x = pixels[job.image_idx]
+                if job.normal is not None:
+                    x = x + job.normal * self.sigma
+                elif shared is not None:
+                    x = x + shared[job.sample_idx]
+                d = smoothed.draw(x.to(self.device), method=method, head_fusion=head_fusion, generator=generator)
+                firsts = {int(job.image_idx[row]): d.inputs[row].float().cpu().numpy()
+                          for row in torch.nonzero(job.sample_idx == 0).flatten().tolist()}
+                probs = torch.softmax(d.logits.float(), dim=-1)
+                return (job.image_idx.numpy(), d.attention.double().cpu().numpy(), probs.double().cpu().numpy(),
+                        firsts)
+
         sums = MonteCarloSums(len(images), self.classifier.num_patches, self.num_classes, keep_samples)
-        looks = early_stop.checkpoints(n) if early_stop is not None and self.mode != "denoise-only" else []
+        looks = early_stop.checkpoints(n) if early_stop is not None and self.smoothing.noisy else []
         z = early_stop.z(n) if looks else 0.0
-        total, done, drawn, stopped = len(images) * n, 0, 0, False
-        for upto in sorted({*looks, n}):
-            batches = self.runtime.forward_batches(len(images), drawn, upto - drawn, self.device, draw.dtype)
-            jobs = _jobs(batches, images.shape[1:], draw=self.mode != "denoise-only" and noise is None,
-                         generator=generator)
-            for image_idx, attention, probs, firsts in map_in_order(draw, jobs, self.runtime.workers(
-                    self.device, self.mode)):
-                sums.add(image_idx, attention, probs, firsts)
-                done += len(image_idx)
-                if progress is not None:
-                    progress(done, total)
-            drawn = upto
-            if upto in looks and sums.settled(drawn, early_stop, z):
-                stopped = True
-                if progress is not None:
-                    progress(total, total)
-                break
+        drawn, stopped = sample_loop(
+            work, lambda result: sums.add(*result), runtime=self.runtime, n_images=len(images), n_samples=n,
+            shape=tuple(images.shape[1:]), device=self.device, dtype=smoothed.classifier.mean.dtype,
+            generator=generator, draw_noise=self.smoothing.noisy and noise is None,
+            workers=self.runtime.workers(self.device, sequential=self.mode == "multistep"), looks=looks,
+            settled=lambda count: sums.settled(count, early_stop, z), progress=progress)
         return sums.finish(drawn, self.t_star, stopped)
 
     def explain(self, x: Tensor, n: int, method: str = "raw", *, head_fusion: str = "mean",
@@ -207,83 +245,12 @@ class FaithfulViT:
         return Certificate(int(prediction), float(radius), estimate)
 
 
-def smooth(pair: ModelPair, images: Tensor, *, sigma: float, n_samples: int, mode: str = "dds", batch_size: int = 256,
-           multistep_steps: int = 10, precision: str = "float32", **sample_kwargs) -> list[SmoothedOutput]:
-    """The functional form of ``FaithfulViT.from_pair(pair, sigma, ...).sample(images, n_samples, ...)``."""
-    fvit = FaithfulViT.from_pair(pair, sigma, mode=mode, multistep_steps=multistep_steps,
-                                 runtime=Runtime(precision=precision, batch_size=batch_size))
-    return fvit.sample(images, n_samples, **sample_kwargs)
-
-
 def _check_sampling(images: Tensor, n_samples: int, method: str, head_fusion: str,
                     early_stop: EarlyStop | None) -> None:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise SettingError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
-    if method not in EXPLANATION_METHODS:
-        raise SettingError(f"unknown explanation method {method!r}; choose one of {', '.join(EXPLANATION_METHODS)}")
-    if head_fusion not in HEAD_FUSIONS:
-        raise SettingError(f"unknown head fusion {head_fusion!r}; choose one of {', '.join(HEAD_FUSIONS)}")
+    check_method(method)
+    check_head_fusion(head_fusion)
     if early_stop is not None and not isinstance(early_stop, EarlyStop):
         raise SettingError(f"early_stop must be an EarlyStop rule or None, got {type(early_stop).__name__}")
     check_pixels(images, batched=True, what="images")
-
-
-@dataclass(frozen=True)
-class _Job:
-    image_idx: Tensor
-    sample_idx: Tensor
-    normal: Tensor | None  # standard normal draws for this batch (None: shared or no noise)
-
-
-def _jobs(batches: Iterator[tuple[Tensor, Tensor]], shape: tuple[int, ...], *, draw: bool,
-          generator: torch.Generator | None) -> Iterator[_Job]:
-    """The noise of each batch is drawn here, in the calling thread and in batch order, so the
-    numbers are reproducible whichever worker runs the batch."""
-    for image_idx, sample_idx in batches:
-        normal = torch.randn((len(image_idx), *shape), generator=generator) if draw else None
-        yield _Job(image_idx, sample_idx, normal)
-
-
-@dataclass(frozen=True)
-class _Draw:
-    """One forward batch of draws: x + delta -> base input -> ViT (read-only, shared by workers)."""
-
-    fvit: FaithfulViT
-    classifier: PixelViT  # in the runtime's precision
-    denoiser: Denoiser | None
-    images: Tensor  # (B, 3, H, W) float32, CPU
-    shared: Tensor | None  # (N, 3, H, W) common random numbers, pixel units
-    method: str
-    head_fusion: str
-    dtype: torch.dtype
-    generator: torch.Generator | None
-
-    @classmethod
-    def build(cls, fvit: FaithfulViT, images: Tensor, noise: Tensor | None, method: str, head_fusion: str,
-              generator: torch.Generator | None) -> "_Draw":
-        precision = fvit.runtime.precision_for(fvit.device, method)  # resolved once per call
-        classifier, denoiser = models_in_precision(fvit.classifier, fvit.denoiser, precision)
-        shared = None if noise is None else noise.detach().float().cpu()
-        return cls(fvit, classifier, denoiser, images.detach().float().cpu(), shared, method, head_fusion,
-                   PRECISIONS[precision], generator)
-
-    def __call__(self, job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        """(image index (b,), attention (b, P), probabilities (b, C), {image: its first model input})."""
-        fvit = self.fvit
-        with torch.inference_mode():
-            x = self.images[job.image_idx]
-            if job.normal is not None:
-                x = x + job.normal * fvit.sigma
-            elif self.shared is not None:
-                x = x + self.shared[job.sample_idx]
-            inputs = base_input(self.denoiser, x.to(fvit.device), fvit.mode, fvit.t_star, fvit.multistep_steps,
-                                self.generator)
-            if fvit.mode != "rs" and not bool(torch.isfinite(inputs).all()):
-                # Named here, on the first batch, rather than as a NaN estimate after all of them.
-                raise ModelLoadError(f"the denoiser returned NaN or infinite pixels for the noisy copies: {NON_FINITE_HINT}")
-            exp = explain(self.classifier, inputs.to(self.dtype), method=self.method, head_fusion=self.head_fusion)
-            probs = torch.softmax(exp.logits.float(), dim=-1)
-            firsts = {int(job.image_idx[row]): inputs[row].float().cpu().numpy()
-                      for row in torch.nonzero(job.sample_idx == 0).flatten().tolist()}
-            return (job.image_idx.numpy(), exp.attention.double().cpu().numpy(), probs.double().cpu().numpy(),
-                    firsts)

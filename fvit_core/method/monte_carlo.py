@@ -127,8 +127,9 @@ class MonteCarloSums:
         self.kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
         self.first: list[np.ndarray | None] = [None] * n_images
 
-    def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray]) -> None:
-        """Rows of one batch, in sample order: (b,) image index, (b, P) maps, (b, C) probabilities."""
+    def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray]) -> int:
+        """Rows of one batch, in sample order: (b,) image index, (b, P) maps, (b, C) probabilities,
+        and the first model input of the images whose draw 0 it holds. Returns b."""
         np.add.at(self.sw, image_idx, w)
         np.add.at(self.sw2, image_idx, w * w)
         np.add.at(self.sp, image_idx, p)
@@ -138,6 +139,7 @@ class MonteCarloSums:
             self.first[image] = pixels
         if self.kept is not None:
             self.kept.append((image_idx, w.astype(np.float32)))
+        return len(image_idx)
 
     def mean_se(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image."""

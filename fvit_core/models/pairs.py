@@ -126,6 +126,29 @@ class ModelPair:
     def device(self) -> torch.device:
         return self.classifier.mean.device
 
+    def smoothing_size(self, mode: str = "dds") -> tuple[int, int]:
+        """(H, W) in pixels of the space an analysis of this pair in smoothing ``mode`` works in:
+        the one image size in which noise, attacks and radii live (docs/METHOD.md, "One
+        smoothing space").
+
+        With a denoiser, DDS adds its Gaussian noise at the denoiser's resolution (the noise the
+        UNet was trained on at t* is white, of std 2*sigma in diffusion units, at its own size),
+        denoises there, and only the denoised image is resized to the classifier's input (Carlini
+        et al. 2023: noise and certificate at 256 px, classifier at 224). Resizing a noisy image
+        instead would hand the UNet noise of a smaller std and with spatial correlation, which it
+        was never trained on. Every model sees the image through the same resize, the
+        classifier's first layer (PixelViT): the vanilla ViT, the attack and the FViT.
+
+        The denoiser's sample size whenever the mode denoises (dds, denoise-only, multistep) or
+        the caller evaluates several modes of a pair that has a denoiser (``mode="vanilla"``: the
+        vanilla ViT shares the FViT's attacked image); the classifier's input size for ``rs`` and
+        for a pair without a denoiser. For the shipped pair both are 32.
+        """
+        if mode == "rs" or self.denoiser is None:
+            return self.classifier.img_size
+        size = self.denoiser.sample_size
+        return (size, size)
+
     def to(self, device: torch.device | str) -> "ModelPair":
         self.classifier.to(device)
         if self.denoiser is not None:

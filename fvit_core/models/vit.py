@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
-from fvit_core.method.pixel_space import resize_pixels
+from fvit_core.data.pixels import resize_pixels
 from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline
 
 
@@ -74,7 +74,7 @@ class PixelViT(nn.Module):
 
     def input_layer(self, x: torch.Tensor) -> torch.Tensor:
         """What the ViT's patch embedding receives: pixels (B, 3, H, W) in [0, 1], resized to
-        :attr:`img_size` when they differ (bicubic, antialiased: pixel_space.resize_pixels), then
+        :attr:`img_size` when they differ (bicubic, antialiased: data.pixels.resize_pixels), then
         normalised with the checkpoint's mean and std. Differentiable."""
         return (resize_pixels(x, self.img_size) - self.mean) / self.std
 

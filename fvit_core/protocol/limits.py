@@ -19,7 +19,7 @@ import numbers
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from fvit_core.errors import InputError, SettingError
 
@@ -196,3 +196,17 @@ def bounds_table() -> str:
 
 if __name__ == "__main__":  # python -m fvit_core.protocol.limits: the table for the docs
     print(bounds_table())
+
+
+def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
+    """SettingError naming the allowed values unless ``value`` is one of them."""
+    allowed = tuple(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise SettingError(f"unknown {what} {short_repr(value)}; choose one of {', '.join(allowed)}")
+
+
+def check_choices(what: str, values: Sequence[Any], allowed: Iterable[str], *, name: str | None = None) -> None:
+    """A list setting of names (fvit eval's grid): at least one, at most limits.MAX_LIST, each allowed."""
+    check_list(name or what, values, bound_free=True)
+    for value in values:
+        check_choice(what, value, allowed)

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES: tuple[str, ...] = ("attack", "clean", "attacked", "noise", "floor", "bootstrap", "sensitivity-draws",
                            "sensitivity", "pt", "certify", "certify-check")
@@ -74,8 +76,10 @@ class ImageSeeds:
             raise ValueError(f"unknown seed stage {stage!r}; one of {', '.join(STAGES)}")
         return derive_seed(self.seed, "image", self.image, stage, *parts)
 
-    def generator(self, stage: str, *parts: Any) -> torch.Generator:
+    def generator(self, stage: str, *parts: Any) -> "torch.Generator":
         """A CPU torch.Generator for ``stage`` (noise is drawn on the CPU)."""
+        import torch  # here: the rest of the protocol is torch-free
+
         return torch.Generator().manual_seed(self(stage, *parts))
 
     def rng(self, stage: str, *parts: Any) -> np.random.Generator:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from fvit_core.protocol.settings import check_choice
+from fvit_core.protocol.limits import check_choice
 
 from fvit_core.report.style import (
     FIGURE_FORMATS, MODEL_KEYS, SAVE_DPI, comparison, publication_style
@@ -129,7 +129,7 @@ def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
         rows.append({
             "model": which, "clean_label": cmp_.clean.label_name, "clean_confidence": cmp_.clean.confidence,
             "attacked_label": cmp_.attacked.label_name, "attacked_confidence": cmp_.attacked.confidence,
-            "label_flip": cmp_.label_flip, "k": cfg.k, "topk_overlap": cmp_.topk_overlap,
+            "label_flip": cmp_.label_flip, "k": cfg.explanation.k, "topk_overlap": cmp_.topk_overlap,
             "topk_overlap_ci_low": ci[0] if ci else None, "topk_overlap_ci_high": ci[1] if ci else None,
             "noise_floor": d.topk_overlap_floor if fvit else None,
             "noise_floor_ci_low": floor_ci[0] if floor_ci else None,
@@ -141,9 +141,9 @@ def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "topk_radius_linf": c.topk_radius_linf if fvit else None,
             "prediction_bound": c.prediction_bound if fvit else None,
             "perturbation_l2": result.attack["l2"], "perturbation_linf": result.attack["linf"],
-            "attack": result.attack["name"], "method": cfg.method, "head_fusion": cfg.head_fusion,
+            "attack": result.attack["name"], "method": cfg.explanation.method, "head_fusion": cfg.explanation.head_fusion,
             "mode": d.mode if fvit else None, "sigma": d.sigma, "n_samples": d.n_samples,
-            "n_samples_requested": cfg.n_samples, "seed": cfg.seed,
+            "n_samples_requested": cfg.sampling.n_samples, "seed": cfg.seed,
         })
     return rows
 
@@ -206,7 +206,7 @@ def export_bundle(
         builders: list[tuple[str, Callable[[], Figure], Callable[[], Any]]] = [
             (s.name, lambda s=s: s.matplotlib(result), lambda s=s: s.plotly(result)) for s in RESULT_FIGURES.values()]
         if sweep_rows:
-            sigma = result.config.sigma
+            sigma = result.config.smoothing.sigma
             builders.append(("sigma_sweep", lambda: sigma_sweep_figure(sweep_rows, sigma),
                              lambda: plotly_sigma_sweep(sweep_rows, sigma)))
             archive.writestr("sigma_sweep.csv", rows_to_csv(sweep_rows))

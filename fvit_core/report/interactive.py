@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from fvit_core.analysis.metrics import topk_indices
+from fvit_core.metrics import topk_indices
 
 from fvit_core.report.style import (
     CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, TOPK_EDGE, attention_grid,
@@ -99,7 +99,7 @@ def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: in
     """One map: the image, its patch weights on the shared colour axis, top-k outlines and, on
     the attacked image, the clean top-k patches it lost (dotted)."""
     go, _ = _plotly()
-    k, grid = result.config.k, result.grid_size
+    k, grid = result.config.explanation.k, result.grid_size
     cmp_ = comparison(result, which)
     image = result.clean_view if name == "clean" else result.attacked_view  # as the classifier saw it
     height, width = image.shape[1:]
@@ -150,7 +150,7 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
     """Interactive version of :func:`compare_figure`: the four maps on one colour scale, square
     patches, hover with each patch's index, weight and rank on the clean and attacked image."""
     _, make_subplots = _plotly()
-    k = result.config.k
+    k = result.config.explanation.k
     titles = []
     for name in ("clean", "attacked"):
         for which in MODEL_KEYS:
@@ -249,7 +249,7 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
     go, _ = _plotly()
     p = len(result.vanilla.overlap_curve)
     ks = np.arange(1, p + 1)
-    k, d = result.config.k, result.faithful
+    k, d = result.config.explanation.k, result.faithful
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=ks, y=chance_overlap(p), name="chance (k/P)", line=dict(color=COLORS["chance"], dash="dash")))
     for which in MODEL_KEYS:

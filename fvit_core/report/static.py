@@ -1,7 +1,7 @@
 """Matplotlib figures of one analysis (publication quality; style.py holds the conventions).
 
 Pure functions over :class:`~fvit_core.analysis.pipeline.AnalysisResult` (plus the plain rows of
-:mod:`fvit_core.analysis.sweep` and the numpy maps of :mod:`fvit_core.explanations.explorer`):
+:mod:`fvit_core.analysis.sweep` and the numpy maps of :mod:`fvit_core.analysis.explorer`):
 built with ``matplotlib.figure.Figure`` (never pyplot), no Streamlit. The dashboard's downloads
 and ``fvit analyze --out`` call the same builders.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from fvit_core.analysis.metrics import topk_indices
+from fvit_core.metrics import topk_indices
 
 from fvit_core.report.style import (
     ATTENTION_CMAP, CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, SINGLE_COLUMN_IN,
@@ -88,7 +88,7 @@ def compare_figure(result: AnalysisResult) -> Figure:
     with publication_style():
         fig = _new_figure(SINGLE_COLUMN_IN, 3.55)
         axes = fig.subplots(2, 2)
-        vmax, grid, k = attention_scale(result), result.grid_size, result.config.k
+        vmax, grid, k = attention_scale(result), result.grid_size, result.config.explanation.k
         mappable = None
         for col, which in enumerate(MODEL_KEYS):
             cmp_ = comparison(result, which)
@@ -113,7 +113,7 @@ def attention_figure(result: AnalysisResult, which: str, *, vmax: float | None =
     ``vmax`` defaults to :func:`attention_scale`, the scale shared with the other model.
     """
     cmp_ = comparison(result, which)
-    k, grid = result.config.k, result.grid_size
+    k, grid = result.config.explanation.k, result.grid_size
     vmax = attention_scale(result) if vmax is None else vmax
     with publication_style():
         fig = _new_figure(SINGLE_COLUMN_IN, 2.1)
@@ -227,7 +227,7 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
     current k with the FViT's bootstrap interval and its Monte Carlo noise floor."""
     p = len(result.vanilla.overlap_curve)
     ks = np.arange(1, p + 1)
-    k, d = result.config.k, result.faithful
+    k, d = result.config.explanation.k, result.faithful
     with publication_style():
         fig = _new_figure(SINGLE_COLUMN_IN, 2.2)
         ax = fig.subplots()
@@ -332,7 +332,7 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
                        subtitle: str = "") -> Figure:
     """Per-layer, per-head [CLS] attention of the vanilla ViT, clean (left) vs attacked (right).
 
-    ``maps``: (2, L, heads, P) from :func:`fvit_core.explanations.explorer.layer_head_attention`. The colour
+    ``maps``: (2, L, heads, P) from :func:`fvit_core.analysis.explorer.layer_head_attention`. The colour
     scale is shared within each layer (clean and attacked, all heads), so a row compares directly.
     """
     maps = check_layer_maps(maps, grid_size)
@@ -361,7 +361,7 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
 
 def layer_head_overlap(maps: np.ndarray, k: int) -> np.ndarray:
     """V_k between the clean and the attacked map of every layer and head: (layers, heads)."""
-    from fvit_core.analysis.metrics import topk_overlap
+    from fvit_core.metrics import topk_overlap
 
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 4 or maps.shape[0] != 2:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import matplotlib as mpl
 import numpy as np
 
-from fvit_core.analysis.metrics import topk_indices
+from fvit_core.attacks.specs import get_attack
+from fvit_core.metrics import topk_indices
 
 if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matplotlib
     from fvit_core.analysis.result import AnalysisResult, ImageView, ModelComparison
@@ -121,9 +122,9 @@ def settings_text(result: AnalysisResult) -> str:
     N is the number of samples actually drawn per estimate (fewer than asked after early stopping).
     """
     cfg, d = result.config, result.faithful
-    stopped = f" of {cfg.n_samples}" if d.n_samples != cfg.n_samples and cfg.mode != "denoise-only" else ""
-    return (f"{method_name(cfg.method)} (heads: {cfg.head_fusion}) · {MODE_NAMES.get(d.mode, d.mode)} "
-            f"σ = {d.sigma:g}, N = {d.n_samples}{stopped} · top-{cfg.k}")
+    stopped = f" of {cfg.sampling.n_samples}" if d.n_samples != cfg.sampling.n_samples and cfg.smoothing.noisy else ""
+    return (f"{method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}) · {MODE_NAMES.get(d.mode, d.mode)} "
+            f"σ = {d.sigma:g}, N = {d.n_samples}{stopped} · top-{cfg.explanation.k}")
 
 
 def comparison(result: AnalysisResult, which: str) -> ModelComparison:
@@ -144,8 +145,6 @@ def format_param(value: Any, unit: str) -> str:
 
 def attack_summary(result: AnalysisResult) -> str:
     """One line: 'PGD (Linf): eps 8/255, alpha 1.6/255, steps 10, random_start True'."""
-    from fvit_core.attacks.registry import get_attack  # lazy: the attack registry imports torch
-
     spec = get_attack(result.attack["name"])
     units = {p.name: p.unit for p in spec.params}
     params = ", ".join(f"{name} {format_param(value, units.get(name, ''))}"
@@ -223,7 +222,7 @@ def view_caption(view: ImageView) -> str:
 
 
 def overlap_text(result: AnalysisResult, which: str) -> str:
-    k = result.config.k
+    k = result.config.explanation.k
     text = f"V$_{{{k}}}$ = {comparison(result, which).topk_overlap:.2f}"
     floor = result.faithful.topk_overlap_floor
     if which == "fvit" and floor is not None:

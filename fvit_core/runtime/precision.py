@@ -15,10 +15,8 @@ import weakref
 import torch
 from torch import nn
 
-from fvit_core.explanations.attention import EXPLANATION_METHODS, needs_gradients
-from fvit_core.explanations.lrp import LRP_METHODS
-from fvit_core.models import Denoiser, PixelViT
 from fvit_core.errors import SettingError
+from fvit_core.models import Denoiser, PixelViT
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # What a user may ask for: a precision, or "auto" (resolve_precision).
@@ -37,19 +35,18 @@ def native_bfloat16(device: torch.device) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def resolve_precision(precision: str, device: torch.device | str, method: str = "raw") -> str:
+def resolve_precision(precision: str, device: torch.device | str, *, float32_only: bool = False) -> str:
     """The precision the networks run in: ``precision`` itself, or for "auto" bfloat16 where the
-    device computes it natively (native_bfloat16) and the explanation ``method`` needs no
-    gradients, float32 elsewhere (gradients in bfloat16 were not measured, so "auto" does not
-    choose them; nor for the LRP methods, whose rules divide by activations).
+    device computes it natively (native_bfloat16) and the work is not ``float32_only``, float32
+    elsewhere. Explanations that differentiate the logits or propagate LRP relevance are
+    float32-only (explanations.settings.float32_only: gradients in bfloat16 were not measured,
+    and the LRP rules divide by activations).
 
     bfloat16 is the fast default because its effect was measured and is far inside the Monte
     Carlo error (docs/PERFORMANCE.md: same smoothed label on 50 of 50 test images, top-8 overlap
     with float32 0.988 against a float32-vs-float32 noise floor of 0.920).
     """
     if precision == "auto":
-        needs_grad = method in EXPLANATION_METHODS and needs_gradients(method)
-        float32_only = needs_grad or method in LRP_METHODS
         return "bfloat16" if native_bfloat16(torch.device(device)) and not float32_only else "float32"
     if precision not in PRECISIONS:
         raise SettingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")

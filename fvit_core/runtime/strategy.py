@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
+from fvit_core.protocol.settings import Settings, bounded, one_of, setting
 from fvit_core.runtime.precision import PRECISION_CHOICES, resolve_precision
-from fvit_core.errors import SettingError
 
 # On a CPU: at most this many samples per forward pass, by the dtype the networks run in
 # (docs/PERFORMANCE.md: the per-sample cost is flat between 24 and 128). The cut depends on
@@ -25,35 +25,33 @@ from fvit_core.errors import SettingError
 CPU_BATCH: dict[torch.dtype, int] = {torch.float32: 48, torch.bfloat16: 96}
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Speed settings of the sample loop.
+@dataclass(frozen=True, kw_only=True)
+class Runtime(Settings):
+    """The runtime settings: how the networks run, never what they compute (up to float rounding).
 
     Attributes:
-        precision: "float32", "bfloat16" or "auto" (bfloat16 where native and the method is
-            forward-only; runtime.precision.resolve_precision).
+        precision: "auto" (bfloat16 where the device computes it natively and the work is
+            forward-only, else float32; runtime.precision.resolve_precision), "float32" or
+            "bfloat16".
         batch_size: at most this many samples per forward pass.
         parallel: on a CPU, run forward batches on ``torch.get_num_threads()`` single-threaded
-            workers (multistep stays in one thread: it draws from the caller's generator).
+            workers (multistep stays in one thread: it draws from the caller's generator). Not a
+            setting of the flat form: only tests and benchmarks turn it off.
     """
 
-    precision: str = "float32"
-    batch_size: int = 256
-    parallel: bool = True
+    precision: str = setting("auto", check=one_of("precision", PRECISION_CHOICES))
+    batch_size: int = setting(256, check=bounded("batch_size"))
+    parallel: bool = setting(True, json=False)
 
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISION_CHOICES:
-            raise SettingError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise SettingError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+    def precision_for(self, device: torch.device | str, *, float32_only: bool = False) -> str:
+        """The precision (a name of runtime.precision.PRECISIONS) the networks run in on ``device``:
+        "auto" resolved (``float32_only``: explanations.settings.float32_only of the method)."""
+        return resolve_precision(self.precision, device, float32_only=float32_only)
 
-    def precision_for(self, device: torch.device, method: str) -> str:
-        """The precision (a name of runtime.precision.PRECISIONS) the networks run in for
-        ``method`` on ``device``: "auto" resolved."""
-        return resolve_precision(self.precision, device, method)
-
-    def workers(self, device: torch.device, mode: str) -> int:
-        if not self.parallel or device.type != "cpu" or mode == "multistep":
+    def workers(self, device: torch.device, *, sequential: bool = False) -> int:
+        """How many CPU workers run forward batches: one unless ``parallel`` on a CPU; one for
+        ``sequential`` work (multistep denoising draws from the caller's generator in order)."""
+        if not self.parallel or device.type != "cpu" or sequential:
             return 1
         return max(torch.get_num_threads(), 1)
 

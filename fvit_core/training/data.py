@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fvit_core.errors import InputError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
+from fvit_core.data.folders import list_image_folder
 
 def _decode(args: tuple[str, int]) -> np.ndarray:
     from PIL import Image
@@ -29,25 +25,6 @@ def _decode(args: tuple[str, int]) -> np.ndarray:
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(img, dtype=np.uint8)
-
-
-def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
-    """Files and labels of an image-folder tree; classes in sorted order unless given."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"data folder not found: {root} (expected root/<class>/<image files>)")
-    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise InputError(f"{root} has no class sub-folders (expected root/<class>/<image files>)")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(str(path))
-                labels.append(label)
-    if not files:
-        raise InputError(f"no images found under {root}")
-    return files, labels, classes
 
 
 def load_image_folder(

@@ -10,6 +10,7 @@ import torch
 
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import layer_head_maps
+from fvit_core.method.faithful_vit import FaithfulViT
 from fvit_core.models import ModelPair
 
 
@@ -44,8 +45,6 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
     Returns float64 (2, layers, heads, P) like :func:`layer_head_attention`. Seeded: the clean
     and the attacked image get independent draws from ``torch.Generator().manual_seed(seed)``.
     """
-    from fvit_core.method.faithful_vit import FaithfulViT
-
     if not sigma > 0 or n_samples < 1:
         raise SettingError(f"sigma must be > 0 and n_samples >= 1, got sigma={sigma!r}, n_samples={n_samples!r}")
     fvit = FaithfulViT.from_pair(pair, sigma, mode=mode, multistep_steps=multistep_steps)
@@ -58,10 +57,10 @@ def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: 
             total = None
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
-                noise = torch.zeros((count, *image.shape)) if mode == "denoise-only" else \
-                    torch.randn((count, *image.shape), generator=generator) * sigma
+                shape = (count, *image.shape)
+                noise = torch.zeros(shape) if mode == "denoise-only" else fvit.noise(shape, generator)
                 noisy = (image[None] + noise).to(pair.device)
-                inputs = fvit.model_input(noisy, generator if mode == "multistep" else None)
+                inputs = fvit.base_input(noisy, generator if mode == "multistep" else None)
                 maps = layer_head_maps(pair.classifier, inputs.float()).double().sum(dim=0)
                 total = maps if total is None else total + maps
             out.append((total / n).cpu().numpy())

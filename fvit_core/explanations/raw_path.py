@@ -1,4 +1,4 @@
-"""Runtime strategy: the fast path of the ``raw`` explanation (explanations.attention.explain).
+"""The fast path of the ``raw`` explanation (explanations.attention.explain): a speed strategy.
 
 ``raw`` needs the logits and the last block's [CLS] attention row, nothing else. With timm's
 stock blocks and a [CLS]-token head, the last block's output matters only at the [CLS] token,
