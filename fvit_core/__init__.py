@@ -3,7 +3,7 @@
 The notebook API (README, "Python"): the handful of names a researcher needs, imported on first
 use so that ``import fvit_core`` (and the ``fvit`` command's help) stays free of torch.
 
-    load_pair, load_image, prepare_image     models and images (pair.smoothing_size(): the size DDS works at)
+    load_pair, load_image, prepare_image     models and images (pair.smoothing_size(mode): where DDS works)
     FaithfulViT, Runtime                     the method (sample / explain / predict / certify)
     AnalysisConfig, analyze, AnalysisCache   one attacked-vs-clean comparison, as the CLI and app run it
     ATTACKS, get_attack, run_attack          the attack registry

@@ -12,6 +12,8 @@ VisionTransformer (img_size 32, patch 4, embed 192, depth 6, heads 3, mlp_ratio 
 runs both implementations on the normalised image for the predicted class, and prints per method
 the maximum relative difference max|ours - ref| / max|ref| over the 64 patch relevances and the
 median Spearman rank correlation. ``--fixture`` saves the reference outputs of the first images.
+``--dtype float64`` runs both in double precision, where their agreement does not depend on the
+CPU's float32 kernels (the fixture the tests compare with is made so).
 """
 
 from __future__ import annotations
@@ -78,13 +80,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--fixture", help="save the first --fixture-images reference outputs here (.npz)")
     parser.add_argument("--fixture-images", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="precision both implementations run in")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.reference).resolve()))
+    dtype = getattr(torch, args.dtype)
 
     clf = load_classifier(args.model)
-    vit = clf.vit.float().eval()
+    vit = clf.vit.to(dtype).eval()
     grid = int(vit.patch_embed.grid_size[0])
-    refs = {name: reference_model(module, vit) for name, (module, _) in METHODS.items()}
+    refs = {name: reference_model(module, vit).to(dtype) for name, (module, _) in METHODS.items()}
     files = sorted(Path(args.data).rglob("*.jpg"))
     step = max(1, len(files) // args.images)
     files = files[::step][: args.images]
@@ -93,7 +98,7 @@ def main() -> None:
     saved: dict[str, list] = {"pixels": [], "target": [], **{name: [] for name in METHODS}}
     for index, path in enumerate(files):
         image = torch.from_numpy(prepare_image(load_image(path.read_bytes()), clf.img_size))[None]
-        pixels = (image - clf.mean) / clf.std
+        pixels = (image.to(dtype) - clf.mean.to(dtype)) / clf.std.to(dtype)
         for name, (_, ref_method) in METHODS.items():
             with torch.enable_grad():
                 logits, ours, target = lrp_patch_relevance(vit, pixels, name)
@@ -106,13 +111,13 @@ def main() -> None:
         if index < args.fixture_images:
             saved["pixels"].append(image[0].numpy())
             saved["target"].append(int(target[0]))
-    print(f"{len(files)} images from {args.data}, model {args.model}")
+    print(f"{len(files)} images from {args.data}, model {args.model}, {args.dtype}")
     print("method                   max rel diff (max over images)   Spearman rho (min / median)")
     for name in METHODS:
         print(f"{name:24s} {max(rel_diff[name]):.2e}                         "
               f"{min(rho[name]):.6f} / {float(np.median(rho[name])):.6f}")
     if args.fixture:
-        np.savez_compressed(args.fixture, **{key: np.asarray(value) for key, value in saved.items()})
+        np.savez_compressed(args.fixture, dtype=args.dtype, **{key: np.asarray(value) for key, value in saved.items()})
         print(f"saved reference outputs of {args.fixture_images} images to {args.fixture}")
 
 

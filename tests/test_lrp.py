@@ -140,23 +140,32 @@ def test_lrp_refuses_a_model_it_does_not_cover(tiny_vit):
 
 
 def test_matches_chefer_reference_on_the_shipped_classifier():
-    """Reference outputs of hila-chefer/Transformer-Explainability on the shipped weights
-    (scripts/compare_lrp_reference.py wrote the fixture; docs/EXPLANATIONS.md)."""
+    """Reference outputs of hila-chefer/Transformer-Explainability on the shipped weights, both in
+    float64 (scripts/compare_lrp_reference.py --dtype float64 wrote the fixture; docs/EXPLANATIONS.md).
+
+    Why float64: the LRP rules divide by activations, which amplifies float32 rounding (the
+    reference's own float32 and float64 full-LRP maps differ by up to 1.9% of their largest
+    value on these images), so two float32 runs agree only where they round alike; an Intel Xeon
+    with AMX differed by 3.7e-4. In float64 rounding stays near 1e-15 whichever kernels the CPU
+    has: 1e-10 of the largest relevance leaves five orders of magnitude of margin."""
     from fvit_core.models import load_classifier
 
     ref = np.load(FIXTURE)
+    assert str(ref["dtype"]) == "float64"
     clf = load_classifier(SHIPPED)
-    images = torch.from_numpy(ref["pixels"]).float()
-    pixels = (images - clf.mean) / clf.std
+    vit = clf.vit.double()
+    images = torch.from_numpy(ref["pixels"]).double()
+    pixels = (images - clf.mean.double()) / clf.std.double()
     for method in LRP_METHODS:
         with torch.enable_grad():
-            _, ours, target = lrp_patch_relevance(clf.vit, pixels, method)
+            _, ours, target = lrp_patch_relevance(vit, pixels, method)
         assert target.tolist() == ref["target"].tolist()
-        ours_np, theirs = ours.detach().double().numpy(), ref[method]
+        assert ours.dtype == torch.float64  # the rules run in the model's precision when it is wider than float32
+        ours_np, theirs = ours.detach().numpy(), ref[method]
         assert theirs.shape == ours_np.shape == (len(images), 64)
         for row_ours, row_ref in zip(ours_np, theirs):
-            assert np.abs(row_ours - row_ref).max() <= 1e-5 * np.abs(row_ref).max(), method
-            assert spearmanr(row_ours, row_ref).statistic > 0.9999, method
+            assert np.abs(row_ours - row_ref).max() <= 1e-10 * np.abs(row_ref).max(), method
+            assert spearmanr(row_ours, row_ref).statistic > 1 - 1e-12, method
 
 
 def test_any_timm_vit_registers_no_embed_class_layer_scale():

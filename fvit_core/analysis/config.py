@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from fvit_core.analysis.noise_floor import NoiseFloorSettings
 from fvit_core.attacks.settings import AttackSettings, ResolvedAttack
-from fvit_core.data.images import PREPARE_MODES
+from fvit_core.data.images import DEFAULT_PREPARE_MODE, PREPARE_MODES
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.settings import ExplanationSettings, SensitivitySettings
 from fvit_core.method.settings import EarlyStopSettings, SamplingSettings, SmoothingSettings
@@ -52,7 +52,7 @@ class RunConfig(Settings):
     smoothing: SmoothingSettings = setting(factory=SmoothingSettings)
     runtime: Runtime = setting(factory=Runtime)
     seed: int = setting(0, check=bounded("seed"))
-    image_mode: str = setting("resize", check=one_of("image mode", PREPARE_MODES))
+    image_mode: str = setting(DEFAULT_PREPARE_MODE, check=one_of("image mode", PREPARE_MODES))
 
     @classmethod
     def from_file(cls: type[C], path: str | Path) -> C:

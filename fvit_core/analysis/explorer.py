@@ -11,6 +11,7 @@ import torch
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.attention import layer_head_maps
 from fvit_core.method.faithful_vit import FaithfulViT
+from fvit_core.method.settings import SmoothingSettings
 from fvit_core.models import ModelPair
 
 
@@ -35,7 +36,8 @@ def layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarra
 
 
 def smoothed_layer_head_attention(pair: ModelPair, clean: np.ndarray, attacked: np.ndarray, *, mode: str,
-                                  sigma: float, n_samples: int, seed: int, multistep_steps: int = 10,
+                                  sigma: float, n_samples: int, seed: int,
+                                  multistep_steps: int = SmoothingSettings.multistep_steps,
                                   batch_size: int = 64) -> np.ndarray:
     """The Faithful ViT's per-layer, per-head [CLS] attention: the mean over ``n_samples`` noise
     draws of the ViT's maps on the denoised noisy image (the same inputs as the FViT's smoothing:

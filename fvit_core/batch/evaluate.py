@@ -44,6 +44,7 @@ import torch
 from fvit_core import metrics
 from fvit_core.analysis.noise_floor import floor_pairs, map_metrics_floor, noise_floor_estimate
 from fvit_core.attacks.runner import run_attack
+from fvit_core.attacks.settings import ResolvedAttack
 from fvit_core.batch.config import EvalConfig
 from fvit_core.batch.grid import Setting, key_of_row, row_key, row_order, settings_grid
 from fvit_core.batch.store import RowFiles, json_line
@@ -73,13 +74,6 @@ def eval_row_files(out: str | Path) -> RowFiles:
     return RowFiles(out, "rows", "jsonl", encode=json_line, decode=json.loads, key=key_of_row, sort_key=row_order)
 
 
-def attack_key(cfg: EvalConfig, setting: Setting) -> tuple:
-    """What the attacked image depends on (the resolved attack's seed parts: the attack and its
-    budget; eot_dds also the sigma, topk also the method): the key of the attack unit and the
-    setting parts of its seed."""
-    return cfg.resolved_attack(setting).seed_parts
-
-
 # --------------------------------------------------------------------------------------------
 # One image
 # --------------------------------------------------------------------------------------------
@@ -107,8 +101,11 @@ class _Units:
 class ImageEvaluation:
     """The rows of one image for a list of settings (only those still missing on a resume)."""
 
-    def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path):
+    def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path,
+                 attacks: dict[Setting, ResolvedAttack] | None = None):
         self.cfg, self.pair, self.item = cfg, pair, item
+        # Each setting's attack, resolved once per run (run_eval) or, alone, once per image.
+        self.attacks = attacks if attacks is not None else {}
         self.decoded = load_image(root / item.path)
         # The image's identity for its seeds is the digest of the decoded pixels, as in fvit analyze.
         self.seeds = ImageSeeds(cfg.seed, image_digest(self.decoded))
@@ -137,7 +134,7 @@ class ImageEvaluation:
         return self.seeds.generator(stage, *smoothing_parts(s.mode, s.sigma, s.method), *parts)
 
     def _unit_keys(self, s: Setting) -> list[tuple]:
-        akey, space = attack_key(self.cfg, s), self._space(s)
+        akey, space = self._attack_of(s).seed_parts, self._space(s)
         keys = [("attack", akey, space), ("vanilla", None, s.method, space)]
         if s.smoothed:
             keys += [("clean", s.mode, s.sigma, s.method), ("attacked", akey, s.mode, s.sigma, s.method)]
@@ -149,8 +146,13 @@ class ImageEvaluation:
             keys.append(("sens", s.mode, s.sigma, s.method))
         return keys
 
+    def _attack_of(self, s: Setting) -> ResolvedAttack:
+        if s not in self.attacks:
+            self.attacks[s] = self.cfg.resolved_attack(s)
+        return self.attacks[s]
+
     def _attack(self, s: Setting) -> torch.Tensor:
-        attack = self.cfg.resolved_attack(s)
+        attack = self._attack_of(s)
         labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
         seed = self.seeds("attack", *attack.seed_parts)
         return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack.params,
@@ -197,9 +199,10 @@ class ImageEvaluation:
         return clean, floor, noise
 
     def _attacked(self, s: Setting) -> SmoothedOutput:
-        x_adv = self.units.values[("attack", attack_key(self.cfg, s), self._space(s))]
+        akey = self._attack_of(s).seed_parts
+        x_adv = self.units.values[("attack", akey, self._space(s))]
         noise = self.units.values[("clean", s.mode, s.sigma, s.method)][2]
-        g = self._generator("attacked", s, *attack_key(self.cfg, s))
+        g = self._generator("attacked", s, *akey)
         return self._smooth(x_adv, s, g, noise=noise)[0]
 
     def _perturbation_test(self, s: Setting) -> tuple[list[int], list[int]]:
@@ -272,7 +275,7 @@ class ImageEvaluation:
 
     def _row(self, s: Setting, keys: list[tuple]) -> dict:
         cfg, v, k = self.cfg, self.units.values, self.k
-        akey, space = attack_key(self.cfg, s), self._space(s)
+        akey, space = self._attack_of(s).seed_parts, self._space(s)
         x_adv = v[("attack", akey, space)]
         vanilla_clean = v[("vanilla", None, s.method, space)]
         floor = agreement = radius = map_floor = None
@@ -479,6 +482,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
             check_schedule(pair.denoiser, sigma, mode, cfg.smoothing.multistep_steps)
     items = selected_items(cfg, pair)
     grid = settings_grid(cfg.grid)
+    attacks = {s: cfg.resolved_attack(s) for s in grid}  # resolved once per run
     done = files.done_keys()
     work = [(item, [s for s in grid if row_key(item.path, s) not in done]) for item in distributed.shard(items, ctx)]
     total = sum(len(settings) for _, settings in work)
@@ -490,7 +494,7 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
             if not settings:
                 continue
             try:
-                evaluation = ImageEvaluation(cfg, pair, item, root)
+                evaluation = ImageEvaluation(cfg, pair, item, root, attacks)
             except ImageError as exc:
                 skipped.record(root, item, exc)
                 bar.update(len(settings))

@@ -48,6 +48,7 @@ DEFAULT_MAX_SECONDS = 30.0
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 PrepareMode = Literal["resize", "center_crop", "pad"]
 PREPARE_MODES: tuple[str, ...] = ("resize", "center_crop", "pad")
+DEFAULT_PREPARE_MODE: PrepareMode = "resize"  # the whole image, stretched to the model's shape
 PAD_VALUE = 0.0  # letterbox bars are black, as in video letterboxing
 
 
@@ -394,7 +395,7 @@ def pad_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int,
     return (padded_h - height) // 2, (padded_w - width) // 2, padded_h, padded_w
 
 
-def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = "resize") -> np.ndarray:
+def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = DEFAULT_PREPARE_MODE) -> np.ndarray:
     """Fit pixels (3, H, W) in [0, 1] to ``size`` = (h, w): returns float32 (3, h, w) in [0, 1].
 
     ``resize`` keeps the whole image (aspect ratio not kept); ``center_crop`` first crops the

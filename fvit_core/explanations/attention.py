@@ -47,7 +47,7 @@ from fvit_core.data import pixels
 from fvit_core.data.pixels import is_uniform_rescale
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.lrp import lrp_patch_relevance
-from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS,
+from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS, ExplanationSettings,
                                              check_head_fusion, check_method)
 from fvit_core.models import PixelViT
 from fvit_core.explanations.raw_path import raw_cls_path, supports_cls_path
@@ -226,7 +226,7 @@ def normalise_patch_weights(weights: Tensor) -> Tensor:
     return torch.where(positive, weights / safe_total, uniform)
 
 
-def rollout_layer_matrix(attn: Tensor, head_fusion: str = "mean") -> Tensor:
+def rollout_layer_matrix(attn: Tensor, head_fusion: str = ExplanationSettings.head_fusion) -> Tensor:
     """One rollout factor: fuse heads of (B, heads, T, T), add I, renormalise rows -> (B, T, T).
 
     Rows sum to 1 for every fusion (the identity keeps every row sum positive).
@@ -237,7 +237,7 @@ def rollout_layer_matrix(attn: Tensor, head_fusion: str = "mean") -> Tensor:
     return augmented / augmented.sum(dim=-1, keepdim=True)
 
 
-def rollout_matrix(layer_attn: Sequence[Tensor], head_fusion: str = "mean") -> Tensor:
+def rollout_matrix(layer_attn: Sequence[Tensor], head_fusion: str = ExplanationSettings.head_fusion) -> Tensor:
     """Attention rollout R = A_L ... A_1 of per-block (B, heads, T, T) maps -> (B, T, T).
 
     A product of row-stochastic matrices, so every row of R sums to 1 (Abnar & Zuidema 2020).
@@ -251,7 +251,7 @@ def rollout_matrix(layer_attn: Sequence[Tensor], head_fusion: str = "mean") -> T
 
 
 def grad_rollout_matrix(
-    layer_attn: Sequence[Tensor], layer_grads: Sequence[Tensor], head_fusion: str = "mean"
+    layer_attn: Sequence[Tensor], layer_grads: Sequence[Tensor], head_fusion: str = ExplanationSettings.head_fusion
 ) -> Tensor:
     """Chefer et al. 2021 generic relevance: R = I; R <- R + fuse(relu(dA * A)) @ R -> (B, T, T)."""
     if len(layer_attn) == 0 or len(layer_attn) != len(layer_grads):
@@ -416,8 +416,8 @@ def explain(
     model: PixelViT,
     x: Tensor,
     *,
-    method: str = "raw",
-    head_fusion: str = "mean",
+    method: str = ExplanationSettings.method,
+    head_fusion: str = ExplanationSettings.head_fusion,
     target: Tensor | int | Sequence[int] | None = None,
     differentiable: bool = False,
 ) -> Explanation:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvit_core.errors import SettingError
-from fvit_core.explanations.settings import LRP_METHODS
+from fvit_core.explanations.settings import LRP_METHODS, ExplanationSettings
 
 RULES: tuple[str, ...] = ("conservative", "plain")
 
@@ -144,7 +144,7 @@ def patch_embedding_relevance(pixels: Tensor, weight: Tensor, patch: tuple[int, 
 
 @dataclass
 class _BlockTrace:
-    """Activations of one timm Block (B batch, T tokens, heads h, head dim d), float32."""
+    """Activations of one timm Block (B batch, T tokens, heads h, head dim d), in the rules' dtype."""
 
     x: Tensor  # block input (B, T, D)
     h1: Tensor  # norm1(x), the qkv input
@@ -236,20 +236,21 @@ def _forward(vit: nn.Module, pixels: Tensor) -> _Trace:
 
 def _block_relevance(block: nn.Module, t: _BlockTrace, relevance: Tensor, rule: str) -> tuple[Tensor, Tensor]:
     """(relevance at the block input (B, T, D), relevance of the attention matrix (B, h, T, T))."""
+    dtype = t.x.dtype
     rel_res, rel_mlp = add_relevance(t.x1, t.branch2, relevance, rule)
-    rel_mlp = linear_relevance(t.hidden, block.mlp.fc2.weight.float(), rel_mlp, rule)
-    rel_mlp = linear_relevance(t.h2, block.mlp.fc1.weight.float(), rel_mlp, rule)
+    rel_mlp = linear_relevance(t.hidden, block.mlp.fc2.weight.to(dtype), rel_mlp, rule)
+    rel_mlp = linear_relevance(t.h2, block.mlp.fc1.weight.to(dtype), rel_mlp, rule)
     relevance = copy_relevance(t.x1, rel_res, rel_mlp)
 
     rel_res, rel_attn = add_relevance(t.x, t.branch1, relevance, rule)
-    rel_attn = linear_relevance(t.merged, block.attn.proj.weight.float(), rel_attn, rule)
+    rel_attn = linear_relevance(t.merged, block.attn.proj.weight.to(dtype), rel_attn, rule)
     batch, heads, tokens, head_dim = t.v.shape
     rel_attn = rel_attn.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
     rel_weights, rel_v = matmul_relevance(t.attn, t.v, rel_attn)
     rel_q, rel_kt = matmul_relevance(t.q, t.k.transpose(-2, -1), rel_weights)
     rel_qkv = torch.stack((rel_q, rel_kt.transpose(-2, -1), rel_v))  # (3, B, h, T, d): timm's qkv layout
     rel_qkv = rel_qkv.permute(1, 3, 0, 2, 4).reshape(batch, tokens, 3 * heads * head_dim)
-    rel_branch = linear_relevance(t.h1, block.attn.qkv.weight.float(), rel_qkv, rule)
+    rel_branch = linear_relevance(t.h1, block.attn.qkv.weight.to(dtype), rel_qkv, rule)
     return copy_relevance(t.x, rel_res, rel_branch), rel_weights
 
 
@@ -262,7 +263,7 @@ def relevance_pass(
     the blocks not reached).
     """
     one_hot = F.one_hot(target, trace.logits.shape[-1]).to(trace.pooled.dtype)
-    rel_pooled = linear_relevance(trace.pooled, vit.head.weight.float(), one_hot, rule)
+    rel_pooled = linear_relevance(trace.pooled, vit.head.weight.to(trace.pooled.dtype), one_hot, rule)
     last = trace.blocks[-1]
     tokens_out = last.x1 + last.branch2
     relevance = torch.zeros_like(tokens_out)
@@ -295,7 +296,7 @@ def lrp_patch_relevance(
     method: str,
     *,
     target: Tensor | None = None,
-    head_fusion: str = "mean",
+    head_fusion: str = ExplanationSettings.head_fusion,
     create_graph: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LRP explanation of normalised ``pixels`` (B, C, H, W) for a timm ViT ``vit``.
@@ -327,7 +328,7 @@ def lrp_patch_relevance(
         rollout = torch.eye(tokens, dtype=trace.pooled.dtype, device=pixels.device).expand(batch, tokens, tokens)
         for cam, grad in zip(cams, grads):
             assert cam is not None
-            rollout = rollout + _fuse((grad.float() * cam).clamp(min=0), head_fusion) @ rollout
+            rollout = rollout + _fuse((grad.to(cam.dtype) * cam).clamp(min=0), head_fusion) @ rollout
         weights = rollout[:, 0, prefix:]
     elif method == "partial_lrp":
         _, cams = relevance_pass(vit, trace, chosen, "plain", down_to=len(trace.blocks) - 1)
@@ -338,17 +339,21 @@ def lrp_patch_relevance(
         # Position embedding: z-rule between the patch embeddings and the position codes.
         rel_patches = trace.patches * safe_divide(relevance[:, prefix:], trace.tokens[:, prefix:])
         proj = vit.patch_embed.proj
-        weights = patch_embedding_relevance(trace.pixels, proj.weight.float(), tuple(proj.kernel_size), rel_patches)
+        weights = patch_embedding_relevance(trace.pixels, proj.weight.to(trace.pixels.dtype), tuple(proj.kernel_size),
+                                            rel_patches)
     return trace.logits, weights, chosen
 
 
 def _float_trace(trace: _Trace) -> _Trace:
-    """The relevance rules run in float32 whatever the model's dtype (their divisions need it)."""
-    if trace.pooled.dtype == torch.float32:
+    """The relevance rules run in float32 or wider whatever the model's dtype (their divisions need
+    it): a bfloat16 trace in float32, a float64 one in float64 (docs/EXPLANATIONS.md compares with
+    the reference in float64, where the agreement does not depend on the CPU's kernels)."""
+    dtype = torch.promote_types(trace.pooled.dtype, torch.float32)
+    if trace.pooled.dtype == dtype:
         return trace
 
     def f(t: Tensor) -> Tensor:
-        return t.float()
+        return t.to(dtype)
 
     blocks = [_BlockTrace(*(f(getattr(b, name)) for name in _BlockTrace.__dataclass_fields__)) for b in trace.blocks]
     return _Trace(f(trace.pixels), f(trace.patches), f(trace.tokens), blocks, f(trace.pooled), f(trace.logits))

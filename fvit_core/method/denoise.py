@@ -15,6 +15,7 @@ import torch
 
 from fvit_core.data.pixels import resize_pixels
 from fvit_core.errors import InputError, SettingError
+from fvit_core.method.settings import SmoothingSettings
 from fvit_core.models import Denoiser
 
 
@@ -35,7 +36,8 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     return int(hits[0, 0])
 
 
-def check_schedule(denoiser: Denoiser | None, sigma: float, mode: str, multistep_steps: int = 10) -> int | None:
+def check_schedule(denoiser: Denoiser | None, sigma: float, mode: str,
+                   multistep_steps: int = SmoothingSettings.multistep_steps) -> int | None:
     """t* for a smoothing mode that denoises (None for rs), refusing the degenerate settings.
 
     - t* = 0: sigma is below the schedule's first noise level, so the "denoiser" would be asked
@@ -73,7 +75,7 @@ def check_denoiser_size(denoiser: Denoiser, x: torch.Tensor) -> None:
     size = (denoiser.sample_size, denoiser.sample_size)
     if tuple(x.shape[-2:]) != size:
         raise InputError(f"the denoiser takes {size[0]}x{size[1]} pixels, got {tuple(x.shape)}: prepare the image at "
-                         "pair.smoothing_size() and add the noise there, not before a resize")
+                         "pair.smoothing_size(mode) and add the noise there, not before a resize")
 
 
 def _predict_noise(denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,7 @@ def multistep_denoise(
     x_noisy: torch.Tensor,
     t_star: int,
     *,
-    n_steps: int = 10,
+    n_steps: int = SmoothingSettings.multistep_steps,
     generator: torch.Generator | None = None,
     out_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:

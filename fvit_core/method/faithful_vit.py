@@ -39,6 +39,7 @@ from torch import Tensor
 from fvit_core.data.pixels import check_pixels
 from fvit_core.errors import NON_FINITE_HINT, InputError, ModelLoadError, SettingError
 from fvit_core.explanations.attention import explain
+from fvit_core.explanations.settings import ExplanationSettings as Explain
 from fvit_core.explanations.settings import check_head_fusion, check_method, float32_only
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
@@ -82,8 +83,9 @@ class FaithfulViT:
         runtime: how the sample loop runs (precision, batching, CPU workers); default Runtime().
     """
 
-    def __init__(self, classifier: PixelViT, denoiser: Denoiser | None, sigma: float, *, mode: str = "dds",
-                 multistep_steps: int = 10, runtime: Runtime | None = None):
+    def __init__(self, classifier: PixelViT, denoiser: Denoiser | None, sigma: float, *,
+                 mode: str = SmoothingSettings.mode, multistep_steps: int = SmoothingSettings.multistep_steps,
+                 runtime: Runtime | None = None):
         self.smoothing = SmoothingSettings(mode=mode, sigma=sigma, multistep_steps=multistep_steps)
         if mode != "rs" and denoiser is None:
             raise SettingError(f"mode {mode!r} needs a denoiser; load a pair with one or use mode 'rs'")
@@ -134,7 +136,7 @@ class FaithfulViT:
                                      generator=steps_generator)
         return one_shot_denoise(self.denoiser, noisy, self.t_star)
 
-    def draw(self, noisy: Tensor, *, method: str | None = "raw", head_fusion: str = "mean",
+    def draw(self, noisy: Tensor, *, method: str | None = Explain.method, head_fusion: str = Explain.head_fusion,
              generator: torch.Generator | None = None, differentiable: bool = False) -> Draw:
         """The ViT on the base input of noisy pixels x + delta (B, 3, H, W): its logits and, for
         ``method`` (None: none), its explanation. ``generator``: multistep's stochastic steps.
@@ -170,7 +172,7 @@ class FaithfulViT:
         copy.__dict__.update(self.__dict__, classifier=classifier, denoiser=denoiser)
         return copy
 
-    def sample(self, images: Tensor, n_samples: int, *, method: str = "raw", head_fusion: str = "mean",
+    def sample(self, images: Tensor, n_samples: int, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
                generator: torch.Generator | None = None, noise: Tensor | None = None, keep_samples: bool = False,
                early_stop: EarlyStop | None = None, progress: ProgressFn | None = None) -> list[SmoothedOutput]:
         """Monte Carlo estimates for every image of ``images`` (B, 3, H, W) in [0, 1]: one
@@ -217,7 +219,7 @@ class FaithfulViT:
             settled=lambda count: sums.settled(count, early_stop, z), progress=progress)
         return sums.finish(drawn, self.t_star, stopped)
 
-    def explain(self, x: Tensor, n: int, method: str = "raw", *, head_fusion: str = "mean",
+    def explain(self, x: Tensor, n: int, method: str = Explain.method, *, head_fusion: str = Explain.head_fusion,
                 generator: torch.Generator | None = None) -> SmoothedOutput:
         """The FViT explanation of one image x (3, H, W) or (1, 3, H, W): w~(x) with its standard
         error, and the smoothed prediction, from n draws."""
@@ -232,7 +234,7 @@ class FaithfulViT:
         binomial test cannot separate it from the runner-up at level ``alpha``."""
         return cohen.predict(self.explain(x, n, generator=generator).votes, alpha)
 
-    def certify(self, x: Tensor, n0: int, n: int, alpha: float, *, method: str = "raw", head_fusion: str = "mean",
+    def certify(self, x: Tensor, n0: int, n: int, alpha: float, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
                 generator: torch.Generator | None = None) -> Certificate:
         """Cohen's CERTIFY on one image: the class guessed from n0 selection draws, certified
         with radius sigma * Phi^-1(p_A lower bound) from n estimation draws (level ``alpha``).

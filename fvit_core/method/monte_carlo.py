@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fvit_core.errors import SettingError
+from fvit_core.method.settings import EarlyStopSettings
 
 
 @dataclass
@@ -74,7 +75,7 @@ class EarlyStop:
     """
 
     k: int
-    alpha: float = 0.05
+    alpha: float = EarlyStopSettings.alpha
     check_every: int = 16
     min_samples: int = 32
 

@@ -126,7 +126,7 @@ class ModelPair:
     def device(self) -> torch.device:
         return self.classifier.mean.device
 
-    def smoothing_size(self, mode: str = "dds") -> tuple[int, int]:
+    def smoothing_size(self, mode: str) -> tuple[int, int]:
         """(H, W) in pixels of the space an analysis of this pair in smoothing ``mode`` works in:
         the one image size in which noise, attacks and radii live (docs/METHOD.md, "One
         smoothing space").
