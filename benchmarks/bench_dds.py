@@ -582,7 +582,7 @@ def section_stages(rep: Report, pair: ModelPair) -> None:
         rows.append([n_threads, f"{seconds * 1e3:.0f} ms"])
     torch.set_num_threads(threads)
     rep.table("The attack (PGD-10, one image) by intra-op threads", ["threads", "median"], rows,
-              note="analyze runs it on one thread (runtime.workers.run_single_threaded): see the thread-settings section.")
+              note="analyze runs it on one thread (runtime.workers.submit_single_threaded): see the thread-settings section.")
 
 
 def section_targets(rep: Report) -> None:

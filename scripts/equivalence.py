@@ -10,6 +10,7 @@ probabilities, divergences, radii) to ``--atol`` (default 1e-6). Timing fields a
     python scripts/equivalence.py run --repo /tmp/old --out /tmp/eq/old
     python scripts/equivalence.py run --repo . --out /tmp/eq/new
     python scripts/equivalence.py compare /tmp/eq/old /tmp/eq/new
+    python scripts/equivalence.py speed --repos /tmp/old . --rounds 5   # warm seconds, alternated
 
 Each case runs in a fresh process with ``PYTHONPATH=<repo>``, so the checkout's own code is
 measured, not the installed one. Nothing here imports the engine.
@@ -151,6 +152,49 @@ def _dashboard(repo: Path, path: Path) -> None:
         raise SystemExit(f"dashboard failed: {done.stderr[-3000:]}")
 
 
+# The speed child: one process per (checkout, precision), warm analyses of the shipped pair at the
+# defaults on one gallery image, each computed afresh (the old engine's global caches cleared).
+_SPEED = r"""
+import json, statistics, sys, time
+from fvit_core.analysis import pipeline
+from fvit_core.analysis.config import AnalysisConfig
+from fvit_core.data.images import load_image
+from fvit_core.models import load_pair
+pair = load_pair("default")
+image = load_image(sys.argv[1])
+config = AnalysisConfig.from_dict({"precision": sys.argv[2]})
+fresh = getattr(pipeline, "clear_cache", lambda: None)
+pipeline.analyze(image, config, pair=pair)  # warm-up
+times = []
+for _ in range(int(sys.argv[3])):
+    fresh()
+    start = time.perf_counter()
+    pipeline.analyze(image, config, pair=pair)
+    times.append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+
+def speed(repos: list[Path], rounds: int, repeats: int) -> None:
+    """Median warm seconds of one default analysis per checkout and precision, the checkouts
+    alternated round after round so that a drifting host affects each alike."""
+    import os
+    import statistics
+
+    image = str(Path(__file__).resolve().parents[1] / "assets" / "samples" / "cifar10_cat_1.png")
+    seen: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for precision in ("auto", "float32"):
+            for repo in repos:
+                done = subprocess.run([sys.executable, "-c", _SPEED, image, precision, str(repeats)],
+                                      cwd=repo, env=_env(repo.resolve()), capture_output=True, text=True, check=True)
+                seen.setdefault((str(repo), precision), []).extend(json.loads(done.stdout))
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) after the runs; {rounds} rounds x {repeats} analyses")
+    for (repo, precision), times in seen.items():
+        print(f"{repo:30s} {precision:8s} median {statistics.median(times):.3f} s  (min {min(times):.3f}, "
+              f"n {len(times)})")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -221,9 +265,16 @@ def main() -> int:
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
     c.add_argument("--atol", type=float, default=1e-6)
+    s = sub.add_parser("speed")
+    s.add_argument("--repos", type=Path, nargs="+", required=True)
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--repeats", type=int, default=5)
     ns = parser.parse_args()
     if ns.command == "run":
         run(ns.repo, ns.out, set(ns.only) if ns.only else None)
+        return 0
+    if ns.command == "speed":
+        speed(ns.repos, ns.rounds, ns.repeats)
         return 0
     return compare(ns.old, ns.new, ns.atol)
 

@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+# The tests write nothing into the checkout: hypothesis keeps no example database, and its other
+# files (the constants cache) go to a temporary folder instead of ./.hypothesis/.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="fvit-test-hypothesis-"))
+_hypothesis_settings.register_profile("fvit", database=None)
+_hypothesis_settings.load_profile("fvit")
+
 # The dashboard's package (app/) is imported from the repository root, as `streamlit run` does.
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -101,7 +110,27 @@ def clear_subprocess_network_attempts() -> None:
     Path(os.environ["FVIT_TEST_NETWORK_LOG"]).unlink(missing_ok=True)
 
 
+def _checkout_files() -> set[str]:
+    """Every file of the checkout but git's own and Python's byte-code caches."""
+    found = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__") and not d.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(folder, name), ROOT) for name in files)
+    return found
+
+
+_FILES_BEFORE: set[str] = set()
+
+
+def pytest_sessionstart(session):
+    _FILES_BEFORE.update(_checkout_files())
+
+
 def pytest_sessionfinish(session, exitstatus):
+    written = sorted(_checkout_files() - _FILES_BEFORE)
+    if written:
+        print(f"\nFAILED: the test suite wrote into the checkout: {written[:10]}")
+        session.exitstatus = 1
     if NETWORK_ATTEMPTS:
         print(f"\nFAILED: the test suite attempted network access: {NETWORK_ATTEMPTS}")
         session.exitstatus = 1

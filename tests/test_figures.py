@@ -18,7 +18,7 @@ from fvit_core.analysis.explorer import layer_head_attention
 from fvit_core.data.images import load_image
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
-from fvit_core.analysis.sweep import sigma_sweep, sweep_configs, sweep_row
+from fvit_core.analysis.sweep import run_sweep, sweep_configs, sweep_row
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +57,9 @@ def result(image, tiny_pair):
 
 @pytest.fixture(scope="module")
 def sweep_rows(image, tiny_pair):
-    return sigma_sweep(image, AnalysisConfig.of(**FAST), [0.5, 0.12], tiny_pair)
+    configs = sweep_configs(AnalysisConfig.of(**FAST), [0.5, 0.12])
+    results = run_sweep(configs, lambda cfg, report: analyze(image, cfg, pair=tiny_pair, progress=report))
+    return [sweep_row(r) for r in results]
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +127,10 @@ def test_compare_figure_uses_one_colour_scale_for_all_four_maps(result):
     assert "Vanilla ViT" in titles and "Faithful ViT (DDS)" in titles and "noise floor" in titles
 
 
-def test_attention_figure_outlines_k_patches_and_the_lost_ones(result):
+def test_compare_figure_outlines_k_patches_and_the_lost_ones(result):
     k = result.config.explanation.k
-    fig = static.attention_figure(result, "vanilla")
-    clean_ax, attacked_ax = fig.axes[:2]
+    fig = static.compare_figure(result)
+    clean_ax, attacked_ax = fig.axes[0], fig.axes[2]  # the vanilla ViT's column: clean above, attacked below
 
     def boxes(ax, color):
         return [p for p in ax.patches if isinstance(p, Rectangle) and mpl.colors.same_color(p.get_edgecolor(), color)]
@@ -137,7 +139,7 @@ def test_attention_figure_outlines_k_patches_and_the_lost_ones(result):
     assert len(boxes(attacked_ax, style.TOPK_EDGE)) == k
     lost = round((1 - result.vanilla.topk_overlap) * k)
     assert len(boxes(attacked_ax, style.LOST_EDGE)) == lost
-    assert result.vanilla.clean.label_name in clean_ax.get_title()
+    assert result.vanilla.clean.label_name in clean_ax.get_xlabel()
 
 
 def test_distributions_figure_labels_classes_and_units(result):
@@ -254,7 +256,6 @@ def test_result_json_and_metrics_csv(result):
 
 def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tmp_path, capsys):
     from fvit_core.cli.main import main
-    from fvit_core.models import load_pair
 
     image_file = tmp_path / "input.png"
     image_file.write_bytes(_png_bytes(seed=5))

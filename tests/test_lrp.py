@@ -14,7 +14,6 @@ from fvit_core.explanations.attention import explain
 from fvit_core.explanations.lrp import (
     add_relevance,
     copy_relevance,
-    forward_logits,
     linear_relevance,
     lrp_patch_relevance,
     matmul_relevance,
@@ -86,7 +85,7 @@ def test_traced_forward_matches_the_model(tiny_vit):
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     pixels = (x - tiny_vit.mean) / tiny_vit.std
     with torch.no_grad():
-        torch.testing.assert_close(forward_logits(tiny_vit.vit, pixels), tiny_vit.vit(pixels), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_forward(tiny_vit.vit, pixels).logits, tiny_vit.vit(pixels), rtol=1e-5, atol=1e-5)
 
 
 def test_conservative_rules_conserve_relevance_through_every_block(tiny_vit):
@@ -180,7 +179,7 @@ def test_any_timm_vit_registers_no_embed_class_layer_scale():
         block.attn.fused_attn = False
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        torch.testing.assert_close(forward_logits(vit, x), vit(x))
+        torch.testing.assert_close(_forward(vit, x).logits, vit(x))
         relevance, _ = relevance_pass(vit, _forward(vit, x), torch.tensor([0, 3]), "conservative")
     torch.testing.assert_close(relevance.sum(dim=(1, 2)), torch.ones(2), rtol=0, atol=5e-3)
     for method in LRP_METHODS:

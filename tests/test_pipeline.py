@@ -178,7 +178,7 @@ def test_smoothing_settings_reuse_the_cached_attack(tiny_pair, monkeypatch):
 def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(tiny_pair, monkeypatch):
     """Changing only the attack smooths the attacked image alone; changing only settings computed
     from the estimates smooths nothing; both give what a fresh analysis gives. Any smoothing
-    setting, the seed, another image or clear_cache smooths again."""
+    setting, the seed, another image or a cleared cache smooths again."""
     from fvit_core.analysis import pipeline
     from fvit_core.analysis.cache import AnalysisCache
     from fvit_core.method.faithful_vit import FaithfulViT
@@ -325,8 +325,6 @@ def test_bfloat16_and_early_stop_settings(tiny_pair):
 
 def test_concurrent_analyses_on_cpu_workers_equal_sequential_ones(tiny_pair):
     """Two intra-op threads: smoothing on the worker pool, attacks on the single-threaded worker."""
-    from fvit_core.analysis import pipeline
-
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -955,17 +954,37 @@ def _child(command: list[str], hook: str) -> None:
             return real_replace(src, dst, *a, **k)
 
         os.replace = replace
+    elif kind == "call":  # die at the start of the n-th call of module.attribute (a stage of the run)
+        where, _, n = arg.rpartition(":")
+        owner_name, _, attribute = where.rpartition(".")
+        owner = _resolve(owner_name)
+        real, calls = getattr(owner, attribute), [0]
+
+        def call(*a, **k):
+            calls[0] += 1
+            if calls[0] == int(n):
+                _die()
+            return real(*a, **k)
+
+        setattr(owner, attribute, call)
     sys.stdout = sys.stderr = io.StringIO()
     os._exit(cli.main(command))
 
 
-def _run(command: list[str], hook: str = "", kill_after: float | None = None) -> int:
+def _resolve(dotted: str) -> Any:
+    """A module, or a class inside one (``fvit_core.method.faithful_vit.FaithfulViT``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError:
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+def _run(command: list[str], hook: str = "") -> int:
     process = multiprocessing.get_context("fork").Process(target=_child, args=(command, hook))
     process.start()
-    if kill_after is not None:
-        process.join(kill_after)
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGKILL)
     process.join(240)
     assert not process.is_alive(), "the command hung"
     return process.exitcode
@@ -1072,26 +1091,35 @@ def _row_value(command: str, line: str) -> Any:
     return [f for i, f in enumerate(line.split("\t")) if i != COLUMNS.index("time")]  # Cohen's wall-clock column
 
 
+# The stages of an eval run and how often each is entered for the 12 rows of _eval_args (6 images:
+# one model load, one attack each, clean, attacked and perturbation-test smoothing each).
+RUN_STAGES: tuple[tuple[str, int], ...] = (
+    ("fvit_core.models.pairs.load_pair", 1), ("fvit_core.batch.evaluate.run_attack", 6),
+    ("fvit_core.method.faithful_vit.FaithfulViT.sample", 18), ("fvit_core.batch.store.AppendLog.append", 12),
+)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(kill_images, tiny_pair_dir, tmp_path) -> None:
-    """Kills from outside at seeded random moments of a run (model loading, attacks, smoothing,
-    writing), each in a fresh folder, each followed by a restart that must complete the work."""
+    """Kills at seeded random moments of a run (model loading, attacks, smoothing, writing): the
+    n-th entry into a seeded random stage, so each kill lands where it was drawn whatever the
+    machine's speed. Each in a fresh folder, each followed by a restart that must complete the
+    work."""
     reference = tmp_path / "reference"
-    started = time.monotonic()
     assert _run(_eval_args(kill_images, tiny_pair_dir, reference)) == 0
-    duration = time.monotonic() - started
     ref_rows = [_row_value("eval", r) for r in _complete_rows(reference / "rows.jsonl", False)]
     rng = random.Random(7)
+    moments = [(stage, rng.randint(1, count)) for stage, count in rng.sample(RUN_STAGES, len(RUN_STAGES))]
     outcomes, progress = [], []
-    for attempt in range(4):
+    for attempt, (stage, n) in enumerate(moments):
         out = tmp_path / f"killed{attempt}"
         args = _eval_args(kill_images, tiny_pair_dir, out)
-        outcomes.append(_run(args, kill_after=rng.uniform(0.15, 0.9) * duration))
+        outcomes.append(_run(args, f"call:{stage}:{n}"))
         rows = _complete_rows(out / "rows.jsonl", False) if (out / "rows.jsonl").exists() else []
         assert len({_row_key("eval")(r) for r in rows}) == len(rows)
         assert all(_row_value("eval", r) in ref_rows for r in rows)
         progress.append(len(rows))
         assert _run(args) == 0
         assert [_row_value("eval", r) for r in _complete_rows(out / "rows.jsonl", False)] == ref_rows
-    assert outcomes.count(-signal.SIGKILL) >= 2, (outcomes, duration)  # the kills landed mid-run...
-    assert len(set(progress)) >= 2, progress  # ...at different stages of the work
+    assert outcomes == [-signal.SIGKILL] * len(moments), (moments, outcomes)  # every kill landed mid-run...
+    assert len(set(progress)) >= 2, (moments, progress)  # ...at different stages of the work

@@ -224,11 +224,11 @@ def test_workers_give_the_sequential_numbers(tiny_pair, two_threads):
 def test_workers_run_single_threaded_and_leave_the_thread_default_alone(tiny_pair, two_threads):
     import threading
 
-    from fvit_core.runtime.workers import run_single_threaded, worker_pool
+    from fvit_core.runtime.workers import submit_single_threaded, worker_pool
 
     smooth(tiny_pair, _images(1), sigma=0.25, n_samples=4, generator=torch.Generator().manual_seed(0))
     assert worker_pool(2).submit(torch.get_num_threads).result() == 1
-    assert run_single_threaded(torch.get_num_threads) == 1
+    assert submit_single_threaded(torch.get_num_threads).result() == 1
     seen = []
     thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     thread.start()

@@ -1,7 +1,7 @@
 """Sigma sweep: the same image and attack analysed at several noise levels sigma.
 
-The dashboard's sigma view and scripts call this (the dashboard through :func:`run_sweep`, with
-its result cache). Each point is one :func:`pipeline.analyze` with
+The dashboard's sigma view calls :func:`run_sweep` with its cached analysis. Each point is one
+:func:`pipeline.analyze` with
 only ``sigma`` changed, so every point is exactly what the dashboard shows at that sigma. The
 transfer attacks are crafted on the vanilla ViT with the same seed, so every point sees the same
 attacked image; the adaptive ``eot_dds`` attack depends on sigma, and is pinned to the sigma it
@@ -14,10 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from fvit_core.analysis.config import AnalysisConfig
-from fvit_core.analysis.pipeline import analyze
 from fvit_core.analysis.result import AnalysisResult
 from fvit_core.errors import SettingError
 
@@ -67,29 +64,6 @@ def sweep_row(result: AnalysisResult) -> dict[str, Any]:
     }
 
 
-def sigma_sweep(
-    image: np.ndarray,
-    config: AnalysisConfig,
-    sigmas: Sequence[float],
-    pair,
-    *,
-    progress: Callable[[str, float], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Analyse ``image`` at every sigma in ``sigmas`` (other settings from ``config``).
-
-    Args:
-        image: (3, H, W) pixels in [0, 1], as for :func:`pipeline.analyze`.
-        pair: the loaded :class:`models.ModelPair` (read only).
-        progress: optional ``progress(stage, fraction)`` over the whole sweep.
-
-    Returns one :func:`sweep_row` per sigma, sorted by sigma.
-    """
-    def run(cfg: AnalysisConfig, report: Callable[[str, float], None]) -> AnalysisResult:
-        return analyze(image, cfg, pair=pair, progress=report)
-
-    return [sweep_row(result) for result in run_sweep(sweep_configs(config, sigmas), run, progress=progress)]
-
-
 def run_sweep(
     configs: Sequence[AnalysisConfig],
     run: Callable[[AnalysisConfig, Progress], AnalysisResult],
@@ -98,7 +72,7 @@ def run_sweep(
 ) -> list[AnalysisResult]:
     """The one sweep loop: ``run(config, report)`` for every config, in order.
 
-    ``run`` is :func:`pipeline.analyze` on one image and pair (:func:`sigma_sweep`), or the
+    ``run`` is :func:`pipeline.analyze` on one image and pair, or the
     dashboard's cached analysis of the same call. ``progress(stage, fraction)`` sees one bar over
     the whole sweep, each stage named "σ = SIGMA (I/N) STAGE".
     """

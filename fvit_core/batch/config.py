@@ -71,7 +71,8 @@ class EvalConfig(ComparisonConfig):
     perturbation: PerturbationTestSettings = setting(factory=PerturbationTestSettings)
 
     # The grid gives these per point (EvalGrid's axes), so the templates' values are not settings.
-    OMITTED: ClassVar[frozenset[str]] = frozenset({"attack", "method", "mode", "sigma"})
+    OMITTED: ClassVar[frozenset[str]] = frozenset({"attack.name", "attack.eps", "explanation.method", "smoothing.mode",
+                                                   "smoothing.sigma"})
     # Flat settings that may change between a run and its resumption: the run's and the grid.
     FREE_FIELDS: ClassVar[frozenset[str]] = BatchRunSettings.RESUMABLE | {"attacks", "eps", "sigmas", "modes",
                                                                           "methods"}

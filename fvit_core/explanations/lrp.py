@@ -359,17 +359,11 @@ def _float_trace(trace: _Trace) -> _Trace:
     return _Trace(f(trace.pixels), f(trace.patches), f(trace.tokens), blocks, f(trace.pooled), f(trace.logits))
 
 
-def forward_logits(vit: nn.Module, pixels: Tensor) -> Tensor:
-    """The logits of the traced forward pass (for tests: must equal vit(pixels))."""
-    return _forward(vit, pixels).logits
-
-
 __all__: Sequence[str] = (
     "RULES",
     "add_relevance",
     "check_lrp_model",
     "copy_relevance",
-    "forward_logits",
     "linear_relevance",
     "lrp_patch_relevance",
     "matmul_relevance",

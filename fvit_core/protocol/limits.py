@@ -124,12 +124,6 @@ def check(name: str, value: Any, *, low: float | None = None, bound: Bound | Non
         raise SettingError(f"{name} must be {wanted}, got {short_repr(value)}")
 
 
-def check_optional(name: str, value: Any, **kwargs: Any) -> None:
-    """:func:`check` unless ``value`` is None (an optional setting left unset)."""
-    if value is not None:
-        check(name, value, **kwargs)
-
-
 def check_list(name: str, values: Any, item: str | None = None, *, allow_empty: bool = False,
                bound_free: bool = False) -> None:
     """A list setting (fvit eval's sigmas, certify's radii): at most MAX_LIST values, each within
@@ -142,13 +136,6 @@ def check_list(name: str, values: Any, item: str | None = None, *, allow_empty: 
         raise SettingError(f"{name} holds {len(values):,} values, over the limit of {MAX_LIST:,}")
     for value in () if bound_free else values:
         check(item or name, value)
-
-
-def check_settings(settings: Any, names: Iterable[str], *, lows: dict[str, float] | None = None) -> None:
-    """:func:`check` each named attribute of ``settings`` (None values of optional fields skipped)."""
-    lows = lows or {}
-    for name in names:
-        check_optional(name, getattr(settings, name), low=lows.get(name))
 
 
 # A settings file (or label map) is a few hundred bytes; a megabyte is far more than any needs.
@@ -194,9 +181,6 @@ def bounds_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m fvit_core.protocol.limits: the table for the docs
-    print(bounds_table())
-
 
 def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
     """SettingError naming the allowed values unless ``value`` is one of them."""
@@ -210,3 +194,7 @@ def check_choices(what: str, values: Sequence[Any], allowed: Iterable[str], *, n
     check_list(name or what, values, bound_free=True)
     for value in values:
         check_choice(what, value, allowed)
+
+
+if __name__ == "__main__":  # python -m fvit_core.protocol.limits: the table for the docs
+    print(bounds_table())

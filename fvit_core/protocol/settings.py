@@ -71,8 +71,8 @@ def some_of(what: str, allowed: Sequence[str], name: str) -> Check:
 class Settings:
     """Base of every settings object: frozen, checked when made (module docstring).
 
-    ``OMITTED``: flat names of nested settings that a config leaves out of its flat form (fvit
-    eval's grid gives those values per grid point instead)."""
+    ``OMITTED``: dotted paths of nested settings that a config leaves out of its flat form
+    (``"smoothing.sigma"``: fvit eval's grid gives those values per grid point instead)."""
 
     OMITTED: ClassVar[frozenset[str]] = frozenset()
 
@@ -82,7 +82,10 @@ class Settings:
             if isinstance(value, list):  # JSON arrays become the declared tuples
                 value = tuple(value)
                 object.__setattr__(self, spec.name, value)
-            if isinstance(value, Settings):
+            kind = _settings_class(type(self), spec)
+            if kind is not None:
+                if not isinstance(value, kind):
+                    raise SettingError(f"{spec.name} must be {kind.__name__} settings, got {type(value).__name__}")
                 continue
             _check_type(_json_name(spec), value, str(spec.type))
             check = spec.metadata.get(_CHECK)
@@ -122,9 +125,9 @@ def _json_name(spec: dataclasses.Field) -> str:
 
 def flat_fields(cls: type[Settings]) -> Iterator[tuple[str, tuple[str, ...], dataclasses.Field]]:
     """(flat name, attribute path, field) of every setting of ``cls``, nested objects expanded,
-    in declaration order, without the ``cls.OMITTED`` names."""
+    in declaration order, without the ``cls.OMITTED`` paths."""
     for name, path, spec in _all_fields(cls):
-        if name not in cls.OMITTED:
+        if ".".join(path) not in cls.OMITTED:
             yield name, path, spec
 
 

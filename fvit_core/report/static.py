@@ -107,28 +107,6 @@ def compare_figure(result: AnalysisResult) -> Figure:
         return fig
 
 
-def attention_figure(result: AnalysisResult, which: str, *, vmax: float | None = None) -> Figure:
-    """One model's clean and attacked attention side by side (the dashboard's column figure).
-
-    ``vmax`` defaults to :func:`attention_scale`, the scale shared with the other model.
-    """
-    cmp_ = comparison(result, which)
-    k, grid = result.config.explanation.k, result.grid_size
-    vmax = attention_scale(result) if vmax is None else vmax
-    with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 2.1)
-        axes = fig.subplots(1, 2)
-        lost = lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k)
-        mappable = None
-        for ax, name, image in ((axes[0], "clean", result.clean_view), (axes[1], "attacked", result.attacked_view)):
-            view = getattr(cmp_, name)
-            mappable = draw_attention(ax, image, view.attention, grid, k, vmax, lost=lost if name == "attacked" else None)
-            ax.set_title(f"{name}: {view_caption(view)}")
-        _attention_colorbar(fig, mappable, axes, "horizontal")
-        fig.suptitle(f"{model_label(result, which)}: {settings_text(result)}", fontsize=6)
-        return fig
-
-
 def inputs_figure(result: AnalysisResult) -> Figure:
     """Clean image, attacked image, amplified perturbation, one denoised DDS sample."""
     shown, gain = perturbation_view(result)

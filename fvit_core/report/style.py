@@ -51,7 +51,6 @@ OVERLAY_ALPHA = 0.6  # heatmap over the image: enough image left to see what is 
 TOPK_EDGE = "#00FFFF"
 LOST_EDGE = "#FFFFFF"
 SINGLE_COLUMN_IN = 3.4
-DOUBLE_COLUMN_IN = 7.0
 SAVE_DPI = 300
 FIGURE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
 

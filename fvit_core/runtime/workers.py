@@ -66,11 +66,6 @@ def submit_single_threaded(fn: Callable[..., T], *args, **kwargs) -> "Future[T]"
     return worker_pool(1, "fvit-serial").submit(fn, *args, **kwargs)
 
 
-def run_single_threaded(fn: Callable[..., T], *args, **kwargs) -> T:
-    """:func:`submit_single_threaded` and wait for the result."""
-    return submit_single_threaded(fn, *args, **kwargs).result()
-
-
 def map_in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """``fn(item)`` for every item, in order; with ``workers`` > 1 on the worker pool, at most
     2 * workers items in flight (bounded memory)."""
