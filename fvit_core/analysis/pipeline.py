@@ -16,6 +16,7 @@ reused.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -202,8 +203,12 @@ class _Analysis:
         self.fvit = FaithfulViT.of(pair, smoothing, cfg.runtime)
         self.precision = self.fvit.precision_for(cfg.explanation.method)
         self.parts = smoothing_parts(smoothing.mode, smoothing.sigma, cfg.explanation.method)
-        self.keys = _CacheKeys.of(cfg, pair, self.digest, self.seeds, self.attack, self.precision)
         self.timer.lap("prepare", t0)
+
+    @functools.cached_property
+    def keys(self) -> _CacheKeys:
+        """The cache keys, derived only when there is a cache (the fingerprint walks every weight)."""
+        return _CacheKeys.of(self.cfg, self.pair, self.digest, self.seeds, self.attack, self.precision)
 
     def run(self) -> AnalysisResult:
         cfg = self.cfg
@@ -220,7 +225,7 @@ class _Analysis:
                 stage = pending()
                 # Keyed by the attack stage's key too, which with the seed and the image
                 # determines x_adv.
-                attacked = self._cached("attacked", lambda: self._smooth_attacked(stage.x_adv), *self.keys.attack)
+                attacked = self._cached("attacked", lambda: self._smooth_attacked(stage.x_adv), by_attack=True)
                 outs = [clean_outs[0], *attacked, *clean_outs[1:]]  # [clean, attacked(, clean again)]
             else:
                 stage = self._start_attack_stage()()
@@ -274,12 +279,14 @@ class _Analysis:
 
     # -- the FViT's estimates ------------------------------------------------------------------
 
-    def _cached(self, kind: str, compute: Callable[[], list[SmoothedOutput]], *key: Any) -> list[SmoothedOutput]:
-        """``compute()``, or its cached value. Copies go in and out, so results never alias the
-        cache."""
+    def _cached(self, kind: str, compute: Callable[[], list[SmoothedOutput]], *, by_attack: bool = False
+                ) -> list[SmoothedOutput]:
+        """``compute()``, or its cached value under the estimates' key (and, ``by_attack``, the
+        attack stage's, which with the seed and the image determines the attacked image). Copies
+        go in and out, so results never alias the cache."""
         if self.cache is None:
             return compute()
-        full_key = (kind, *self.keys.estimates, *key)
+        full_key = (kind, *self.keys.estimates, *(self.keys.attack if by_attack else ()))
         cached = self.cache.estimates.get(self.pair.classifier, full_key)
         if cached is not None:
             return copy.deepcopy(cached)
