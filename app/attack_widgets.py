@@ -14,6 +14,21 @@ import numpy as np
 from fvit_core.attacks.specs import AttackSpec, ParamSpec
 
 
+_ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "vs.", "cf.")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a description ('et al.' and 'e.g.' do not end one)."""
+    start = 0
+    while True:
+        end = text.find(". ", start)
+        if end < 0:
+            return text
+        if not any(text[:end + 1].endswith(abbreviation) for abbreviation in _ABBREVIATIONS):
+            return text[:end + 1]
+        start = end + 1
+
+
 def linked_params(spec: AttackSpec) -> list[str]:
     """The parameters of ``spec`` that the 'tie to the analysis' option sets: the registry's rules,
     the same as the CLI's (``AttackSpec.derived``: the Linf step alpha = eps / 5; and

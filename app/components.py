@@ -8,7 +8,7 @@ import streamlit as st
 from matplotlib.figure import Figure
 
 from app import session
-from fvit_core.report import export, style
+from fvit_core.report import export, overlay, style
 from fvit_core.analysis.result import AnalysisResult
 
 SCREEN_DPI = 200
@@ -42,7 +42,12 @@ def summary_line(result: AnalysisResult, image=None) -> str:
     """Image (and its true class when known), attack, perturbation size, explanation, FViT
     settings and time of one analysis, on one line."""
     d, cfg = result.faithful, result.config
-    crafted = "on the FViT (adaptive)" if result.attack["crafted_on"] == "fvit" else "on the vanilla ViT (transfer)"
+    if result.attack["name"] == "none":
+        crafted = ""  # nothing was crafted: the attacked image is the clean one
+    elif result.attack["crafted_on"] == "fvit":
+        crafted = ", crafted on the FViT (adaptive)"
+    else:
+        crafted = ", crafted on the vanilla ViT (transfer)"
     t_star = f", t* = {d.t_star}" if d.t_star is not None else ""
     asked = cfg.sampling.n_samples
     drawn = f" of {asked} (stopped early)" if d.n_samples != asked and cfg.smoothing.noisy else ""
@@ -50,8 +55,10 @@ def summary_line(result: AnalysisResult, image=None) -> str:
     if image is not None:
         truth = f", true class **{image.true_label}**" if image.true_label else ", true class unknown"
         shown = f"**Image** {image.name}{truth}. "
-    return (f"{shown}**Attack** {style.attack_summary(result)}, crafted {crafted}; {style.perturbation_summary(result)}. "
-            f"**Explanation** {style.method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}). "
+    target = style.target_text(result)
+    return (f"{shown}**Attack** {style.attack_summary(result)}{crafted}; {style.perturbation_summary(result)}. "
+            f"**Explanation** {style.method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}"
+            f"{'; ' + target if target else ''}). "
             f"**FViT** {style.MODE_NAMES.get(d.mode, d.mode)}, σ = {d.sigma:g}{t_star}, N = {d.n_samples} samples{drawn}, "
             f"top-{cfg.explanation.k} of {len(result.vanilla.overlap_curve)} patches. "
             f"Computed in {result.timing['total']:.1f} s.")
@@ -97,6 +104,27 @@ def show_plotly(fig, key: str) -> None:
     # charts must look as the exported HTML does.
     st.plotly_chart(fig, key=key, width="stretch", theme=None,
                     config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage", "lasso2d", "select2d"]})
+
+
+def show_on_photo(cur: session.Current, scale: style.MapScale) -> None:
+    """Both models' clean and attacked maps over the uploaded photo at its own size (as
+    pytorch-grad-cam and Captum blend them), with an opacity slider; the map lies over the part of
+    the photo the model's input showed (the crop for centre crop, the letterbox for pad)."""
+    result, photo = cur.result, cur.image.pixels
+    opacity = st.slider("Map opacity over the photo", 0.0, 1.0, step=0.05, key="overlay_opacity")
+    columns = st.columns(4)
+    panels = [(which, name) for which in style.MODEL_KEYS for name in ("clean", "attacked")]
+    for column, (which, name) in zip(columns, panels):
+        view = getattr(style.comparison(result, which), name)
+        blended = kept_bytes(cur, ("on_photo", which, name, opacity), lambda v=view: overlay.blend(
+            photo, scale.values(v), result.grid_size, result.classifier_size, result.config.image_mode, scale, opacity))
+        column.image(blended, caption=f"{style.model_label(result, which)}, {name}: {view.label_name} "
+                                      f"({view.confidence:.2f})", width="stretch")
+    height, width = result.original_size
+    fit = {"resize": "the whole photo, stretched to the model's square", "center_crop": "the centred crop the model saw",
+           "pad": "the letterboxed photo (the bars were the model's black)"}.get(result.config.image_mode, "")
+    st.caption(f"{width}×{height} px photo; the {result.grid_size[0]}×{result.grid_size[1]} patch map is resampled "
+               f"smoothly over {fit}. Colour: {scale.label}. {result.fit_notice or ''}")
 
 
 INPUT_PX = 160
@@ -187,15 +215,33 @@ def overlap_cards(result: AnalysisResult, which: str) -> None:
     st.caption(floor_verdict(result))
 
 
+def abstain_text(result: AnalysisResult) -> str:
+    """Why CERTIFY abstained, in words."""
+    c, names = result.faithful.certified, result.class_names
+    guess, top = names[c.guess_class], result.fvit.clean.label_name
+    source = SELECTION_LABELS.get(c.selection, c.selection)
+    if c.abstain_reason == "guess-not-top":
+        return (f"Abstained: CERTIFY's class guess, {guess} (from {source}), is not the FViT's top class ({top}); "
+                f"its share of the votes is bounded below by only {c.p_a_lower:.2f} < 1/2. A certificate for {top} "
+                "needs an independent guess of it (noise floor estimator: second clean estimate).")
+    return (f"Abstained: the FViT's top class {guess} has no certified majority: p_A ≥ {c.p_a_lower:.2f} < 1/2 at "
+            f"α = {result.config.confidence_alpha:g} ({result.faithful.n_samples} samples; more samples or a smaller σ "
+            "may certify it).")
+
+
 def certificate_cards(result: AnalysisResult) -> None:
     """Certified radii of the FViT at the clean image and the prediction-stability bound."""
     c, d = result.faithful.certified, result.faithful
     k = result.config.explanation.k
     left, right = st.columns(2)
     left.metric("Certified class radius (L2)", "abstain" if c.predicted_class < 0 else f"{c.class_radius:.3f}",
-                delta=f"p_A ≥ {c.p_a_lower:.2f}", delta_color="gray", delta_arrow="off",
-                help="Cohen et al.: the smoothed class cannot change within this L2 distance (pixel units); "
-                     "abstain when the top class has no certified majority of the votes.")
+                delta=f"p_A ≥ {c.p_a_lower:.2f} ({result.class_names[c.guess_class]})", delta_color="gray",
+                delta_arrow="off",
+                help="Cohen et al.'s CERTIFY: the smoothed class cannot change within this L2 distance (pixel units). "
+                     "It guesses a class independently of the votes and certifies it when the lower confidence "
+                     "bound p_A on its share of the votes is at least 1/2; otherwise it abstains.")
+    if c.abstain_reason is not None:
+        st.caption(abstain_text(result))
     right.metric(f"Certified top-{k} radius (L2)", f"{c.topk_radius_l2:.4f}",
                  delta=f"Linf {c.topk_radius_linf * 255:.3f}/255", delta_color="gray", delta_arrow="off",
                  help=f"V{sub(k)} ≥ β = {result.config.explanation.beta:g} is guaranteed for every perturbation within this radius "

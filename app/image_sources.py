@@ -57,30 +57,7 @@ class LoadedImage:
         return f"{self.pixels.shape[2]}×{self.pixels.shape[1]} px"
 
 
-# An upload shrunk by more than this (per side) to reach the model's input loses most of its detail.
-RESIZE_NOTICE_FACTOR = 4.0
-ASPECT_TOLERANCE = 0.02  # relative difference of aspect ratios still called "the same shape"
-
 IMAGE_MODE_LABELS: dict[str, str] = {"resize": "resize", "center_crop": "centre crop", "pad": "pad (letterbox)"}
-
-
-def fit_notice(image_size: tuple[int, int], input_size: tuple[int, int], mode: str) -> str | None:
-    """A warning when fitting an image (H, W) to the model's input (H, W) changes it a lot: shrunk
-    by more than :data:`RESIZE_NOTICE_FACTOR`, or of another shape than the input (then what the
-    chosen mode does to it). None when neither applies."""
-    (h, w), (th, tw) = image_size, input_size
-    notes = []
-    factor = max(h / th, w / tw)
-    if factor > RESIZE_NOTICE_FACTOR:
-        notes.append(f"shrunk about {factor:.0f}× ({w}×{h} → {tw}×{th} px): the model sees far less detail than the file has")
-    aspect, target = w / h, tw / th
-    if abs(aspect / target - 1.0) > ASPECT_TOLERANCE:
-        shape = f"{w}×{h}, not {'square' if tw == th else f'{tw}:{th} like the model'}"
-        effect = {"resize": "resize stretches it (choose pad or centre crop to keep its shape)",
-                  "center_crop": f"centre crop cuts {'the sides' if aspect > target else 'top and bottom'} off",
-                  "pad": f"pad adds black bars {'above and below' if aspect > target else 'left and right'}"}
-        notes.append(f"{shape}: {effect.get(mode, mode)}")
-    return ("This image is " + "; ".join(notes) + ".") if notes else None
 
 
 def label_from_name(file_name: str, class_names: tuple[str, ...] | list[str]) -> str | None:
@@ -107,11 +84,11 @@ def load_upload(name: str, data: bytes, *, source: str = "upload", true_label: s
     oversized, unsupported format, or a decode stopped after ``max_seconds``.
     """
     pixels = load_image(bytes(data), max_bytes=max_bytes, max_pixels=max_pixels, max_seconds=max_seconds)
-    return LoadedImage(name=_safe_name(name), data=bytes(data), pixels=pixels, digest=image_digest(pixels),
+    return LoadedImage(name=safe_name(name), data=bytes(data), pixels=pixels, digest=image_digest(pixels),
                        source=source, true_label=true_label)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     """A file name safe to offer for download and to put in a shell command."""
     base = Path(str(name)).name or "image.png"
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "image"
@@ -179,5 +156,5 @@ def generated_image(size: int = 32) -> LoadedImage:
 
 
 
-__all__ = ["ImageError", "LoadedImage", "GalleryItem", "bytes_digest", "fit_notice", "generated_image",
-           "label_from_name", "list_gallery", "load_upload", "samples_dir"]
+__all__ = ["ImageError", "LoadedImage", "GalleryItem", "bytes_digest", "generated_image",
+           "label_from_name", "list_gallery", "load_upload", "safe_name", "samples_dir"]

@@ -41,7 +41,7 @@ def show(result: AnalysisResult) -> None:
     import streamlit as st
 
     st.markdown("#### Explanation-robustness metrics, clean vs attacked")
-    st.dataframe(metrics_rows(result), hide_index=True, use_container_width=True)
+    st.dataframe(metrics_rows(result), hide_index=True, width="stretch")
     st.caption("Noise floor: the same metric between two clean FViT estimates (sampling noise only). "
                "Sensitivity: n/a unless Advanced > sensitivity perturbations (CLI --sensitivity-samples) is set. "
                "Definitions: docs/METRICS.md.")

@@ -139,24 +139,26 @@ def update(values) -> None:
     cur = current()
     if cur is not None and cur.key == key:
         return
-    if key not in results():
-        reason = analysis_settings.expensive_reason(config)
-        if reason:
+    reason = analysis_settings.expensive_reason(config)
+    waiting = st.empty()  # the notice and the buttons go once the analysis is done
+    if key not in results() and reason:
+        with waiting.container():
             st.info(f"These settings take a while ({reason}), so they wait for a click.")
             if not st.button("Run analysis", key="run", type="primary"):
                 return
-    report, bar = progress_bar("Analysing:")
-    if analysis_settings.expensive_reason(config):
-        # Any click reruns the page, which stops this run at its next progress report (after the
-        # forward batch in progress); the settings then wait for "Run analysis" again.
-        st.button("Cancel", key="cancel_run", help="stop this analysis after the batch in progress")
+    with waiting.container():
+        report, bar = progress_bar("Analysing:")
+        if reason:
+            # Any click reruns the page, which stops this run at its next progress report (after the
+            # forward batch in progress); the settings then wait for "Run analysis" again.
+            st.button("Cancel", key="cancel_run", help="stop this analysis after the batch in progress")
     try:
         result = compute(values.image, config, values.models, report)
     except Exception as exc:  # the last good analysis stays on screen
+        waiting.empty()
         st.error(analysis_settings.error_message("The analysis failed", exc))
         return
-    finally:
-        bar.empty()
+    waiting.empty()
     st.session_state["_current"] = Current(key=key, result=result, image=values.image, models=values.models)
 
 

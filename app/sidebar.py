@@ -17,9 +17,9 @@ from app import analysis_settings, attack_widgets, image_sources, model_sources
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.noise_floor import NOISE_FLOOR_ESTIMATORS
 from fvit_core.attacks.specs import ATTACKS
-from fvit_core.data.images import PREPARE_MODES, prepare_image, to_uint8
+from fvit_core.data.images import PREPARE_MODES, fit_notice, prepare_image, to_uint8
 from fvit_core.errors import ModelLoadError
-from fvit_core.explanations.settings import EXPLANATION_METHODS, HEAD_FUSIONS
+from fvit_core.explanations.settings import CLASS_METHODS, EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.settings import SMOOTHING_MODES
 from fvit_core.models import MODEL_PAIRS, models_dir
 from fvit_core.runtime.precision import PRECISION_CHOICES
@@ -27,11 +27,14 @@ from fvit_core.runtime.precision import PRECISION_CHOICES
 # The settings the sidebar has widgets for (keys double as flat setting names), at the engine's
 # defaults; "model_kind" is the sidebar's own (which model source).
 _WIDGET_SETTINGS: tuple[str, ...] = (
-    "image_mode", "attack", "method", "head_fusion", "mode", "sigma", "n_samples", "k", "beta", "seed", "shared_noise",
+    "image_mode", "attack", "method", "head_fusion", "target", "mode", "sigma", "n_samples", "k", "beta", "seed",
+    "shared_noise",
     "noise_floor", "bootstrap", "renyi_alpha", "confidence_alpha", "precision", "noise_floor_estimator", "early_stop",
     "sensitivity_samples")
 _DEFAULTS = AnalysisConfig().to_dict()
 SETTING_DEFAULTS: dict[str, Any] = {"model_kind": "default", **{name: _DEFAULTS[name] for name in _WIDGET_SETTINGS}}
+# The pages' own widgets (not settings of the analysis), kept like the sidebar's.
+VIEW_DEFAULTS: dict[str, Any] = {"overlay_opacity": 0.5}
 SAMPLE_CHOICES: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
                  "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
@@ -57,14 +60,27 @@ class SidebarValues:
     errors: list[str] = field(default_factory=list)
 
 
-def init_defaults() -> None:
-    """Write each widget's default into session state once (keys double as setting names)."""
-    for key, value in SETTING_DEFAULTS.items():
-        st.session_state.setdefault(key, value)
+def widget_defaults() -> dict[str, Any]:
+    """Every settings widget's key (keys double as setting names) and default value, the widgets of
+    every attack included."""
+    defaults = {**SETTING_DEFAULTS, **VIEW_DEFAULTS}
     for name, spec in ATTACKS.items():
-        st.session_state.setdefault(f"attack.{name}.linked", True)
+        defaults[f"attack.{name}.linked"] = True
         for param in spec.params:
-            st.session_state.setdefault(f"attack.{name}.{param.name}", attack_widgets.widget_spec(param).value)
+            defaults[f"attack.{name}.{param.name}"] = attack_widgets.widget_spec(param).value
+    return defaults
+
+
+def init_defaults() -> None:
+    """Each widget's value in session state: its default the first time, then what it was.
+
+    Streamlit deletes the state of a widget that a run did not draw (the other attacks' widgets,
+    the models tab's folder pickers): when such a widget came back it started at its minimum (PGD
+    after the adaptive attack showed eps 0, steps 1 and analysed with them). Writing every key
+    back through the session-state API at the start of each run keeps the values of widgets that
+    are not on screen."""
+    for key, value in widget_defaults().items():
+        st.session_state[key] = st.session_state[key] if key in st.session_state else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +135,7 @@ def image_section(errors: list[str]) -> tuple[image_sources.LoadedImage | None, 
         chosen = st.selectbox("…or pick a sample", names, key="gallery", disabled=upload is not None,
                               format_func=lambda n: f"{labels[n]}: {n}" if labels.get(n) else n)
         item = items[names.index(chosen)]
+    wanted = image_sources.safe_name(upload.name) if upload is not None else item.name if items else "the generated image"
     try:
         if upload is not None:
             image = _decoded(upload.name, upload.getvalue(), "upload", None)
@@ -127,8 +144,10 @@ def image_section(errors: list[str]) -> tuple[image_sources.LoadedImage | None, 
         else:
             image = st.session_state.setdefault("_generated", image_sources.generated_image())
     except Exception as exc:
-        errors.append(analysis_settings.error_message("Cannot use this image", exc))
         image = st.session_state.get("last_good_image")
+        # Name the refused file and the one still shown: the page keeps the last good image.
+        shown = f" Still showing the last image that worked, {image.name}." if image is not None else ""
+        errors.append(analysis_settings.error_message(f"Cannot use {wanted}", exc) + shown)
     if image is not None:
         st.session_state["last_good_image"] = image
     st.radio("Fit to the model's input", PREPARE_MODES, key="image_mode", horizontal=True,
@@ -162,7 +181,7 @@ def show_model_view(image: image_sources.LoadedImage, input_size: tuple[int, int
     left.image(shown, width=PREVIEW_PX)
     right.caption(f"As the model sees it: {input_size[1]}×{input_size[0]} ({image_sources.IMAGE_MODE_LABELS.get(mode, mode)}) "
                   f"from {image.size_text} · {where} {image.name}{truth}")
-    notice = image_sources.fit_notice(tuple(image.pixels.shape[1:]), tuple(input_size), mode)
+    notice = fit_notice(tuple(image.pixels.shape[1:]), tuple(input_size), mode)
     if notice:
         st.warning(notice, icon=":material/aspect_ratio:")
 
@@ -262,7 +281,7 @@ def attack_section(settings: dict[str, Any]) -> dict[str, Any]:
     """Attack choice and its parameters, generated from the registry's ParamSpecs."""
     name = st.selectbox("Attack", list(ATTACKS), key="attack", format_func=lambda n: ATTACKS[n].label)
     spec = ATTACKS[name]
-    st.caption(spec.description.split(". ")[0] + ".")
+    st.caption(attack_widgets.first_sentence(spec.description))
     linkable = attack_widgets.linked_params(spec)
     linked = False
     if linkable:
@@ -296,9 +315,21 @@ def faithful_section(num_patches: int) -> None:
               help=f"patches compared by the top-k overlap Vₖ (this model has {num_patches})")
 
 
-def explanation_section() -> None:
+def explanation_section(class_names: tuple[str, ...]) -> None:
+    """Method, head fusion and the class the explanation explains (default: the predicted class,
+    as pytorch-grad-cam and Captum default to)."""
     st.selectbox("Method", EXPLANATION_METHODS, key="method", format_func=METHOD_LABELS.get)
     st.selectbox("Head fusion", HEAD_FUSIONS, key="head_fusion")
+    if st.session_state["target"] is not None and st.session_state["target"] >= len(class_names):
+        st.session_state["target"] = None  # another model with fewer classes
+    st.selectbox("Explain class", [None, *range(len(class_names))], key="target",
+                 format_func=lambda i: "the predicted class" if i is None else f"{class_names[i]} ({i})",
+                 help="the class whose logit the gradient and LRP methods explain, for the clean and the attacked "
+                      "image and every noise draw of the FViT; by default each image's (and each draw's) own "
+                      "prediction. Raw attention and rollout do not depend on the class.")
+    if st.session_state["target"] is not None and st.session_state["method"] not in CLASS_METHODS:
+        st.caption(f"{METHOD_LABELS[st.session_state['method']]} is the same whatever the class: pick a gradient or "
+                   "LRP method to see the chosen class's map.")
 
 
 def advanced_section() -> None:
@@ -355,7 +386,7 @@ def render(model_input) -> SidebarValues:
             faithful_section(info.num_patches)
             advanced_section()
         with explanation_tab:
-            explanation_section()
+            explanation_section(tuple(info.class_names))
         settings = {key: st.session_state[key] for key in SETTING_DEFAULTS}
         with attack_tab:
             attack_values = attack_section(settings)

@@ -319,9 +319,9 @@ def _figures_time(result) -> float | None:
     except ImportError:
         return None
     start = time.perf_counter()
-    vmax = style.attention_scale(result)
+    scale = style.map_scale(result)
     for which in style.MODEL_KEYS:  # the Compare page, as app/views/compare.py renders it
-        interactive.plotly_attention_maps(result, which, vmax=vmax).to_json()  # what st.plotly_chart sends
+        interactive.plotly_attention_maps(result, which, scale=scale).to_json()  # what st.plotly_chart sends
     return time.perf_counter() - start
 
 

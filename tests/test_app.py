@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 from app import analysis_settings, attack_widgets, image_sources, metrics_table, model_sources  # noqa: E402
 from fvit_core.runtime.cache import LRU  # noqa: E402
 from fvit_core.attacks.specs import ATTACKS  # noqa: E402
-from fvit_core.data.images import ImageError  # noqa: E402
+from fvit_core.data.images import ImageError, fit_notice  # noqa: E402
 from fvit_core.analysis.config import AnalysisConfig  # noqa: E402
 
 APP = str(ROOT / "app" / "streamlit_app.py")
@@ -206,16 +206,16 @@ CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def test_fit_notice_says_what_fitting_does_to_the_image():
-    assert image_sources.fit_notice((32, 32), (32, 32), "resize") is None
-    assert image_sources.fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
-    shrunk = image_sources.fit_notice((512, 512), (32, 32), "resize")
+    assert fit_notice((32, 32), (32, 32), "resize") is None
+    assert fit_notice((128, 128), (32, 32), "resize") is None  # 4x: at the limit, no notice
+    shrunk = fit_notice((512, 512), (32, 32), "resize")
     assert shrunk == ("This image is shrunk about 16× (512×512 → 32×32 px): the model sees far less detail "
                       "than the file has.")
-    tall = image_sources.fit_notice((40, 20), (32, 32), "center_crop")
+    tall = fit_notice((40, 20), (32, 32), "center_crop")
     assert tall == "This image is 20×40, not square: centre crop cuts top and bottom off."
-    assert "pad adds black bars left and right" in image_sources.fit_notice((40, 20), (32, 32), "pad")
-    assert "resize stretches it" in image_sources.fit_notice((20, 40), (32, 32), "resize")
-    assert image_sources.fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
+    assert "pad adds black bars left and right" in fit_notice((40, 20), (32, 32), "pad")
+    assert "resize stretches it" in fit_notice((20, 40), (32, 32), "resize")
+    assert fit_notice((32, 64), (16, 32), "resize") is None  # same 1:2 shape as a 1:2 model
 
 
 def test_true_label_from_a_class_named_file():
@@ -327,6 +327,11 @@ def test_every_page_renders(default_app, page):
     elif page.endswith("topk.py"):
         (spec,) = plotly_specs(at)
         assert spec["layout"]["shapes"][0]["x0"] == 8
+        # The noise floor for every k, not only at the chosen one; at k it is the floor shown.
+        floor = next(t for t in spec["data"] if t["name"] == "FViT noise floor (clean vs clean)")
+        curve = plotly_values(floor["y"])
+        assert len(curve) == len(result.vanilla.overlap_curve)
+        assert curve[7] == pytest.approx(result.faithful.topk_overlap_floor)
     elif page.endswith("sigma.py"):
         assert at.button(key="run_sweep").label == "Run sweep"
     elif page.endswith("layers.py"):
@@ -334,6 +339,9 @@ def test_every_page_renders(default_app, page):
         assert len(specs) == 2 and len(at.dataframe) == 2  # vanilla ViT and FViT, each with its colour bar
         assert [s["layout"]["title"]["text"].split(" [CLS]")[0] for s in specs] == ["Vanilla ViT", "Faithful ViT (DDS)"]
         assert all("colorbar" in s["layout"]["coloraxis"] for s in specs)
+        # The image under every tile: one picture per tile (layers x heads x clean/attacked).
+        tiles = [t for t in specs[0]["data"] if t["type"] == "heatmap"]
+        assert len([t for t in specs[0]["data"] if t["type"] == "image"]) == len(tiles) > 0
     elif page.endswith("export.py"):
         keys = {b.key for b in at.get("download_button")}
         assert {"dl_png", "dl_svg", "dl_pdf", "dl_html", "dl_json", "dl_csv", "dl_settings", "dl_image"} <= keys
@@ -357,6 +365,67 @@ def test_compare_shows_interactive_maps_on_one_colour_scale(default_app):
         heatmaps = [t for t in spec["data"] if t["type"] == "heatmap"]
         assert len(heatmaps) == 2 and all("rank" in t["hovertemplate"] for t in heatmaps)
         assert spec["layout"]["yaxis"]["scaleanchor"] == "x" and spec["layout"]["yaxis2"]["scaleanchor"] == "x2"
+
+
+def test_compare_shows_the_maps_on_the_photo_with_an_opacity_slider(default_app):
+    at = default_app
+    at.switch_page("views/compare.py").run()
+    result = current(at).result
+    on_photo = [image for image in at.image if any(", clean:" in c or ", attacked:" in c for c in image.captions)]
+    assert len(on_photo) == 4
+    assert at.slider(key="overlay_opacity").value == 0.5
+    assert "patch map is resampled smoothly over the whole photo" in captions(at)
+    before = [image.proto.imgs[0].url for image in on_photo]
+    at.slider(key="overlay_opacity").set_value(0.9).run()
+    assert not at.exception and current(at).result is result  # no new analysis: only the blend changes
+    after = [image.proto.imgs[0].url for image in at.image
+             if any(", clean:" in c or ", attacked:" in c for c in image.captions)]
+    assert len(after) == 4 and after != before
+
+
+def test_the_explained_class_can_be_chosen_and_is_named():
+    at = run_app(method="gradcam", target=3)
+    result = current(at).result
+    assert result.config.explanation.target == 3 and result.explanation["target_name"] == "cat"
+    assert "explains cat" in captions(at)
+    assert at.selectbox(key="target").value == 3
+    at.selectbox(key="target").set_value(None).run()
+    assert current(at).result.config.explanation.target is None
+    assert "explains the predicted class" in captions(at)
+
+
+def test_without_an_attack_nothing_is_said_to_be_crafted():
+    at = run_app(attack="none")
+    text = captions(at)
+    assert "No attack" in text and "crafted on" not in text
+
+
+def test_the_attack_caption_is_its_first_whole_sentence():
+    text = ("Expectation over transformation on DDS, Athalye et al. 2018 (e.g. for stochastic defences). "
+            "Second sentence.")
+    assert attack_widgets.first_sentence(text) == text.split(" Second")[0]
+    assert attack_widgets.first_sentence("No stop here") == "No stop here"
+    eot = ATTACKS["eot_dds"].description
+    assert not attack_widgets.first_sentence(eot).endswith("et al.")
+
+
+def test_an_abstention_says_why(default_app):
+    import dataclasses
+
+    from app import components
+
+    result = current(default_app).result
+    c = result.faithful.certified
+    names = result.class_names
+    top = result.fvit.clean.label
+    other = (top + 1) % len(names)
+    guessed_other = dataclasses.replace(result, faithful=dataclasses.replace(result.faithful, certified=dataclasses.replace(
+        c, predicted_class=-1, class_radius=0.0, guess_class=other, abstain_reason="guess-not-top", p_a_lower=0.1)))
+    text = components.abstain_text(guessed_other)
+    assert f"guess, {names[other]}" in text and f"not the FViT's top class ({names[top]})" in text and "0.10" in text
+    no_majority = dataclasses.replace(result, faithful=dataclasses.replace(result.faithful, certified=dataclasses.replace(
+        c, predicted_class=-1, class_radius=0.0, guess_class=top, abstain_reason="no-majority", p_a_lower=0.41)))
+    assert "no certified majority: p_A ≥ 0.41 < 1/2" in components.abstain_text(no_majority)
 
 
 def test_sidebar_says_what_the_model_is_and_groups_the_settings(default_app):
@@ -455,7 +524,9 @@ def test_upload_is_analysed_and_a_bad_upload_keeps_the_last_result():
     for name, data in (("notes.png", b"definitely not an image"), ("cut.png", encode(random_rgb(4))[:100])):
         at.file_uploader(key="upload").set_value((name, data, "image/png")).run()
         assert not at.exception
-        assert len(at.error) == 1 and at.error[0].value.startswith("Cannot use this image:")
+        # The banner names the refused file and the image still shown, not "this image".
+        assert len(at.error) == 1 and at.error[0].value.startswith(f"Cannot use {name}:")
+        assert at.error[0].value.endswith("Still showing the last image that worked, my_photo.png.")
         assert current(at).key == good_key  # the last good analysis stays on screen
         assert metric_values(at, "Top-8 overlap V₈")
     at.file_uploader(key="upload").set_value(None).run()

@@ -71,6 +71,37 @@ def test_errors_are_one_line_without_traceback(tiny_pair_dir, images, tmp_path, 
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "x.png", "--sigmaa", "0.5"], "unrecognized arguments: --sigmaa 0.5"),
+    (["analyze"], "the following arguments are required: image"),
+    (["analyse", "x.png"], "invalid choice: 'analyse'"),
+    (["eval", "--data"], "expected one argument"),
+    (["certify", "--n", "many"], "--n"),
+    ([], "the following arguments are required: command"),
+])
+def test_a_wrong_option_is_one_line_naming_the_help(tmp_path, args, message):
+    """argparse printed its usage block (3 to 16 lines) before the error; the README promises one."""
+    res = _run(args, tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert message in lines[0] and "--help lists the options" in lines[0] and "usage:" not in res.stderr
+
+
+def test_analyze_says_when_it_shrinks_or_stretches_a_photo(tiny_pair_dir, tmp_path):
+    """A 640x320 photo for a 32x32 model: the command says so on stderr (as the dashboard does
+    beside the upload) and the JSON keeps the original size."""
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (320, 640, 3), dtype=np.uint8)).save(photo)
+    res = _run(["analyze", str(photo), *FAST, "--classifier", str(tiny_pair_dir / "classifier"),
+                "--denoiser", str(tiny_pair_dir / "denoiser"), "--json", str(tmp_path / "r.json")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stderr.splitlines() if line.startswith("fvit analyze: note: ")]
+    assert len(notes) == 1 and "640×320" in notes[0] and "20×" in notes[0], res.stderr
+    image = json.loads((tmp_path / "r.json").read_text())["image"]
+    assert image["original_size"] == [320, 640] and image["fit_notice"] in notes[0]
+
+
 def test_bad_flag_value_exits_non_zero(tmp_path):
     res = _run(["analyze", "x.png", "--eps", "eight"], tmp_path)
     assert res.returncode == 2 and "not a number" in res.stderr

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -69,11 +70,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(url: str, process: subprocess.Popen) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path | None = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {process.returncode}: {process.stdout.read().decode()[-2000:]}")
+            said = log.read_text()[-2000:] if log else process.stdout.read().decode()[-2000:]
+            raise RuntimeError(f"streamlit exited with {process.returncode}: {said}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.read().strip() == b"ok":
@@ -83,8 +85,14 @@ def _wait_healthy(url: str, process: subprocess.Popen) -> None:
     raise RuntimeError(f"streamlit did not answer on {url} within {START_TIMEOUT_S} s")
 
 
+@dataclass
+class Server:
+    url: str
+    log: Path  # the server's stdout and stderr
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     reason = _missing()
     if reason:
         pytest.skip(reason)
@@ -92,17 +100,20 @@ def server():
     env = {k: v for k, v in os.environ.items() if k not in ("FVIT_MODELS_DIR", "FVIT_SAMPLES_DIR", "FVIT_ALLOW_DOWNLOAD")}
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log_file = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.runOnSave", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # Started as the README starts it (only the port differs), so .streamlit/config.toml is
+        # what keeps the server from contacting other hosts.
+        [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.port", str(port)],
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process)
-        yield url
+        _wait_healthy(url, process, log)
+        yield Server(url, log)
     finally:
+        log_file.close()
         process.terminate()
         try:
             process.wait(timeout=20)
@@ -167,7 +178,7 @@ def test_dashboard_as_a_person_uses_it(server, tmp_path):
                        if urlparse(r.url).scheme in ("http", "https", "ws", "wss")
                        and urlparse(r.url).hostname not in LOCAL_HOSTS else None)
             page = context.new_page()
-            page.goto(server, wait_until="domcontentloaded")
+            page.goto(server.url, wait_until="domcontentloaded")
             expect(page.get_by_text("FViT DDS, σ = 0.25,", exact=False)).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
             expect(page.get_by_text("Noise floor (clean vs clean)").first).to_be_visible()
             _wait_until_idle(page)
@@ -225,11 +236,70 @@ def test_dashboard_as_a_person_uses_it(server, tmp_path):
             while len(downloads) < 3 and time.monotonic() < deadline:
                 page.wait_for_timeout(200)
             files = {d.suggested_filename: Path(d.path()).read_bytes() for d in downloads}
-            assert set(files) == {"compare.png", "compare.svg", "metrics.csv"}
-            assert files["compare.png"].startswith(b"\x89PNG\r\n\x1a\n") and b"<svg" in files["compare.svg"][:400]
-            assert files["metrics.csv"].decode().splitlines()[0].startswith("model,")
-            assert "method" in files["metrics.csv"].decode().splitlines()[0]
+            # Every name starts with the same stem (image, attack, budget, method, sigma, digest),
+            # so exports of different analyses never collide.
+            stems = {name.rsplit("_", 1)[0] for name in files}
+            sigma = f"{0.25 + 0.01 * SLIDER_STEPS:g}"  # where the slider steps left it
+            assert len(stems) == 1 and stems.pop().startswith(f"dog_photo_pgd-8-255_raw_sigma{sigma}_"), sorted(files)
+            by_kind = {name.rsplit("_", 1)[1]: data for name, data in files.items()}
+            assert set(by_kind) == {"compare.png", "compare.svg", "metrics.csv"}
+            assert by_kind["compare.png"].startswith(b"\x89PNG\r\n\x1a\n") and b"<svg" in by_kind["compare.svg"][:400]
+            assert by_kind["metrics.csv"].decode().splitlines()[0].startswith("model,")
+            assert "method" in by_kind["metrics.csv"].decode().splitlines()[0]
             assert page.locator('[data-testid="stException"]').count() == 0
         finally:
             browser.close()
     assert not outside, f"requests left the machine: {sorted(set(outside))[:5]}"
+
+
+def _choose_attack(page, label: str) -> None:
+    page.get_by_role("tab", name="Attack").click()
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Attack").first.click()
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def test_an_attack_keeps_its_settings_after_another_attack_ran(server):
+    """Choose the adaptive EOT attack, run it, choose PGD: PGD's widgets show its own values
+    (eps 8/255, 10 steps, random start) and the analysis uses them. Streamlit drops the state of
+    widgets that were not drawn in a run; before this was fixed PGD came back with eps 0."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+            page.goto(server.url, wait_until="domcontentloaded")
+            expect(page.get_by_text("FViT DDS, σ = 0.25,", exact=False)).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
+            _wait_until_idle(page)
+            _choose_attack(page, "Adaptive EOT attack on DDS")
+            _wait_until_idle(page)
+            page.get_by_role("button", name="Run analysis").click()
+            expect(page.get_by_text("crafted on the FViT (adaptive)", exact=False)).to_be_visible(
+                timeout=ANALYSIS_TIMEOUT_MS)
+            _wait_until_idle(page)
+            # The wait notice and its buttons are gone once the clicked analysis is shown.
+            assert page.get_by_role("button", name="Run analysis").count() == 0
+
+            _choose_attack(page, "PGD (Linf)")
+            expect(page.get_by_text("PGD (Linf): eps 8/255", exact=False)).to_be_visible(timeout=ANALYSIS_TIMEOUT_MS)
+            expect(page.get_by_text("‖δ‖∞ = 8.0/255", exact=False)).to_be_visible()
+            _wait_until_idle(page)
+            # expect() retries: the EOT attack's widgets may linger for a moment while the page updates.
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            eps = sidebar.locator('[data-testid="stSlider"]').filter(has_text="eps (/255)").get_by_role("slider")
+            steps = sidebar.get_by_label("steps", exact=True)
+            expect(steps).to_have_count(1)
+            expect(eps).to_have_value("8")
+            expect(steps).to_have_value("10")
+            expect(sidebar.get_by_role("checkbox", name="random_start")).to_be_checked()
+            assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            browser.close()
+
+
+def test_the_server_starts_without_contacting_other_hosts(server):
+    """Started as the README starts it, the server does not look up its outside IP (Streamlit's
+    'External URL' asks checkip.amazonaws.com) and prints one local address."""
+    said = server.log.read_text()
+    assert "External URL" not in said and "Did not auto detect external IP" not in said, said[-1500:]
+    assert "URL: http://localhost:" in said, said[-1500:]

@@ -191,7 +191,11 @@ def test_plotly_compare_shares_the_colour_axis(result):
     data = json.loads(interactive.plotly_compare(result).to_json())
     heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 4 and {t["coloraxis"] for t in heatmaps} == {"coloraxis"}
-    assert data["layout"]["coloraxis"]["cmax"] == pytest.approx(style.attention_scale(result))
+    scale = style.map_scale(result)  # raw attention: linear from 0 to the largest weight of the four maps
+    largest = max(float(np.max(getattr(style.comparison(result, w), n).attention)) for w in style.MODEL_KEYS
+                  for n in ("clean", "attacked"))
+    assert data["layout"]["coloraxis"]["cmin"] == 0 and data["layout"]["coloraxis"]["cmax"] == pytest.approx(largest)
+    assert scale.vmax == pytest.approx(largest) and scale.label == "attention weight (share of the patches)"
     # Square pixels in every panel: each y axis anchored to its own x axis (the HTML export
     # stretched three of four panels when all were anchored to the first).
     for i, suffix in enumerate(("", "2", "3", "4"), start=1):
@@ -205,8 +209,8 @@ def test_patch_ranks_order_by_weight_with_ties_in_patch_order():
 
 
 def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
-    vmax = style.attention_scale(result)
-    data = json.loads(interactive.plotly_attention_maps(result, "fvit", vmax=vmax).to_json())
+    vmax = style.map_scale(result).vmax
+    data = json.loads(interactive.plotly_attention_maps(result, "fvit", scale=style.map_scale(result)).to_json())
     heatmaps = [t for t in data["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 2 and data["layout"]["coloraxis"]["cmax"] == pytest.approx(vmax)
     assert "rank" in heatmaps[0]["hovertemplate"] and "weight" in heatmaps[0]["hovertemplate"]
@@ -274,14 +278,17 @@ def test_settings_json_reproduces_the_analysis_through_the_cli(tiny_pair_dir, tm
     assert (tmp_path / "figs" / "compare.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_export_bundle_holds_everything(result, sweep_rows, layer_maps):
+def test_export_bundle_holds_everything(result, sweep_rows, layer_maps, image):
     data = export.export_bundle(result, image_name="cat.png", image_bytes=b"PNG", sweep_rows=sweep_rows,
-                                 layer_maps=layer_maps, formats=("svg",))
+                                 layer_maps={"vanilla": layer_maps, "fvit": layer_maps[::-1]}, photo=image,
+                                 formats=("svg",))
     archive = zipfile.ZipFile(io.BytesIO(data))
     names = set(archive.namelist())
+    # Both models' layer figures and the maps on the photo (the review found only the vanilla one).
     assert {"result.json", "metrics.csv", "settings.json", "cat.png", "README.txt", "sigma_sweep.csv",
-            "figures/compare.svg", "figures/sigma_sweep.svg", "figures/layer_heads.svg",
-            "interactive/compare.html", "interactive/layer_heads.html", "interactive/plotly.min.js"} <= names
+            "figures/compare.svg", "figures/sigma_sweep.svg", "figures/layer_heads_vanilla.svg",
+            "figures/layer_heads_fvit.svg", "figures/on_photo.svg", "interactive/compare.html",
+            "interactive/layer_heads_fvit.html", "interactive/on_photo.html", "interactive/plotly.min.js"} <= names
     assert 'src="plotly.min.js"' in archive.read("interactive/compare.html").decode()
     readme = zipfile.ZipFile(io.BytesIO(data)).read("README.txt").decode()
     assert "fvit analyze cat.png --config settings.json" in readme
@@ -338,7 +345,7 @@ def test_layer_head_overlap_and_figure(layer_maps):
     assert overlap.shape == (2, 2) and np.all((0 <= overlap) & (overlap <= 1))
     fig = static.layer_heads_figure(layer_maps, (4, 4), model="Faithful ViT (DDS)", subtitle="raw attention · N = 6")
     assert len(fig.axes) == 2 * 2 * 2 + 1  # the maps and one colour bar
-    assert fig.axes[-1].get_ylabel() == "weight ÷ the row's largest weight"
+    assert fig.axes[-1].get_xlabel() == "weight ÷ the row's largest weight"  # a horizontal bar
     assert fig._suptitle.get_text().startswith("Faithful ViT (DDS)") and "N = 6" in fig._suptitle.get_text()
     data = json.loads(interactive.plotly_layer_heads(layer_maps, (4, 4)).to_json())
     assert data["layout"]["coloraxis"]["colorbar"]["title"]["text"] == "weight ÷ layer's largest"
@@ -370,3 +377,178 @@ def test_smoothed_layer_maps_average_the_denoised_samples(result, tiny_pair):
     with pytest.raises(ValueError, match="sigma"):
         smoothed_layer_head_attention(tiny_pair, result.clean_image, result.attacked_image, mode="dds", sigma=0.0,
                                       n_samples=4, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout: nothing cut off, no legend over the data
+# --------------------------------------------------------------------------------------------
+
+
+def _display_boxes(fig):
+    """Drawn at the export resolution: (figure box, [(text, box)], [(axes, legend box)])."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    with style.publication_style():
+        FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and t.figure is not None]
+    legends = [legend.get_window_extent(renderer) for legend in fig.findobj(Legend)]
+    return fig.bbox, texts, legends
+
+
+def _data_boxes(fig):
+    """Display-space boxes of every drawn data mark: line vertices, bars, filled bands."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = line.get_xydata()
+            if line.get_transform().is_affine is False or len(xy) < 1:
+                continue
+            points = line.get_transform().transform(xy)
+            boxes += [Bbox([p - 0.5, p + 0.5]) for p in points[np.isfinite(points).all(axis=1)]]
+        boxes += [bar.get_window_extent() for bar in ax.patches if isinstance(bar, Rectangle) and bar.get_width() > 0
+                  and bar.get_height() > 0 and bar.get_visible() and bar.get_fill()]
+        boxes += [c.get_window_extent() for c in ax.collections if isinstance(c, PolyCollection)]
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def long_result(image, tiny_pair):
+    """The longest settings line a figure states: a class-dependent method with a chosen class."""
+    return analyze(image, AnalysisConfig.of(**FAST, method="transformer_attribution", target=3), pair=tiny_pair)
+
+
+@pytest.mark.parametrize("name", [*export.RESULT_FIGURES, "sigma_sweep", "layer_heads", "on_photo"])
+@pytest.mark.parametrize("which", ["result", "long_result"])
+def test_no_text_is_cut_off_and_no_legend_covers_data(name, which, request, image, sweep_rows, layer_maps):
+    """The export review found a title running off divergence.png, labels over the data in
+    sigma_sweep.png and a legend over the bars of distributions.png: every text of every figure
+    lies inside it, and no legend box covers a line vertex, a bar or a band."""
+    result = request.getfixturevalue(which)
+    if name == "sigma_sweep":
+        fig = static.sigma_sweep_figure(sweep_rows, current_sigma=0.12)
+    elif name == "layer_heads":
+        (_, _, fig_builder, _), = export.layer_heads_builders(result, {"vanilla": layer_maps})
+        fig = fig_builder()
+    elif name == "on_photo":
+        fig = export.overlay_figure(result, image)
+    else:
+        fig = export.RESULT_FIGURES[name].matplotlib(result)
+    frame, texts, legends = _display_boxes(fig)
+    # What is drawn (fig.get_tightbbox: ticks outside the axis limits are not) lies in the figure.
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
+    outside = [text for text, box in texts if not (box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1
+                                                  and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1)]
+    assert (drawn.x0 >= frame.x0 - 1 and drawn.x1 <= frame.x1 + 1 and drawn.y0 >= frame.y0 - 1
+            and drawn.y1 <= frame.y1 + 1), f"{name}: drawn {drawn} runs off {frame}; texts outside: {outside}"
+    marks = _data_boxes(fig)
+    for legend in legends:
+        covered = [box for box in marks if legend.overlaps(box)]
+        assert not covered, f"{name}: the legend at {legend} covers {len(covered)} data marks"
+
+
+# --------------------------------------------------------------------------------------------
+# Colour scales per method family; names of the exports; abstentions in metrics.csv
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lrp_result(image, tiny_pair):
+    return analyze(image, AnalysisConfig.of(**FAST, method="lrp"), pair=tiny_pair)
+
+
+def test_signed_relevance_gets_a_diverging_scale_centred_on_zero(lrp_result):
+    """LRP's relevances are signed: a diverging map, symmetric about 0, its own colour-bar label,
+    the signed values drawn (not the clipped non-negative weights)."""
+    scale = style.map_scale(lrp_result)
+    assert scale.signed and scale.cmap == style.SIGNED_CMAP and scale.vmin == -scale.vmax > -np.inf
+    assert scale.label.startswith("signed relevance")
+    view = lrp_result.vanilla.clean
+    assert view.relevance is not None and (view.relevance < 0).any()
+    np.testing.assert_array_equal(scale.values(view), view.relevance)
+    assert np.abs(view.relevance).sum() == pytest.approx(1.0, rel=1e-5)
+    magnitudes = np.abs(np.concatenate([getattr(style.comparison(lrp_result, w), n).relevance
+                                        for w in style.MODEL_KEYS for n in ("clean", "attacked")]))
+    assert scale.vmax == pytest.approx(np.percentile(magnitudes, style.RELEVANCE_PERCENTILE))
+    fig = static.compare_figure(lrp_result)
+    heat = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == style.SIGNED_CMAP]
+    assert len(heat) == 4 and all(im.get_clim() == (scale.vmin, scale.vmax) for im in heat)
+    assert fig.axes[-1].get_ylabel() == scale.label
+    data = json.loads(interactive.plotly_compare(lrp_result).to_json())
+    assert data["layout"]["coloraxis"]["cmin"] == pytest.approx(-scale.vmax)
+    assert data["layout"]["coloraxis"]["colorbar"]["title"]["text"] == scale.label
+    assert json.loads(lrp_result.dumps())["vanilla"]["clean"]["relevance"] == pytest.approx(view.relevance.tolist())
+
+
+def test_unsigned_relevance_saturates_its_top_percent_and_attention_does_not(image, tiny_pair, result):
+    """One patch of a Transformer Attribution map can hold most of the relevance: its scale stops
+    at the 98th percentile (Captum's outlier_perc=2) instead of letting one patch wash out the
+    rest; raw attention keeps the linear scale to its largest weight."""
+    ta = analyze(image, AnalysisConfig.of(**FAST, method="transformer_attribution"), pair=tiny_pair)
+    scale = style.map_scale(ta)
+    weights = np.concatenate([getattr(style.comparison(ta, w), n).attention for w in style.MODEL_KEYS
+                              for n in ("clean", "attacked")])
+    assert not scale.signed and scale.vmin == 0.0
+    assert scale.vmax == pytest.approx(np.percentile(weights, style.RELEVANCE_PERCENTILE)) and scale.vmax < weights.max()
+    assert scale.label.startswith("relevance") and "attention weight" not in scale.label
+    assert style.map_scale(result).label == "attention weight (share of the patches)"
+
+
+def test_export_names_say_what_was_exported_and_never_collide(result, image, tiny_pair):
+    stem = export.export_stem(result, "my cat.jpg")
+    assert stem.startswith("my_cat_pgd-") and "_raw_sigma0.25_" in stem
+    other = analyze(image, AnalysisConfig.of(**FAST, sigma=0.5), pair=tiny_pair)
+    assert export.export_stem(other, "my cat.jpg") != stem
+    assert export.export_stem(result, "my cat.jpg") == stem  # same analysis, same name
+    l2 = analyze(image, AnalysisConfig.of(**{**FAST, "steps": 1}, attack="pgdl2", eps=0.5), pair=tiny_pair)
+    assert "_pgdl2-0.5_" in export.export_stem(l2, "x.png")  # an L2 budget is not read in /255
+
+
+def test_an_abstention_is_not_a_zero_radius_in_metrics_csv(result):
+    import dataclasses
+
+    c = result.faithful.certified
+    abstained = dataclasses.replace(result, faithful=dataclasses.replace(result.faithful, certified=dataclasses.replace(
+        c, predicted_class=-1, class_radius=0.0, abstain_reason="no-majority")))
+    rows = list(csv.DictReader(io.StringIO(export.metrics_csv(abstained).decode())))
+    fvit = rows[1]
+    assert fvit["certified_class"] == "abstain" and fvit["class_radius_l2"] == ""
+    assert fvit["abstain_reason"] == "no-majority"
+    certified = dataclasses.replace(result, faithful=dataclasses.replace(result.faithful, certified=dataclasses.replace(
+        c, predicted_class=2, class_radius=0.31, abstain_reason=None)))
+    fvit = list(csv.DictReader(io.StringIO(export.metrics_csv(certified).decode())))[1]
+    assert fvit["certified_class"] == result.class_names[2] and float(fvit["class_radius_l2"]) == 0.31
+    assert fvit["abstain_reason"] == ""
+
+
+def test_the_floor_curve_is_the_floor_at_every_k(result):
+    """The Top-k page's floor for every k: at the chosen k it is the floor the cards show (the
+    same bootstrap draws), and the static figure draws the same curve."""
+    d, k = result.faithful, result.config.explanation.k
+    assert d.overlap_curve_floor is not None and len(d.overlap_curve_floor) == len(result.vanilla.overlap_curve)
+    assert d.overlap_curve_floor[k - 1] == pytest.approx(d.topk_overlap_floor, abs=1e-12)
+    assert d.overlap_curve_floor[-1] == pytest.approx(1.0)  # k = P: every patch is in both sets
+    data = json.loads(interactive.plotly_overlap_curve(result).to_json())
+    floor = next(t for t in data["data"] if t["name"] == "FViT noise floor (clean vs clean)")
+    np.testing.assert_allclose(plotly_values(floor["y"]), d.overlap_curve_floor)
+    fig = static.overlap_curve_figure(result)
+    drawn = next(line for line in fig.axes[0].get_lines() if line.get_label() == "FViT noise floor (clean vs clean)")
+    np.testing.assert_allclose(drawn.get_ydata(), d.overlap_curve_floor)
+
+
+def test_layer_tiles_lie_over_the_image(result, layer_maps):
+    images = (result.clean_view, result.attacked_view)
+    fig = static.layer_heads_figure(layer_maps, result.grid_size, images=images)
+    tiles = fig.axes[0].get_images()
+    assert len(tiles) == 2 and tiles[1].get_alpha() == style.OVERLAY_ALPHA
+    np.testing.assert_allclose(tiles[0].get_array(), style.to_hwc(result.clean_view))
+    data = json.loads(interactive.plotly_layer_heads(layer_maps, result.grid_size, images=images).to_json())
+    assert [t["type"] for t in data["data"][:2]] == ["image", "heatmap"] and data["data"][1]["opacity"] == style.OVERLAY_ALPHA
+    with pytest.raises(ValueError, match="clean and the attacked image"):
+        static.layer_heads_figure(layer_maps, result.grid_size, images=(result.clean_view,))

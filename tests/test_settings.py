@@ -25,7 +25,7 @@ ANALYSIS_NAMES = {
     "attack", "attack_params", "batch_size", "beta", "bootstrap", "classifier", "confidence_alpha", "denoiser",
     "device", "early_stop", "early_stop_alpha", "eps", "head_fusion", "image_mode", "k", "method", "mode", "model",
     "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "precision", "renyi_alpha", "seed",
-    "sensitivity_norm", "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigma", "steps"}
+    "sensitivity_norm", "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigma", "steps", "target"}
 EVAL_NAMES = {
     "allow_download", "attack_params", "attacks", "batch_size", "beta", "bootstrap", "classifier", "data", "denoiser",
     "device", "dist_backend", "eps", "figures", "head_fusion", "image_mode", "k", "label_map", "limit", "methods",

@@ -13,16 +13,18 @@ cur = components.page_header(
 )
 if cur is not None:
     result = cur.result
-    vmax = style.attention_scale(result)
+    scale = style.map_scale(result)
     columns = st.columns(2, gap="medium")
     for column, which in zip(columns, style.MODEL_KEYS):
         with column:
             st.markdown(f"#### {style.model_label(result, which)}")
-            components.show_plotly(interactive.plotly_attention_maps(result, which, vmax=vmax), f"maps_{which}")
+            components.show_plotly(interactive.plotly_attention_maps(result, which, scale=scale), f"maps_{which}")
             components.overlap_cards(result, which)
             components.prediction_cards(result, which)
             if which == "fvit":
                 components.certificate_cards(result)
+    st.markdown("#### On your photo")
+    components.show_on_photo(cur, scale)
     metrics_table.show(result)
     st.markdown("#### Inputs")
     components.show_inputs(cur)

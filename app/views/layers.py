@@ -29,7 +29,8 @@ if cur is not None:
             overlap = static.layer_head_overlap(maps, k)
             left, right = st.columns([3, 2], gap="large")
             with left:
-                components.show_plotly(interactive.plotly_layer_heads(maps, result.grid_size, model=label, subtitle=subtitle),
+                components.show_plotly(interactive.plotly_layer_heads(maps, result.grid_size, model=label, subtitle=subtitle,
+                                                                      images=(result.clean_view, result.attacked_view)),
                                        f"plot_layers_{which}")
             with right:
                 st.markdown(f"**Top-{k} overlap V{components.sub(k)} per layer and head** (clean vs attacked)")

@@ -19,6 +19,9 @@ from fvit_core.method.monte_carlo import SmoothedOutput
 #   certificate abstains (valid, only less often certified);
 # - "shared": the estimation votes themselves (only when neither is given; flagged).
 SELECTION_SOURCES: tuple[str, ...] = ("second-estimate", "vanilla-prediction", "shared")
+# Why CERTIFY abstains: the guessed class is not the smoothed classifier's top class of the
+# estimation votes, or it is but its share's lower bound p_A_lower is below 1/2.
+ABSTAIN_REASONS: tuple[str, ...] = ("guess-not-top", "no-majority")
 
 
 def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, source: str,
@@ -29,8 +32,12 @@ def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarr
     sigma, alpha = cfg.smoothing.sigma, cfg.confidence_alpha
     k, beta = cfg.explanation.k, cfg.explanation.beta
     cls, radius = certify.certify_counts(selection, clean.votes, sigma, alpha)
-    n_a = int(clean.votes[cls]) if cls != certify.ABSTAIN else int(clean.votes.max())
-    p_lower = certify.lower_confidence_bound(n_a, int(clean.votes.sum()), alpha)
+    # What CERTIFY tried: the guessed class c_A and the bound on its share of the votes.
+    guess = int(np.argmax(selection))
+    p_lower = certify.lower_confidence_bound(int(clean.votes[guess]), int(clean.votes.sum()), alpha)
+    reason = None
+    if cls == certify.ABSTAIN:
+        reason = "no-majority" if guess == int(np.argmax(clean.votes)) else "guess-not-top"
     k_radius = 0.0
     # The bound compares ranks up to k + k0 (METHOD.md 5.3): for larger k (or k = P) nothing is
     # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
@@ -43,5 +50,6 @@ def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarr
         topk_radius_linf=float(certify.linf_from_l2(k_radius, input_dim)), p_a_lower=float(p_lower),
         perturbation_l2=perturbation_l2,
         prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, sigma, cfg.renyi_alpha)),
-        measured_renyi=float(measured), independent_selection=independent, selection=source,
+        measured_renyi=float(measured), independent_selection=independent, selection=source, guess_class=guess,
+        abstain_reason=reason,
     )

@@ -119,6 +119,6 @@ class AnalysisConfig(ComparisonConfig):
         settings, alpha = eps / 5): computed once per analysis by the pipeline."""
         return self.attack.resolve(self.follow())
 
-    def check_model(self, num_patches: int) -> None:
-        """What depends on the model: k at most its patches."""
-        self.explanation.check_model(num_patches)
+    def check_model(self, num_patches: int, num_classes: int | None = None) -> None:
+        """What depends on the model: k at most its patches, the target class one of its classes."""
+        self.explanation.check_model(num_patches, num_classes)

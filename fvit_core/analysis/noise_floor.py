@@ -9,6 +9,7 @@ model passes). Shared by ``fvit analyze`` and ``fvit eval``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -101,14 +102,27 @@ def bootstrap_noise_floor(samples: np.ndarray, k: int, n_boot: int, rng: np.rand
     returns the mean V_k between their means (an estimate of the expected floor) and the 95%
     percentile interval of those V_k values.
     """
-    values = _bootstrap_overlaps(samples, samples, k, n_boot, rng)
+    floor = _bootstrap_floor(samples, k, n_boot, rng)
+    return floor.value, floor.ci
+
+
+def _bootstrap_floor(samples: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> "NoiseFloor":
+    means_a, means_b = _bootstrap_means(samples, samples, n_boot, rng)
+    values = np.asarray(metrics.topk_overlap(means_a, means_b, k))
     lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(values.mean()), (float(lo), float(hi))
+    curve = metrics.overlap_curve(means_a, means_b).mean(axis=0)  # the same resamples for every k
+    return NoiseFloor(float(values.mean()), (float(lo), float(hi)), curve)
 
 
 def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) V_k between means of resamples of a and b; the means are count-weighted sums,
-    so memory is (n_boot, N) counts, not (n_boot, N, P) copies."""
+    """(n_boot,) V_k between means of resamples of a and b."""
+    return np.asarray(metrics.topk_overlap(*_bootstrap_means(a, b, n_boot, rng), k))
+
+
+def _bootstrap_means(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(n_boot, P) means of resamples of a and of b; the means are count-weighted sums, so memory
+    is (n_boot, N) counts, not (n_boot, N, P) copies."""
     if n_boot < 1 or len(a) < 2 or len(b) < 2:
         raise SettingError("the bootstrap needs at least 2 samples per estimate and n_boot >= 1")
     idx_a = np.empty((n_boot, len(a)), dtype=np.int64)
@@ -116,7 +130,7 @@ def _bootstrap_overlaps(a: np.ndarray, b: np.ndarray, k: int, n_boot: int, rng: 
     for i in range(n_boot):  # the draw order of the original per-resample loop: same seed, same numbers
         idx_a[i] = rng.integers(0, len(a), len(a))
         idx_b[i] = rng.integers(0, len(b), len(b))
-    return np.asarray(metrics.topk_overlap(_resample_means(a, idx_a), _resample_means(b, idx_b), k))
+    return _resample_means(a, idx_a), _resample_means(b, idx_b)
 
 
 def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -125,20 +139,30 @@ def _resample_means(samples: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return counts.astype(np.float64) @ samples / n
 
 
+class NoiseFloor(NamedTuple):
+    """The noise floor of V_k at the analysis's k (``value``, its 95% interval ``ci`` or None) and
+    for every k = 1..P (``curve``, from the same estimates: ``curve[k - 1] == value``); all None
+    when there is no floor."""
+
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    curve: np.ndarray | None = None
+
+
 def noise_floor_estimate(floor: NoiseFloorSettings, k: int, clean: SmoothedOutput, second: SmoothedOutput | None,
-                         rng: np.random.Generator) -> tuple[float | None, tuple[float, float] | None]:
-    """(noise floor V_k, its 95% interval) for the chosen estimator; (None, None) when off.
+                         rng: np.random.Generator) -> NoiseFloor:
+    """The noise floor for the chosen estimator (an empty :class:`NoiseFloor` when off).
 
     The second estimate (``second``) when the estimator is "independent", else the bootstrap of
     the clean samples. ``rng``: protocol/seeds' "bootstrap" stage, purpose "floor"."""
     if not floor.enabled or clean.samples_attention is None and second is None:
-        return None, None
+        return NoiseFloor()
     if second is not None:
         value = float(metrics.topk_overlap(clean.attention, second.attention, k))
         ci = None
         if floor.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
             ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, k, floor.bootstrap, rng)
-        return value, ci
+        return NoiseFloor(value, ci, metrics.overlap_curve(clean.attention, second.attention))
     if clean.n_samples < 2:
-        return None, None
-    return bootstrap_noise_floor(clean.samples_attention, k, floor.bootstrap, rng)
+        return NoiseFloor()
+    return _bootstrap_floor(clean.samples_attention, k, floor.bootstrap, rng)

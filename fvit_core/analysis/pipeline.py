@@ -34,7 +34,7 @@ from fvit_core.analysis.noise_floor import bootstrap_overlap, floor_pairs, map_m
 from fvit_core.analysis.result import AnalysisResult, FaithfulDetails, ImageView, ModelComparison
 from fvit_core.attacks.runner import run_attack
 from fvit_core.attacks.settings import ResolvedAttack
-from fvit_core.data.images import image_digest, prepare_image
+from fvit_core.data.images import fit_notice, image_digest, prepare_image
 from fvit_core.data.pixels import check_pixels, resize_pixels
 from fvit_core.errors import NON_FINITE_HINT, ModelLoadError, SettingError
 from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
@@ -131,6 +131,7 @@ class _AttackStage:
     x_adv: torch.Tensor  # (1, 3, H, W) on the pair's device
     attention: np.ndarray  # (2, P) vanilla explanation of clean, attacked
     probs: np.ndarray  # (2, C)
+    relevance: np.ndarray | None = None  # (2, P) signed relevances of a signed method
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ class _CacheKeys:
             skip = _ATTACK_FIELDS | _ESTIMATE_FREE_FIELDS
             settings = {name: value for name, value in cfg.to_dict().items() if name not in skip}
             estimates = (digest, seeds.image, json.dumps(settings, sort_keys=True, default=str), precision, *models)
-        return cls(adversarial, (*adversarial, cfg.explanation.method, cfg.explanation.head_fusion), estimates)
+        explanation = cfg.explanation
+        return cls(adversarial, (*adversarial, explanation.method, explanation.head_fusion, explanation.target),
+                   estimates)
 
 
 def _models_key(pair: ModelPair) -> tuple:
@@ -189,13 +192,14 @@ class _Analysis:
         self.timer, self.cfg, self.pair, self.report, self.cache = _Timer(), cfg, pair, report, cache
         t0 = time.perf_counter()
         smoothing = cfg.smoothing
-        cfg.check_model(pair.classifier.num_patches)
+        cfg.check_model(pair.classifier.num_patches, pair.classifier.num_classes)
         # t* > 0, steps <= t*: before any work.
         check_schedule(pair.denoiser, smoothing.sigma, smoothing.mode, smoothing.multistep_steps)
         arr = _as_pixels(image)
         # Every draw comes from a generator of (seed, the decoded image's digest, stage, settings):
         # protocol/seeds, the same in fvit eval and certify.
         self.seeds = ImageSeeds(cfg.seed, image_digest(arr))
+        self.original_size = (int(arr.shape[1]), int(arr.shape[2]))
         self.prepared = prepare_image(arr, pair.smoothing_size(smoothing.mode), mode=cfg.image_mode).astype(np.float32)
         self.x = torch.from_numpy(self.prepared)[None].to(pair.device)
         self.digest = image_digest(self.prepared)
@@ -269,10 +273,10 @@ class _Analysis:
                 cache.attacked_images.put(clf, self.keys.adversarial, x_adv)
         t0 = self.timer.lap("attack", t0)
         with torch.inference_mode():
-            att_v, probs_v = vanilla(self.pair, torch.cat([self.x, x_adv]), method=explanation.method,
-                                     head_fusion=explanation.head_fusion)
+            views = vanilla(self.pair, torch.cat([self.x, x_adv]), method=explanation.method,
+                            head_fusion=explanation.head_fusion, target=explanation.target)
         self.timer.lap("vanilla", t0)
-        stage = _AttackStage(x_adv=x_adv, attention=att_v, probs=probs_v)
+        stage = _AttackStage(x_adv=x_adv, attention=views.attention, probs=views.probs, relevance=views.relevance)
         if cache is not None:
             cache.attack_stages.put(clf, self.keys.attack, stage)
         return stage
@@ -297,11 +301,12 @@ class _Analysis:
     def _sample(self, images: torch.Tensor, generator: torch.Generator, start: float, span: float, *,
                 n_samples: int | None = None, keep: bool | None = None, **kwargs: Any) -> list[SmoothedOutput]:
         """FaithfulViT.sample with the analysis' explanation (progress mapped to [start, start + span])."""
-        cfg = self.cfg
+        cfg, explanation = self.cfg, self.cfg.explanation
         floor = cfg.floor
         keep = floor.bootstrap > 0 or floor.from_bootstrap if keep is None else keep
-        return self.fvit.sample(images.cpu(), n_samples or cfg.sampling.n_samples, method=cfg.explanation.method,
-                                head_fusion=cfg.explanation.head_fusion, generator=generator, keep_samples=keep,
+        return self.fvit.sample(images.cpu(), n_samples or cfg.sampling.n_samples, method=explanation.method,
+                                head_fusion=explanation.head_fusion, target=explanation.target, generator=generator,
+                                keep_samples=keep,
                                 progress=lambda done, total: self.report("smoothing", start + span * done / total),
                                 **kwargs)
 
@@ -349,11 +354,12 @@ class _Analysis:
         One batched vanilla pass and one smoothing call over the M images (each n_samples draws);
         the ball draws and the smoothing noise come from their own seeded generators.
         """
-        cfg, sens = self.cfg, self.cfg.sensitivity
+        cfg, sens, explanation = self.cfg, self.cfg.sensitivity, self.cfg.explanation
         images = ball_perturbations(self.x, sens.samples, sens.radius, sens.norm, self.seeds.generator("sensitivity-draws"))
-        att_v, _ = vanilla(self.pair, images, method=cfg.explanation.method, head_fusion=cfg.explanation.head_fusion)
-        outs = self.fvit.sample(images.cpu(), cfg.sampling.n_samples, method=cfg.explanation.method,
-                                head_fusion=cfg.explanation.head_fusion,
+        att_v = vanilla(self.pair, images, method=explanation.method, head_fusion=explanation.head_fusion,
+                        target=explanation.target).attention
+        outs = self.fvit.sample(images.cpu(), cfg.sampling.n_samples, method=explanation.method,
+                                head_fusion=explanation.head_fusion, target=explanation.target,
                                 generator=self.seeds.generator("sensitivity", *self.parts))
         return att_v, np.stack([out.attention for out in outs])
 
@@ -366,10 +372,11 @@ class _Analysis:
         clean_s, adv_s = outs[0], outs[1]
         second = outs[2] if len(outs) > 2 else None
         att_v, probs_v = stage.attention.copy(), stage.probs.copy()  # results never alias the cache
-        vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names), _view(probs_v[1], att_v[1], names), k,
-                               cfg.renyi_alpha, grid)
-        fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names), _view(adv_s.probs, adv_s.attention, names),
-                            k, cfg.renyi_alpha, grid)
+        rel_v = (None, None) if stage.relevance is None else stage.relevance.copy()
+        vanilla_cmp = _compare(_view(probs_v[0], att_v[0], names, rel_v[0]), _view(probs_v[1], att_v[1], names, rel_v[1]),
+                               k, cfg.renyi_alpha, grid)
+        fvit_cmp = _compare(_view(clean_s.probs, clean_s.attention, names, clean_s.relevance),
+                            _view(adv_s.probs, adv_s.attention, names, adv_s.relevance), k, cfg.renyi_alpha, grid)
         # The bootstrap stage's generators, one per purpose (protocol/seeds; fvit eval uses the same).
         pairs = floor_pairs(cfg.floor, clean_s, second, self.seeds.rng("bootstrap", *self.parts, "pairs"))
         if perturbed is not None:
@@ -381,8 +388,7 @@ class _Analysis:
         if cfg.floor.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
             ci = bootstrap_overlap(clean_s.samples_attention, adv_s.samples_attention, k, cfg.floor.bootstrap,
                                    self.seeds.rng("bootstrap", *self.parts, "interval"))
-        floor, floor_ci = noise_floor_estimate(cfg.floor, k, clean_s, second,
-                                               self.seeds.rng("bootstrap", *self.parts, "floor"))
+        floor = noise_floor_estimate(cfg.floor, k, clean_s, second, self.seeds.rng("bootstrap", *self.parts, "floor"))
         delta = (x_adv - x).flatten()
         l2 = float(delta.norm(p=2))
         # Cohen's CERTIFY wants a class guess independent of the estimation counts (SELECTION_SOURCES):
@@ -396,12 +402,13 @@ class _Analysis:
                              clf.num_patches)
         faithful = FaithfulDetails(
             mode=cfg.smoothing.mode, sigma=cfg.smoothing.sigma, t_star=clean_s.t_star, n_samples=clean_s.n_samples,
-            precision=self.precision, noise_floor_estimator=cfg.floor.estimator if floor is not None else None,
-            topk_overlap_floor=floor, topk_overlap_ci=ci, topk_overlap_floor_ci=floor_ci,
+            precision=self.precision, noise_floor_estimator=cfg.floor.estimator if floor.value is not None else None,
+            topk_overlap_floor=floor.value, topk_overlap_ci=ci, topk_overlap_floor_ci=floor.ci,
             votes_clean=clean_s.votes, votes_attacked=adv_s.votes,
             attention_se_clean=clean_s.attention_se, attention_se_attacked=adv_s.attention_se,
             certified=certs, denoised_sample=clean_s.denoised_sample,
             map_metrics_floor=map_metrics_floor(pairs, grid, k), stopped_early=bool(clean_s.stopped_early),
+            overlap_curve_floor=floor.curve,
         )
         self.timer.lap("metrics", t0)
         views = resize_pixels(torch.cat([x, x_adv]).float().cpu(), clf.img_size).numpy()
@@ -411,15 +418,18 @@ class _Analysis:
             config=cfg, class_names=tuple(names), grid_size=clf.grid_size, image_digest=self.digest,
             clean_image=x[0].cpu().numpy().copy(), attacked_image=x_adv[0].cpu().numpy().copy(), attack=attack_info,
             vanilla=vanilla_cmp, fvit=fvit_cmp, faithful=faithful, timing=self.timer.finish(),
-            clean_view=views[0].copy(), attacked_view=views[1].copy(),
+            clean_view=views[0].copy(), attacked_view=views[1].copy(), original_size=self.original_size,
+            fit_notice=fit_notice(self.original_size, tuple(clf.img_size), cfg.image_mode),
         )
         _check_finite(result)
         return result
 
 
-def _view(probs: np.ndarray, attention: np.ndarray, names: tuple[str, ...]) -> ImageView:
+def _view(probs: np.ndarray, attention: np.ndarray, names: tuple[str, ...], relevance: np.ndarray | None = None
+          ) -> ImageView:
     label = int(np.argmax(probs))
-    return ImageView(label=label, label_name=names[label], confidence=float(probs[label]), probs=probs, attention=attention)
+    return ImageView(label=label, label_name=names[label], confidence=float(probs[label]), probs=probs,
+                     attention=attention, relevance=relevance)
 
 
 def _compare(clean: ImageView, attacked: ImageView, k: int, renyi_alpha: float, grid: tuple[int, int]

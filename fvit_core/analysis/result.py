@@ -21,10 +21,13 @@ class ImageView:
     confidence: float
     probs: np.ndarray
     attention: np.ndarray
+    # (P,) signed relevances of a signed method (explanations.settings.SIGNED_METHODS), else None
+    relevance: np.ndarray | None = None
 
     def to_json(self) -> dict:
         return {"label": self.label, "label_name": self.label_name, "confidence": self.confidence,
-                "probs": self.probs.tolist(), "attention": self.attention.tolist()}
+                "probs": self.probs.tolist(), "attention": self.attention.tolist(),
+                "relevance": None if self.relevance is None else self.relevance.tolist()}
 
 
 @dataclass
@@ -57,12 +60,16 @@ class Certificates:
     class_radius: float
     topk_radius_l2: float
     topk_radius_linf: float
-    p_a_lower: float
+    p_a_lower: float  # lower confidence bound on the guessed class's share of the votes
     perturbation_l2: float
     prediction_bound: float
     measured_renyi: float
     independent_selection: bool
     selection: str  # where CERTIFY's class guess came from: SELECTION_SOURCES
+    guess_class: int = -1  # the class CERTIFY tried to certify (c_A)
+    # Why CERTIFY abstained (None: it certified): "guess-not-top" (the guess is not the smoothed
+    # classifier's top class) or "no-majority" (it is, but p_A_lower < 1/2)
+    abstain_reason: str | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +97,8 @@ class FaithfulDetails:
     # metrics.MAP_METRICS between two clean estimates (the same noise floor as V_k's); None when off
     map_metrics_floor: dict[str, float | None] | None = None
     stopped_early: bool = False  # early stopping (config.early_stop) ended sampling before config.n_samples
+    # (P,) the noise floor of V_k for k = 1..P (its value at the analysis's k is topk_overlap_floor)
+    overlap_curve_floor: np.ndarray | None = None
 
     def to_json(self) -> dict:
         return {
@@ -103,6 +112,7 @@ class FaithfulDetails:
             "attention_se": {"clean": self.attention_se_clean.tolist(), "attacked": self.attention_se_attacked.tolist()},
             "certified": self.certified.to_json(),
             "map_metrics_floor": self.map_metrics_floor,
+            "overlap_curve_floor": None if self.overlap_curve_floor is None else self.overlap_curve_floor.tolist(),
         }
 
 
@@ -129,6 +139,17 @@ class AnalysisResult:
     timing: dict[str, float]
     clean_view: np.ndarray
     attacked_view: np.ndarray
+    original_size: tuple[int, int] = (0, 0)  # (H, W) of the image as given, before it was prepared
+    fit_notice: str | None = None  # data.images.fit_notice: how much fitting it to the model changed it
+
+    @property
+    def explanation(self) -> dict:
+        """What the maps explain: method, head fusion, and the class (``target``; None: each
+        image's and each draw's own predicted class)."""
+        e = self.config.explanation
+        return {"method": e.method, "head_fusion": e.head_fusion, "target": e.target,
+                "target_name": None if e.target is None else self.class_names[e.target],
+                "depends_on_target": e.depends_on_target}
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -153,6 +174,9 @@ class AnalysisResult:
             "class_names": list(self.class_names),
             "grid_size": list(self.grid_size),
             "pixel_space": {"size": list(self.pixel_size), "classifier_input": list(self.classifier_size)},
+            "image": {"original_size": list(self.original_size), "image_mode": self.config.image_mode,
+                      "fit_notice": self.fit_notice},
+            "explanation": self.explanation,
             "image_digest": self.image_digest,
             "attack": self.attack,
             "vanilla": self.vanilla.to_json(),

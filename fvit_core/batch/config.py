@@ -70,9 +70,10 @@ class EvalConfig(ComparisonConfig):
     grid: EvalGrid = setting(factory=EvalGrid)
     perturbation: PerturbationTestSettings = setting(factory=PerturbationTestSettings)
 
-    # The grid gives these per point (EvalGrid's axes), so the templates' values are not settings.
+    # The grid gives these per point (EvalGrid's axes), so the templates' values are not settings;
+    # a batch explains each image's own predicted class, so no fixed target either.
     OMITTED: ClassVar[frozenset[str]] = frozenset({"attack.name", "attack.eps", "explanation.method", "smoothing.mode",
-                                                   "smoothing.sigma"})
+                                                   "smoothing.sigma", "explanation.target"})
     # Flat settings that may change between a run and its resumption: the run's and the grid.
     FREE_FIELDS: ClassVar[frozenset[str]] = BatchRunSettings.RESUMABLE | {"attacks", "eps", "sigmas", "modes",
                                                                           "methods"}
@@ -143,6 +144,8 @@ class CertifyConfig(RunConfig):
     batch: BatchRunSettings = setting(factory=BatchRunSettings)
     certificate: CertificationSettings = setting(factory=CertificationSettings)
 
+    # The certified top-k set is the explanation of each image's smoothed top class.
+    OMITTED: ClassVar[frozenset[str]] = frozenset({"explanation.target"})
     FREE_FIELDS: ClassVar[frozenset[str]] = BatchRunSettings.RESUMABLE | {"radii"}
     LEGACY_VALUES: ClassVar[dict] = {}
 

@@ -159,7 +159,7 @@ class ImageEvaluation:
                           denoiser=self.pair.denoiser, seed=seed)
 
     def _vanilla(self, image: torch.Tensor, method: str) -> tuple[np.ndarray, np.ndarray]:
-        att, probs = vanilla(self.pair, image, method=method, head_fusion=self.head_fusion)
+        att, probs, _ = vanilla(self.pair, image, method=method, head_fusion=self.head_fusion)
         return att[0], probs[0]
 
     def _fvit(self, s: Setting) -> FaithfulViT:
@@ -230,7 +230,7 @@ class ImageEvaluation:
         draws = self.seeds.generator("sensitivity-draws")  # the same M images for every mode and method
         images = ball_perturbations(self.x(s), sens.samples, sens.radius, sens.norm, draws)
         if not s.smoothed:
-            attention, _ = vanilla(self.pair, images, method=s.method, head_fusion=self.head_fusion)
+            attention = vanilla(self.pair, images, method=s.method, head_fusion=self.head_fusion).attention
             return {**sensitivity(self.units.values[("vanilla", None, s.method, self._space(s))][0], attention), "floor": None}
         clean_out, floor_out, _ = self.units.values[("clean", s.mode, s.sigma, s.method)]
         outs = self._smooth(images.cpu(), s, self._generator("sensitivity", s))
@@ -287,7 +287,7 @@ class ImageEvaluation:
             attacked = (adv_out.attention, adv_out.probs)
             n_samples = clean_out.n_samples
             # The noise floor of the chosen estimator, computed as fvit analyze does.
-            floor, _ = noise_floor_estimate(cfg.floor, k, clean_out, floor_out, self._bootstrap_rng(s, "floor"))
+            floor = noise_floor_estimate(cfg.floor, k, clean_out, floor_out, self._bootstrap_rng(s, "floor")).value
             map_floor = map_metrics_floor(self._floor_pairs(s, clean_out, floor_out), self.grid, k)
             agreement = float(metrics.topk_overlap(vanilla_clean[0], clean_out.attention, k))
             radius = self._topk_radius(clean_out.attention, s)

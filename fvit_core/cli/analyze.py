@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,8 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--method": ("method", str, "explanation: raw | rollout | grad_rollout | gradcam | transformer_attribution | "
                                 "lrp | partial_lrp"),
     "--head-fusion": ("head_fusion", str, "mean | max | min over heads"),
+    "--target": ("target", str, "the class the explanation explains: a class name or index (default: the "
+                                "predicted class); raw attention and rollout do not depend on it"),
     "--sigma": ("sigma", parse_number, "smoothing noise std in pixel units (e.g. 0.25)"),
     "--n-samples": ("n_samples", int, "noise samples per image for the FViT"),
     "--k": ("k", int, "number of top-k focal patches"),
@@ -110,7 +113,7 @@ def config_from_args(ns: argparse.Namespace):
     from fvit_core.protocol.settings import flat_names
 
     base = AnalysisConfig.from_file(ns.config).to_dict() if ns.config else AnalysisConfig().to_dict()
-    names = set(flat_names(AnalysisConfig))
+    names = set(flat_names(AnalysisConfig)) - {"target"}  # a name or an index: resolved by target_index
     base.update({k: v for k, v in vars(ns).items() if k in names})
     params = base.get("attack_params") or {}
     if not isinstance(params, dict):
@@ -134,7 +137,7 @@ def run_analyze(ns: argparse.Namespace) -> int:
     started = time.perf_counter()
     from fvit_core.analysis.pipeline import analyze
     from fvit_core.data.files import atomic_write_text, check_writable_file, check_writable_folder
-    from fvit_core.data.images import load_image
+    from fvit_core.data.images import fit_notice, load_image
 
     # Settings first (checked when made): a typo fails in milliseconds, before any model is loaded.
     cfg = config_from_args(ns)
@@ -145,6 +148,11 @@ def run_analyze(ns: argparse.Namespace) -> int:
     image = load_image(ns.image)
     # --allow-download does not override HF_HUB_OFFLINE set by the user: offline stays offline.
     pair = cfg.models.load(allow_download=ns.allow_download)
+    if getattr(ns, "target", None) is not None:
+        cfg = cfg.replace(target=target_index(ns.target, pair.classifier.class_names))
+    notice = fit_notice(tuple(image.shape[1:]), tuple(pair.classifier.img_size), cfg.image_mode)
+    if notice:  # said before the analysis, as the dashboard says it beside the upload
+        print(f"fvit analyze: note: {notice}", file=sys.stderr)
     load = time.perf_counter() - started
     result = analyze(image, cfg, pair=pair)
     # The engine times the analysis; the command also spent `load` importing it, decoding the
@@ -161,16 +169,31 @@ def run_analyze(ns: argparse.Namespace) -> int:
         out = Path(ns.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "settings.json", json.dumps(cfg.to_dict(), indent=2))
-        save_key_figures(result, out)
+        save_key_figures(result, out, photo=image)
     if ns.json != "-":
         print(_summary(result))
     return 0
+
+
+def target_index(text: str, class_names) -> int:
+    """The class index of ``--target``: a class name (case-insensitive) or an index."""
+    names = [str(name) for name in class_names]
+    lowered = {name.lower(): i for i, name in enumerate(names)}
+    if text.strip().lower() in lowered:
+        return lowered[text.strip().lower()]
+    if text.strip().isdigit() and int(text) < len(names):
+        return int(text)
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+    raise SettingError(f"--target {text!r} is not a class of the model; give a class name or an index "
+                       f"0..{len(names) - 1} ({shown})")
 
 
 def _summary(result) -> str:
     v, f, d = result.vanilla, result.fvit, result.faithful
     floor = f"{d.topk_overlap_floor:.2f}" if d.topk_overlap_floor is not None else "n/a"
     samples = f"{d.n_samples} samples"
+    explains = result.explanation
+    target = f", explains {explains['target_name']}" if explains["target"] is not None else ""
     if d.stopped_early:
         samples += f" of {result.config.sampling.n_samples}, stopped early"
     # A negative class is CERTIFY's abstention: no certified majority, so no radius at all.
@@ -179,7 +202,7 @@ def _summary(result) -> str:
     load = f" (load {timing['load']:.2f} s)" if "load" in timing else ""
     return "\n".join([
         f"attack {result.attack['name']}: Linf {budget_text(result.attack['linf'])}, L2 {result.attack['l2']:.3f}",
-        f"vanilla ViT ({result.config.explanation.method}): {v.clean.label_name} ({v.clean.confidence:.2f}) -> "
+        f"vanilla ViT ({result.config.explanation.method}{target}): {v.clean.label_name} ({v.clean.confidence:.2f}) -> "
         f"{v.attacked.label_name} ({v.attacked.confidence:.2f}); top-{result.config.explanation.k} overlap {v.topk_overlap:.2f}",
         f"FViT ({d.mode}, sigma {d.sigma:g}, {samples}): {f.clean.label_name} ({f.clean.confidence:.2f}) -> "
         f"{f.attacked.label_name} ({f.attacked.confidence:.2f}); top-{result.config.explanation.k} overlap {f.topk_overlap:.2f} "

@@ -20,10 +20,18 @@ TRAINING_COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a wrong option says what is wrong and where the help is,
+    without the usage block (which grows with every flag)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} ({self.prog} --help lists the options)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``fvit`` parser. ``argv`` (the arguments to parse) decides whether the training
     commands get their full parsers (one of them is the command) or a one-line entry."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fvit",
         description="Explanation faithfulness of Vision Transformers: vanilla ViT vs Faithful ViT (DDS).",
     )

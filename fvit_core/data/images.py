@@ -395,6 +395,21 @@ def pad_box(height: int, width: int, target: tuple[int, int]) -> tuple[int, int,
     return (padded_h - height) // 2, (padded_w - width) // 2, padded_h, padded_w
 
 
+def input_region(height: int, width: int, target: tuple[int, int], mode: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the region of an image (``height`` x ``width`` px) that the
+    model's input of shape ``target`` shows, in the image's pixel coordinates: the whole image for
+    ``resize``, the crop for ``center_crop``, the letterbox canvas for ``pad`` (which extends past
+    the image: negative top or left). A map over the model's input lies over this region."""
+    if mode == "center_crop":
+        return center_crop_box(height, width, target)
+    if mode == "pad":
+        top, left, padded_h, padded_w = pad_box(height, width, target)
+        return -top, -left, padded_h, padded_w
+    if mode != "resize":
+        raise SettingError(f"mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
+    return 0, 0, height, width
+
+
 def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = DEFAULT_PREPARE_MODE) -> np.ndarray:
     """Fit pixels (3, H, W) in [0, 1] to ``size`` = (h, w): returns float32 (3, h, w) in [0, 1].
 
@@ -435,3 +450,27 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixels (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to the nearest level."""
     check_pixels(image, batched=False, what="image", tolerance=np.inf)  # clipped below
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+# An upload shrunk by more than this (per side) to reach the model's input loses most of its detail.
+RESIZE_NOTICE_FACTOR = 4.0
+ASPECT_TOLERANCE = 0.02  # relative difference of aspect ratios still called "the same shape"
+
+
+def fit_notice(image_size: tuple[int, int], input_size: tuple[int, int], mode: str) -> str | None:
+    """A warning when fitting an image (H, W) to the model's input (H, W) changes it a lot: shrunk
+    by more than :data:`RESIZE_NOTICE_FACTOR`, or of another shape than the input (then what the
+    chosen mode does to it). None when neither applies."""
+    (h, w), (th, tw) = image_size, input_size
+    notes = []
+    factor = max(h / th, w / tw)
+    if factor > RESIZE_NOTICE_FACTOR:
+        notes.append(f"shrunk about {factor:.0f}× ({w}×{h} → {tw}×{th} px): the model sees far less detail than the file has")
+    aspect, target = w / h, tw / th
+    if abs(aspect / target - 1.0) > ASPECT_TOLERANCE:
+        shape = f"{w}×{h}, not {'square' if tw == th else f'{tw}:{th} like the model'}"
+        effect = {"resize": "resize stretches it (choose pad or centre crop to keep its shape)",
+                  "center_crop": f"centre crop cuts {'the sides' if aspect > target else 'top and bottom'} off",
+                  "pad": f"pad adds black bars {'above and below' if aspect > target else 'left and right'}"}
+        notes.append(f"{shape}: {effect.get(mode, mode)}")
+    return ("This image is " + "; ".join(notes) + ".") if notes else None

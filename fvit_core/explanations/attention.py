@@ -47,8 +47,8 @@ from fvit_core.data import pixels
 from fvit_core.data.pixels import is_uniform_rescale
 from fvit_core.errors import InputError, SettingError
 from fvit_core.explanations.lrp import lrp_patch_relevance
-from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS, ExplanationSettings,
-                                             check_head_fusion, check_method)
+from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS, SIGNED_METHODS,
+                                             ExplanationSettings, check_head_fusion, check_method)
 from fvit_core.models import PixelViT
 from fvit_core.explanations.raw_path import raw_cls_path, supports_cls_path
 
@@ -379,6 +379,9 @@ class Explanation:
         target: (B,) long, the class whose logit the gradient methods explain (argmax if not
             given; recorded for every method).
         method, head_fusion: what produced ``attention``.
+        relevance: for the signed methods (explanations.settings.SIGNED_METHODS), the (B, P)
+            relevances before the clamp, divided by their absolute sum (so sum |r| = 1); None
+            for the others, whose maps are non-negative.
 
     Tensors are detached unless ``explain(..., differentiable=True)`` was asked for.
     """
@@ -388,6 +391,13 @@ class Explanation:
     target: Tensor
     method: str
     head_fusion: str
+    relevance: Tensor | None = None
+
+
+def signed_patch_weights(weights: Tensor) -> Tensor:
+    """(B, P) signed weights divided by their absolute row sum (all-zero rows stay zero)."""
+    total = weights.abs().sum(dim=-1, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _compute(
@@ -466,7 +476,8 @@ def explain(
         with torch.no_grad():
             logits, weights, chosen = _compute(model, x, spec, head_fusion, chosen, create_graph=False)
     return Explanation(
-        logits=logits, attention=normalise_patch_weights(weights), target=chosen, method=method, head_fusion=head_fusion
+        logits=logits, attention=normalise_patch_weights(weights), target=chosen, method=method, head_fusion=head_fusion,
+        relevance=signed_patch_weights(weights) if method in SIGNED_METHODS else None,
     )
 
 

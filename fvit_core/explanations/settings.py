@@ -19,6 +19,12 @@ EXPLANATION_METHODS: tuple[str, ...] = (
 LRP_METHODS: tuple[str, ...] = ("transformer_attribution", "lrp", "partial_lrp")
 # The methods that differentiate the target logit (the others are forward-only).
 GRADIENT_METHODS: tuple[str, ...] = ("grad_rollout", "gradcam", "transformer_attribution")
+# The methods whose explanation depends on the class explained: those that differentiate the
+# target logit and those that propagate its relevance. Attention itself (raw, rollout) does not.
+CLASS_METHODS: tuple[str, ...] = (*GRADIENT_METHODS, "lrp", "partial_lrp")
+# The methods whose patch relevances are signed before the clamp (full LRP sums the signed pixel
+# relevances of each patch); their maps are shown on a diverging scale.
+SIGNED_METHODS: tuple[str, ...] = ("lrp",)
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 check_method = one_of("explanation method", EXPLANATION_METHODS)
@@ -41,18 +47,29 @@ def float32_only(method: str) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class ExplanationSettings(Settings):
     """The explanation w(x) and its top-k set: ``method`` (EXPLANATION_METHODS), ``head_fusion``
-    over heads, the focal-patch count ``k`` and the overlap ``beta`` the top-k certificate asks
+    over heads, the ``target`` class whose logit the class-dependent methods explain (an index;
+    None: each image's, and each noisy draw's, own predicted class, as pytorch-grad-cam and Captum
+    default to), the focal-patch count ``k`` and the overlap ``beta`` the top-k certificate asks
     for (V_k >= beta)."""
 
     method: str = setting("raw", check=check_method)
     head_fusion: str = setting("mean", check=check_head_fusion)
+    target: int | None = setting(None, check=bounded("target", optional=True))
     k: int = setting(8, check=bounded("k"))
     beta: float = setting(0.5, check=bounded("beta"))
 
-    def check_model(self, num_patches: int) -> None:
-        """k must not exceed the model's patches."""
+    @property
+    def depends_on_target(self) -> bool:
+        """Whether the method's map changes with the class explained (:data:`CLASS_METHODS`)."""
+        return self.method in CLASS_METHODS
+
+    def check_model(self, num_patches: int, num_classes: int | None = None) -> None:
+        """k must not exceed the model's patches, the target its classes."""
         if self.k > num_patches:
             raise SettingError(f"k={self.k} exceeds the model's {num_patches} patches; choose k in 1..{num_patches}")
+        if self.target is not None and num_classes is not None and self.target >= num_classes:
+            raise SettingError(f"target class {self.target} does not exist: the model has {num_classes} classes "
+                               f"(0..{num_classes - 1}); leave it unset to explain the predicted class")
 
 
 SENSITIVITY_NORMS: tuple[str, ...] = ("Linf", "L2")

@@ -55,11 +55,13 @@ ABSTAIN = cohen.ABSTAIN
 
 class Draw(NamedTuple):
     """One batch of draws: the base classifier's inputs (B, 3, H, W) in [0, 1], its logits (B, C)
-    and, when a method was asked for, its explanation (B, P) (rows sum to 1)."""
+    and, when a method was asked for, its explanation (B, P) (rows sum to 1) and, for a signed
+    method, the signed relevances (B, P)."""
 
     inputs: Tensor
     logits: Tensor
     attention: Tensor | None
+    relevance: Tensor | None = None
 
 
 class Certificate(NamedTuple):
@@ -137,10 +139,12 @@ class FaithfulViT:
         return one_shot_denoise(self.denoiser, noisy, self.t_star)
 
     def draw(self, noisy: Tensor, *, method: str | None = Explain.method, head_fusion: str = Explain.head_fusion,
-             generator: torch.Generator | None = None, differentiable: bool = False) -> Draw:
+             target: int | None = Explain.target, generator: torch.Generator | None = None,
+             differentiable: bool = False) -> Draw:
         """The ViT on the base input of noisy pixels x + delta (B, 3, H, W): its logits and, for
-        ``method`` (None: none), its explanation. ``generator``: multistep's stochastic steps.
-        ``differentiable``: keep both in the autograd graph of ``noisy`` (the EOT attack)."""
+        ``method`` (None: none), its explanation of class ``target`` (None: each draw's own
+        predicted class). ``generator``: multistep's stochastic steps. ``differentiable``: keep
+        both in the autograd graph of ``noisy`` (the EOT attack)."""
         inputs = self.base_input(noisy, generator)
         if self.mode != "rs" and not differentiable and not bool(torch.isfinite(inputs).all()):
             # Named here, on the first batch, rather than as a NaN estimate after all of them.
@@ -148,9 +152,9 @@ class FaithfulViT:
         inputs_in_dtype = inputs.to(self.classifier.mean.dtype)
         if method is None:
             return Draw(inputs, self.classifier(inputs_in_dtype), None)
-        exp = explain(self.classifier, inputs_in_dtype, method=method, head_fusion=head_fusion,
+        exp = explain(self.classifier, inputs_in_dtype, method=method, head_fusion=head_fusion, target=target,
                       differentiable=differentiable)
-        return Draw(inputs, exp.logits, exp.attention)
+        return Draw(inputs, exp.logits, exp.attention, exp.relevance)
 
     def noisy_logits(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable logits (n * B, C) of n draws on each image of x (B, 3, H, W), draw after
@@ -173,10 +177,12 @@ class FaithfulViT:
         return copy
 
     def sample(self, images: Tensor, n_samples: int, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
-               generator: torch.Generator | None = None, noise: Tensor | None = None, keep_samples: bool = False,
-               early_stop: EarlyStop | None = None, progress: ProgressFn | None = None) -> list[SmoothedOutput]:
+               target: int | None = Explain.target, generator: torch.Generator | None = None,
+               noise: Tensor | None = None, keep_samples: bool = False, early_stop: EarlyStop | None = None,
+               progress: ProgressFn | None = None) -> list[SmoothedOutput]:
         """Monte Carlo estimates for every image of ``images`` (B, 3, H, W) in [0, 1]: one
-        :class:`SmoothedOutput` each, with ``n_samples`` draws per image.
+        :class:`SmoothedOutput` each, with ``n_samples`` draws per image, explaining class
+        ``target`` (None: each draw's own predicted class).
 
         ``noise`` (N, 3, H, W) in pixel units, if given, is used for every image (common random
         numbers); otherwise each image gets independent draws from ``generator``, image after
@@ -194,19 +200,21 @@ class FaithfulViT:
         pixels = images.detach().float().cpu()
         shared = None if noise is None else noise.detach().float().cpu()
 
-        def work(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        def work(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray | None]:
             with torch.inference_mode():
                 x = pixels[job.image_idx]
                 if job.normal is not None:
                     x = x + job.normal * self.sigma
                 elif shared is not None:
                     x = x + shared[job.sample_idx]
-                d = smoothed.draw(x.to(self.device), method=method, head_fusion=head_fusion, generator=generator)
+                d = smoothed.draw(x.to(self.device), method=method, head_fusion=head_fusion, target=target,
+                                  generator=generator)
                 firsts = {int(job.image_idx[row]): d.inputs[row].float().cpu().numpy()
                           for row in torch.nonzero(job.sample_idx == 0).flatten().tolist()}
                 probs = torch.softmax(d.logits.float(), dim=-1)
+                signed = None if d.relevance is None else d.relevance.double().cpu().numpy()
                 return (job.image_idx.numpy(), d.attention.double().cpu().numpy(), probs.double().cpu().numpy(),
-                        firsts)
+                        firsts, signed)
 
         sums = MonteCarloSums(len(images), self.classifier.num_patches, self.num_classes, keep_samples)
         looks = early_stop.checkpoints(n) if early_stop is not None and self.smoothing.noisy else []
@@ -220,13 +228,14 @@ class FaithfulViT:
         return sums.finish(drawn, self.t_star, stopped)
 
     def explain(self, x: Tensor, n: int, method: str = Explain.method, *, head_fusion: str = Explain.head_fusion,
-                generator: torch.Generator | None = None) -> SmoothedOutput:
-        """The FViT explanation of one image x (3, H, W) or (1, 3, H, W): w~(x) with its standard
-        error, and the smoothed prediction, from n draws."""
+                target: int | None = Explain.target, generator: torch.Generator | None = None) -> SmoothedOutput:
+        """The FViT explanation of one image x (3, H, W) or (1, 3, H, W) for class ``target``
+        (None: each draw's predicted class): w~(x) with its standard error, and the smoothed
+        prediction, from n draws."""
         if x.ndim == 4 and x.shape[0] != 1 or x.ndim not in (3, 4):
             raise InputError(f"explain, predict and certify take one image (3, H, W), got shape {tuple(x.shape)}; "
                              "sample() takes a batch")
-        return self.sample(x.reshape(1, *x.shape[-3:]), n, method=method, head_fusion=head_fusion,
+        return self.sample(x.reshape(1, *x.shape[-3:]), n, method=method, head_fusion=head_fusion, target=target,
                            generator=generator)[0]
 
     def predict(self, x: Tensor, n: int, alpha: float, *, generator: torch.Generator | None = None) -> int:

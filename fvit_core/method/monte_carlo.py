@@ -35,6 +35,8 @@ class SmoothedOutput:
         denoised_sample: (3, H, W) the first model input, for display.
         samples_attention: (N, P) per-sample maps, only when asked for (bootstrap), else None.
         stopped_early: True when :class:`EarlyStop` ended the loop before ``n_samples``.
+        relevance: (P,) mean signed relevance of the signed methods (explanations.settings.
+            SIGNED_METHODS; each draw's divided by its absolute sum), else None.
     """
 
     attention: np.ndarray
@@ -47,6 +49,7 @@ class SmoothedOutput:
     denoised_sample: np.ndarray
     samples_attention: np.ndarray | None = None
     stopped_early: bool = False
+    relevance: np.ndarray | None = None
 
     @property
     def label(self) -> int:
@@ -127,10 +130,17 @@ class MonteCarloSums:
         self.votes = np.zeros((n_images, dim_p), dtype=np.int64)
         self.kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
         self.first: list[np.ndarray | None] = [None] * n_images
+        self.signed: np.ndarray | None = None  # sums of signed relevances, when the method has them
 
-    def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray]) -> int:
+    def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray],
+            signed: np.ndarray | None = None) -> int:
         """Rows of one batch, in sample order: (b,) image index, (b, P) maps, (b, C) probabilities,
-        and the first model input of the images whose draw 0 it holds. Returns b."""
+        the first model input of the images whose draw 0 it holds, and (b, P) signed relevances
+        (signed methods only). Returns b."""
+        if signed is not None:
+            if self.signed is None:
+                self.signed = np.zeros_like(self.sw)
+            np.add.at(self.signed, image_idx, signed)
         np.add.at(self.sw, image_idx, w)
         np.add.at(self.sw2, image_idx, w * w)
         np.add.at(self.sp, image_idx, p)
@@ -167,7 +177,7 @@ class MonteCarloSums:
                 attention=w / w.sum(), attention_se=w_se[i], probs=p / p.sum(),
                 probs_se=p_se[i], votes=self.votes[i].copy(), n_samples=n, t_star=t_star,
                 denoised_sample=self.first[i], samples_attention=None if samples is None else samples[i],
-                stopped_early=stopped_early,
+                stopped_early=stopped_early, relevance=None if self.signed is None else self.signed[i] / n,
             ))
         return outs
 

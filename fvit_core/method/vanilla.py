@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -10,10 +12,21 @@ from fvit_core.explanations.settings import ExplanationSettings
 from fvit_core.models import ModelPair
 
 
+class VanillaViews(NamedTuple):
+    """The vanilla ViT on a batch: (B, P) attention (rows sum to 1), (B, C) probabilities and,
+    for a signed method, (B, P) signed relevances (else None); float64 numpy."""
+
+    attention: np.ndarray
+    probs: np.ndarray
+    relevance: np.ndarray | None = None
+
+
 def vanilla(pair: ModelPair, images: torch.Tensor, *, method: str = ExplanationSettings.method,
-            head_fusion: str = ExplanationSettings.head_fusion
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """The vanilla ViT on a batch (B, 3, H, W) in [0, 1]: (attention (B, P), probabilities (B, C)),
-    float64 numpy."""
-    exp = explain(pair.classifier, images.to(pair.device), method=method, head_fusion=head_fusion)
-    return exp.attention.double().cpu().numpy(), torch.softmax(exp.logits.float(), -1).double().cpu().numpy()
+            head_fusion: str = ExplanationSettings.head_fusion, target: int | None = ExplanationSettings.target
+            ) -> VanillaViews:
+    """The vanilla ViT on a batch (B, 3, H, W) in [0, 1], explaining class ``target`` (None: each
+    image's predicted class)."""
+    exp = explain(pair.classifier, images.to(pair.device), method=method, head_fusion=head_fusion, target=target)
+    relevance = None if exp.relevance is None else exp.relevance.double().cpu().numpy()
+    return VanillaViews(exp.attention.double().cpu().numpy(), torch.softmax(exp.logits.float(), -1).double().cpu().numpy(),
+                        relevance)

@@ -62,6 +62,7 @@ BOUNDS: dict[str, Bound] = {
     "bootstrap": Bound(0, 10_000, True, "bootstrap resamples"),
     # explanation and certificates
     "k": Bound(1, 65_536, True, "top-k focal patches, at most the model's patches"),
+    "target": Bound(0, 100_000, True, "class index the explanation explains, below the model's classes"),
     "beta": Bound(0.0, 1.0, False, "required top-k overlap", open_low=True),
     "confidence_alpha": Bound(0.0, 0.5, False, "failure probability of the certificate", True, True),
     "alpha": Bound(0.0, 0.5, False, "failure probability of the certificate, e.g. 0.001", True, True),

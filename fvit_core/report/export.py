@@ -9,22 +9,23 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from fvit_core.protocol.limits import check_choice
 
+from fvit_core.report.overlay import overlay_figure
 from fvit_core.report.style import (
-    FIGURE_FORMATS, MODEL_KEYS, SAVE_DPI, comparison, publication_style
+    FIGURE_FORMATS, MODEL_KEYS, SAVE_DPI, comparison, model_label, publication_style, settings_text
 )
 from fvit_core.report.static import (
     compare_figure, distributions_figure, divergence_figure, inputs_figure, layer_heads_figure,
     overlap_curve_figure, sigma_sweep_figure, votes_figure
 )
 from fvit_core.report.interactive import (
-    plotly_compare, plotly_distributions, plotly_divergence, plotly_inputs, plotly_layer_heads,
+    plotly_compare, plotly_distributions, plotly_divergence, plotly_inputs, plotly_layer_heads, plotly_on_photo,
     plotly_overlap_curve, plotly_sigma_sweep, plotly_votes
 )
 
@@ -108,9 +109,9 @@ def settings_json(config: AnalysisConfig) -> bytes:
 METRIC_COLUMNS: tuple[str, ...] = (
     "model", "clean_label", "clean_confidence", "attacked_label", "attacked_confidence", "label_flip", "k",
     "topk_overlap", "topk_overlap_ci_low", "topk_overlap_ci_high", "noise_floor", "noise_floor_ci_low",
-    "noise_floor_ci_high", "kl", "js", "tv", "hellinger", "renyi", "renyi_alpha", "class_radius_l2",
+    "noise_floor_ci_high", "kl", "js", "tv", "hellinger", "renyi", "renyi_alpha", "certified_class", "abstain_reason", "class_radius_l2",
     "topk_radius_l2", "topk_radius_linf", "prediction_bound", "perturbation_l2", "perturbation_linf",
-    "attack", "method", "head_fusion", "mode", "sigma", "n_samples", "n_samples_requested", "seed",
+    "attack", "method", "head_fusion", "target", "mode", "sigma", "n_samples", "n_samples_requested", "seed",
 )
 
 
@@ -136,12 +137,17 @@ def metrics_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "noise_floor_ci_high": floor_ci[1] if floor_ci else None,
             **{name: cmp_.divergences[name] for name in ("kl", "js", "tv", "hellinger", "renyi")},
             "renyi_alpha": cfg.renyi_alpha,
-            "class_radius_l2": c.class_radius if fvit else None,
+            # An abstention certifies nothing: no radius (not 0), and the class column says so.
+            "certified_class": (("abstain" if c.predicted_class < 0 else result.class_names[c.predicted_class])
+                                if fvit else None),
+            "abstain_reason": c.abstain_reason if fvit else None,
+            "class_radius_l2": c.class_radius if fvit and c.predicted_class >= 0 else None,
             "topk_radius_l2": c.topk_radius_l2 if fvit else None,
             "topk_radius_linf": c.topk_radius_linf if fvit else None,
             "prediction_bound": c.prediction_bound if fvit else None,
             "perturbation_l2": result.attack["l2"], "perturbation_linf": result.attack["linf"],
             "attack": result.attack["name"], "method": cfg.explanation.method, "head_fusion": cfg.explanation.head_fusion,
+            "target": result.explanation["target_name"] or "predicted",
             "mode": d.mode if fvit else None, "sigma": d.sigma, "n_samples": d.n_samples,
             "n_samples_requested": cfg.sampling.n_samples, "seed": cfg.seed,
         })
@@ -164,26 +170,71 @@ def metrics_csv(result: AnalysisResult) -> bytes:
     return rows_to_csv(metrics_rows(result), METRIC_COLUMNS)
 
 
-def save_key_figures(result: AnalysisResult, out_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+def export_stem(result: AnalysisResult, image_name: str | None = None) -> str:
+    """The start of every exported file's name: the image, the attack and its budget, the method,
+    sigma and a short digest of the image and every setting, so exports of different analyses
+    never collide ('cat_pgd-8-255_raw_sigma0.25_3f2a91c0'; an L2 budget reads 'cw-l2-0.5')."""
+    import hashlib
+    import re
+
+    from ..attacks.specs import get_attack
+
+    stem = Path(image_name or "image").stem or "image"
+    budget = result.attack["params"].get("eps")
+    if budget is None:
+        attack = result.attack["name"]
+    elif get_attack(result.attack["name"]).norm == "Linf":  # Linf budgets are read in 1/255 steps
+        attack = f"{result.attack['name']}-{budget * 255:.3g}-255"
+    else:
+        attack = f"{result.attack['name']}-{budget:.3g}"
+    digest = hashlib.sha256((result.image_digest + json.dumps(result.config.to_dict(), sort_keys=True, default=str)
+                             ).encode()).hexdigest()[:8]
+    text = f"{stem}_{attack}_{result.config.explanation.method}_sigma{result.config.smoothing.sigma:g}_{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def layer_heads_builders(result: AnalysisResult, layer_maps: Mapping[str, np.ndarray]
+                         ) -> list[tuple[str, str, Callable[[], Figure], Callable[[], Any]]]:
+    """(file name, title, matplotlib builder, plotly builder) of the per-layer, per-head figure of
+    each model in ``layer_maps`` ({"vanilla": maps, "fvit": maps}, (2, L, heads, P) each), over
+    the clean and attacked inputs, with the analysis's settings in the title."""
+    subtitle, images = settings_text(result), (result.clean_view, result.attacked_view)
+    builders = []
+    for which, maps in layer_maps.items():
+        label = model_label(result, which)
+        builders.append((
+            f"layer_heads_{which}", f"Layers and heads: {label}",
+            lambda m=maps, lab=label: layer_heads_figure(m, result.grid_size, model=lab, subtitle=subtitle, images=images),
+            lambda m=maps, lab=label: plotly_layer_heads(m, result.grid_size, model=lab, subtitle=subtitle,
+                                                         images=images)))
+    return builders
+
+
+def save_key_figures(result: AnalysisResult, out_dir: Path, formats: tuple[str, ...] = ("png",), *,
+                     photo: np.ndarray | None = None) -> list[Path]:
     """Write every figure of :data:`RESULT_FIGURES` (compare, inputs, distributions, votes,
-    divergence, overlap_curve) to ``out_dir`` as ``NAME.FORMAT``; returns the paths written."""
+    divergence, overlap_curve) to ``out_dir`` as ``NAME.FORMAT``, and, with the ``photo`` as it
+    was given ((3, H, W) in [0, 1]), the maps over it (``on_photo``); returns the paths written."""
     for fmt in formats:
         _check_format(fmt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for spec in RESULT_FIGURES.values():
-        fig = spec.matplotlib(result)
+    builders = [(spec.name, lambda s=spec: s.matplotlib(result)) for spec in RESULT_FIGURES.values()]
+    if photo is not None:
+        builders.append(("on_photo", lambda: overlay_figure(result, photo)))
+    for name, build in builders:
+        fig = build()
         for fmt in formats:
-            path = out_dir / f"{spec.name}.{fmt}"
+            path = out_dir / f"{name}.{fmt}"
             path.write_bytes(figure_to_bytes(fig, fmt))
             written.append(path)
     return written
 
 
-def reproduce_command(image_name: str) -> str:
+def reproduce_command(image_name: str, settings_name: str = "settings.json") -> str:
     """The shell command that recomputes an exported analysis from its image and settings file."""
-    return f"fvit analyze {image_name} --config settings.json --json result.json --out figures/"
+    return f"fvit analyze {image_name} --config {settings_name} --json result.json --out figures/"
 
 
 def export_bundle(
@@ -192,7 +243,8 @@ def export_bundle(
     image_name: str | None = None,
     image_bytes: bytes | None = None,
     sweep_rows: Sequence[dict] | None = None,
-    layer_maps: np.ndarray | None = None,
+    layer_maps: Mapping[str, np.ndarray] | None = None,
+    photo: np.ndarray | None = None,
     formats: tuple[str, ...] = FIGURE_FORMATS,
     progress: Callable[[str, float], None] | None = None,
 ) -> bytes:
@@ -210,9 +262,11 @@ def export_bundle(
             builders.append(("sigma_sweep", lambda: sigma_sweep_figure(sweep_rows, sigma),
                              lambda: plotly_sigma_sweep(sweep_rows, sigma)))
             archive.writestr("sigma_sweep.csv", rows_to_csv(sweep_rows))
-        if layer_maps is not None:
-            builders.append(("layer_heads", lambda: layer_heads_figure(layer_maps, result.grid_size),
-                             lambda: plotly_layer_heads(layer_maps, result.grid_size)))
+        builders += [(name, build, build_interactive)
+                     for name, _, build, build_interactive in layer_heads_builders(result, layer_maps or {})]
+        if photo is not None:
+            builders.append(("on_photo", lambda: overlay_figure(result, photo),
+                             lambda: plotly_on_photo(result, photo)))
         for i, (name, build, build_interactive) in enumerate(builders):
             report(name, i / len(builders))
             fig = build()

@@ -11,9 +11,9 @@ import numpy as np
 from fvit_core.metrics import topk_indices
 
 from fvit_core.report.style import (
-    CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, TOPK_EDGE, attention_grid,
-    attention_scale, chance_overlap, check_layer_maps, comparison, floor_offset, lost_patches, model_label,
-    perturbation_view, settings_text, sub, sweep_columns, to_hwc, top_classes
+    CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, TOPK_EDGE, MapScale, attention_grid, chance_overlap,
+    check_layer_maps, comparison, floor_offset, lost_patches, map_scale, model_label, perturbation_view,
+    settings_text, sub, sweep_columns, to_hwc, top_classes
 )
 from fvit_core.report.static import divergence_rows, sweep_settings_text
 
@@ -47,6 +47,21 @@ def inferno_scale() -> list[list]:
 
     stops = sequential.Inferno
     return [[i / (len(stops) - 1), "rgb({}, {}, {})".format(*hex_to_rgb(c))] for i, c in enumerate(stops)]
+
+
+def colour_scale(scale: MapScale) -> list[list]:
+    """The plotly stops of a :class:`MapScale`'s colour map (matplotlib's, sampled), rgb() colours."""
+    if scale.cmap == "inferno":
+        return inferno_scale()
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps[scale.cmap]
+    return [[i / 10, "rgb({}, {}, {})".format(*(round(255 * c) for c in cmap(i / 10)[:3]))] for i in range(11)]
+
+
+def _coloraxis(scale: MapScale, colorbar: dict) -> dict:
+    return dict(colorscale=colour_scale(scale), cmin=scale.vmin, cmax=scale.vmax,
+                colorbar={**colorbar, "title": {**colorbar.get("title", {}), "text": scale.label}})
 
 
 _PLOTLY_LAYOUT: dict[str, Any] = dict(template="plotly_white", font=dict(size=12), margin=dict(l=10, r=10, t=60, b=10))
@@ -95,9 +110,9 @@ def _square_axes(fig, n_panels: int) -> None:
 
 
 def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: int, col: int,
-                     hover: np.ndarray) -> None:
-    """One map: the image, its patch weights on the shared colour axis, top-k outlines and, on
-    the attacked image, the clean top-k patches it lost (dotted)."""
+                     hover: np.ndarray, scale: MapScale) -> None:
+    """One map: the image, its values on the shared colour axis (``scale``), top-k outlines and,
+    on the attacked image, the clean top-k patches it lost (dotted)."""
     go, _ = _plotly()
     k, grid = result.config.explanation.k, result.grid_size
     cmp_ = comparison(result, which)
@@ -107,7 +122,7 @@ def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: in
     view = getattr(cmp_, name)
     fig.add_trace(go.Image(z=np.round(to_hwc(image) * 255).astype(np.uint8), hoverinfo="skip"), row=row, col=col)
     fig.add_trace(go.Heatmap(
-        z=attention_grid(view.attention, grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
+        z=attention_grid(scale.values(view), grid), x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph,
         coloraxis="coloraxis", opacity=OVERLAY_ALPHA, name=f"{which} {name}", customdata=hover,
         hovertemplate=_PATCH_HOVER, xgap=0, ygap=0,
     ), row=row, col=col)
@@ -117,30 +132,29 @@ def _attention_panel(fig, result: AnalysisResult, which: str, name: str, row: in
         _plotly_outlines(fig, lost, grid, (height, width), row, col, LOST_EDGE, "dot")
 
 
-def plotly_attention_maps(result: AnalysisResult, which: str, *, vmax: float | None = None,
+def plotly_attention_maps(result: AnalysisResult, which: str, *, scale: MapScale | None = None,
                           height: int = 360) -> go.Figure:
     """One model's clean and attacked focal-point maps side by side (the Compare page's maps).
 
-    Square patches, one colour scale 0..``vmax`` (default :func:`attention_scale`, shared with
-    the other model); hovering a patch shows its index and its weight and rank (1 = largest) on
-    the clean and on the attacked image. Cyan: top-k patches; dotted white: clean top-k lost.
+    Square patches, one colour scale (default :func:`map_scale`, shared with the other model);
+    hovering a patch shows its index and its weight and rank (1 = largest) on the clean and on
+    the attacked image. Cyan: top-k patches; dotted white: clean top-k lost.
     """
     go, make_subplots = _plotly()
     cmp_ = comparison(result, which)
-    vmax = attention_scale(result) if vmax is None else vmax
+    scale = map_scale(result) if scale is None else scale
     titles = [f"{name}: {getattr(cmp_, name).label_name} ({getattr(cmp_, name).confidence:.2f})"
               for name in ("clean", "attacked")]
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.03)
     hover = patch_hover_data(cmp_, result.grid_size)
     for col, name in enumerate(("clean", "attacked"), start=1):
-        _attention_panel(fig, result, which, name, 1, col, hover)
+        _attention_panel(fig, result, which, name, 1, col, hover, scale)
     _square_axes(fig, 2)
     # The colour bar lies under the maps: beside them it would take width from the maps.
     fig.update_layout(
         **{**_PLOTLY_LAYOUT, "margin": dict(l=2, r=2, t=30, b=2)}, height=height,
-        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=vmax,
-                       colorbar=dict(title=dict(text="attention weight", side="top"), orientation="h",
-                                     thickness=10, len=0.9, y=-0.04, yanchor="top")),
+        coloraxis=_coloraxis(scale, dict(title=dict(side="top"), orientation="h", thickness=10, len=0.9, y=-0.04,
+                                         yanchor="top")),
         hoverlabel=dict(font_size=13), dragmode="zoom",
     )
     return fig
@@ -158,13 +172,13 @@ def plotly_compare(result: AnalysisResult) -> go.Figure:
             titles.append(f"{model_label(result, which)}, {name}: {view.label_name} ({view.confidence:.2f})")
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
     hovers = {which: patch_hover_data(comparison(result, which), result.grid_size) for which in MODEL_KEYS}
+    scale = map_scale(result)
     for row, name in enumerate(("clean", "attacked"), start=1):
         for col, which in enumerate(MODEL_KEYS, start=1):
-            _attention_panel(fig, result, which, name, row, col, hovers[which])
+            _attention_panel(fig, result, which, name, row, col, hovers[which], scale)
     _square_axes(fig, 4)
     fig.update_layout(
-        **_TITLED_SUBPLOTS, height=900,
-        coloraxis=dict(colorscale=inferno_scale(), cmin=0.0, cmax=attention_scale(result), colorbar=dict(title="attention weight")),
+        **_TITLED_SUBPLOTS, height=900, coloraxis=_coloraxis(scale, {}),
         title=dict(text=f"Top-{k} focal patches (cyan; dotted white: clean top-{k} lost). "
                         f"V{sub(k)}: vanilla {result.vanilla.topk_overlap:.2f}, FViT {result.fvit.topk_overlap:.2f}"
                         + (f" (noise floor {result.faithful.topk_overlap_floor:.2f})"
@@ -245,7 +259,8 @@ def plotly_divergence(result: AnalysisResult) -> go.Figure:
 
 
 def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
-    """Interactive V_k vs k: vanilla, FViT, chance, and the FViT's CI and noise floor at the current k."""
+    """Interactive V_k vs k: vanilla, FViT, chance, the FViT's noise floor for every k (two
+    independent clean estimates), and the FViT's CI and the floor's CI at the current k."""
     go, _ = _plotly()
     p = len(result.vanilla.overlap_curve)
     ks = np.arange(1, p + 1)
@@ -256,6 +271,10 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
         fig.add_trace(go.Scatter(x=ks, y=comparison(result, which).overlap_curve, name=model_label(result, which),
                                  line=dict(color=COLORS[which], width=2.5),
                                  hovertemplate="k = %{x}: Vₖ = %{y:.3f}<extra></extra>"))
+    if d.overlap_curve_floor is not None:
+        fig.add_trace(go.Scatter(x=ks, y=d.overlap_curve_floor, name="FViT noise floor (clean vs clean)",
+                                 line=dict(color=COLORS["floor"], width=1.5, dash="dot"),
+                                 hovertemplate="k = %{x}: floor Vₖ = %{y:.3f}<extra></extra>"))
     if d.topk_overlap_ci is not None:
         v, (lo, hi) = result.fvit.topk_overlap, d.topk_overlap_ci
         fig.add_trace(go.Scatter(x=[k], y=[v], mode="markers", name=f"FViT V{sub(k)}, 95% bootstrap CI",
@@ -267,7 +286,7 @@ def plotly_overlap_curve(result: AnalysisResult) -> go.Figure:
         if d.topk_overlap_floor_ci is not None:
             err = dict(type="data", symmetric=False, array=[d.topk_overlap_floor_ci[1] - floor],
                        arrayminus=[floor - d.topk_overlap_floor_ci[0]])
-        fig.add_trace(go.Scatter(x=[k + floor_offset(p)], y=[floor], mode="markers", name="noise floor (clean vs clean)",
+        fig.add_trace(go.Scatter(x=[k + floor_offset(p)], y=[floor], mode="markers", name=f"noise floor at k = {k}" + (", 95% CI" if err else ""),
                                  marker=dict(color=COLORS["floor"], size=9, symbol="square-open"), error_y=err))
     fig.add_vline(x=k, line=dict(color=COLORS["current"], dash="dot"))
     fig.update_xaxes(title_text="k (number of top patches)", range=[0.5, p + 0.5])
@@ -332,11 +351,17 @@ def plotly_sigma_sweep(rows: Sequence[dict], current_sigma: float | None = None)
 
 
 def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
-                       subtitle: str = "") -> go.Figure:
+                       subtitle: str = "", images: tuple[np.ndarray, np.ndarray] | None = None) -> go.Figure:
     """Interactive per-layer, per-head attention; each layer scaled by its own maximum (the colour
-    bar is the fraction of it; hover gives the weight itself)."""
+    bar is the fraction of it; hover gives the weight itself). ``images``: the clean and the
+    attacked input ((3, H, W) in [0, 1]) drawn under the tiles."""
     go, make_subplots = _plotly()
     maps = check_layer_maps(maps, grid_size)
+    pictures = None
+    if images is not None:
+        if len(images) != 2 or any(np.ndim(image) != 3 or np.shape(image)[0] != 3 for image in images):
+            raise ValueError("images must be the clean and the attacked image, each (3, H, W)")
+        pictures = [np.round(to_hwc(image) * 255).astype(np.uint8) for image in images]
     _, layers, heads, _ = maps.shape
     titles = [f"L{layer + 1} {('clean', 'attacked')[i]} h{h + 1}" for layer in range(layers) for i in range(2)
               for h in range(heads)]
@@ -346,11 +371,17 @@ def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
         scale = float(maps[:, layer].max()) or 1.0
         for i in range(2):
             for h in range(heads):
+                place, tile = dict(row=layer + 1, col=i * heads + h + 1), {}
+                if pictures is not None:  # the image under the tile, the patch grid stretched over it
+                    height, width = pictures[i].shape[:2]
+                    ph, pw = height / grid_size[0], width / grid_size[1]
+                    fig.add_trace(go.Image(z=pictures[i], hoverinfo="skip"), **place)
+                    tile = dict(x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph, opacity=OVERLAY_ALPHA)
                 fig.add_trace(go.Heatmap(z=attention_grid(maps[i, layer, h], grid_size) / scale, coloraxis="coloraxis",
                                          customdata=attention_grid(maps[i, layer, h], grid_size),
                                          hovertemplate=f"layer {layer + 1}, head {h + 1}, {('clean', 'attacked')[i]}"
-                                                       "<br>weight %{customdata:.4f}<extra></extra>"),
-                              row=layer + 1, col=i * heads + h + 1)
+                                                       "<br>weight %{customdata:.4f}<extra></extra>", **tile),
+                              **place)
     _square_axes(fig, layers * 2 * heads)
     fig.update_annotations(font_size=9)
     fig.update_layout(**_TITLED_SUBPLOTS, height=110 * layers + 110,
@@ -358,4 +389,28 @@ def plotly_layer_heads(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
                                      colorbar=dict(title=dict(text="weight ÷ layer's largest", side="right"))),
                       title=f"{model} [CLS] attention per layer and head, clean vs attacked"
                             + (f"<br><sub>{subtitle}</sub>" if subtitle else ""))
+    return fig
+
+
+def plotly_on_photo(result: AnalysisResult, photo: np.ndarray, *, opacity: float = 0.5) -> go.Figure:
+    """Interactive version of overlay.overlay_figure: both models' clean and attacked maps over the
+    photo as it was given (2 x 2)."""
+    from fvit_core.report.overlay import blend
+
+    go, make_subplots = _plotly()
+    scale = map_scale(result)
+    panels = [(which, name) for name in ("clean", "attacked") for which in MODEL_KEYS]
+    titles = [f"{model_label(result, which)}, {name}: {getattr(comparison(result, which), name).label_name}"
+              for which, name in panels]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.08)
+    for i, (which, name) in enumerate(panels):
+        view = getattr(comparison(result, which), name)
+        image = blend(photo, scale.values(view), result.grid_size, result.classifier_size, result.config.image_mode,
+                      scale, opacity)
+        fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=i // 2 + 1, col=i % 2 + 1)
+    _square_axes(fig, 4)
+    height, width = photo.shape[1:]
+    fig.update_layout(**_TITLED_SUBPLOTS, height=800,
+                      title=dict(text=f"On the photo ({width}×{height} px, {result.config.image_mode}; colour: "
+                                      f"{scale.label}; opacity {opacity:g})<br><sub>{settings_text(result)}</sub>"))
     return fig

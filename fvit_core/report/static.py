@@ -18,11 +18,10 @@ from matplotlib.patches import Rectangle
 from fvit_core.metrics import topk_indices
 
 from fvit_core.report.style import (
-    ATTENTION_CMAP, CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, SINGLE_COLUMN_IN,
-    TOPK_EDGE, attack_summary, attention_grid, attention_scale, chance_overlap, comparison,
-    floor_offset, lost_patches, method_name, model_label, overlap_text, perturbation_summary,
-    check_layer_maps, perturbation_view, publication_style, settings_text, sweep_columns, to_hwc, top_classes,
-    view_caption
+    ATTENTION_CMAP, CLEAN_ALPHA, COLORS, LOST_EDGE, MODEL_KEYS, OVERLAY_ALPHA, SINGLE_COLUMN_IN, TOPK_EDGE, MapScale,
+    attack_summary, attention_grid, chance_overlap, check_layer_maps, comparison, floor_offset, lost_patches,
+    map_scale, method_name, model_label, overlap_text, perturbation_summary, perturbation_view, publication_style,
+    settings_text, sweep_columns, to_hwc, top_classes, view_caption
 )
 
 if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matplotlib
@@ -36,6 +35,37 @@ if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matp
 
 def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
+
+
+# Characters of 6 pt text per line of a single-column figure, with margins.
+_LINE_CHARS = 72
+
+
+def wrapped(text: str, width: int = _LINE_CHARS) -> str:
+    """``text`` broken into lines of at most ``width`` characters at its ' · ' separators (then
+    at spaces), so a settings line never runs off a narrow figure."""
+    import textwrap
+
+    lines: list[str] = []
+    for part in text.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.extend(textwrap.wrap(part, width) or [""])
+    return "\n".join(lines)
+
+
+def _legend_below(fig: Figure, ncol: int = 2, handles=None, labels=None) -> None:
+    """One legend for the figure, under its axes: a legend inside an axes covers data
+    whatever corner it picks (constrained layout makes room for an 'outside' legend)."""
+    if handles is None:
+        handles, labels = [], []
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if label not in labels:
+                    handles.append(handle)
+                    labels.append(label)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol)
 
 
 def _image_axes(ax) -> None:
@@ -56,9 +86,9 @@ def _outline(ax, indices: np.ndarray, grid: tuple[int, int], shape: tuple[int, i
                                linestyle=style, linewidth=width))
 
 
-def draw_attention(ax, image: np.ndarray, attention: np.ndarray, grid: tuple[int, int], k: int, vmax: float,
-                   *, lost: np.ndarray | None = None):
-    """Image, attention heatmap on top (shared scale 0..vmax), top-k patches outlined.
+def draw_attention(ax, image: np.ndarray, values: np.ndarray, grid: tuple[int, int], k: int, scale: MapScale,
+                   *, topk: np.ndarray, lost: np.ndarray | None = None):
+    """Image, the map's ``values`` on top (on ``scale``), the top-k patches ``topk`` outlined.
 
     ``lost``: patch indices to outline dashed (the clean top-k that the attacked map lost).
     Returns the heatmap's mappable for a colour bar.
@@ -66,18 +96,18 @@ def draw_attention(ax, image: np.ndarray, attention: np.ndarray, grid: tuple[int
     height, width = image.shape[1:]
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
     ax.imshow(to_hwc(image), interpolation="nearest", extent=extent)
-    mappable = ax.imshow(attention_grid(attention, grid), cmap=ATTENTION_CMAP, vmin=0.0, vmax=vmax,
+    mappable = ax.imshow(attention_grid(values, grid), cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax,
                          alpha=OVERLAY_ALPHA, interpolation="nearest", extent=extent)
-    _outline(ax, topk_indices(attention, k), grid, (height, width), color=TOPK_EDGE)
+    _outline(ax, topk, grid, (height, width), color=TOPK_EDGE)
     if lost is not None and len(lost):
         _outline(ax, lost, grid, (height, width), color=LOST_EDGE, style=(0, (2, 1.5)), width=0.8)
     _image_axes(ax)
     return mappable
 
 
-def _attention_colorbar(fig: Figure, mappable, axes, orientation: str = "vertical") -> None:
+def _attention_colorbar(fig: Figure, mappable, axes, label: str, orientation: str = "vertical") -> None:
     bar = fig.colorbar(mappable, ax=axes, orientation=orientation, fraction=0.05, pad=0.02, shrink=0.9)
-    bar.set_label("attention weight (fraction of patch attention)")
+    bar.set_label(label)
     bar.solids.set_alpha(1.0)
     bar.outline.set_linewidth(0.4)
 
@@ -88,7 +118,7 @@ def compare_figure(result: AnalysisResult) -> Figure:
     with publication_style():
         fig = _new_figure(SINGLE_COLUMN_IN, 3.55)
         axes = fig.subplots(2, 2)
-        vmax, grid, k = attention_scale(result), result.grid_size, result.config.explanation.k
+        scale, grid, k = map_scale(result), result.grid_size, result.config.explanation.k
         mappable = None
         for col, which in enumerate(MODEL_KEYS):
             cmp_ = comparison(result, which)
@@ -96,14 +126,15 @@ def compare_figure(result: AnalysisResult) -> Figure:
                 view = getattr(cmp_, name)
                 lost = lost_patches(cmp_.clean.attention, cmp_.attacked.attention, k) if name == "attacked" else None
                 ax = axes[row, col]
-                mappable = draw_attention(ax, image, view.attention, grid, k, vmax, lost=lost)
+                mappable = draw_attention(ax, image, scale.values(view), grid, k, scale,
+                                          topk=topk_indices(view.attention, k), lost=lost)
                 ax.set_xlabel(view_caption(view), labelpad=2)
                 if col == 0:
                     ax.set_ylabel(name, labelpad=2)
             axes[0, col].set_title(f"{model_label(result, which)}\n{overlap_text(result, which)}")
-        _attention_colorbar(fig, mappable, axes[:, 1], "vertical")
+        _attention_colorbar(fig, mappable, axes[:, 1], scale.label, "vertical")
         fig.suptitle(f"{attack_summary(result).split(':')[0]}, {perturbation_summary(result)}; top-{k} outlined\n"
-                     f"{settings_text(result)}", fontsize=6)
+                     f"{wrapped(settings_text(result))}", fontsize=6)
         return fig
 
 
@@ -121,7 +152,7 @@ def inputs_figure(result: AnalysisResult) -> Figure:
             ax.imshow(to_hwc(image), interpolation="nearest")
             ax.set_title(title, fontsize=6)
             _image_axes(ax)
-        fig.suptitle(settings_text(result), fontsize=6)
+        fig.suptitle(wrapped(settings_text(result)), fontsize=6)
         return fig
 
 
@@ -139,7 +170,7 @@ def distributions_figure(result: AnalysisResult, top: int = 10) -> Figure:
     classes = top_classes(probs, top)
     names = [result.class_names[i] for i in classes]
     with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 0.5 + 0.17 * len(classes))
+        fig = _new_figure(SINGLE_COLUMN_IN, 0.75 + 0.17 * len(classes))
         axes = fig.subplots(1, 2, sharey=True, sharex=True)
         for ax, which in zip(axes, MODEL_KEYS):
             cmp_ = comparison(result, which)
@@ -147,8 +178,11 @@ def distributions_figure(result: AnalysisResult, top: int = 10) -> Figure:
             ax.set_title(model_label(result, which))
             ax.set_xlabel("probability")
             ax.set_xlim(0, 1)
-            ax.legend(loc="lower right")
-        fig.suptitle(settings_text(result), fontsize=6)
+        # One legend for both panels, in grey: the shade says clean or attacked, the hue the model.
+        handles = [Rectangle((0, 0), 1, 1, color=COLORS["chance"], alpha=CLEAN_ALPHA),
+                   Rectangle((0, 0), 1, 1, color=COLORS["chance"])]
+        _legend_below(fig, 2, handles, ["clean (light)", "attacked (dark)"])
+        fig.suptitle(wrapped(settings_text(result)), fontsize=6)
         return fig
 
 
@@ -158,13 +192,13 @@ def votes_figure(result: AnalysisResult, top: int = 10) -> Figure:
     classes = top_classes([d.votes_clean, d.votes_attacked], top)
     names = [result.class_names[i] for i in classes]
     with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 0.55 + 0.15 * len(classes))
+        fig = _new_figure(SINGLE_COLUMN_IN, 0.8 + 0.15 * len(classes))
         ax = fig.subplots()
         _bars(ax, names, d.votes_clean[classes], d.votes_attacked[classes], COLORS["fvit"])
         ax.set_xlabel(f"votes (of {d.n_samples} noise samples)")
         ax.set_xlim(0, d.n_samples)
-        ax.set_title(f"{model_label(result, 'fvit')}: votes per class\n{settings_text(result)}")
-        ax.legend(loc="lower right")
+        ax.set_title(f"{model_label(result, 'fvit')}: votes per class\n{wrapped(settings_text(result))}")
+        _legend_below(fig, 2)
         return fig
 
 
@@ -184,10 +218,13 @@ def divergence_figure(result: AnalysisResult) -> Figure:
     rows = divergence_rows(result)
     values = np.array([max(v, 1e-6) for _, v, _ in rows])
     with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 1.35)
+        fig = _new_figure(SINGLE_COLUMN_IN, 1.5)
         ax = fig.subplots()
         c = result.faithful.certified
-        ax.set_title(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}\n{settings_text(result)}", fontsize=6)
+        # A figure title (centred on the figure, wrapped): an axes title is centred on the bars
+        # and runs off the right edge past the long row labels.
+        fig.suptitle(f"Prediction stability at R = ‖δ‖₂ = {c.perturbation_l2:.2f}\n{wrapped(settings_text(result))}",
+                     fontsize=6)
         y = np.arange(len(rows))
         ax.barh(y, values, color=[c for _, _, c in rows], height=0.6)
         ax.set_yticks(y, [label for label, _, _ in rows])
@@ -202,16 +239,20 @@ def divergence_figure(result: AnalysisResult) -> Figure:
 
 def overlap_curve_figure(result: AnalysisResult) -> Figure:
     """V_k between clean and attacked attention for every k, vanilla vs FViT, chance k/P, the
-    current k with the FViT's bootstrap interval and its Monte Carlo noise floor."""
+    FViT's Monte Carlo noise floor for every k, and at the current k the FViT's bootstrap interval
+    and the floor's."""
     p = len(result.vanilla.overlap_curve)
     ks = np.arange(1, p + 1)
     k, d = result.config.explanation.k, result.faithful
     with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 2.2)
+        fig = _new_figure(SINGLE_COLUMN_IN, 3.0)
         ax = fig.subplots()
         ax.plot(ks, chance_overlap(p), color=COLORS["chance"], linestyle="--", linewidth=0.8, label="chance (k/P)")
         for which in MODEL_KEYS:
             ax.plot(ks, comparison(result, which).overlap_curve, color=COLORS[which], label=model_label(result, which))
+        if d.overlap_curve_floor is not None:
+            ax.plot(ks, d.overlap_curve_floor, color=COLORS["floor"], linestyle=":", linewidth=1.0,
+                    label="FViT noise floor (clean vs clean)")
         if d.topk_overlap_ci is not None:
             lo, hi = d.topk_overlap_ci
             v = result.fvit.topk_overlap
@@ -223,14 +264,14 @@ def overlap_curve_figure(result: AnalysisResult) -> Figure:
             if d.topk_overlap_floor_ci is not None:
                 yerr = [[floor - d.topk_overlap_floor_ci[0]], [d.topk_overlap_floor_ci[1] - floor]]
             ax.errorbar([k + floor_offset(p)], [floor], yerr=yerr, color=COLORS["floor"], capsize=2, linewidth=0.8,
-                        marker="s", markerfacecolor="white", label="noise floor (clean vs clean)")
+                        marker="s", markerfacecolor="white", label=f"noise floor at k = {k}" + (", 95% CI" if yerr else ""))
         ax.axvline(k, color=COLORS["current"], linestyle=":", linewidth=0.8)
         ax.set_xlabel("k (number of top patches)")
         ax.set_ylabel("top-k overlap V$_k$ (clean vs attacked)")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0.5, p + 0.5)
-        ax.legend(loc="lower right")
-        ax.set_title(settings_text(result), fontsize=6)
+        _legend_below(fig, 2)
+        ax.set_title(wrapped(settings_text(result)), fontsize=6)
         return fig
 
 
@@ -248,10 +289,12 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
     data = sweep_columns(rows)
     s = data["sigma"]
     with publication_style():
-        fig = _new_figure(SINGLE_COLUMN_IN, 4.4)
+        # Wider than one column: each panel's legend sits to its right, off the data.
+        fig = _new_figure(1.5 * SINGLE_COLUMN_IN, 4.4)
         ax_v, ax_c, ax_r = fig.subplots(3, 1, sharex=True)
         k = int(rows[0]["k"]) if rows else 0
-        ax_v.set_title(f"Sweep over σ: {sweep_settings_text(rows)}", fontsize=6)
+        current = f" (dotted: current σ = {current_sigma:g})" if current_sigma is not None else ""
+        ax_v.set_title(wrapped(f"Sweep over σ{current}: {sweep_settings_text(rows)}"), fontsize=6)
         ax_v.plot(s, data["vanilla_overlap"], color=COLORS["vanilla"], marker="o", label="vanilla ViT")
         ax_v.plot(s, data["fvit_overlap"], color=COLORS["fvit"], marker="o", label="FViT")
         if np.isfinite(data["fvit_overlap_ci_low"]).any():
@@ -261,7 +304,7 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
                   linestyle="--", label="noise floor")
         ax_v.set_ylabel(f"top-{k} overlap V$_{{{k}}}$")
         ax_v.set_ylim(0, 1.02)
-        ax_v.legend(loc="lower right", ncol=2)
+        ax_v.legend(**_RIGHT_OF_AXES)
         ax_c.plot(s, data["fvit_clean_confidence"], color=COLORS["fvit"], alpha=0.5, marker="o", label="FViT, clean")
         ax_c.plot(s, data["fvit_attacked_confidence"], color=COLORS["fvit"], marker="o", label="FViT, attacked")
         kept = np.array([bool(r["fvit_label_kept"]) for r in sorted(rows, key=lambda r: float(r["sigma"]))], dtype=bool)
@@ -270,21 +313,23 @@ def sigma_sweep_figure(rows: Sequence[dict], current_sigma: float | None = None)
                       markersize=5, label="label flipped")
         ax_c.set_ylabel("confidence of\npredicted class")
         ax_c.set_ylim(0, 1.02)
-        ax_c.legend(loc="lower right", ncol=2)
+        ax_c.legend(**_RIGHT_OF_AXES)
         ax_r.plot(s, data["class_radius"], color=COLORS["radius_class"], marker="o", label="class radius (L2)")
         ax_r.plot(s, data["topk_radius_l2"], color=COLORS["radius_topk"], marker="o", label="top-k radius (L2)")
         _perturbation_reference(ax_r, data)
         ax_r.set_ylabel("certified radius\n(L2, pixel units)")
         ax_r.set_xlabel("σ (noise std, pixel units, log scale)")
         ax_r.set_ylim(bottom=0)
-        ax_r.legend(loc="upper left")
+        ax_r.legend(**_RIGHT_OF_AXES)
         _sigma_ticks(ax_r, s)
         if current_sigma is not None:
             for ax in (ax_v, ax_c, ax_r):
                 ax.axvline(current_sigma, color=COLORS["current"], linestyle=":", linewidth=0.8)
-            ax_v.annotate(f"current σ = {current_sigma:g}", (current_sigma, 1.0), xytext=(2, -6),
-                          textcoords="offset points", fontsize=6, va="top")
         return fig
+
+
+# A panel's legend outside it, on the right (constrained layout makes room for it).
+_RIGHT_OF_AXES = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _perturbation_reference(ax, data: dict[str, np.ndarray]) -> None:
@@ -307,14 +352,20 @@ def _sigma_ticks(ax, sigmas: np.ndarray) -> None:
 
 
 def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: str = "Vanilla ViT",
-                       subtitle: str = "") -> Figure:
-    """Per-layer, per-head [CLS] attention of the vanilla ViT, clean (left) vs attacked (right).
+                       subtitle: str = "", images: tuple[np.ndarray, np.ndarray] | None = None) -> Figure:
+    """Per-layer, per-head [CLS] attention of one model, clean (left) vs attacked (right).
 
     ``maps``: (2, L, heads, P) from :func:`fvit_core.analysis.explorer.layer_head_attention`. The colour
     scale is shared within each layer (clean and attacked, all heads), so a row compares directly.
+    ``images``: the clean and the attacked input as the classifier saw them ((3, H, W) in [0, 1]),
+    drawn under the tiles so a weight can be read against the object.
     """
     maps = check_layer_maps(maps, grid_size)
     _, layers, heads, _ = maps.shape
+    if images is not None:
+        images = tuple(np.asarray(image, dtype=np.float32) for image in images)
+        if len(images) != 2 or any(image.ndim != 3 or image.shape[0] != 3 for image in images):
+            raise ValueError("images must be the clean and the attacked image, each (3, H, W)")
     with publication_style():
         fig = _new_figure(SINGLE_COLUMN_IN, 0.45 + 0.52 * layers)
         axes = np.atleast_2d(fig.subplots(layers, 2 * heads, squeeze=False))
@@ -323,17 +374,26 @@ def layer_heads_figure(maps: np.ndarray, grid_size: tuple[int, int], *, model: s
             for image in range(2):
                 for head in range(heads):
                     ax = axes[layer, image * heads + head]
-                    ax.imshow(attention_grid(maps[image, layer, head], grid_size), cmap=ATTENTION_CMAP,
-                              vmin=0.0, vmax=vmax, interpolation="nearest")
+                    tile = attention_grid(maps[image, layer, head], grid_size)
+                    if images is None:
+                        ax.imshow(tile, cmap=ATTENTION_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest")
+                    else:
+                        height, width = images[image].shape[1:]
+                        extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+                        ax.imshow(to_hwc(images[image]), interpolation="nearest", extent=extent)
+                        ax.imshow(tile, cmap=ATTENTION_CMAP, vmin=0.0, vmax=vmax, alpha=OVERLAY_ALPHA,
+                                  interpolation="nearest", extent=extent)
                     _image_axes(ax)
                     if layer == 0:
                         ax.set_title(f"{('clean', 'attacked')[image]}\nhead {head + 1}", fontsize=6)
                     if image == 0 and head == 0:
                         ax.set_ylabel(f"layer {layer + 1}", fontsize=6)
         fig.suptitle(f"{model} [CLS] attention per layer and head (scale shared within a row)"
-                     + (f"\n{subtitle}" if subtitle else ""), fontsize=6)
+                     + (f"\n{wrapped(subtitle)}" if subtitle else ""), fontsize=6)
+        # Under the tiles: a vertical bar's label is longer than a figure of few layers is tall.
         fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0.0, 1.0), cmap=ATTENTION_CMAP), ax=axes,
-                     fraction=0.03, pad=0.01, label="weight ÷ the row's largest weight")
+                     orientation="horizontal", fraction=0.04, pad=0.02, aspect=40,
+                     label="weight ÷ the row's largest weight")
         return fig
 
 

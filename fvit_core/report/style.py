@@ -3,8 +3,11 @@
 Conventions, the same in every figure (static.py and interactive.py):
 - one colour per model (Okabe-Ito, colour-blind safe): vanilla ViT vermillion, FViT blue; the
   clean image's bars are a light tint of that colour, the attacked image's the full colour;
-- attention heatmaps use one sequential colour map (inferno) and ONE scale for all maps of a
-  figure (0 .. the largest weight among them), so columns can be compared by colour;
+- maps use ONE scale for all maps of a figure, so columns can be compared by colour
+  (:func:`map_scale`): attention (raw, rollout) on a sequential colour map (inferno) from 0 to the
+  largest weight; relevance (the gradient and LRP methods, heavy-tailed) from 0 to the 98th
+  percentile of the weights, the top 2% saturated as in Captum's visualisations; signed
+  relevance (full LRP) on a diverging map (blue negative, red positive) symmetric around 0;
 - top-k focal patches are outlined in cyan; on an attacked image the clean top-k patches that
   were lost are outlined dashed in white;
 - sizes fit a single paper column (3.4 in) at 7 pt text; saved at 300 dpi.
@@ -18,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import matplotlib as mpl
 import numpy as np
 
 from fvit_core.attacks.specs import get_attack
+from fvit_core.explanations.settings import SIGNED_METHODS
 from fvit_core.metrics import topk_indices
 
 if TYPE_CHECKING:  # plotly is imported lazily: the CLI's figures need only matplotlib
@@ -47,6 +52,11 @@ COLORS: dict[str, str] = {
 }
 CLEAN_ALPHA = 0.4  # tint of the model colour for the clean image's bars
 ATTENTION_CMAP = "inferno"
+SIGNED_CMAP = "RdBu_r"  # diverging: negative blue, 0 white, positive red
+# Relevance maps saturate their top (100 - RELEVANCE_PERCENTILE)% (Captum's outlier_perc = 2).
+RELEVANCE_PERCENTILE = 98.0
+# The methods whose maps are attention weights; the others are relevance (docs/EXPLANATIONS.md).
+ATTENTION_METHODS: tuple[str, ...] = ("raw", "rollout")
 OVERLAY_ALPHA = 0.6  # heatmap over the image: enough image left to see what is attended
 TOPK_EDGE = "#00FFFF"
 LOST_EDGE = "#FFFFFF"
@@ -122,8 +132,19 @@ def settings_text(result: AnalysisResult) -> str:
     """
     cfg, d = result.config, result.faithful
     stopped = f" of {cfg.sampling.n_samples}" if d.n_samples != cfg.sampling.n_samples and cfg.smoothing.noisy else ""
-    return (f"{method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}) · {MODE_NAMES.get(d.mode, d.mode)} "
+    target = target_text(result)
+    return (f"{method_name(cfg.explanation.method)} (heads: {cfg.explanation.head_fusion}"
+            f"{'; ' + target if target else ''}) · {MODE_NAMES.get(d.mode, d.mode)} "
             f"σ = {d.sigma:g}, N = {d.n_samples}{stopped} · top-{cfg.explanation.k}")
+
+
+def target_text(result: AnalysisResult) -> str:
+    """The class the maps explain, in words ('' where the method does not depend on a class and
+    none was chosen: attention is the same whatever the class)."""
+    e = result.explanation
+    if e["target"] is not None:
+        return f"explains {e['target_name']}" + ("" if e["depends_on_target"] else " (this method ignores the class)")
+    return "explains the predicted class" if e["depends_on_target"] else ""
 
 
 def comparison(result: AnalysisResult, which: str) -> ModelComparison:
@@ -175,10 +196,45 @@ def attention_grid(attention: np.ndarray, grid_size: tuple[int, int]) -> np.ndar
     return weights.reshape(rows, cols)
 
 
-def attention_scale(result: AnalysisResult) -> float:
-    """The shared colour scale maximum: the largest weight of the four maps (both models, both images)."""
-    maps = [getattr(comparison(result, w), img).attention for w in MODEL_KEYS for img in ("clean", "attacked")]
-    top = max(float(np.max(m)) for m in maps)
+@dataclass(frozen=True)
+class MapScale:
+    """How the maps of one analysis are coloured: the values shown (``signed``: the signed
+    relevances, else the non-negative weights), their range, the colour map and its label."""
+
+    signed: bool
+    vmin: float
+    vmax: float
+    cmap: str
+    label: str
+
+    def values(self, view: "ImageView") -> np.ndarray:
+        """The (P,) values a view's map shows."""
+        return view.relevance if self.signed and view.relevance is not None else view.attention
+
+
+def map_scale(result: AnalysisResult) -> MapScale:
+    """The colour scale of the four maps of ``result`` (both models, both images): module
+    docstring. Each method family has its own scale and its own colour-bar label."""
+    method = result.config.explanation.method
+    views = [getattr(comparison(result, w), img) for w in MODEL_KEYS for img in ("clean", "attacked")]
+    if method in SIGNED_METHODS and all(v.relevance is not None for v in views):
+        values = np.abs(np.concatenate([v.relevance for v in views]))
+        top = _clipped_top(values)
+        return MapScale(True, -top, top, SIGNED_CMAP,
+                        f"signed relevance (share of |relevance|; top {100 - RELEVANCE_PERCENTILE:g}% saturated)")
+    values = np.concatenate([v.attention for v in views])
+    if method in ATTENTION_METHODS:
+        top = float(values.max())
+        return MapScale(False, 0.0, top if top > 0 else 1.0, ATTENTION_CMAP, "attention weight (share of the patches)")
+    return MapScale(False, 0.0, _clipped_top(values), ATTENTION_CMAP,
+                    f"relevance (share of the patches; top {100 - RELEVANCE_PERCENTILE:g}% saturated)")
+
+
+def _clipped_top(values: np.ndarray) -> float:
+    """The RELEVANCE_PERCENTILE of the values, or their maximum where that is 0 (sparse maps)."""
+    top = float(np.percentile(values, RELEVANCE_PERCENTILE))
+    if top <= 0:
+        top = float(values.max())
     return top if top > 0 else 1.0
 
 
