@@ -112,7 +112,8 @@ def show_on_photo(cur: session.Current, scale: style.MapScale) -> None:
     the photo the model's input showed (the crop for centre crop, the letterbox for pad)."""
     result, photo = cur.result, cur.image.pixels
     opacity = st.slider("Map opacity over the photo", 0.0, 1.0, step=0.05, key="overlay_opacity")
-    columns = st.columns(4)
+    # Two per row (a row per model): four in a row leave a photo a quarter of the page wide.
+    columns = [column for _ in style.MODEL_KEYS for column in st.columns(2)]
     panels = [(which, name) for which in style.MODEL_KEYS for name in ("clean", "attacked")]
     for column, (which, name) in zip(columns, panels):
         view = getattr(style.comparison(result, which), name)

@@ -109,7 +109,9 @@ def model_label(result: AnalysisResult, which: str) -> str:
 
 
 METHOD_NAMES: dict[str, str] = {"raw": "raw attention", "rollout": "attention rollout",
-                                "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM"}
+                                "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
+                                "transformer_attribution": "Transformer Attribution", "lrp": "full LRP",
+                                "partial_lrp": "partial LRP"}
 
 
 def method_name(method: str) -> str:
