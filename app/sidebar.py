@@ -20,15 +20,15 @@ from fvit_core.attacks.specs import ATTACKS
 from fvit_core.data.images import PREPARE_MODES, fit_notice, prepare_image, to_uint8
 from fvit_core.errors import ModelLoadError
 from fvit_core.explanations.settings import CLASS_METHODS, EXPLANATION_METHODS, HEAD_FUSIONS
-from fvit_core.method.settings import SMOOTHING_MODES
+from fvit_core.method.settings import SAMPLING_SCHEMES, SMOOTHING_MODES
 from fvit_core.models import MODEL_PAIRS, models_dir
 from fvit_core.runtime.precision import PRECISION_CHOICES
 
 # The settings the sidebar has widgets for (keys double as flat setting names), at the engine's
 # defaults; "model_kind" is the sidebar's own (which model source).
 _WIDGET_SETTINGS: tuple[str, ...] = (
-    "image_mode", "attack", "method", "head_fusion", "target", "mode", "sigma", "n_samples", "k", "beta", "seed",
-    "shared_noise",
+    "image_mode", "attack", "method", "head_fusion", "target", "mode", "sigma", "n_samples", "sampling", "k", "beta",
+    "seed", "shared_noise",
     "noise_floor", "bootstrap", "renyi_alpha", "confidence_alpha", "precision", "noise_floor_estimator", "early_stop",
     "sensitivity_samples")
 _DEFAULTS = AnalysisConfig().to_dict()
@@ -43,6 +43,7 @@ METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention roll
 MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
                "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
 PRECISION_LABELS = {"auto": "auto (bfloat16 where native)", "float32": "float32", "bfloat16": "bfloat16"}
+SAMPLING_LABELS = {"independent": "independent", "antithetic": "antithetic pairs"}
 FLOOR_LABELS = {"bootstrap": "bootstrap of the clean samples", "independent": "second clean estimate (N more samples)"}
 MODEL_KIND_LABELS = {"default": "the shipped CIFAR-10 pair", "local": "local folders (models directory)",
                      "hub": "hub download (timm / diffusers)"}
@@ -309,6 +310,10 @@ def faithful_section(num_patches: int) -> None:
               help="Gaussian noise added before denoising, in [0, 1] pixel units (0.25 = a quarter of the range)")
     st.select_slider("Noise samples N", SAMPLE_CHOICES, key="n_samples",
                      help=f"Monte Carlo samples per estimate; more than {analysis_settings.MAX_INTERACTIVE_SAMPLES} waits for a click")
+    st.radio("Noise draws", SAMPLING_SCHEMES, key="sampling", horizontal=True, format_func=SAMPLING_LABELS.get,
+             help="antithetic: each noise vector e is used with its negation -e, which cancels much of the Monte "
+                  "Carlo error of the maps (docs/PERFORMANCE.md measures it); Cohen's certificate then counts one "
+                  "draw of each pair")
     if st.session_state["k"] > num_patches:
         st.session_state["k"] = num_patches
     st.slider("k: top-k focal patches", 1, num_patches, step=1, key="k",

@@ -24,12 +24,12 @@ from fvit_core.runtime.strategy import Runtime
 ANALYSIS_NAMES = {
     "attack", "attack_params", "batch_size", "beta", "bootstrap", "classifier", "confidence_alpha", "denoiser",
     "device", "early_stop", "early_stop_alpha", "eps", "head_fusion", "image_mode", "k", "method", "mode", "model",
-    "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "precision", "renyi_alpha", "seed",
-    "sensitivity_norm", "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigma", "steps", "target"}
+    "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "precision", "renyi_alpha", "sampling",
+    "seed", "sensitivity_norm", "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigma", "steps", "target"}
 EVAL_NAMES = {
     "allow_download", "attack_params", "attacks", "batch_size", "beta", "bootstrap", "classifier", "data", "denoiser",
     "device", "dist_backend", "eps", "figures", "head_fusion", "image_mode", "k", "label_map", "limit", "methods",
-    "model", "modes", "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "out",
+    "model", "modes", "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "out", "sampling",
     "perturbation_test", "precision", "progress", "pt_fill", "pt_samples", "renyi_alpha", "seed", "sensitivity_norm",
     "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigmas", "steps", "strict", "subset_seed"}
 CERTIFY_NAMES = {

@@ -27,17 +27,20 @@ ABSTAIN_REASONS: tuple[str, ...] = ("guess-not-top", "no-majority")
 def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarray | None, source: str,
                   attacked: SmoothedOutput, perturbation_l2: float, input_dim: int, num_patches: int) -> Certificates:
     independent = selection is not None
+    # Cohen's binomial bounds count independent draws only: every draw, or the first of each
+    # antithetic pair (SmoothedOutput.independent_votes).
+    votes = clean.independent_votes
     if selection is None:
-        selection, source = clean.votes, "shared"
+        selection, source = votes, "shared"
     sigma, alpha = cfg.smoothing.sigma, cfg.confidence_alpha
     k, beta = cfg.explanation.k, cfg.explanation.beta
-    cls, radius = certify.certify_counts(selection, clean.votes, sigma, alpha)
+    cls, radius = certify.certify_counts(selection, votes, sigma, alpha)
     # What CERTIFY tried: the guessed class c_A and the bound on its share of the votes.
     guess = int(np.argmax(selection))
-    p_lower = certify.lower_confidence_bound(int(clean.votes[guess]), int(clean.votes.sum()), alpha)
+    p_lower = certify.lower_confidence_bound(int(votes[guess]), int(votes.sum()), alpha)
     reason = None
     if cls == certify.ABSTAIN:
-        reason = "no-majority" if guess == int(np.argmax(clean.votes)) else "guess-not-top"
+        reason = "no-majority" if guess == int(np.argmax(votes)) else "guess-not-top"
     k_radius = 0.0
     # The bound compares ranks up to k + k0 (METHOD.md 5.3): for larger k (or k = P) nothing is
     # certified, which radius 0 states; denoise-only adds no noise, so it certifies nothing either.
@@ -51,5 +54,6 @@ def certificates(cfg: AnalysisConfig, clean: SmoothedOutput, selection: np.ndarr
         perturbation_l2=perturbation_l2,
         prediction_bound=float(certify.prediction_stability_bound(perturbation_l2, sigma, cfg.renyi_alpha)),
         measured_renyi=float(measured), independent_selection=independent, selection=source, guess_class=guess,
-        abstain_reason=reason,
+        abstain_reason=reason, vote_draws=int(votes.sum()),
+        vote_scheme="first of each antithetic pair" if clean.scheme == "antithetic" else "every draw",
     )

@@ -65,8 +65,8 @@ def floor_pairs(floor: NoiseFloorSettings, clean: SmoothedOutput, second: Smooth
         return None
     if second is not None:
         return clean.attention[None], second.attention[None]
-    samples = clean.samples_attention
-    if samples is None or clean.n_samples < 2 or floor.bootstrap < 1:
+    samples = clean.resampling_units  # the samples, or antithetic pair means: the independent units
+    if samples is None or len(samples) < 2 or floor.bootstrap < 1:
         return None
     n = len(samples)
     idx = rng.integers(0, n, (2, floor.bootstrap, n))
@@ -161,8 +161,9 @@ def noise_floor_estimate(floor: NoiseFloorSettings, k: int, clean: SmoothedOutpu
         value = float(metrics.topk_overlap(clean.attention, second.attention, k))
         ci = None
         if floor.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
-            ci = bootstrap_overlap(clean.samples_attention, second.samples_attention, k, floor.bootstrap, rng)
+            ci = bootstrap_overlap(clean.resampling_units, second.resampling_units, k, floor.bootstrap, rng)
         return NoiseFloor(value, ci, metrics.overlap_curve(clean.attention, second.attention))
-    if clean.n_samples < 2:
+    units = clean.resampling_units  # antithetic: the pair means, so both resamples use the same scheme
+    if len(units) < 2:
         return NoiseFloor()
-    return _bootstrap_floor(clean.samples_attention, k, floor.bootstrap, rng)
+    return _bootstrap_floor(units, k, floor.bootstrap, rng)

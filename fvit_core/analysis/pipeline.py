@@ -45,6 +45,7 @@ from fvit_core.method.vanilla import vanilla
 from fvit_core.models import ModelPair
 from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
 from fvit_core.runtime.precision import weights_fingerprint
+from fvit_core.runtime.sampling import scheme_normals
 from fvit_core.runtime.workers import submit_single_threaded
 
 __all__ = ["AnalysisCache", "AnalysisConfig", "AnalysisResult", "ProgressFn", "analyze", "analyze_many"]
@@ -306,7 +307,7 @@ class _Analysis:
         keep = floor.bootstrap > 0 or floor.from_bootstrap if keep is None else keep
         return self.fvit.sample(images.cpu(), n_samples or cfg.sampling.n_samples, method=explanation.method,
                                 head_fusion=explanation.head_fusion, target=explanation.target, generator=generator,
-                                keep_samples=keep,
+                                keep_samples=keep, scheme=cfg.sampling.scheme,
                                 progress=lambda done, total: self.report("smoothing", start + span * done / total),
                                 **kwargs)
 
@@ -336,7 +337,9 @@ class _Analysis:
         batch = torch.cat([x, x_adv, x] if floor_batch else [x, x_adv])
         noise = None
         if cfg.sampling.shared_noise and cfg.smoothing.noisy:
-            noise = self.fvit.noise((cfg.sampling.n_samples, *x.shape[1:]), self.seeds.generator("noise", *self.parts))
+            noise = self.fvit.sigma * scheme_normals(cfg.sampling.n_samples, tuple(x.shape[1:]),
+                                                     self.seeds.generator("noise", *self.parts),
+                                                     antithetic=cfg.sampling.scheme == "antithetic")
         rule = EarlyStop(k=cfg.explanation.k, alpha=cfg.early_stop.alpha) if cfg.early_stop.enabled else None
         if noise is None:
             return self._sample(batch, generator, 0.15, 0.8, early_stop=rule)
@@ -360,7 +363,7 @@ class _Analysis:
                         target=explanation.target).attention
         outs = self.fvit.sample(images.cpu(), cfg.sampling.n_samples, method=explanation.method,
                                 head_fusion=explanation.head_fusion, target=explanation.target,
-                                generator=self.seeds.generator("sensitivity", *self.parts))
+                                generator=self.seeds.generator("sensitivity", *self.parts), scheme=cfg.sampling.scheme)
         return att_v, np.stack([out.attention for out in outs])
 
     # -- the result ----------------------------------------------------------------------------
@@ -386,7 +389,8 @@ class _Analysis:
                                     "floor": None if floor_changes is None else float(floor_changes.mean())}
         ci = None
         if cfg.floor.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
-            ci = bootstrap_overlap(clean_s.samples_attention, adv_s.samples_attention, k, cfg.floor.bootstrap,
+            # Resampling the independent units: the samples, or the pair means of antithetic draws.
+            ci = bootstrap_overlap(clean_s.resampling_units, adv_s.resampling_units, k, cfg.floor.bootstrap,
                                    self.seeds.rng("bootstrap", *self.parts, "interval"))
         floor = noise_floor_estimate(cfg.floor, k, clean_s, second, self.seeds.rng("bootstrap", *self.parts, "floor"))
         delta = (x_adv - x).flatten()
@@ -395,7 +399,7 @@ class _Analysis:
         # the second clean estimate's votes when there is one, else the vanilla clean prediction. Both
         # cost no extra samples.
         if second is not None:
-            selection, source = second.votes, "second-estimate"
+            selection, source = second.independent_votes, "second-estimate"
         else:
             selection, source = np.eye(len(probs_v[0]), dtype=np.int64)[int(np.argmax(probs_v[0]))], "vanilla-prediction"
         certs = certificates(cfg, clean_s, selection, source, adv_s, l2, int(np.prod(self.prepared.shape)),

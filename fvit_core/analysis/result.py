@@ -70,6 +70,10 @@ class Certificates:
     # Why CERTIFY abstained (None: it certified): "guess-not-top" (the guess is not the smoothed
     # classifier's top class) or "no-majority" (it is, but p_A_lower < 1/2)
     abstain_reason: str | None = None
+    # The draws Cohen's bounds counted: how many, and which ("every draw", or "first of each
+    # antithetic pair": the pairs' two draws are dependent, so only one of each counts).
+    vote_draws: int = 0
+    vote_scheme: str = "every draw"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -63,6 +63,7 @@ from fvit_core.models import ModelPair
 from fvit_core.protocol.seeds import ImageSeeds, smoothing_parts
 from fvit_core.protocol.settings import flat_defaults
 from fvit_core.runtime import distributed
+from fvit_core.runtime.sampling import scheme_normals
 
 CONFIG_FILE = "eval_config.json"
 # How per-image seeds are derived (protocol/seeds.py), recorded in the output folder's settings:
@@ -172,13 +173,14 @@ class ImageEvaluation:
         """The setting's FViT's Monte Carlo estimates of ``images``."""
         return self._fvit(s).sample(images, n_samples or self.cfg.sampling.n_samples, method=method or s.method,
                                     head_fusion=self.head_fusion, keep_samples=keep_samples, generator=generator,
-                                    noise=noise)
+                                    noise=noise, scheme=self.cfg.sampling.scheme)
 
     def _shared_noise(self, s: Setting) -> torch.Tensor | None:
         if not self.cfg.sampling.shared_noise or s.mode == "denoise-only":
             return None
-        shape = (self.cfg.sampling.n_samples, *self.x(s).shape[1:])
-        return self._fvit(s).noise(shape, self._generator("noise", s))
+        normals = scheme_normals(self.cfg.sampling.n_samples, tuple(self.x(s).shape[1:]), self._generator("noise", s),
+                                 antithetic=self.cfg.sampling.scheme == "antithetic")
+        return s.sigma * normals
 
     def _clean(self, s: Setting) -> tuple[SmoothedOutput, SmoothedOutput | None, torch.Tensor | None]:
         """(clean estimate, independent second estimate or None, shared noise or None)."""

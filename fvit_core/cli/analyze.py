@@ -35,6 +35,8 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
                                 "predicted class); raw attention and rollout do not depend on it"),
     "--sigma": ("sigma", parse_number, "smoothing noise std in pixel units (e.g. 0.25)"),
     "--n-samples": ("n_samples", int, "noise samples per image for the FViT"),
+    "--sampling": ("sampling", str, "how the noise draws are made: independent | antithetic (pairs e, -e: "
+                                    "lower variance; n-samples even)"),
     "--k": ("k", int, "number of top-k focal patches"),
     "--beta": ("beta", float, "required top-k overlap for the top-k certificate, in (0, 1]"),
     "--mode": ("mode", str, "smoothing: dds | rs | denoise-only | multistep"),

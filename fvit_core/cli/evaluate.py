@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _shared(e, "--mode", as_list=True, dest="modes", extra_help="; plus vanilla (no smoothing)")
     _shared(e, "--method", as_list=True, dest="methods")
     _shared(e, "--n-samples")
+    _shared(e, "--sampling")
     _shared(e, "--noise-floor-estimator")
     e.add_argument("--bootstrap", type=int, default=argparse.SUPPRESS,
                    help="bootstrap resamples of the bootstrap noise floor (default 200)")

@@ -44,7 +44,7 @@ from fvit_core.explanations.settings import check_head_fusion, check_method, flo
 from fvit_core.method import certify as cohen
 from fvit_core.method.denoise import multistep_denoise, one_shot_denoise, timestep_for_sigma
 from fvit_core.method.monte_carlo import EarlyStop, MonteCarloSums, SmoothedOutput
-from fvit_core.method.settings import SmoothingSettings
+from fvit_core.method.settings import SamplingSettings, SmoothingSettings, check_draws, check_scheme
 from fvit_core.models import Denoiser, ModelPair, PixelViT
 from fvit_core.runtime.precision import models_in_precision
 from fvit_core.runtime.sampling import Job, ProgressFn, sample_loop
@@ -179,19 +179,25 @@ class FaithfulViT:
     def sample(self, images: Tensor, n_samples: int, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
                target: int | None = Explain.target, generator: torch.Generator | None = None,
                noise: Tensor | None = None, keep_samples: bool = False, early_stop: EarlyStop | None = None,
-               progress: ProgressFn | None = None) -> list[SmoothedOutput]:
+               progress: ProgressFn | None = None, scheme: str = SamplingSettings.scheme) -> list[SmoothedOutput]:
         """Monte Carlo estimates for every image of ``images`` (B, 3, H, W) in [0, 1]: one
         :class:`SmoothedOutput` each, with ``n_samples`` draws per image, explaining class
         ``target`` (None: each draw's own predicted class).
 
         ``noise`` (N, 3, H, W) in pixel units, if given, is used for every image (common random
-        numbers); otherwise each image gets independent draws from ``generator``, image after
-        image (with ``early_stop``: in rounds of ``check_every`` samples per image, and every
-        image stops at the same N). ``keep_samples`` keeps the (N, P) per-sample maps (the
-        bootstrap needs them); otherwise memory does not grow with N. ``progress(done, total)``
-        is called after every forward batch.
+        numbers; with ``scheme="antithetic"`` it must come in antithetic pairs, as
+        runtime.sampling.scheme_normals makes them); otherwise each image gets its own draws from
+        ``generator``, image after image (with ``early_stop``: in rounds of ``check_every``
+        samples per image, and every image stops at the same N). ``scheme``: independent draws or
+        antithetic pairs (method.settings.SAMPLING_SCHEMES). ``keep_samples`` keeps the (N, P)
+        per-sample maps (the bootstrap needs them); otherwise memory does not grow with N.
+        ``progress(done, total)`` is called after every forward batch.
         """
         _check_sampling(images, n_samples, method, head_fusion, early_stop)
+        check_scheme(scheme)
+        antithetic = scheme == "antithetic" and self.smoothing.noisy  # denoise-only makes one draw
+        if antithetic:
+            check_draws(n_samples, scheme)
         n = self.draws_per_image(n_samples)
         if noise is not None and tuple(noise.shape) != (n, *images.shape[1:]):
             raise SettingError(f"shared noise must be ({n}, {', '.join(map(str, images.shape[1:]))}), "
@@ -200,7 +206,8 @@ class FaithfulViT:
         pixels = images.detach().float().cpu()
         shared = None if noise is None else noise.detach().float().cpu()
 
-        def work(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray | None]:
+        def work(job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray | None,
+                                    np.ndarray]:
             with torch.inference_mode():
                 x = pixels[job.image_idx]
                 if job.normal is not None:
@@ -214,9 +221,9 @@ class FaithfulViT:
                 probs = torch.softmax(d.logits.float(), dim=-1)
                 signed = None if d.relevance is None else d.relevance.double().cpu().numpy()
                 return (job.image_idx.numpy(), d.attention.double().cpu().numpy(), probs.double().cpu().numpy(),
-                        firsts, signed)
+                        firsts, signed, job.sample_idx.numpy())
 
-        sums = MonteCarloSums(len(images), self.classifier.num_patches, self.num_classes, keep_samples)
+        sums = MonteCarloSums(len(images), self.classifier.num_patches, self.num_classes, keep_samples, antithetic)
         looks = early_stop.checkpoints(n) if early_stop is not None and self.smoothing.noisy else []
         z = early_stop.z(n) if looks else 0.0
         drawn, stopped = sample_loop(
@@ -224,7 +231,7 @@ class FaithfulViT:
             shape=tuple(images.shape[1:]), device=self.device, dtype=smoothed.classifier.mean.dtype,
             generator=generator, draw_noise=self.smoothing.noisy and noise is None,
             workers=self.runtime.workers(self.device, sequential=self.mode == "multistep"), looks=looks,
-            settled=lambda count: sums.settled(count, early_stop, z), progress=progress)
+            settled=lambda count: sums.settled(count, early_stop, z), progress=progress, antithetic=antithetic)
         return sums.finish(drawn, self.t_star, stopped)
 
     def explain(self, x: Tensor, n: int, method: str = Explain.method, *, head_fusion: str = Explain.head_fusion,
@@ -241,7 +248,7 @@ class FaithfulViT:
     def predict(self, x: Tensor, n: int, alpha: float, *, generator: torch.Generator | None = None) -> int:
         """Cohen's PREDICT on one image: the top class of n draws' votes, or ABSTAIN when a
         binomial test cannot separate it from the runner-up at level ``alpha``."""
-        return cohen.predict(self.explain(x, n, generator=generator).votes, alpha)
+        return cohen.predict(self.explain(x, n, generator=generator).independent_votes, alpha)
 
     def certify(self, x: Tensor, n0: int, n: int, alpha: float, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
                 generator: torch.Generator | None = None) -> Certificate:

@@ -6,7 +6,10 @@ docs/METHOD.md, section 3. For each image x and samples i = 1..N the FViT accumu
     smoothed prediction  y~(x) = mean_i softmax_i      (C,)
     vote counts          c[j]  = #{i : argmax p_i = j} (C,)
 
-as running sums, with per-coordinate standard errors (:class:`SmoothedOutput`).
+as running sums, with per-coordinate standard errors (:class:`SmoothedOutput`). With antithetic
+draws (draw 2j + 1 uses the negated noise of draw 2j) the means are the same formulas, but the
+draws of a pair are dependent: the standard errors, the bootstrap and Cohen's vote counts use the
+independent units, the N/2 pair means (SE, bootstrap) or the N/2 first draws of the pairs (votes).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class SmoothedOutput:
         stopped_early: True when :class:`EarlyStop` ended the loop before ``n_samples``.
         relevance: (P,) mean signed relevance of the signed methods (explanations.settings.
             SIGNED_METHODS; each draw's divided by its absolute sum), else None.
+        scheme: how the draws were made (method.settings.SAMPLING_SCHEMES).
+        independent_votes: (C,) votes of the independent draws only: all of them, or the first
+            draw of each antithetic pair (what Cohen's binomial bounds may count).
     """
 
     attention: np.ndarray
@@ -50,11 +56,26 @@ class SmoothedOutput:
     samples_attention: np.ndarray | None = None
     stopped_early: bool = False
     relevance: np.ndarray | None = None
+    scheme: str = "independent"
+    independent_votes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.independent_votes is None:
+            self.independent_votes = self.votes
 
     @property
     def label(self) -> int:
         """Predicted class of the smoothed distribution y~ (soft smoothed classifier)."""
         return int(np.argmax(self.probs))
+
+    @property
+    def resampling_units(self) -> np.ndarray | None:
+        """The independent units of the kept per-sample maps, (N, P) or, antithetic, the (N/2, P)
+        pair means: what a bootstrap of this estimate resamples. None unless samples were kept."""
+        samples = self.samples_attention
+        if samples is None or self.scheme != "antithetic":
+            return samples
+        return (samples[0::2] + samples[1::2]) / 2.0
 
 
 @dataclass(frozen=True)
@@ -122,21 +143,32 @@ class MonteCarloSums:
     calling thread adds while the workers compute, so it stays off torch's thread pool). Memory
     does not grow with N unless the per-sample maps are kept."""
 
-    def __init__(self, n_images: int, dim_w: int, dim_p: int, keep: bool):
+    def __init__(self, n_images: int, dim_w: int, dim_p: int, keep: bool, antithetic: bool = False):
+        self.antithetic = antithetic
         self.sw = np.zeros((n_images, dim_w))
         self.sw2 = np.zeros_like(self.sw)
         self.sp = np.zeros((n_images, dim_p))
         self.sp2 = np.zeros_like(self.sp)
         self.votes = np.zeros((n_images, dim_p), dtype=np.int64)
+        self.independent_votes = np.zeros_like(self.votes) if antithetic else self.votes
+        # Antithetic: squares of the pair means (the SEs' independent units) and the even draws
+        # whose partner comes in a later batch.
+        self.pw2 = np.zeros_like(self.sw) if antithetic else None
+        self.pp2 = np.zeros_like(self.sp) if antithetic else None
+        self.waiting: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.kept: list[tuple[np.ndarray, np.ndarray]] | None = [] if keep else None
         self.first: list[np.ndarray | None] = [None] * n_images
         self.signed: np.ndarray | None = None  # sums of signed relevances, when the method has them
 
     def add(self, image_idx: np.ndarray, w: np.ndarray, p: np.ndarray, firsts: dict[int, np.ndarray],
-            signed: np.ndarray | None = None) -> int:
+            signed: np.ndarray | None = None, sample_idx: np.ndarray | None = None) -> int:
         """Rows of one batch, in sample order: (b,) image index, (b, P) maps, (b, C) probabilities,
-        the first model input of the images whose draw 0 it holds, and (b, P) signed relevances
-        (signed methods only). Returns b."""
+        the first model input of the images whose draw 0 it holds, (b, P) signed relevances
+        (signed methods only) and (b,) sample index (needed for antithetic pairs). Returns b."""
+        if self.antithetic:
+            if sample_idx is None:
+                raise ValueError("antithetic sums need each row's sample index")
+            self._add_pairs(image_idx, np.asarray(sample_idx), w, p)
         if signed is not None:
             if self.signed is None:
                 self.signed = np.zeros_like(self.sw)
@@ -152,12 +184,31 @@ class MonteCarloSums:
             self.kept.append((image_idx, w.astype(np.float32)))
         return len(image_idx)
 
+    def _add_pairs(self, image_idx: np.ndarray, sample_idx: np.ndarray, w: np.ndarray, p: np.ndarray) -> None:
+        """Antithetic: the squared pair means of the pairs this batch completes, and the votes of
+        the pairs' first draws."""
+        first = sample_idx % 2 == 0
+        np.add.at(self.independent_votes, (image_idx[first], p[first].argmax(-1)), 1)
+        rows = {(int(i), int(s)): r for r, (i, s) in enumerate(zip(image_idx.tolist(), sample_idx.tolist()))}
+        for (image, sample), row in rows.items():
+            if sample % 2 == 0:
+                if (image, sample + 1) not in rows:
+                    self.waiting[(image, sample // 2)] = (w[row].copy(), p[row].copy())
+                continue
+            partner = rows.get((image, sample - 1))
+            w0, p0 = (w[partner], p[partner]) if partner is not None else self.waiting.pop((image, sample // 2))
+            self.pw2[image] += ((w0 + w[row]) / 2.0) ** 2
+            self.pp2[image] += ((p0 + p[row]) / 2.0) ** 2
+
     def mean_se(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image."""
-        def one(s: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(attention mean, its SE, probs mean, its SE), each (B, dim), after n samples per image.
+        Antithetic: the SE of the mean of the n/2 independent pair means."""
+        def one(s: np.ndarray, s2: np.ndarray, pair2: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            if pair2 is not None:  # the pair means sum to s / 2
+                return s / n, standard_error(s / 2.0, pair2, n // 2) if n >= 4 else np.zeros_like(s)
             return s / n, standard_error(s, s2, n) if n > 1 else np.zeros_like(s)  # one sample: no spread known
 
-        return (*one(self.sw, self.sw2), *one(self.sp, self.sp2))
+        return (*one(self.sw, self.sw2, self.pw2), *one(self.sp, self.sp2, self.pp2))
 
     def settled(self, n: int, rule: EarlyStop, z: float) -> bool:
         w, w_se, p, p_se = self.mean_se(n)
@@ -178,6 +229,8 @@ class MonteCarloSums:
                 probs_se=p_se[i], votes=self.votes[i].copy(), n_samples=n, t_star=t_star,
                 denoised_sample=self.first[i], samples_attention=None if samples is None else samples[i],
                 stopped_early=stopped_early, relevance=None if self.signed is None else self.signed[i] / n,
+                scheme="antithetic" if self.antithetic else "independent",
+                independent_votes=self.independent_votes[i].copy(),
             ))
         return outs
 

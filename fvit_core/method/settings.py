@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fvit_core.errors import SettingError
 from fvit_core.protocol.settings import Settings, bounded, one_of, setting
 
 SMOOTHING_MODES: tuple[str, ...] = ("dds", "rs", "denoise-only", "multistep")
 check_mode = one_of("smoothing mode", SMOOTHING_MODES)
+# How the N noise draws of one estimate are made (docs/METHOD.md, section 3; docs/PERFORMANCE.md
+# measures them): ``independent`` draws, or ``antithetic`` pairs (draw 2j + 1 is the negation of
+# draw 2j), whose pair means are the independent units of the standard errors and resamples.
+SAMPLING_SCHEMES: tuple[str, ...] = ("independent", "antithetic")
+check_scheme = one_of("sampling scheme", SAMPLING_SCHEMES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +44,24 @@ class SmoothingSettings(Settings):
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingSettings(Settings):
-    """How the FViT's estimates are drawn: ``n_samples`` draws per estimate, and whether the
-    attacked image reuses the clean image's draws (``shared_noise``: common random numbers, a
-    labelled option that flatters V_k at small N; docs/METHOD.md)."""
+    """How the FViT's estimates are drawn: ``n_samples`` draws per estimate, by which ``scheme``
+    (:data:`SAMPLING_SCHEMES`; flat name ``sampling``), and whether the attacked image reuses the
+    clean image's draws (``shared_noise``: common random numbers, a labelled option that flatters
+    V_k at small N; docs/METHOD.md)."""
 
     n_samples: int = setting(64, check=bounded("n_samples"))
+    scheme: str = setting("independent", json="sampling", check=check_scheme)
     shared_noise: bool = setting(False)
+
+    def check(self) -> None:
+        check_draws(self.n_samples, self.scheme)
+
+
+def check_draws(n_samples: int, scheme: str) -> None:
+    """Antithetic draws come in pairs: an even number of them, at least 2."""
+    if scheme == "antithetic" and (n_samples < 2 or n_samples % 2):
+        raise SettingError(f"antithetic sampling draws pairs: n_samples must be even and at least 2, "
+                           f"got {n_samples} (use {max(2, n_samples + 1)})")
 
 
 @dataclass(frozen=True, kw_only=True)
