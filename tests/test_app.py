@@ -166,7 +166,7 @@ def test_expensive_settings_are_recognised():
     assert "denoiser" in analysis_settings.expensive_reason(AnalysisConfig.of(attack="eot_dds"))
     assert "AutoAttack" in analysis_settings.expensive_reason(AnalysisConfig.of(attack="autoattack"))
     assert "steps" in analysis_settings.expensive_reason(AnalysisConfig.of(attack_params={"steps": 200}))
-    assert "sensitivity (8 x 64" in analysis_settings.expensive_reason(AnalysisConfig.of(sensitivity_samples=8))
+    assert "sensitivity (8 x 32" in analysis_settings.expensive_reason(AnalysisConfig.of(sensitivity_samples=8))
 
 
 def test_local_models_only_from_the_models_directory(tiny_pair_dir, tmp_path):

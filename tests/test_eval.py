@@ -69,7 +69,7 @@ def test_attack_computed_once_per_budget_and_reused(image_folder, tiny_pair_dir,
     monkeypatch.setattr(ev, "run_attack", counting)
     cfg = ev.EvalConfig.of(data=str(image_folder), out=str(tmp_path / "o"), classifier=str(tiny_pair_dir / "classifier"),
                         denoiser=str(tiny_pair_dir / "denoiser"), limit=1, eps=(2 / 255, 8 / 255), sigmas=(0.12, 0.25),
-                        modes=("vanilla", "dds", "rs"), methods=("raw",), n_samples=4, pt_samples=1, k=4,
+                        modes=("vanilla", "dds", "rs"), methods=("raw",), n_samples=4, pt_samples=2, k=4,
                         steps=2, progress=False, figures=False)
     report = ev.run_eval(cfg)
     assert report.rows_total == 2 * (1 + 2 * 2) and report.rows_missing == 0
@@ -316,19 +316,21 @@ def test_bad_grid_values_are_refused(tmp_path):
 
 
 def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_path):
-    """Rows seeded from the image path (no seed_protocol) or made with the independent floor (no
-    noise_floor_estimator: it was the only one) cannot be resumed with today's defaults."""
+    """Rows seeded from the image path (no seed_protocol), made with the independent floor (no
+    noise_floor_estimator: it was the only one) or with independent draws (no sampling) cannot be
+    resumed with today's defaults."""
     cfg = ev.EvalConfig.of(data="d", out=str(tmp_path))
     (tmp_path / "rows.jsonl").write_text("")
     stored = {**cfg.to_dict(), "n_samples": 64}
-    del stored["noise_floor_estimator"]
+    del stored["noise_floor_estimator"], stored["sampling"]
     (tmp_path / ev.CONFIG_FILE).write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="seeded by an earlier protocol"):
         ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
     (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL}))
-    with pytest.raises(ValueError, match="noise_floor_estimator 'independent' -> 'bootstrap'"):
+    with pytest.raises(ValueError, match="noise_floor_estimator 'independent' -> 'bootstrap'") as refused:
         ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
-    cfg = cfg.replace(noise_floor_estimator="independent")
+    assert "sampling 'independent' -> 'antithetic'" in str(refused.value) and "n_samples 64 -> 32" in str(refused.value)
+    cfg = cfg.replace(noise_floor_estimator="independent", sampling="independent", n_samples=64)
     ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))  # resumes with what it used
 
 

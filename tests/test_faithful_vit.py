@@ -45,7 +45,7 @@ def test_one_draw_is_the_paper_formula(tiny_pair):
     """sample() on one draw equals ViT(one_shot_denoise(x + sigma * eps, t*)) computed by hand."""
     x = _images(1, seed=3)
     fvit = FaithfulViT.from_pair(tiny_pair, 0.25, runtime=REFERENCE_RUNTIME)
-    out = fvit.sample(x, 1, generator=torch.Generator().manual_seed(9))[0]
+    out = fvit.sample(x, 1, generator=torch.Generator().manual_seed(9), scheme="independent")[0]
     eps = torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         probs = torch.softmax(tiny_pair.classifier(one_shot_denoise(tiny_pair.denoiser, x + 0.25 * eps, fvit.t_star)), -1)
@@ -58,8 +58,8 @@ def test_certify_is_cohens_certify_on_the_selection_and_estimation_votes(tiny_pa
     fvit = FaithfulViT.from_pair(tiny_pair, 0.5)
     prediction, radius, estimate = fvit.certify(x, 16, 64, 0.05, generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(2)
-    selection = fvit.explain(x, 16, generator=g).votes
-    votes = fvit.explain(x, 64, generator=g).votes
+    selection = fvit.explain(x, 16, generator=g, scheme="independent").votes  # CERTIFY draws independently
+    votes = fvit.explain(x, 64, generator=g, scheme="independent").votes
     assert np.array_equal(votes, estimate.votes) and estimate.n_samples == 64
     guess = int(np.argmax(selection))
     p_lower = beta_dist.ppf(0.05, votes[guess], 64 - votes[guess] + 1)  # one-sided Clopper-Pearson
@@ -117,8 +117,8 @@ def test_the_default_runtime_is_the_analysis_default(tiny_pair):
     built = FaithfulViT.of(tiny_pair, cfg.smoothing, cfg.runtime)
     assert (built.sigma, built.mode, built.t_star) == (0.5, "rs", None)
     x = _images(2)
-    a = smooth(tiny_pair, x, sigma=0.25, n_samples=8, batch_size=5, precision="auto",
-               generator=torch.Generator().manual_seed(0))
+    a = smooth(tiny_pair, x, sigma=0.25, n_samples=8, batch_size=5, precision="auto", scheme=cfg.sampling.scheme,
+               generator=torch.Generator().manual_seed(0))  # the API's default scheme is the analysis's too
     b = FaithfulViT.from_pair(tiny_pair, 0.25, runtime=Runtime(batch_size=5)).sample(
         x, 8, generator=torch.Generator().manual_seed(0))
     for u, v in zip(a, b):

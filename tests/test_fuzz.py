@@ -298,14 +298,14 @@ def test_cli_analyze_over_corpus(corpus_dir: Path, tiny_pair_dir: Path, tmp_path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             code = cli.main(["analyze", str(corpus_dir / case.name), "--classifier", str(tiny_pair_dir / "classifier"),
-                             "--denoiser", str(tiny_pair_dir / "denoiser"), "--n-samples", "2", "--steps", "1",
+                             "--denoiser", str(tiny_pair_dir / "denoiser"), "--n-samples", "4", "--steps", "1",
                              "--k", "4", "--batch-size", "64", "--json", str(out)])
         captured = capsys.readouterr()
         assert code in (0, 2), f"{case.name}: exit {code}: {captured.err}"
         if code == 0:
             outcomes["ok"] += 1
             data = _no_non_finite(out.read_text())
-            assert len(data["vanilla"]["clean"]["attention"]) == 16 and data["fvit"]["n_samples"] == 2
+            assert len(data["vanilla"]["clean"]["attention"]) == 16 and data["fvit"]["n_samples"] == 4
             assert case.expect != "error", case.name
         else:
             outcomes["error"] += 1

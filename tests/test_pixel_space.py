@@ -120,7 +120,7 @@ def test_eval_rows_live_in_each_modes_pixel_space(den64_dir, tiny_pair_dir, imag
     from fvit_core.batch.evaluate import run_eval
 
     run_eval(EvalConfig.of(data=str(image_folder), out=str(tmp_path / "eval"), classifier=str(tiny_pair_dir / "classifier"),
-                        denoiser=str(den64_dir), modes=("vanilla", "rs", "dds"), limit=2, n_samples=2, pt_samples=2,
+                        denoiser=str(den64_dir), modes=("vanilla", "rs", "dds"), limit=2, n_samples=4, pt_samples=2,
                         steps=5, progress=False, figures=False, precision="float32"))
     rows = read_rows(tmp_path / "eval")
     by = {(r["image"], r["mode"]): r for r in rows}

@@ -45,7 +45,7 @@ from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = dict(n_samples=2, steps=1, bootstrap=0, k=4, batch_size=64, noise_floor_estimator="independent")
+FAST = dict(n_samples=4, steps=1, bootstrap=0, k=4, batch_size=64, noise_floor_estimator="independent")
 
 
 def _image(seed: int = 0, h: int = 32, w: int = 32) -> np.ndarray:
@@ -110,7 +110,10 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("analyze: sigma < 0", _analyze(sigma=-0.1), r"sigma must be a number in \[0.001, 4\]"),
     ("analyze: sigma nan", _analyze(sigma=float("nan")), r"sigma must be a number in \[0.001, 4\]"),
     ("analyze: zero samples", _analyze(n_samples=0), "n_samples must be a whole number"),
-    ("analyze: one sample with a noise floor", _analyze(n_samples=1), "n_samples must be a whole number in 2..100,000"),
+    ("analyze: one sample with a noise floor", _analyze(n_samples=1, sampling="independent"),
+     "n_samples must be a whole number in 2..100,000"),
+    ("analyze: odd antithetic samples", _analyze(n_samples=7), "antithetic sampling draws pairs: n_samples must be even"),
+    ("analyze: one antithetic pair with a noise floor", _analyze(n_samples=2), "n_samples must be a whole number in 4..100,000"),
     ("analyze: k > patches", _analyze(k=17), "k=17 exceeds the model's 16 patches"),
     ("analyze: k = 0", _analyze(k=0), "k must be a whole number in 1..65,536"),
     ("analyze: eps < 0", _analyze(eps=-1.0), r"eps must be a number in \[0, 1,000\]"),
@@ -160,7 +163,9 @@ BAD_PARAMETERS: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("analyze: renyi alpha 1e308", _analyze(renyi_alpha=1e308), r"renyi_alpha must be a number in \(1, 1,000\]"),
     ("analyze: a megabyte of text as seed", _analyze(seed="9" * 1_000_000), r"seed must be a whole number, got '9{56}\.\.\.$"),
     ("eval: samples 1e7", lambda c: _eval_cfg(n_samples=10**7), "n_samples must be a whole number in 1..100,000"),
-    ("eval: one sample with a noise floor", lambda c: _eval_cfg(n_samples=1), "n_samples must be a whole number in 2..100,000"),
+    ("eval: one sample with a noise floor", lambda c: _eval_cfg(n_samples=1, sampling="independent"),
+     "n_samples must be a whole number in 2..100,000"),
+    ("eval: odd perturbation-test samples", lambda c: _eval_cfg(pt_samples=3), "pt_samples must be even and at least 2"),
     ("eval: sigma 1e-300", lambda c: _eval_cfg(sigmas=(1e-300,)), r"sigma must be a number in \[0.001, 4\]"),
     ("eval: 2,000 budgets", lambda c: _eval_cfg(eps=(0.01,) * 2000), "eps holds 2,000 values, over the limit"),
     ("eval: pt samples 1e9", lambda c: _eval_cfg(pt_samples=10**9), "pt_samples must be a whole number in 1..100,000"),
@@ -468,7 +473,7 @@ def test_nan_weights_on_disk_are_refused_at_load_and_by_the_cli(tiny_pair_dir, t
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32), (10, 200, 30)).save(image)
     code = cli.main(["analyze", str(image), "--classifier", str(folder), "--denoiser", str(tiny_pair_dir / "denoiser"),
-                     "--n-samples", "2", "--steps", "1", "--json", str(tmp_path / "r.json")])
+                     "--n-samples", "4", "--steps", "1", "--json", str(tmp_path / "r.json")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "NaN or infinite" in err, err
     assert not (tmp_path / "r.json").exists()
@@ -742,7 +747,7 @@ def test_allow_download_does_not_override_a_users_offline_setting(tiny_pair_dir,
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32)).save(image)
     code = cli.main(["analyze", str(image), "--allow-download", "--classifier", str(tiny_pair_dir / "classifier"),
-                     "--denoiser", "google/ddpm-cifar10-32", "--n-samples", "2", "--steps", "1"])
+                     "--denoiser", "google/ddpm-cifar10-32", "--n-samples", "4", "--steps", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "HF_HUB_OFFLINE is set" in err and len(err.splitlines()) == 1, err
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -300,8 +300,8 @@ def folder_with_a_broken_image(image_folder, tmp_path) -> Path:
 
 def _eval_args(data: Path, out: Path, tiny_pair_dir: Path) -> list[str]:
     return ["eval", "--data", str(data), "--out", str(out), "--classifier", str(tiny_pair_dir / "classifier"),
-            "--denoiser", str(tiny_pair_dir / "denoiser"), "--mode", "vanilla,dds", "--n-samples", "2",
-            "--pt-samples", "1", "--k", "4", "--steps", "1", "--no-progress", "--no-figures"]
+            "--denoiser", str(tiny_pair_dir / "denoiser"), "--mode", "vanilla,dds", "--n-samples", "4",
+            "--pt-samples", "2", "--k", "4", "--steps", "1", "--no-progress", "--no-figures"]
 
 
 def test_eval_skips_an_unreadable_image_and_counts_it(folder_with_a_broken_image, tiny_pair_dir, tmp_path,

@@ -97,8 +97,13 @@ def test_objects_check_themselves_when_made():
 
 def test_rules_between_objects_live_in_the_config():
     with pytest.raises(SettingError, match="n_samples must be a whole number in 2..100,000"):
-        AnalysisConfig.of(n_samples=1)  # a noise floor compares two estimates
-    assert AnalysisConfig.of(n_samples=1, noise_floor=False).sampling.n_samples == 1
+        AnalysisConfig.of(n_samples=1, sampling="independent")  # a noise floor compares two estimates
+    with pytest.raises(SettingError, match="n_samples must be a whole number in 4..100,000"):
+        AnalysisConfig.of(n_samples=2)  # ... each of two antithetic pairs at least
+    with pytest.raises(SettingError, match="n_samples must be even and at least 2, got 1"):
+        AnalysisConfig.of(n_samples=1)  # antithetic draws come in pairs
+    assert AnalysisConfig.of(n_samples=2, noise_floor=False).sampling.n_samples == 2
+    assert AnalysisConfig.of(n_samples=1, noise_floor=False, sampling="independent").sampling.n_samples == 1
     with pytest.raises(SettingError, match="certify needs noise"):
         CertifyConfig.of(**BATCH, mode="denoise-only")
     with pytest.raises(SettingError, match="attack 'gn' has no parameter 'eps'"):

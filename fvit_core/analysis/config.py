@@ -83,8 +83,8 @@ class ComparisonConfig(RunConfig):
 
     def check(self) -> None:
         n, floor = self.sampling.n_samples, self.floor
-        if floor.enabled:  # two estimates to compare need two samples each
-            limits.check("n_samples", n, low=2)
+        if floor.enabled:  # two estimates to compare need two independent units each: draws, or antithetic pairs
+            limits.check("n_samples", n, low=4 if self.sampling.scheme == "antithetic" else 2)
         if floor.bootstrap * n > limits.MAX_BOOTSTRAP_DRAWS:
             raise SettingError(f"bootstrap x n_samples = {floor.bootstrap:,} x {n:,} is over the limit of "
                                f"{limits.MAX_BOOTSTRAP_DRAWS:,} (about 40 bytes each); use at most "
@@ -100,7 +100,7 @@ class AnalysisConfig(ComparisonConfig):
     """Every setting of one analysis; a JSON file of its flat form reproduces it (``--config``).
 
     Units: sigma, eps and radii in [0, 1] pixel units (eps 8/255 for Linf, 0.5 for L2). Defaults:
-    PGD 8/255 with 10 steps; DDS at sigma 0.25 with 64 samples; raw attention, top-8; the
+    PGD 8/255 with 10 steps; DDS at sigma 0.25 with 32 antithetic samples; raw attention, top-8; the
     bootstrap noise floor; "auto" precision (docs/PERFORMANCE.md measures each cost setting).
 
     Besides the comparison's settings: ``early_stop`` (end sampling once label and top-k set are

@@ -160,7 +160,7 @@ def noise_floor_estimate(floor: NoiseFloorSettings, k: int, clean: SmoothedOutpu
     if second is not None:
         value = float(metrics.topk_overlap(clean.attention, second.attention, k))
         ci = None
-        if floor.bootstrap > 0 and clean.samples_attention is not None and clean.n_samples > 1:
+        if floor.bootstrap > 0 and clean.samples_attention is not None and len(clean.resampling_units) > 1:
             ci = bootstrap_overlap(clean.resampling_units, second.resampling_units, k, floor.bootstrap, rng)
         return NoiseFloor(value, ci, metrics.overlap_curve(clean.attention, second.attention))
     units = clean.resampling_units  # antithetic: the pair means, so both resamples use the same scheme

@@ -67,7 +67,7 @@ def analyze(image: np.ndarray | torch.Tensor, config: AnalysisConfig | None = No
     Args:
         image: (3, H, W) float pixels in [0, 1] at any size; resized (or centre-cropped, per
             ``config.image_mode``) to the smoothing space of the pair.
-        config: the settings (defaults: PGD 8/255, 10 steps; DDS at sigma 0.25, 64 samples; top-8).
+        config: the settings (defaults: PGD 8/255, 10 steps; DDS at sigma 0.25, 32 antithetic samples; top-8).
         pair: loaded models (default: the models ``config.models`` names). The models are only
             read, so one cached pair can serve several threads at once.
         progress: optional ``progress(stage, fraction)`` callback for progress bars.
@@ -388,7 +388,7 @@ class _Analysis:
             fvit_cmp.sensitivity = {**sensitivity(clean_s.attention, perturbed[1]),
                                     "floor": None if floor_changes is None else float(floor_changes.mean())}
         ci = None
-        if cfg.floor.bootstrap > 0 and clean_s.samples_attention is not None and clean_s.n_samples > 1:
+        if cfg.floor.bootstrap > 0 and clean_s.samples_attention is not None and len(clean_s.resampling_units) > 1:
             # Resampling the independent units: the samples, or the pair means of antithetic draws.
             ci = bootstrap_overlap(clean_s.resampling_units, adv_s.resampling_units, k, cfg.floor.bootstrap,
                                    self.seeds.rng("bootstrap", *self.parts, "interval"))

@@ -161,8 +161,9 @@ def check_topk_certificate(cfg: CertifyConfig, pair: ModelPair, x: torch.Tensor,
                              seed=seed).cpu()
             points.append(adv)
             attacks.append(name)
+    # Independent draws, as the certificate's own estimate (FaithfulViT.certify).
     outs = faithful_vit(cfg, pair).sample(torch.cat(points), c.check_samples or c.n, method=e.method,
-                                          head_fusion=e.head_fusion, generator=g)
+                                          head_fusion=e.head_fusion, generator=g, scheme="independent")
     overlaps = [float(metrics.topk_overlap(attention, out.attention, e.k)) for out in outs]
     checks["check_floor"] = overlaps[0]
     if c.check_random:

@@ -18,7 +18,7 @@ from fvit_core.batch.grid import EvalGrid, Setting, settings_grid
 from fvit_core.errors import SettingError
 from fvit_core.explanations.perturbation_test import FILLS
 from fvit_core.explanations.settings import ExplanationSettings
-from fvit_core.method.settings import SmoothingSettings
+from fvit_core.method.settings import SmoothingSettings, check_draws
 from fvit_core.protocol import limits
 from fvit_core.protocol.settings import Settings, bounded, bounded_list, one_of, setting
 
@@ -79,13 +79,15 @@ class EvalConfig(ComparisonConfig):
                                                                           "methods"}
     # Settings added after some folders' rows were made, with the value those rows were made with
     # when it is not today's default: such a folder resumes only with that value.
-    LEGACY_VALUES: ClassVar[dict] = {"noise_floor_estimator": "independent"}
+    LEGACY_VALUES: ClassVar[dict] = {"noise_floor_estimator": "independent", "sampling": "independent"}
 
     def check(self) -> None:
         super().check()
         grid = self.grid
         if any(mode != "vanilla" for mode in grid.modes) and not grid.sigmas:
             raise SettingError("smoothed modes need at least one sigma")
+        if self.perturbation.enabled:  # the perturbation test smooths with the run's scheme too
+            check_draws(self.perturbation.samples, self.sampling.scheme, "pt_samples")
         points = settings_grid(grid)
         if len(points) > limits.MAX_GRID:
             raise SettingError(f"the grid holds {len(points):,} settings (attacks x eps x modes x sigmas x methods), "

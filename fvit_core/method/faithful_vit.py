@@ -235,20 +235,21 @@ class FaithfulViT:
         return sums.finish(drawn, self.t_star, stopped)
 
     def explain(self, x: Tensor, n: int, method: str = Explain.method, *, head_fusion: str = Explain.head_fusion,
-                target: int | None = Explain.target, generator: torch.Generator | None = None) -> SmoothedOutput:
+                target: int | None = Explain.target, generator: torch.Generator | None = None,
+                scheme: str = SamplingSettings.scheme) -> SmoothedOutput:
         """The FViT explanation of one image x (3, H, W) or (1, 3, H, W) for class ``target``
         (None: each draw's predicted class): w~(x) with its standard error, and the smoothed
-        prediction, from n draws."""
+        prediction, from n draws made by ``scheme``."""
         if x.ndim == 4 and x.shape[0] != 1 or x.ndim not in (3, 4):
             raise InputError(f"explain, predict and certify take one image (3, H, W), got shape {tuple(x.shape)}; "
                              "sample() takes a batch")
         return self.sample(x.reshape(1, *x.shape[-3:]), n, method=method, head_fusion=head_fusion, target=target,
-                           generator=generator)[0]
+                           generator=generator, scheme=scheme)[0]
 
     def predict(self, x: Tensor, n: int, alpha: float, *, generator: torch.Generator | None = None) -> int:
-        """Cohen's PREDICT on one image: the top class of n draws' votes, or ABSTAIN when a
-        binomial test cannot separate it from the runner-up at level ``alpha``."""
-        return cohen.predict(self.explain(x, n, generator=generator).independent_votes, alpha)
+        """Cohen's PREDICT on one image: the top class of n independent draws' votes, or ABSTAIN
+        when a binomial test cannot separate it from the runner-up at level ``alpha``."""
+        return cohen.predict(self.explain(x, n, generator=generator, scheme="independent").votes, alpha)
 
     def certify(self, x: Tensor, n0: int, n: int, alpha: float, *, method: str = Explain.method, head_fusion: str = Explain.head_fusion,
                 generator: torch.Generator | None = None) -> Certificate:
@@ -257,8 +258,9 @@ class FaithfulViT:
         With probability >= 1 - alpha over the draws, the smoothed classifier's class is
         constant within that L2 ball (pixel units). The estimation draws also give the FViT
         explanation for ``method`` (for the top-k radius)."""
-        selection = self.explain(x, n0, generator=generator)  # only its votes are used
-        estimate = self.explain(x, n, method, head_fusion=head_fusion, generator=generator)
+        # Independent draws: every vote counts in Cohen's binomial bounds.
+        selection = self.explain(x, n0, generator=generator, scheme="independent")  # only its votes are used
+        estimate = self.explain(x, n, method, head_fusion=head_fusion, generator=generator, scheme="independent")
         prediction, radius = cohen.certify_counts(selection.votes, estimate.votes, self.sigma, alpha)
         return Certificate(int(prediction), float(radius), estimate)
 

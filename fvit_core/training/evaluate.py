@@ -72,7 +72,7 @@ def evaluate_pair(
         g = torch.Generator().manual_seed(seed)
         hits = 0
         for idx in order.tolist():
-            votes = fvit.explain(images[idx].float() / 255.0, dds_samples, generator=g).votes
+            votes = fvit.explain(images[idx].float() / 255.0, dds_samples, generator=g, scheme="independent").votes
             hits += int(int(votes.argmax()) == int(labels[idx]))  # hard votes, ties to the lower class
         dds[f"{sigma:g}"] = hits / len(order)
         report("dds_accuracy", dds)
