@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -160,6 +161,26 @@ def update(values) -> None:
         return
     waiting.empty()
     st.session_state["_current"] = Current(key=key, result=result, image=values.image, models=values.models)
+
+
+_FROZEN = {"done": False}  # once per server process (this module is imported once)
+
+
+def freeze_long_lived_objects() -> None:
+    """Once per server, after the first run that put an analysis on screen: move every object
+    alive now (torch, timm, diffusers, plotly, the cached models: about 620,000 objects) out of
+    the garbage collector's reach with :func:`gc.freeze`.
+
+    Streamlit collects garbage after every run (``runner.postScriptGC``, kept on for memory): a
+    full collection walks every tracked object, 0.32-0.35 s here, a third of the sigma slider's
+    round trip (issue 24, docs/PERFORMANCE.md). Frozen objects are still freed when their last
+    reference goes; only cycles among them are no longer collected.
+    """
+    if _FROZEN["done"] or current() is None:
+        return
+    gc.collect()
+    gc.freeze()
+    _FROZEN["done"] = True
 
 
 def layer_maps(cur: Current) -> Any:

@@ -2,7 +2,8 @@
 
 Prints the CPU's capabilities (AVX2, AVX-512, native bfloat16: AVX512-BF16 or AMX), the float32
 matmul rate measured in this process, and one default analysis (PGD-10 8/255, DDS at sigma 0.25
-with 64 samples on the clean and the attacked image, bootstrap noise floor) with the networks in
+with the default N, 32 antithetic draws since issue 24, on the clean and the attacked image,
+bootstrap noise floor) with the networks in
 float32 (what ``precision="auto"`` runs on a CPU without native bfloat16) and, where the CPU has
 it, in bfloat16 (``auto`` there):
 
@@ -11,7 +12,7 @@ it, in bfloat16 (``auto`` there):
 - the matmul rate: the median of three measurements (after the first analysis, halfway, at the end);
 - ``GFLOP-eq``: warm seconds x the float32 matmul rate, the issue's machine-independent cost.
 
-The floor: the same work packed perfectly on the cores. One thread measures the sample loop (64
+The floor: the same work packed perfectly on the cores. One thread measures the sample loop (N
 draws of one image) and the attack; the floor is ``(2 x loop + attack) / cores + metrics``, the
 metrics stage being serial Python. An analysis cannot take less, however it is scheduled, unless
 the arithmetic itself shrinks.

@@ -37,6 +37,24 @@ def test_lower_bound_matches_clopper_pearson_beta_quantile():
     assert lower_confidence_bound(0, 50, 0.05) == 0.0
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 32, 100, 1000, 100_000])
+@pytest.mark.parametrize("alpha", [0.001, 0.05, 0.25, 0.49])
+def test_lower_bound_equals_scipy_binomtest_exact_interval(n, alpha):
+    # The bound is computed from scipy.special (no scipy.stats at start-up, issue 24); it must
+    # stay the number Cohen et al.'s code gets from the exact binomial test's interval.
+    from scipy.stats import binomtest
+
+    for n_a in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        expected = binomtest(n_a, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+        assert lower_confidence_bound(n_a, n, alpha) == pytest.approx(expected, abs=1e-12)
+
+
+def test_certified_radius_uses_the_normal_quantile():
+    top, radius = certify_counts([0, 90, 10], [0, 95, 5], sigma=0.25, alpha=0.001)
+    assert top == 1
+    assert radius == pytest.approx(0.25 * norm.ppf(beta_dist.ppf(0.001, 95, 6)), rel=1e-10)
+
+
 def test_lower_bound_validation():
     with pytest.raises(ValueError, match="alpha"):
         lower_confidence_bound(5, 10, 0.5)

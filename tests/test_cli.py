@@ -116,6 +116,36 @@ def test_help_and_option_errors_do_not_import_torch(args):
     assert res.stderr.strip().splitlines()[-1] == "NO-TORCH", res.stderr
 
 
+def test_the_engine_imports_no_optional_library_before_it_is_needed():
+    """Importing the CLI and the analysis engine (issue 24's start-up) loads none of scipy.stats,
+    scipy.optimize, torchattacks, timm, diffusers or matplotlib: models, attacks and figures
+    import their libraries when they are used."""
+    heavy = ("scipy.stats", "scipy.optimize", "torchattacks", "timm", "diffusers", "matplotlib", "pandas")
+    code = ("import sys\nimport fvit_core.cli.main, fvit_core.cli.analyze, fvit_core.analysis.pipeline\n"
+            "import fvit_core.method.certify, fvit_core.metrics, fvit_core.analysis.certificates\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
+
+
+def test_the_quick_exit_runs_atexit_handlers_and_keeps_the_exit_status(tiny_pair_dir, images, tmp_path):
+    """`fvit` skips the interpreter's teardown (1.2-1.4 s) once torch is loaded, but atexit
+    handlers still run, the JSON is complete and the status is main()'s."""
+    out = tmp_path / "r.json"
+    script = ("import atexit, sys\natexit.register(lambda: print('ATEXIT RAN', flush=True))\n"
+              "sys.argv = ['fvit'] + sys.argv[1:]\nfrom fvit_core.cli.main import run\nrun()\n")
+    models = ["--classifier", str(tiny_pair_dir / "classifier"), "--denoiser", str(tiny_pair_dir / "denoiser")]
+    ok = subprocess.run([sys.executable, "-c", script, "analyze", str(images / "small.png"), *models, *FAST,
+                         "--json", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert ok.returncode == 0 and "ATEXIT RAN" in ok.stdout, ok.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["fvit"]["n_samples"] == 4 and data["timing"]["total"] > 0
+    bad = subprocess.run([sys.executable, "-c", script, "analyze", str(images / "notes.png"), *models, *FAST],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "ATEXIT RAN" in bad.stdout, bad.stderr[-2000:]
+    assert len(bad.stderr.strip().splitlines()) == 1 and "fvit analyze: error:" in bad.stderr
+
+
 def test_attacks_lists_budgets_as_fractions_of_255(tmp_path):
     res = _run(["attacks"], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -19,6 +19,7 @@ from fvit_core.data.images import load_image
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.pipeline import analyze
 from fvit_core.analysis.sweep import run_sweep, sweep_configs, sweep_row
+from fvit_core.metrics import topk_indices
 
 FAST = dict(n_samples=6, steps=2, bootstrap=20, k=4, batch_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -221,8 +222,22 @@ def test_plotly_attention_maps_hover_gives_index_weight_and_rank(result):
     assert hover[r, c, 0] == top and hover[r, c, 3] == pytest.approx(attacked[top]) and hover[r, c, 4] == 1
     assert hover[r, c, 1] == pytest.approx(clean[top])
     assert hover[r, c, 2] == 1 + int(np.sum(clean > clean[top]))  # its rank on the clean map
-    rects = [sh for sh in data["layout"]["shapes"] if sh["line"]["color"] == style.TOPK_EDGE]
-    assert len(rects) == 2 * result.config.explanation.k  # top-k outlined on both maps
+    # Top-k outlined on both maps: one line trace per map, a closed box of 5 corners around each
+    # top-k patch, drawn over its own panel.
+    k, (rows, cols) = result.config.explanation.k, result.grid_size
+    outlines = [t for t in data["data"] if t["type"] == "scatter" and t["line"]["color"] == style.TOPK_EDGE]
+    assert [t.get("xaxis", "x") for t in outlines] == ["x", "x2"] and all(t["hoverinfo"] == "skip" for t in outlines)
+    height, width = result.clean_view.shape[1:]
+    for trace, view in zip(outlines, (result.fvit.clean, result.fvit.attacked)):
+        xs, ys = plotly_values(trace["x"]), plotly_values(trace["y"])
+        boxes = [(xs[i:i + 5], ys[i:i + 5]) for i in range(0, len(xs), 6)]
+        assert len(boxes) == k and all(x is None for x in xs[5::6])
+        for (bx, by), index in zip(boxes, topk_indices(view.attention, k)):
+            r, c = divmod(int(index), cols)
+            assert min(bx) == pytest.approx(c * width / cols - 0.5) and max(by) == pytest.approx((r + 1) * height / rows - 0.5)
+            assert bx[0] == bx[4] and by[0] == by[4]  # closed
+    lost = [t for t in data["data"] if t["type"] == "scatter" and t["line"]["color"] == style.LOST_EDGE]
+    assert len(lost) == 1 and lost[0]["line"]["dash"] == "dot" and lost[0].get("xaxis") == "x2"
     assert data["layout"]["yaxis2"]["scaleanchor"] == "x2"
 
 

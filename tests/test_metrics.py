@@ -190,6 +190,20 @@ def test_rank_correlations_of_reversed_ranks_are_minus_one():
     assert spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
 
 
+def test_average_ranks_equal_scipy_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from fvit_core.metrics import average_ranks
+
+    rng = np.random.default_rng(3)
+    for shape in [(1,), (9,), (4, 16), (2, 3, 10)]:
+        tied = rng.integers(0, 4, size=shape).astype(float)  # many ties
+        assert np.array_equal(average_ranks(tied), rankdata(tied, axis=-1))
+    spread = rng.normal(size=(50, 197))
+    assert np.array_equal(average_ranks(spread), rankdata(spread, axis=-1))
+    assert average_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
 def test_correlations_of_a_constant_map_are_undefined():
     values = map_metrics(np.full(16, 1 / 16), np.arange(16.0) / 120, (4, 4), 4)
     assert values["spearman"] is None and values["kendall"] is None and values["pearson"] is None
