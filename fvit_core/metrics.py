@@ -14,7 +14,7 @@ or nested sequences, computes in float64 and returns numpy values or Python floa
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 # scipy.special only: scipy.stats adds about 0.5 s to every start-up (issue 24), and rank
@@ -346,3 +346,99 @@ def map_metrics(w_reference: ArrayLike, w_other: ArrayLike, grid: tuple[int, int
     if a.ndim == 2:
         return values
     return {name: (float(value) if math.isfinite(value) else None) for name, value in values.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The segmentation test (Chefer et al. 2021's protocol; docs/METRICS.md)
+# --------------------------------------------------------------------------------------------
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a bilinear resize along one axis, with half-pixel centres
+    (torch's ``interpolate(mode="bilinear", align_corners=False)``)."""
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, source - low
+
+
+def upsample_map(w: ArrayLike, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """A patch map (P,) laid out on ``grid`` (rows, cols), resized bilinearly to ``size`` (h, w)
+    pixels as torch's ``interpolate(..., mode="bilinear", align_corners=False)``: float64 (h, w)."""
+    values = _as_array(w, "map").reshape(int(grid[0]), int(grid[1]))
+    r0, r1, rw = _bilinear_axis(values.shape[0], int(size[0]))
+    c0, c1, cw = _bilinear_axis(values.shape[1], int(size[1]))
+    rows = values[r0] * (1.0 - rw)[:, None] + values[r1] * rw[:, None]
+    return rows[:, c0] * (1.0 - cw)[None, :] + rows[:, c1] * cw[None, :]
+
+
+def average_precision(targets: ArrayLike, scores: ArrayLike) -> float:
+    """Average precision of ``scores`` for binary ``targets``: sum over the distinct score
+    thresholds, from the highest, of (recall gain) x precision (scikit-learn's
+    ``average_precision_score``, tests/test_segmentation.py checks it). 0.0 without a positive
+    (the reference code turns scikit-learn's NaN into 0)."""
+    y = np.asarray(targets, dtype=bool).reshape(-1)
+    s = _as_array(scores, "scores").reshape(-1)
+    if y.shape != s.shape:
+        raise InputError(f"targets and scores must have the same size, got {y.size} and {s.size}")
+    if not y.any():
+        return 0.0
+    order = np.argsort(-s, kind="mergesort")
+    ordered, hits = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ordered)), ordered.size - 1]  # the last position of each distinct score
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1.0)
+    recall = true_positives / true_positives[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+SEGMENTATION_METRICS: tuple[str, ...] = ("pixel_accuracy", "miou", "map")
+
+
+def segmentation_counts(w: ArrayLike, mask: np.ndarray, grid: tuple[int, int]) -> dict[str, Any]:
+    """One map against one object mask, as Chefer et al. 2021 score it (docs/METRICS.md).
+
+    The patch map ``w`` (P,) is resized bilinearly to the mask's (h, w) and min-max normalised
+    to R in [0, 1] (a constant map has no normalisation: every pixel then counts as background
+    with score 0, as the reference's NaN handling gives). Two-class prediction: object where
+    R > mean(R). Returns the per-image counts that :func:`segmentation_scores` pools:
+    ``correct`` and ``labeled`` pixels, ``intersection`` and ``union`` per class (background,
+    object), and ``ap``: the average precision of the scores (1 - R for background, R for object)
+    against the one-hot mask, both classes pooled.
+    """
+    target = np.asarray(mask, dtype=bool)
+    if target.ndim != 2:
+        raise InputError(f"a mask must be (H, W), got shape {target.shape}")
+    r = upsample_map(w, grid, target.shape)
+    low, high = float(r.min()), float(r.max())
+    if high > low:
+        r = (r - low) / (high - low)
+        foreground = r > r.mean()
+        # Rounded to 12 decimals for the ranking: bilinear upsampling makes many mathematically
+        # equal values, which tie or not depending on the order of the float operations (numpy's
+        # and torch's differ), and a broken tie moves AP by up to 3e-4.
+        scores = np.round(np.concatenate([(1.0 - r).reshape(-1), r.reshape(-1)]), 12)
+    else:
+        foreground = np.zeros(target.shape, dtype=bool)
+        scores = np.zeros(2 * target.size)
+    intersection = [int(np.sum(~foreground & ~target)), int(np.sum(foreground & target))]
+    union = [int(np.sum(~foreground | ~target)), int(np.sum(foreground | target))]
+    return {
+        "correct": int(np.sum(foreground == target)), "labeled": int(target.size),
+        "intersection": intersection, "union": union,
+        "ap": average_precision(np.concatenate([~target.reshape(-1), target.reshape(-1)]), scores),
+    }
+
+
+def segmentation_scores(counts: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Pixel accuracy, mIoU and mAP over images, pooled as the reference code pools them:
+    pixel accuracy = sum(correct) / sum(labeled); mIoU = the mean over the two classes of
+    sum(intersection) / sum(union); mAP = the mean of the per-image AP."""
+    if not counts:
+        raise InputError("segmentation_scores needs at least one image's counts")
+    correct = sum(c["correct"] for c in counts)
+    labeled = sum(c["labeled"] for c in counts)
+    intersection = np.sum([c["intersection"] for c in counts], axis=0, dtype=np.float64)
+    union = np.sum([c["union"] for c in counts], axis=0, dtype=np.float64)
+    return {"pixel_accuracy": correct / labeled, "miou": float(np.mean(intersection / np.maximum(union, 1.0))),
+            "map": float(np.mean([c["ap"] for c in counts]))}

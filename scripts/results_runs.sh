@@ -44,3 +44,16 @@ t adaptive fvit eval --data "$DATA" --limit 200 --attack eot_dds --eps 8/255 --m
 t maps fvit eval --data "$DATA" --limit 100 --attack pgd --eps 8/255 --mode vanilla,dds \
   --method raw,rollout,grad_rollout,transformer_attribution,lrp,partial_lrp \
   --sigma 0.25 --n-samples 32 --pt-samples 8 --sensitivity-samples 4 --no-progress --out "$OUT/maps"
+
+# 8. The segmentation test (Chefer et al.'s protocol) on real photos with real masks: DAVIS-2016
+#    480p frames (CC BY 4.0) whose object is a CIFAR-10 class (bird, automobile, dog, horse; every
+#    3rd annotated frame of 8 sequences: 145 images), from a fetched copy (the tool library's
+#    `fetch github:MathLee/EOR-VOS`; DAVIS_GIT names its bare git directory), vanilla vs DDS under
+#    PGD 8/255; the baselines (a centred prior, a random map) for reading the table.
+if [ -n "${DAVIS_GIT:-}" ]; then
+  python scripts/prepare_davis_masks.py "$DAVIS_GIT" "$OUT/davis_data" --every 3
+  t segmentation fvit eval --data "$OUT/davis_data/images" --masks "$OUT/davis_data/masks" --attack pgd \
+    --eps 8/255 --mode vanilla,dds --method raw,rollout --sigma 0.25 --no-perturbation-test \
+    --no-progress --out "$OUT/segmentation"
+  python scripts/segmentation_baselines.py "$OUT/davis_data/masks" | tee "$OUT/segmentation/baselines.txt"
+fi

@@ -15,6 +15,7 @@ from fvit_core.analysis.config import ComparisonConfig, RunConfig, followed
 from fvit_core.attacks.settings import AttackSettings, ResolvedAttack
 from fvit_core.attacks.specs import get_attack
 from fvit_core.batch.grid import EvalGrid, Setting, settings_grid
+from fvit_core.data.segmentation import is_gtsegs
 from fvit_core.errors import SettingError
 from fvit_core.explanations.perturbation_test import FILLS
 from fvit_core.explanations.settings import ExplanationSettings
@@ -28,7 +29,8 @@ CERTIFY_MODES: tuple[str, ...] = ("dds", "rs", "multistep")
 
 @dataclass(frozen=True, kw_only=True)
 class BatchRunSettings(Settings):
-    """A batch run over an image folder: where the images (``data``: DIR/<class>/<images>) and
+    """A batch run over an image folder: where the images (``data``: DIR/<class>/<images>, or for
+    ``fvit eval`` a gtsegs-format .mat file) and
     the results (``out``) are, which images (a ``label_map``, a seeded subset of ``limit``), and
     how the run behaves (downloads, the torchrun backend, progress bar, figures, ``strict``: stop
     at the first unreadable image instead of skipping it), not what it computes."""
@@ -62,6 +64,15 @@ class PerturbationTestSettings(Settings):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SegmentationSettings(Settings):
+    """The segmentation test (docs/METHOD.md, section 7): ``masks``, a folder of object masks
+    mirroring the data folder (MASKS/<class>/<stem>.png); None without one. A gtsegs-format
+    ``data`` file brings its own masks."""
+
+    masks: str | None = setting(None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig(ComparisonConfig):
     """Every setting of one ``fvit eval`` run: the comparison's settings, the ``batch`` run, the
     ``grid`` and the ``perturbation`` test."""
@@ -69,6 +80,7 @@ class EvalConfig(ComparisonConfig):
     batch: BatchRunSettings = setting(factory=BatchRunSettings)
     grid: EvalGrid = setting(factory=EvalGrid)
     perturbation: PerturbationTestSettings = setting(factory=PerturbationTestSettings)
+    segmentation: SegmentationSettings = setting(factory=SegmentationSettings)
 
     # The grid gives these per point (EvalGrid's axes), so the templates' values are not settings;
     # a batch explains each image's own predicted class, so no fixed target either.
@@ -86,6 +98,8 @@ class EvalConfig(ComparisonConfig):
         grid = self.grid
         if any(mode != "vanilla" for mode in grid.modes) and not grid.sigmas:
             raise SettingError("smoothed modes need at least one sigma")
+        if self.segmentation.masks is not None and is_gtsegs(self.batch.data):
+            raise SettingError("a gtsegs .mat file brings its own masks: drop --masks")
         if self.perturbation.enabled:  # the perturbation test smooths with the run's scheme too
             check_draws(self.perturbation.samples, self.sampling.scheme, "pt_samples")
         points = settings_grid(grid)

@@ -51,6 +51,8 @@ from fvit_core.batch.store import RowFiles, json_line
 from fvit_core.data.files import atomic_write_text
 from fvit_core.data.folders import ImageItem, list_items, read_label_map, select
 from fvit_core.data.images import ImageError, image_digest, load_image, prepare_image
+from fvit_core.data.segmentation import (GtSegs, SegmentedImage, fit_mask, gtsegs_index, gtsegs_item_name, is_gtsegs,
+                                         load_mask, mask_path)
 from fvit_core.errors import FViTError, InputError, SettingError
 from fvit_core.explanations.perturbation_test import perturbation_auc, perturbed_batch, split_hits
 from fvit_core.explanations.sensitivity import ball_perturbations, relative_change, sensitivity
@@ -103,11 +105,19 @@ class ImageEvaluation:
     """The rows of one image for a list of settings (only those still missing on a resume)."""
 
     def __init__(self, cfg: EvalConfig, pair: ModelPair, item: ImageItem, root: Path,
-                 attacks: dict[Setting, ResolvedAttack] | None = None):
+                 attacks: dict[Setting, ResolvedAttack] | None = None, segmented: SegmentedImage | None = None):
         self.cfg, self.pair, self.item = cfg, pair, item
         # Each setting's attack, resolved once per run (run_eval) or, alone, once per image.
         self.attacks = attacks if attacks is not None else {}
-        self.decoded = load_image(root / item.path)
+        # The object mask of the segmentation test: from a gtsegs file (``segmented``) or the mask folder.
+        self.mask: np.ndarray | None = None
+        if segmented is not None:
+            self.decoded, self.mask = segmented.pixels, segmented.mask
+        else:
+            self.decoded = load_image(root / item.path)
+            if cfg.segmentation.masks is not None:
+                self.mask = load_mask(mask_path(cfg.segmentation.masks, item.path), self.decoded.shape[1:])
+        self.labels: dict[tuple[int, int], int] = {}
         # The image's identity for its seeds is the digest of the decoded pixels, as in fvit analyze.
         self.seeds = ImageSeeds(cfg.seed, image_digest(self.decoded))
         self.prepared: dict[tuple[int, int], torch.Tensor] = {}
@@ -127,6 +137,18 @@ class ImageEvaluation:
 
     def _space(self, s: Setting) -> tuple[int, int]:
         return self.pair.smoothing_size(s.mode)
+
+    def label(self, s: Setting) -> int:
+        """The label the attack and the accuracies use: the folder's class, or, for an image
+        without one (a gtsegs file), the vanilla ViT's prediction on the clean image in ``s``'s
+        pixel space (what an analysis explains and attacks)."""
+        if self.item.label is not None:
+            return self.item.label
+        space = self._space(s)
+        if space not in self.labels:
+            with torch.no_grad():
+                self.labels[space] = int(self.pair.classifier(self.x(s)).argmax(-1)[0])
+        return self.labels[space]
 
     # -- units ------------------------------------------------------------------------------
 
@@ -154,7 +176,7 @@ class ImageEvaluation:
 
     def _attack(self, s: Setting) -> torch.Tensor:
         attack = self._attack_of(s)
-        labels = None if s.attack == "topk" else torch.tensor([self.item.label], device=self.pair.device)
+        labels = None if s.attack == "topk" else torch.tensor([self.label(s)], device=self.pair.device)
         seed = self.seeds("attack", *attack.seed_parts)
         return run_attack(s.attack, self.pair.classifier, self.x(s), labels, attack.params,
                           denoiser=self.pair.denoiser, seed=seed)
@@ -223,7 +245,7 @@ class ImageEvaluation:
         else:
             with torch.no_grad():
                 predictions = clf(batch.to(self.pair.device)).argmax(-1).tolist()
-        return split_hits(predictions, self.item.label)
+        return split_hits(predictions, self.label(s))
 
     def _sensitivity(self, s: Setting) -> dict[str, float | None]:
         """Max / mean sensitivity of the clean explanation over the ball draws (and, smoothed, the
@@ -297,12 +319,14 @@ class ImageEvaluation:
             clean, attacked = vanilla_clean, v[("vanilla", akey, s.method, space)]
         pred_clean, pred_attacked = int(np.argmax(clean[1])), int(np.argmax(attacked[1]))
         delta = (x_adv - self.x(s)).flatten()
+        label = self.label(s)
         row = {
-            "image": self.item.path, "index": self.item.index, "label": self.item.label,
+            "image": self.item.path, "index": self.item.index, "label": label,
+            "label_source": "folder" if self.item.label is not None else "vanilla-prediction",
             "mode": s.mode, "attack": s.attack, "eps": s.eps, "sigma": s.sigma, "method": s.method, "k": k,
             "n_samples": n_samples,
             "pred_clean": pred_clean, "pred_attacked": pred_attacked,
-            "correct_clean": pred_clean == self.item.label, "correct_attacked": pred_attacked == self.item.label,
+            "correct_clean": pred_clean == label, "correct_attacked": pred_attacked == label,
             "label_flip": pred_clean != pred_attacked,
             "topk_overlap": float(metrics.topk_overlap(clean[0], attacked[0], k)),
             "topk_overlap_floor": floor, "topk_overlap_vanilla": agreement,
@@ -314,10 +338,22 @@ class ImageEvaluation:
             "map_metrics": metrics.map_metrics(clean[0], attacked[0], self.grid, k),
             "map_metrics_floor": map_floor,
             "sensitivity": v.get(("sens", s.mode, s.sigma, s.method)),
+            "segmentation": self._segmentation(clean[0], attacked[0]),
         }
         row.update(self._pt_fields(s))
         row["seconds"] = self.units.share(keys)
         return row
+
+    def _segmentation(self, clean: np.ndarray, attacked: np.ndarray) -> dict | None:
+        """The segmentation test's per-image counts (metrics.segmentation_counts) of the clean and
+        of the attacked explanation, both against the clean image's mask fitted to the
+        classifier's input (the region its patches cover); None without a mask."""
+        if self.mask is None:
+            return None
+        clf = self.pair.classifier
+        mask = fit_mask(self.mask, tuple(clf.img_size), mode=self.cfg.image_mode)
+        return {"clean": metrics.segmentation_counts(clean, mask, self.grid),
+                "attacked": metrics.segmentation_counts(attacked, mask, self.grid)}
 
     def _pt_fields(self, s: Setting) -> dict:
         if not self.cfg.perturbation.enabled:
@@ -430,6 +466,10 @@ def _jsonable(value: Any) -> Any:
 
 def selected_items(cfg: Any, pair: ModelPair) -> list[ImageItem]:
     run = cfg.batch
+    if is_gtsegs(run.data):  # no classes in the file: each image's label is the ViT's prediction
+        with GtSegs(run.data) as gtsegs:
+            items = [ImageItem(index=i, path=gtsegs_item_name(i), label=None) for i in range(len(gtsegs))]
+        return select(items, limit=run.limit, subset_seed=run.subset_seed)
     label_map = read_label_map(run.label_map) if run.label_map else None
     items = list_items(run.data, pair.classifier.class_names, label_map)
     return select(items, limit=run.limit, subset_seed=run.subset_seed)
@@ -440,8 +480,16 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
     problem = None
     if ctx.is_main:
         try:
-            if not Path(cfg.batch.data).expanduser().is_dir():
-                raise InputError(f"data folder not found: {cfg.batch.data} (expected DIR/<class>/<image files>)")
+            data = Path(cfg.batch.data).expanduser()
+            segmentation_file = hasattr(cfg, "segmentation") and is_gtsegs(data)
+            if segmentation_file and not data.is_file():
+                raise InputError(f"segmentation file not found: {cfg.batch.data}")
+            if not segmentation_file and not data.is_dir():
+                raise InputError(f"data folder not found: {cfg.batch.data} (expected DIR/<class>/<image files>"
+                                 + (", or a gtsegs .mat file" if hasattr(cfg, "segmentation") else "") + ")")
+            masks = getattr(getattr(cfg, "segmentation", None), "masks", None)
+            if masks is not None and not Path(masks).expanduser().is_dir():
+                raise InputError(f"mask folder not found: {masks} (expected MASKS/<class>/<stem>.png)")
             check_output_folder(cfg, config_file, files)
         except (ValueError, OSError) as exc:
             problem = str(exc)
@@ -491,12 +539,14 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     written = 0
     root = Path(run.data).expanduser()
     skipped = SkippedImages(run.out, ctx, run.strict)
+    gtsegs = GtSegs(root) if is_gtsegs(root) else None
     with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", run.progress) as bar:
         for item, settings in work:
             if not settings:
                 continue
             try:
-                evaluation = ImageEvaluation(cfg, pair, item, root, attacks)
+                segmented = gtsegs[gtsegs_index(item.path)] if gtsegs is not None else None
+                evaluation = ImageEvaluation(cfg, pair, item, root, attacks, segmented)
             except ImageError as exc:
                 skipped.record(root, item, exc)
                 bar.update(len(settings))
@@ -508,6 +558,8 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
                     bar.update(1)
             except FViTError as exc:  # say which image a user's problem is about; a bug stays a bug
                 raise type(exc)(f"{root / item.path}: {exc}") from exc
+    if gtsegs is not None:
+        gtsegs.close()
     skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(run.out), rows_written=written, rows_total=None, rows_missing=None,

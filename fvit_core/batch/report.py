@@ -51,6 +51,15 @@ MAP_SUMMARY_METRICS: tuple[Metric, ...] = tuple(
 )
 
 
+_SEGMENTATION_HEADINGS = {"pixel_accuracy": "pixel acc.", "miou": "mIoU", "map": "mAP"}
+# The segmentation test (docs/METRICS.md): the clean and the attacked explanation against the
+# clean image's mask, pooled over images.
+SEGMENTATION_SUMMARY_METRICS: tuple[Metric, ...] = tuple(
+    Metric(f"seg_{name}_{phase}", _field("segmentation", phase), f"pooled:{name}", f"{heading} {phase}")
+    for name, heading in _SEGMENTATION_HEADINGS.items() for phase in ("clean", "attacked")
+)
+
+
 EVAL_METRICS: tuple[Metric, ...] = (
     Metric("topk_overlap", lambda r: r["topk_overlap"], "mean", "V_k clean/attacked"),
     Metric("topk_overlap_floor", lambda r: r["topk_overlap_floor"], "mean", "noise floor"),
@@ -68,12 +77,14 @@ EVAL_METRICS: tuple[Metric, ...] = (
     Metric("topk_radius", lambda r: r["topk_radius"], "mean", "top-k radius (L2)"),
     Metric("seconds", lambda r: r["seconds"], "mean", "s / image"),
     *MAP_SUMMARY_METRICS,
+    *SEGMENTATION_SUMMARY_METRICS,
 )
 _MAIN_TABLE = ("topk_overlap", "topk_overlap_floor", "topk_overlap_vanilla", "clean_accuracy", "attacked_accuracy",
                "label_flip_rate", "seconds")
 _SECOND_TABLE = ("pt_auc_positive", "pt_auc_negative", "kl", "js", "tv", "hellinger", "renyi", "topk_radius")
 _MAP_TABLE = tuple(m.name for m in MAP_SUMMARY_METRICS[:2 * len(MAP_METRICS)])
 _SENSITIVITY_TABLE = ("sensitivity_max", "sensitivity_mean", "sensitivity_floor")
+_SEGMENTATION_TABLE = tuple(m.name for m in SEGMENTATION_SUMMARY_METRICS)
 
 
 def hardware() -> dict[str, Any]:
@@ -109,7 +120,22 @@ def eval_markdown(records: list[dict], k: int) -> str:
         to_markdown(records, columns, [by_name[n] for n in _MAP_TABLE]),
         "## Neighbourhood sensitivity of the clean explanation (relative L2 change; n/a when off)\n",
         to_markdown(records, columns, [by_name[n] for n in _SENSITIVITY_TABLE]),
+        *(segmentation_markdown(records, columns) if any(r["seg_map_clean"].n for r in records) else []),
     ])
+
+
+def segmentation_markdown(records: list[dict], columns) -> list[str]:
+    """The segmentation test's section of the summary (only when the run had masks)."""
+    by_name = {m.name: m for m in EVAL_METRICS}
+    return [
+        "## Segmentation test: explanation vs object mask (Chefer et al. 2021's protocol; docs/METRICS.md)\n\n"
+        "Each map resized bilinearly to the classifier's input, min-max normalised, object where above its mean; the "
+        "mask fitted to the same input by nearest neighbour. Clean: the clean image's explanation; attacked: the "
+        "attacked image's explanation against the clean image's mask. Pixel accuracy and mIoU (mean over background "
+        "and object) pool the pixels of all images, mAP is the mean of the per-image average precision; 95% intervals "
+        "by the percentile bootstrap over images (2,000 resamples).\n",
+        to_markdown(records, columns, [by_name[n] for n in _SEGMENTATION_TABLE]),
+    ]
 
 
 def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistContext,

@@ -5,6 +5,8 @@
   With n = 1 the interval is the point itself (no spread is known).
 - Rates of 0/1 outcomes (accuracy, label flips): the Wilson score interval, which stays in
   [0, 1] and has width at 0% and 100% (the normal interval collapses there).
+- The segmentation test's pixel accuracy, mIoU and mAP, pooled over images as the reference
+  code pools them: the percentile bootstrap over images (2,000 resamples, seed 0).
 Missing values (None: e.g. no noise floor for the vanilla ViT) are left out; n counts the rest.
 """
 
@@ -79,12 +81,47 @@ class Metric:
 
     name: str
     get: Callable[[dict], Any]
-    kind: str  # "mean" (t interval) or "rate" (Wilson)
+    kind: str  # "mean" (t interval), "rate" (Wilson) or "pooled:<segmentation metric>" (bootstrap)
     heading: str
 
     def estimate(self, rows: Sequence[dict]) -> Estimate:
         values = [self.get(row) for row in rows]
+        if self.kind.startswith("pooled:"):
+            return pooled_ci(values, self.kind.split(":", 1)[1])
         return mean_ci(values) if self.kind == "mean" else wilson_ci(values)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def pooled_ci(counts: Iterable[Any], name: str, confidence: float = CONFIDENCE,
+              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Estimate:
+    """A segmentation metric pooled over images (metrics.segmentation_scores: pixel accuracy
+    and mIoU are ratios of sums, mAP a mean) with the percentile bootstrap interval over images
+    (``resamples`` resamples of the images with replacement, a fixed seed so the summary is
+    reproducible). Missing counts (None: no mask) are left out."""
+    from fvit_core.metrics import segmentation_scores
+
+    values = [c for c in counts if c is not None]
+    if not values:
+        return NO_DATA
+    point = segmentation_scores(values)[name]
+    if len(values) == 1:
+        return Estimate(point, point, point, 1)
+    picks = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    # The same pooling as segmentation_scores, for every resample at once.
+    if name == "pixel_accuracy":
+        correct = np.array([c["correct"] for c in values], dtype=np.float64)
+        labeled = np.array([c["labeled"] for c in values], dtype=np.float64)
+        draws = correct[picks].sum(axis=1) / labeled[picks].sum(axis=1)
+    elif name == "miou":
+        inter = np.array([c["intersection"] for c in values], dtype=np.float64)
+        union = np.array([c["union"] for c in values], dtype=np.float64)
+        draws = (inter[picks].sum(axis=1) / np.maximum(union[picks].sum(axis=1), 1.0)).mean(axis=1)
+    else:
+        draws = np.array([c["ap"] for c in values], dtype=np.float64)[picks].mean(axis=1)
+    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Estimate(float(point), float(low), float(high), len(values))
 
 
 def summarise(rows: Sequence[dict], group_fields: Sequence[str], metrics: Sequence[Metric],

@@ -39,7 +39,8 @@ def _shared(p: argparse.ArgumentParser, flag: str, *, as_list: bool = False, des
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="image folder: DIR/<class>/<image files>")
+    p.add_argument("--data", required=True, help="image folder: DIR/<class>/<image files> (fvit eval also takes "
+                                                 "a gtsegs_ijcv.mat-format file: the segmentation test)")
     p.add_argument("--out", required=True, help="output folder (rows, summary, figures); rerun to resume")
     p.add_argument("--label-map", dest="label_map", default=argparse.SUPPRESS,
                    help="JSON file {folder: class index or class name}; default: folder names that are the "
@@ -87,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--pt-fill", dest="pt_fill", choices=("mean", "zero"), default=argparse.SUPPRESS,
                    help="removed patches take the image's per-channel mean (default) or 0")
     add_switches(e, "--no-perturbation-test")
+    e.add_argument("--masks", default=argparse.SUPPRESS, metavar="DIR",
+                   help="segmentation test: object masks MASKS/<class>/<stem>.png beside --data's images (a gtsegs "
+                        "--data file brings its own); adds pixel accuracy, mIoU and mAP of every explanation")
     e.set_defaults(handler=run_eval_command)
 
     c = sub.add_parser("certify", help="Cohen CERTIFY per image plus the top-k attention radius (TSV, tables, figure)",

@@ -45,11 +45,12 @@ def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to evaluate: index in the full sorted listing, path relative to the root, label."""
+    """One image to evaluate: index in the full sorted listing, path relative to the root (for an
+    image of a gtsegs file, #INDEX), label (None: no class is known, e.g. a gtsegs file)."""
 
     index: int
     path: str
-    label: int
+    label: int | None
 
 
 def read_label_map(source: str | os.PathLike | dict) -> dict[str, int | str]:
