@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from app import session
 from fvit_core.report import export, overlay, style
+from fvit_core.analysis.noise_floor import floor_description
 from fvit_core.analysis.result import AnalysisResult
 
 SCREEN_DPI = 200
@@ -163,7 +164,7 @@ def floor_verdict(result: AnalysisResult) -> str:
     ci = f" (95% CI {d.topk_overlap_ci[0]:.2f}–{d.topk_overlap_ci[1]:.2f})" if d.topk_overlap_ci else ""
     reaches = v >= d.topk_overlap_floor or (d.topk_overlap_ci is not None and d.topk_overlap_ci[1] >= d.topk_overlap_floor)
     if reaches:
-        return (f"V{sub(result.config.explanation.k)} = {v:.2f}{ci} reaches the noise floor {d.topk_overlap_floor:.2f} (two clean estimates): "
+        return (f"V{sub(result.config.explanation.k)} = {v:.2f}{ci} reaches the noise floor {d.topk_overlap_floor:.2f} ({floor_description(d.noise_floor_estimator)}): "
                 "no attack effect beyond sampling noise.")
     return (f"V{sub(result.config.explanation.k)} = {v:.2f}{ci} is below the noise floor {d.topk_overlap_floor:.2f}: the attack moved focal patches "
             "beyond sampling noise.")

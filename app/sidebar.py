@@ -39,7 +39,7 @@ SAMPLE_CHOICES: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 METHOD_LABELS = {"raw": "raw attention (last block)", "rollout": "attention rollout",
                  "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
                  "transformer_attribution": "Transformer Attribution (LRP x grad)", "lrp": "full LRP",
-                 "partial_lrp": "partial LRP (last block)"}
+                 "partial_lrp": "partial LRP (last block)", "attr_rollout": "Attribution Rollout (Xu et al.)"}
 MODE_LABELS = {"dds": "DDS: noise + one-shot denoise", "rs": "RS: noise, no denoiser",
                "denoise-only": "denoise only (no noise)", "multistep": "DDS, multi-step denoise"}
 PRECISION_LABELS = {"auto": "auto (bfloat16 where native)", "float32": "float32", "bfloat16": "bfloat16"}
@@ -346,7 +346,8 @@ def advanced_section() -> None:
         st.checkbox("Noise floor (Monte Carlo Vₖ between two clean estimates)", key="noise_floor")
         st.selectbox("Noise floor estimator", NOISE_FLOOR_ESTIMATORS, key="noise_floor_estimator",
                      format_func=FLOOR_LABELS.get,
-                     help="bootstrap: from the clean samples, no extra passes; second estimate: N more samples")
+                     help="second estimate (the default): N more samples, the floor's definition; bootstrap: from the "
+                          "clean samples, no extra passes, but it reads about 0.008 high (docs/METRICS.md)")
         st.selectbox("Precision of the DDS networks", PRECISION_CHOICES, key="precision",
                      format_func=PRECISION_LABELS.get,
                      help="bfloat16 is about 1.8x faster on CPUs with AVX512-BF16; its effect on labels and "

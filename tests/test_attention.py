@@ -262,7 +262,8 @@ def test_concurrent_explanations_match_sequential(tiny_vit):
 @pytest.mark.parametrize(
     "kwargs,x,match",
     [
-        ({"method": "lime"}, None, "choose one of raw, rollout, grad_rollout, gradcam, transformer_attribution, lrp, partial_lrp"),
+        ({"method": "lime"}, None, "choose one of raw, rollout, grad_rollout, gradcam, transformer_attribution, "
+                                   "lrp, partial_lrp, attr_rollout"),
         ({"head_fusion": "median"}, None, "choose one of mean, max, min"),
         ({}, torch.rand(3, 32, 32), r"shape \(B, 3, 32, 32\)"),
         ({}, torch.rand(1, 3, 64, 48), r"shape \(B, 3, 32, 32\) or a uniform rescale"),  # 64x64 would be a smoothing space

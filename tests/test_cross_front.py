@@ -57,7 +57,7 @@ def test_api_cli_and_eval_give_the_same_numbers(tmp_path):
         assert labels == (row["pred_clean"], row["pred_attacked"]), name
         assert api_side.topk_overlap == cli_side["topk_overlap"] == row["topk_overlap"], name
     floor = api.faithful.topk_overlap_floor
-    assert api.faithful.noise_floor_estimator == cli["fvit"]["noise_floor_estimator"] == "bootstrap"
+    assert api.faithful.noise_floor_estimator == cli["fvit"]["noise_floor_estimator"] == "independent"
     assert floor is not None
     assert cli["fvit"]["topk_overlap_floor"] == pytest.approx(floor, abs=1e-12)
     assert rows["dds"]["topk_overlap_floor"] == pytest.approx(floor, abs=1e-12)

@@ -327,9 +327,16 @@ def test_folders_from_before_the_shared_protocol_are_refused_with_a_reason(tmp_p
     with pytest.raises(ValueError, match="seeded by an earlier protocol"):
         ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
     (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL}))
-    with pytest.raises(ValueError, match="noise_floor_estimator 'independent' -> 'bootstrap'") as refused:
+    with pytest.raises(ValueError, match="sampling 'independent' -> 'antithetic'") as refused:
         ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
-    assert "sampling 'independent' -> 'antithetic'" in str(refused.value) and "n_samples 64 -> 32" in str(refused.value)
+    assert "n_samples 64 -> 32" in str(refused.value)
+    assert "noise_floor_estimator" not in str(refused.value)  # independent again the default since issue 25
+    # A folder made with the bootstrap floor (the default before issue 25) resumes only with it.
+    (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL,
+                                                       "noise_floor_estimator": "bootstrap"}))
+    with pytest.raises(ValueError, match="noise_floor_estimator 'bootstrap' -> 'independent'"):
+        ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))
+    (tmp_path / ev.CONFIG_FILE).write_text(json.dumps({**stored, "seed_protocol": ev.SEED_PROTOCOL}))
     cfg = cfg.replace(noise_floor_estimator="independent", sampling="independent", n_samples=64)
     ev.check_output_folder(cfg, ev.CONFIG_FILE, ev.eval_row_files(tmp_path))  # resumes with what it used
 

@@ -220,10 +220,10 @@ def test_cached_estimates_are_reused_only_where_nothing_they_depend_on_changed(t
         run()
     # Any smoothing setting, the seed or another image: both estimates again.
     for changed in ({"sigma": 0.5}, {"n_samples": 8}, {"seed": 9}, {"precision": "bfloat16"}, {"method": "rollout"},
-                    {"noise_floor": False}, {"noise_floor_estimator": "independent"}):
+                    {"noise_floor": False}, {"noise_floor_estimator": "bootstrap"}):
         assert run(**changed)[1] == 2, changed
     assert analyze(_image(seed=8), AnalysisConfig.of(**FAST), pair=tiny_pair, cache=cache) is not None
-    assert sizes[-2:] == [1, 1]
+    assert sizes[-2:] == [2, 1]  # the clean image with its independent second estimate, then the attacked one
     # A result's arrays never alias the cache.
     weaker = run(eps=4 / 255)[0]
     weaker.faithful.votes_clean[:] = 0

@@ -28,7 +28,7 @@ ANALYSIS_NAMES = {
     "seed", "sensitivity_norm", "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigma", "steps", "target"}
 EVAL_NAMES = {
     "allow_download", "attack_params", "attacks", "batch_size", "beta", "bootstrap", "classifier", "data", "denoiser",
-    "device", "dist_backend", "eps", "figures", "head_fusion", "image_mode", "k", "label_map", "limit", "methods",
+    "device", "dist_backend", "eps", "figures", "head_fusion", "image_mode", "k", "label_map", "limit", "masks", "methods",
     "model", "modes", "multistep_steps", "n_samples", "noise_floor", "noise_floor_estimator", "out", "sampling",
     "perturbation_test", "precision", "progress", "pt_fill", "pt_samples", "renyi_alpha", "seed", "sensitivity_norm",
     "sensitivity_radius", "sensitivity_samples", "shared_noise", "sigmas", "steps", "strict", "subset_seed"}

@@ -36,7 +36,8 @@ def other(predicted):
 
 
 def test_the_methods_that_depend_on_a_class_are_the_gradient_ones():
-    assert set(CLASS_METHODS) == {"grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp"}
+    assert set(CLASS_METHODS) == {"grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp",
+                                 "attr_rollout"}
     assert not ExplanationSettings(method="raw", target=2).depends_on_target
     assert ExplanationSettings(method="gradcam").depends_on_target
 

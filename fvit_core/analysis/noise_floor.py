@@ -18,13 +18,27 @@ from fvit_core.errors import SettingError
 from fvit_core.method.monte_carlo import SmoothedOutput
 from fvit_core.protocol.settings import Settings, bounded, one_of, setting
 
-# How the Monte Carlo noise floor is estimated (docs/PERFORMANCE.md compares them):
-# - independent: V_k between the clean estimate and a second, independent clean estimate with
-#   the same settings (a second batch of N samples; its votes also give Cohen's CERTIFY the
-#   independent selection counts);
+# How the Monte Carlo noise floor is estimated (docs/METRICS.md, "Noise floors"):
+# - independent (the default since issue 25): V_k between the clean estimate and a second,
+#   independent clean estimate with the same settings (a second batch of N samples; its votes
+#   also give Cohen's CERTIFY the independent selection counts). The floor's definition, so
+#   without bias: +0.002 [-0.005, +0.009] against 8 fresh pairs per image on 120 held-out images;
 # - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
-#   clean estimate's own samples: no extra model passes, an estimate of the expected floor.
+#   clean estimate's own samples: no extra model passes, but it reads high, +0.0075 [+0.0016,
+#   +0.0138] on the same images (N = 32 antithetic; benchmarks/bench_floor_bias.py): both
+#   resamples scatter around the one sample mean, whose patches are further apart than the true
+#   map's, so their top-k sets agree more often than two independent estimates' do.
 NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
+# What each estimator compares, in words: every summary and caption names the one it used.
+FLOOR_DESCRIPTIONS: dict[str, str] = {
+    "independent": "two independent clean estimates",
+    "bootstrap": "bootstrap resamples of the clean estimate's draws, which reads about 0.008 high",
+}
+
+
+def floor_description(estimator: str | None) -> str:
+    """The noise floor's estimator in words ("two independent clean estimates", ...)."""
+    return FLOOR_DESCRIPTIONS.get(estimator or "independent", str(estimator))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +48,7 @@ class NoiseFloorSettings(Settings):
     and of the V_k intervals."""
 
     enabled: bool = setting(True, json="noise_floor")
-    estimator: str = setting("bootstrap", json="noise_floor_estimator",
+    estimator: str = setting("independent", json="noise_floor_estimator",
                              check=one_of("noise floor estimator", NOISE_FLOOR_ESTIMATORS))
     bootstrap: int = setting(200, check=bounded("bootstrap"))
 

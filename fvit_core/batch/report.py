@@ -23,6 +23,7 @@ from fvit_core.batch.store import RowFiles
 from fvit_core.batch.summary import Estimate, Metric, summarise, to_csv, to_markdown
 from fvit_core.data.files import atomic_write_text
 from fvit_core.metrics import MAP_METRICS
+from fvit_core.analysis.noise_floor import floor_description
 from fvit_core.runtime import distributed
 
 
@@ -104,19 +105,20 @@ def _estimate_json(value: Any) -> Any:
     return value
 
 
-def eval_markdown(records: list[dict], k: int) -> str:
+def eval_markdown(records: list[dict], k: int, floor_estimator: str = "independent") -> str:
     by_name = {m.name: m for m in EVAL_METRICS}
     columns = [("attack", lambda r: r["attack"]), ("eps", lambda r: fmt_eps(r["eps"])), ("mode", lambda r: r["mode"]),
                ("sigma", lambda r: fmt_sigma(r["sigma"])), ("method", lambda r: r["method"]), ("n", lambda r: str(r["n"]))]
     return "\n".join([
         f"# Evaluation summary\n\nMeans with 95% confidence intervals over images (Student t for means, Wilson for "
-        f"rates). V_k: top-{k} overlap of the clean and attacked explanations; noise floor: V_k of two independent "
-        "clean estimates; perturbation-test AUCs by the trapezoid rule over removal fractions 0.1..0.9 (range 0..0.8).\n",
+        f"rates). V_k: top-{k} overlap of the clean and attacked explanations; noise floor: V_k of "
+        f"{floor_description(floor_estimator)}; perturbation-test AUCs by the trapezoid rule over removal fractions 0.1..0.9 (range 0..0.8).\n",
         "## Explanation stability, accuracy, cost\n",
         to_markdown(records, columns, [by_name[n] for n in _MAIN_TABLE]),
         "## Perturbation test, prediction divergences (nats), certified top-k radius\n",
         to_markdown(records, columns, [by_name[n] for n in _SECOND_TABLE]),
-        "## Map metrics, attacked vs clean, with the noise floor (two clean estimates; docs/METRICS.md)\n",
+        f"## Map metrics, attacked vs clean, with the noise floor ({floor_description(floor_estimator)}; "
+        "docs/METRICS.md)\n",
         to_markdown(records, columns, [by_name[n] for n in _MAP_TABLE]),
         "## Neighbourhood sensitivity of the clean explanation (relative L2 change; n/a when off)\n",
         to_markdown(records, columns, [by_name[n] for n in _SENSITIVITY_TABLE]),
@@ -151,7 +153,7 @@ def finish_eval(cfg: Any, files: RowFiles, planned: set, ctx: distributed.DistCo
     current = [row for row in rows if key_of_row(row) in planned]
     records = summarise(current, EVAL_GROUP, EVAL_METRICS, order=group_order)
     atomic_write_text(out / "summary.csv", to_csv(records, EVAL_GROUP, EVAL_METRICS))
-    atomic_write_text(out / "summary.md", eval_markdown(records, k) + skipped_markdown(skipped))
+    atomic_write_text(out / "summary.md", eval_markdown(records, k, cfg.floor.estimator) + skipped_markdown(skipped))
     atomic_write_text(out / "summary.json", json.dumps(
         [{key: _estimate_json(v) for key, v in r.items()} for r in records], indent=1) + "\n")
     if cfg.batch.figures:

@@ -29,7 +29,7 @@ ANALYZE_FLAGS: dict[str, tuple[str, object, str]] = {
     "--eps": ("eps", parse_number, "attack budget in pixel units, e.g. 8/255 (Linf) or 0.5 (L2)"),
     "--steps": ("steps", int, "attack iterations"),
     "--method": ("method", str, "explanation: raw | rollout | grad_rollout | gradcam | transformer_attribution | "
-                                "lrp | partial_lrp"),
+                                "lrp | partial_lrp | attr_rollout"),
     "--head-fusion": ("head_fusion", str, "mean | max | min over heads"),
     "--target": ("target", str, "the class the explanation explains: a class name or index (default: the "
                                 "predicted class); raw attention and rollout do not depend on it"),

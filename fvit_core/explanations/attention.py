@@ -23,8 +23,13 @@ an all-zero row becomes uniform 1/P):
 - ``transformer_attribution``, ``lrp``, ``partial_lrp``: the LRP baselines of Chefer et al.
   (CVPR 2021), computed by :mod:`fvit_core.explanations.lrp` (relevance rules there and in
   docs/EXPLANATIONS.md); their signed relevances go through the same clamp and renormalisation.
+- ``attr_rollout`` (Xu et al. 2022, Attribution Rollout): per block S_l = fuse_heads(A * dF_l/dA) / 2
+  with F_l the target's *exit logit* of block l (the final norm and head applied to block l's
+  output); W_l = (S_l + I) row-normalised, R = W_L ... W_1; [CLS] row; signed
+  (:mod:`fvit_core.explanations.attribution_rollout`). The authors fuse heads by the maximum.
 
-Head fusion (``mean``, ``max``, ``min``) replaces the mean over heads in every method.
+Head fusion (``mean``, ``max``, ``min``) replaces the mean over heads in every method;
+attr_rollout's authors fuse by the maximum, so its published form is ``head_fusion="max"``.
 
 Cost. ``raw`` on timm's stock ViT blocks skips the capture and computes only what it reads
 (fused attention in the earlier blocks, the [CLS] query alone in the last block; see
@@ -46,6 +51,8 @@ from torch import Tensor, nn
 from fvit_core.data import pixels
 from fvit_core.data.pixels import is_uniform_rescale
 from fvit_core.errors import InputError, SettingError
+from fvit_core.explanations.attribution_rollout import (attention_attribution, attribution_rollout_matrix,
+                                                        block_exit_logits, exit_gradients)
 from fvit_core.explanations.lrp import lrp_patch_relevance
 from fvit_core.explanations.settings import (EXPLANATION_METHODS, GRADIENT_METHODS, LRP_METHODS, SIGNED_METHODS,
                                              ExplanationSettings, check_head_fusion, check_method)
@@ -278,6 +285,9 @@ class _MethodSpec:
     last_layer_only: bool
     cls_only: bool
     reduce: Reducer  # (maps, grads, head_fusion, num_prefix_tokens) -> (B, P), not normalised
+    # grads[l] = d(block l's exit logit)/dA_l (attribution_rollout.exit_gradients) instead of
+    # d(final logit)/dA_l.
+    exit_grads: bool = False
 
 
 def _reduce_raw(maps: list[Tensor], grads: list[Tensor] | None, fusion: str, prefix: int) -> Tensor:
@@ -300,11 +310,19 @@ def _reduce_gradcam(maps: list[Tensor], grads: list[Tensor] | None, fusion: str,
     return fuse_heads((cls_attn * head_weight).clamp(min=0.0), fusion)
 
 
+def _reduce_attr_rollout(maps: list[Tensor], grads: list[Tensor] | None, fusion: str, prefix: int) -> Tensor:
+    assert grads is not None
+    fused = [fuse_heads(attention_attribution(attn, grad), fusion) for attn, grad in zip(maps, grads)]
+    return attribution_rollout_matrix(fused)[:, 0, prefix:]
+
+
 _METHODS: dict[str, _MethodSpec] = {
     "raw": _MethodSpec(needs_grad=False, last_layer_only=True, cls_only=True, reduce=_reduce_raw),
     "rollout": _MethodSpec(needs_grad=False, last_layer_only=False, cls_only=False, reduce=_reduce_rollout),
     "grad_rollout": _MethodSpec(needs_grad=True, last_layer_only=False, cls_only=False, reduce=_reduce_grad_rollout),
     "gradcam": _MethodSpec(needs_grad=True, last_layer_only=True, cls_only=False, reduce=_reduce_gradcam),
+    "attr_rollout": _MethodSpec(needs_grad=True, last_layer_only=False, cls_only=False, reduce=_reduce_attr_rollout,
+                                exit_grads=True),
 }
 assert all(spec.needs_grad == (name in GRADIENT_METHODS) for name, spec in _METHODS.items())
 # The LRP methods propagate relevance with their own traced forward pass (fvit_core.explanations.lrp); the spec
@@ -314,7 +332,7 @@ _LRP_SPECS: dict[str, _MethodSpec] = {
                       reduce=_reduce_raw)
     for name in LRP_METHODS
 }
-assert tuple(_METHODS) + tuple(_LRP_SPECS) == EXPLANATION_METHODS
+assert sorted((*_METHODS, *_LRP_SPECS)) == sorted(EXPLANATION_METHODS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +425,11 @@ def _compute(
     layers = [-1] if spec.last_layer_only else None
     keep_grad = spec.needs_grad or create_graph
     with capture_attention(model, layers=layers, cls_only=spec.cls_only, keep_grad=keep_grad) as record:
-        logits = model(x)
+        if spec.exit_grads:
+            exits = block_exit_logits(model.vit, model.input_layer(x))
+            logits = exits[-1]  # the last block's exit is the model's forward pass
+        else:
+            logits = model(x)
     maps = record.layer_maps()
     if len(maps) != (1 if spec.last_layer_only else model.depth):
         raise ValueError(
@@ -416,7 +438,9 @@ def _compute(
         )
     chosen = logits.detach().argmax(dim=-1) if target is None else target
     grads = None
-    if spec.needs_grad:
+    if spec.exit_grads:
+        grads = exit_gradients(exits, maps, chosen, create_graph=create_graph)
+    elif spec.needs_grad:
         target_logit = logits.gather(1, chosen[:, None]).sum()  # samples are independent in eval mode
         grads = list(torch.autograd.grad(target_logit, maps, create_graph=create_graph))
     return logits, spec.reduce(maps, grads, head_fusion, model.num_prefix_tokens), chosen
@@ -440,7 +464,7 @@ def explain(
 
     Args:
         method: raw | rollout | grad_rollout | gradcam | transformer_attribution | lrp |
-            partial_lrp (module docstring, METHOD.md section 4, docs/EXPLANATIONS.md).
+            partial_lrp | attr_rollout (module docstring, METHOD.md section 4, docs/EXPLANATIONS.md).
         head_fusion: mean | max | min over heads.
         target: class per image (or one class for all) whose logit the gradient methods
             differentiate; default the predicted class.

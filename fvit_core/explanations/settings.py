@@ -2,7 +2,8 @@
 top-k set it is compared by, and the neighbourhood sensitivity check.
 
 docs/METHOD.md, section 4 (methods) and section 1 (top-k overlap V_k, beta); docs/METRICS.md
-(sensitivity). The explanation methods themselves are in :mod:`.attention` and :mod:`.lrp`.
+(sensitivity). The explanation methods themselves are in :mod:`.attention`, :mod:`.lrp` and
+:mod:`.attribution_rollout`.
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ from fvit_core.errors import SettingError
 from fvit_core.protocol.settings import Settings, bounded, one_of, setting
 
 EXPLANATION_METHODS: tuple[str, ...] = (
-    "raw", "rollout", "grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp"
+    "raw", "rollout", "grad_rollout", "gradcam", "transformer_attribution", "lrp", "partial_lrp", "attr_rollout"
 )
 # Chefer et al. (CVPR 2021)'s relevance propagation (explanations.lrp).
 LRP_METHODS: tuple[str, ...] = ("transformer_attribution", "lrp", "partial_lrp")
-# The methods that differentiate the target logit (the others are forward-only).
-GRADIENT_METHODS: tuple[str, ...] = ("grad_rollout", "gradcam", "transformer_attribution")
+# The methods that differentiate the target logit (the others are forward-only); attr_rollout
+# (Xu et al. 2022, explanations.attribution_rollout) differentiates every block's exit logit.
+GRADIENT_METHODS: tuple[str, ...] = ("grad_rollout", "gradcam", "transformer_attribution", "attr_rollout")
 # The methods whose explanation depends on the class explained: those that differentiate the
 # target logit and those that propagate its relevance. Attention itself (raw, rollout) does not.
 CLASS_METHODS: tuple[str, ...] = (*GRADIENT_METHODS, "lrp", "partial_lrp")
 # The methods whose patch relevances are signed before the clamp (full LRP sums the signed pixel
-# relevances of each patch); their maps are shown on a diverging scale.
-SIGNED_METHODS: tuple[str, ...] = ("lrp",)
+# relevances of each patch; attr_rollout rolls out signed attention x gradient without a relu);
+# their maps are shown on a diverging scale.
+SIGNED_METHODS: tuple[str, ...] = ("lrp", "attr_rollout")
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 check_method = one_of("explanation method", EXPLANATION_METHODS)
@@ -32,8 +35,8 @@ check_head_fusion = one_of("head fusion", HEAD_FUSIONS)
 
 
 def needs_gradients(method: str) -> bool:
-    """Whether ``method`` differentiates the logits (grad_rollout, gradcam, transformer_attribution)
-    or is forward-only (the other LRP methods propagate relevance with explicit rules)."""
+    """Whether ``method`` differentiates the logits (grad_rollout, gradcam, transformer_attribution,
+    attr_rollout) or is forward-only (the other LRP methods propagate relevance with explicit rules)."""
     check_method(method)
     return method in GRADIENT_METHODS
 

@@ -111,7 +111,7 @@ def model_label(result: AnalysisResult, which: str) -> str:
 METHOD_NAMES: dict[str, str] = {"raw": "raw attention", "rollout": "attention rollout",
                                 "grad_rollout": "gradient-weighted rollout", "gradcam": "attention GradCAM",
                                 "transformer_attribution": "Transformer Attribution", "lrp": "full LRP",
-                                "partial_lrp": "partial LRP"}
+                                "partial_lrp": "partial LRP", "attr_rollout": "Attribution Rollout"}
 
 
 def method_name(method: str) -> str:
