@@ -74,6 +74,18 @@ def available_pairs(root: Path | None = None) -> list[str]:
     return names
 
 
+_HUB = {"checked": False, "reachable": True}
+
+
+def hub_checked() -> bool:
+    """Whether the model hub answered (probed once per server: fvit_core.models.common.hub_reachable)."""
+    if not _HUB["checked"]:
+        from fvit_core.models.common import hub_reachable
+
+        _HUB["reachable"], _HUB["checked"] = hub_reachable(), True
+    return _HUB["reachable"]
+
+
 def downloads_allowed() -> bool:
     """Hub downloads only with FVIT_ALLOW_DOWNLOAD=1 and without HF_HUB_OFFLINE=1."""
     return os.environ.get("FVIT_ALLOW_DOWNLOAD") == "1" and os.environ.get("HF_HUB_OFFLINE") != "1"

@@ -21,6 +21,9 @@ from app import model_sources, session, sidebar  # noqa: E402
 
 if not model_sources.downloads_allowed():  # nothing reaches a model hub unless the operator allows it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+elif not model_sources.hub_checked():  # downloads allowed but no network: the cache only, no 50 s of retries
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["FVIT_HUB_UNREACHABLE"] = "the model hub"
 
 # The page icon is a local file: a Material icon name would make every page load fetch an SVG
 # from a font host (nothing may leave the machine).

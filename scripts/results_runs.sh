@@ -58,5 +58,8 @@ if [ -n "${DAVIS_GIT:-}" ]; then
   t segmentation fvit eval --data "$OUT/davis_data/images" --masks "$OUT/davis_data/masks" --attack pgd \
     --eps 8/255 --mode vanilla,dds --method raw,rollout --sigma 0.25 --no-perturbation-test \
     --no-progress --out "$OUT/segmentation"
+  t segmentation_attr fvit eval --data "$OUT/davis_data/images" --masks "$OUT/davis_data/masks" --attack pgd \
+    --eps 8/255 --mode vanilla,dds --method attr_rollout --head-fusion max --sigma 0.25 --no-perturbation-test \
+    --no-progress --out "$OUT/segmentation_attr"
   python scripts/segmentation_baselines.py "$OUT/davis_data/masks" | tee "$OUT/segmentation/baselines.txt"
 fi

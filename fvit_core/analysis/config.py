@@ -61,8 +61,10 @@ class RunConfig(Settings):
         text = limits.read_settings_text(path, "settings file")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise InputError(f"cannot read settings file {path}: {limits.short_repr(str(exc), 200)}") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, and an integer over 4,300 digits
+            reason = ("a number in it has more than 4,300 digits" if "integer string conversion" in str(exc)
+                      else limits.short_repr(str(exc), 200))
+            raise InputError(f"cannot read settings file {path}: {reason}") from exc
         if not isinstance(data, dict):
             raise InputError(f"settings file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))

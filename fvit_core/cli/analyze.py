@@ -12,11 +12,30 @@ from pathlib import Path
 from fvit_core.errors import SettingError
 
 
+# A number on the command line is at most this many characters: enough for any float in full
+# and any fraction of them, and a 5,000-digit fraction never reaches Fraction (whose float
+# conversion overflows with a traceback) or int (which refuses more than 4,300 digits).
+MAX_NUMBER_TEXT = 64
+_NUMERIC = set("0123456789+-./eE_")
+
+
+def _too_long(text: str) -> str | None:
+    """The reason ``text`` is refused as a number for its length, or None."""
+    if len(text) <= MAX_NUMBER_TEXT:
+        return None
+    return (f"{text[:12]}... is {len(text):,} characters long; a number here has at most {MAX_NUMBER_TEXT} "
+            "(examples: 0.03, 8/255)")
+
+
 def parse_number(text: str) -> float:
     """A float that may be written as a fraction: '8/255' -> 0.03137..."""
+    text = text.strip()
+    reason = _too_long(text)
+    if reason:
+        raise argparse.ArgumentTypeError(f"not a number: {reason}")
     try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError) as exc:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError, OverflowError) as exc:
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (examples: 0.03, 8/255)") from exc
 
 
@@ -126,13 +145,16 @@ def config_from_args(ns: argparse.Namespace):
 
 def param_value(text: str):
     """A --attack-param value: true/false, a whole number, a number (8/255 allowed) or text."""
-    lowered = text.strip().lower()
+    stripped = text.strip()
+    lowered = stripped.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if stripped and set(stripped) <= _NUMERIC and _too_long(stripped):
+        raise SettingError(f"--attack-param value {_too_long(stripped)}")
     try:
-        return int(text) if text.strip().lstrip("-").isdigit() else parse_number(text)
+        return int(stripped) if stripped.lstrip("-").isdigit() else parse_number(stripped)
     except argparse.ArgumentTypeError:
-        return text.strip()
+        return stripped
 
 
 def run_analyze(ns: argparse.Namespace) -> int:

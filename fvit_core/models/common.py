@@ -41,6 +41,40 @@ def hub_offline() -> bool:
     return values in {"1", "ON", "YES", "TRUE"}
 
 
+# Set when a front found the hub unreachable and turned downloads off (fvit_core.cli.main, the app).
+HUB_UNREACHABLE_ENV = "FVIT_HUB_UNREACHABLE"
+
+
+def offline_reason() -> str:
+    """Why hub requests are off, for error messages: no network, or HF_HUB_OFFLINE."""
+    host = os.environ.get(HUB_UNREACHABLE_ENV)
+    return f"no network: {host} did not answer" if host else "HF_HUB_OFFLINE is set"
+
+
+def hub_host() -> str:
+    """The model hub's host name: HF_ENDPOINT's, by default huggingface.co."""
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the model hub (HF_ENDPOINT's host, port 443) opens within
+    ``timeout_s``. Behind a proxy (HTTPS_PROXY / ALL_PROXY set) the answer is not ours to
+    judge: True, and huggingface_hub goes through the proxy as usual."""
+    import socket
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    if hub_offline():
+        return True  # offline already: nothing to probe
+    try:
+        socket.create_connection((hub_host(), 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """Parse a device name and check that this machine has it; ModelLoadError otherwise."""
     try:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
-from fvit_core.models.common import check_finite_weights, hub_offline
+from fvit_core.models.common import check_finite_weights, hub_offline, offline_reason
 
 
 @dataclass
@@ -73,7 +73,7 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
                                                  low_cpu_mem_usage=False, output_loading_info=True, **kwargs)
         scheduler = DDPMScheduler.from_pretrained(where, subfolder=sched_sub, **kwargs)
     except Exception as exc:
-        hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if offline and not local else ""
+        hint = f" ({offline_reason()}: only models already in the hub cache load)" if offline and not local else ""
         raise ModelLoadError(f"cannot load denoiser from {where}{hint}: {one_line(exc, 400)}") from exc
     problems = {kind: info.get(kind) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
     if problems:

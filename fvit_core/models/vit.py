@@ -20,7 +20,7 @@ from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
 from fvit_core.data.pixels import resize_pixels
-from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline
+from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline, offline_reason
 
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -174,7 +174,7 @@ def create_vit(
     try:
         vit = timm.create_model(architecture, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as exc:  # timm raises RuntimeError / OSError / HF errors for hub problems
-        hint = " (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if pretrained and hub_offline() else ""
+        hint = f" ({offline_reason()}: only models already in the hub cache load)" if pretrained and hub_offline() else ""
         raise ModelLoadError(f"could not create {architecture!r}{hint}: {one_line(exc, 400)}") from exc
     if pretrained:
         check_finite_weights(vit, f"classifier {architecture}")
@@ -254,6 +254,24 @@ def load_classifier(
                     class_names=class_names or imagenet_class_names(vit))
 
 
+def _check_every_tensor_loaded(vit: torch.nn.Module, weights_file: Path) -> None:
+    """Refuse a model with a parameter or buffer that its weights file does not hold: timm loads
+    non-strictly when config.json says ``pretrained_strict: false``, which would leave such a
+    layer at its random initialisation with no error (issue 26). Reads only the file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_file), framework="pt") as handle:
+        stored = set(handle.keys())
+    # Buffers that are not saved (persistent=False) are rebuilt by the model itself.
+    expected = set(vit.state_dict().keys())
+    missing = sorted(expected - stored)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ModelLoadError(f"{weights_file} lacks {len(missing)} tensor(s) of the model in its config.json ({shown}); "
+                             "those layers would run at random initialisation: the file is truncated or belongs to "
+                             "another architecture")
+
+
 def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) -> PixelViT:
     import timm
 
@@ -275,6 +293,7 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
         vit = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot load classifier from {folder}: {one_line(exc, 400)}") from exc
+    _check_every_tensor_loaded(vit, weights_file)
     check_finite_weights(vit, f"classifier {folder}")
     pcfg = config.get("pretrained_cfg", {})
     names = class_names or pcfg.get("label_names") or config.get("label_names")

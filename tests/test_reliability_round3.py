@@ -1,0 +1,181 @@
+"""Reliability round three (issue 26): huge numbers, outputs onto special files and links, file
+names that are not UTF-8, a checkpoint that lacks a tensor, downloads without a network. Each
+case ends in one line that says what to change, with exit status 2 in the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fvit_core.cli.analyze import MAX_NUMBER_TEXT, param_value, parse_number
+from fvit_core.cli.main import main
+from fvit_core.data.files import atomic_write_text, check_replaceable, check_writable_file
+from fvit_core.errors import InputError, ModelLoadError, SettingError
+
+HUGE = "1" + "0" * 5000
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+# ---------------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("text", [f"{HUGE}/3", HUGE, f"3/{HUGE}", "1" * (MAX_NUMBER_TEXT + 1)])
+def test_a_number_too_long_is_refused_before_it_is_converted(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"characters long; a number here has at most {MAX_NUMBER_TEXT}"):
+        parse_number(text)
+
+
+def test_numbers_that_overflow_a_float_are_not_numbers():
+    with pytest.raises(argparse.ArgumentTypeError, match="not a number: '1e999/3'"):
+        parse_number("1e999/3")  # Fraction -> float overflow was a traceback
+    assert parse_number("8/255") == pytest.approx(8 / 255) and parse_number(" 0.25 ") == 0.25
+
+
+def test_attack_param_values_too_long_are_refused_and_text_stays_text():
+    with pytest.raises(SettingError, match="--attack-param value .* characters long"):
+        param_value(f"{HUGE}/3")
+    with pytest.raises(SettingError, match="characters long"):
+        param_value(HUGE)
+    assert param_value("8/255") == pytest.approx(8 / 255) and param_value("12") == 12 and param_value("true") is True
+    assert param_value("ce") == "ce"
+
+
+@pytest.mark.parametrize("args", [["--eps", f"{HUGE}/3"], ["--sigma", HUGE], ["--sensitivity-radius", f"{HUGE}/7"],
+                                  ["--attack-param", f"alpha={HUGE}/3"]])
+def test_huge_numbers_on_the_command_line_are_one_line(args, capsys, tmp_path):
+    argv = ["analyze", "x.png", *args, "--json", str(tmp_path / "r.json")]
+    if args[0] == "--attack-param":  # read after parsing, by the settings: main's one-line error
+        assert main(argv) == 2
+    else:  # an argparse type: argparse's exit, one line through OneLineParser
+        assert _argparse_exit(argv) == 2
+    line = _one_error_line(capsys)
+    assert "characters long" in line and "Traceback" not in line
+
+
+def _argparse_exit(argv) -> int:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return exited.value.code
+
+
+@pytest.mark.parametrize("command", [["eval", "--data", "d", "--out", "o", "--eps"], ["certify", "--data", "d",
+                                                                                     "--out", "o", "--radii"]])
+def test_huge_numbers_in_batch_lists_are_one_line(command, capsys):
+    assert _argparse_exit([*command, f"0.1,{HUGE}/3"]) == 2
+    assert "characters long" in _one_error_line(capsys)
+
+
+def test_a_settings_file_with_a_5000_digit_seed_is_one_line(tmp_path, capsys):
+    settings = tmp_path / "s.json"
+    settings.write_text('{"seed": ' + "1" * 5000 + "}")
+    assert main(["analyze", "x.png", "--config", str(settings)]) == 2
+    assert "a number in it has more than 4,300 digits" in _one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+def test_special_files_and_links_are_never_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.json"
+    target.write_text("keep")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with pytest.raises(InputError, match="named pipe"):
+        check_writable_file(fifo, "--json")
+    with pytest.raises(InputError, match="symbolic link; writing would replace the link itself"):
+        check_writable_file(link, "--json")
+    with pytest.raises(InputError, match="character device"):
+        check_writable_file("/dev/null", "--json")
+    # Every writer goes through atomic_write, which checks again just before it renames.
+    with pytest.raises(InputError, match="symbolic link"):
+        atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "keep" and fifo.exists() and not fifo.is_file()
+    check_replaceable(tmp_path / "new.json", "--json")  # a new name is fine
+    atomic_write_text(target, "replaced")  # and so is a regular file
+    assert target.read_text() == "replaced"
+
+
+def test_analyze_refuses_a_fifo_before_loading_anything(tmp_path, capsys):
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    assert main(["analyze", "x.png", "--json", str(fifo)]) == 2
+    assert "is a named pipe (FIFO); fvit writes regular files only" in _one_error_line(capsys)
+
+
+def test_a_folder_link_as_out_is_fine(tmp_path):
+    from fvit_core.data.files import check_writable_folder
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert check_writable_folder(tmp_path / "runs", "--out") == tmp_path / "runs"
+
+
+# ---------------------------------------------------------------------------------- names
+
+
+def test_an_unreadable_image_with_a_non_utf8_name_is_listed_and_the_run_finishes(tiny_pair_dir, tmp_path):
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "a" / "ok.png")
+    with open(os.path.join(os.fsencode(data / "a"), b"bad\xff.png"), "wb") as handle:
+        handle.write(b"not an image")
+    command = ["eval", "--data", str(data), "--out", str(tmp_path / "out"), "--classifier",
+               str(tiny_pair_dir / "classifier"), "--denoiser", str(tiny_pair_dir / "denoiser"), "--mode", "vanilla",
+               "--steps", "1", "--k", "4", "--no-perturbation-test", "--no-figures", "--no-progress"]
+    for _ in range(2):  # the rerun (which tries the skipped image again) finishes too
+        assert main(command) == 0
+        summary = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+        assert "bad\\udcff.png" in summary
+        info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+        assert info["images_skipped"] == 1
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def test_a_classifier_missing_a_tensor_is_refused_even_when_timm_would_load_it(tiny_pair_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from fvit_core.models import load_classifier
+
+    folder = tmp_path / "clf"
+    shutil.copytree(tiny_pair_dir / "classifier", folder)
+    tensors = load_file(folder / "model.safetensors")
+    dropped = sorted(name for name in tensors if name.endswith("qkv.weight"))[0]
+    del tensors[dropped]
+    save_file(tensors, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("model_args", {})["pretrained_strict"] = False  # timm then loads what is there
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=f"lacks 1 tensor\\(s\\) .*{dropped}.*random initialisation"):
+        load_classifier(folder)
+
+
+def test_downloads_without_a_network_fail_in_seconds_with_one_line(monkeypatch, capsys, tmp_path):
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    # setenv records each variable, so what main() sets is undone after the test.
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "FVIT_HUB_UNREACHABLE"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    image = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    image.save(tmp_path / "x.png")
+    assert main(["analyze", str(tmp_path / "x.png"), "--classifier", "vit_tiny_patch16_224", "--allow-download"]) == 2
+    line = _one_error_line(capsys)
+    assert "no network: huggingface.co did not answer" in line and "hub cache" in line
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
