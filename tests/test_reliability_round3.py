@@ -179,3 +179,57 @@ def test_downloads_without_a_network_fail_in_seconds_with_one_line(monkeypatch, 
     line = _one_error_line(capsys)
     assert "no network: huggingface.co did not answer" in line and "hub cache" in line
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+# ---------------------------------------------------------------------------------- model configs
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"depth": 100_000}, "depth = 100000 is outside 1..128"),
+    ({"embed_dim": 4096, "depth": 48}, "cannot hold"),  # within the ranges, but far beyond the file
+    ({"num_heads": "three"}, "num_heads = three is outside"),
+    ({"img_size": [32, 10**30]}, "img_size = a number of 31 digits is outside"),
+])
+def test_a_classifier_config_out_of_bounds_is_refused_before_the_model_is_built(tiny_pair_dir, tmp_path, change,
+                                                                                 message, monkeypatch):
+    import timm
+
+    from fvit_core.models import load_classifier
+
+    folder = tmp_path / "clf"
+    shutil.copytree(tiny_pair_dir / "classifier", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"].update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    built = []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(a))
+    with pytest.raises(ModelLoadError, match=message):
+        load_classifier(folder)
+    assert built == []  # refused before timm allocates anything
+
+
+@pytest.mark.parametrize("where, change, message", [
+    ("unet", {"layers_per_block": 10_000}, "layers_per_block = 10000 is outside 1..64"),
+    ("unet", {"block_out_channels": [4096, 4096, 4096, 4096]}, "cannot hold"),
+    ("unet", {"sample_size": 10**9}, "sample_size = 1000000000 is outside"),
+    ("scheduler", {"num_train_timesteps": 10**9}, "num_train_timesteps = 1000000000 is outside 2..100000"),
+])
+def test_a_denoiser_config_out_of_bounds_is_refused_before_the_model_is_built(tiny_pair_dir, tmp_path, where, change,
+                                                                               message):
+    from fvit_core.models import load_denoiser
+
+    folder = tmp_path / "den"
+    shutil.copytree(tiny_pair_dir / "denoiser", folder)
+    path = folder / where / ("config.json" if where == "unet" else "scheduler_config.json")
+    config = json.loads(path.read_text())
+    config.update(change)
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=message):
+        load_denoiser(folder)
+
+
+def test_the_shipped_and_test_configs_pass_the_bounds(tiny_pair_dir):
+    from fvit_core.models import load_classifier, load_denoiser, load_pair
+
+    assert load_pair("default").classifier.num_classes == 10
+    assert load_classifier(tiny_pair_dir / "classifier") is not None and load_denoiser(tiny_pair_dir / "denoiser")

@@ -65,7 +65,7 @@ def check_replaceable(path: str | os.PathLike, what: str) -> None:
     path = Path(path)
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new name (a parent that is a file is said below)
         return
     except OSError as exc:
         raise InputError(f"{what} {path}: cannot inspect it ({exc.strerror or exc})") from exc

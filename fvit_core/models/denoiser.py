@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
-from fvit_core.models.common import check_finite_weights, hub_offline, offline_reason
+from fvit_core.models.config_bounds import check_unet_config
+from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline, offline_reason
 
 
 @dataclass
@@ -61,7 +63,9 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
     unet_sub = "unet" if (not local or (path / "unet").is_dir()) else None
     sched_sub = "scheduler" if (not local or (path / "scheduler").is_dir()) else None
     if local:
-        _check_denoiser_weights(path / unet_sub if unet_sub else path)
+        unet_folder = path / unet_sub if unet_sub else path
+        _check_denoiser_weights(unet_folder)
+        _check_denoiser_config(unet_folder, path / sched_sub if sched_sub else path)
     offline = hub_offline()
     kwargs = {"local_files_only": local or offline}
     try:
@@ -95,6 +99,30 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
         source=where,
         scheduler_config=dict(scheduler.config),
     )
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    if path.stat().st_size > 1_000_000:  # a diffusers config is a few kB
+        raise ModelLoadError(f"{path} is {path.stat().st_size:,} bytes; a model config is a few kB")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
+        raise ModelLoadError(f"cannot read {path}: {one_line(exc, 200)}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return data
+
+
+def _check_denoiser_config(unet_folder: Path, scheduler_folder: Path) -> None:
+    """Bounds of the UNet's config.json and the scheduler's config against the weights file,
+    before diffusers builds the model (models.config_bounds)."""
+    weights = sorted(unet_folder.glob("*.safetensors"))
+    for file in weights:  # a broken file is named as such first, as the classifier's is
+        check_safetensors(file)
+    scheduler = _read_config(scheduler_folder / "scheduler_config.json")
+    check_unet_config(_read_config(unet_folder / "config.json"), scheduler, weights[0], unet_folder / "config.json")
 
 
 def _check_denoiser_weights(folder: Path) -> None:

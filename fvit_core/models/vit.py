@@ -20,6 +20,7 @@ from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
 from fvit_core.data.pixels import resize_pixels
+from fvit_core.models.config_bounds import check_vit_config
 from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline, offline_reason
 
 
@@ -284,9 +285,12 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
             )
     try:
         config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
+        raise ModelLoadError(f"cannot read {config_file}: {one_line(exc, 200)}") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} must hold a JSON object")
     check_safetensors(weights_file)
+    check_vit_config(config, weights_file, config_file)  # before timm builds (allocates) the model
     try:
         # timm's own local-folder path: reads config.json (architecture, model_args) and the
         # safetensors weights; strict loading, so a mismatched file fails loudly.
