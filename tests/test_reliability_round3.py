@@ -233,3 +233,94 @@ def test_the_shipped_and_test_configs_pass_the_bounds(tiny_pair_dir):
 
     assert load_pair("default").classifier.num_classes == 10
     assert load_classifier(tiny_pair_dir / "classifier") is not None and load_denoiser(tiny_pair_dir / "denoiser")
+
+
+# ---------------------------------------------------------------------------------- convert-adm
+
+ADM_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "adm")
+
+
+def _small_adm(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(os.path.join(ADM_FIXTURES, "small_weights.safetensors")).items()}
+    flags = json.loads(open(os.path.join(ADM_FIXTURES, "small_flags.json")).read())
+    return state, flags, torch
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_channels": 100_000}, "num_channels must be a whole number in 1..1,024"),
+    ({"num_res_blocks": 100_000}, "num_res_blocks must be a whole number in 1..8"),
+    ({"diffusion_steps": 10**9}, "diffusion_steps must be a whole number in 2..100,000"),
+    ({"diffusion_steps": "1" * 5000}, "a value of 5002 characters"),
+    ({"dropout": "abc"}, "dropout must be a number in \\[0, 1\\)"),
+    ({"dropout": float("nan")}, "dropout must be a number in \\[0, 1\\)"),
+    ({"channel_mult": "1,2,2,2,2,2,2,2,2"}, "at most 8 comma-separated"),
+])
+def test_absurd_adm_flags_are_refused_in_one_line(tmp_path, change, message, capsys):
+    state, flags, torch = _small_adm(tmp_path)
+    torch.save(state, tmp_path / "small.pt")
+    (tmp_path / "flags.json").write_text(json.dumps({**flags, **change}))
+    assert main(["convert-adm", str(tmp_path / "small.pt"), str(tmp_path / "out"), "--flags",
+                 str(tmp_path / "flags.json")]) == 2
+    assert re_search(message, _one_error_line(capsys)) and not (tmp_path / "out").exists()
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+@pytest.mark.parametrize("kind", ["integer key", "sparse", "meta", "complex"])
+def test_checkpoints_with_odd_tensors_are_refused(tmp_path, kind):
+    from fvit_core.models.adm import read_checkpoint
+
+    state, _, torch = _small_adm(tmp_path)
+    name = next(iter(state))
+    if kind == "integer key":
+        state[7] = state.pop(name)
+    elif kind == "sparse":
+        state[name] = state[name].reshape(-1).to_sparse()
+    elif kind == "meta":
+        state[name] = torch.empty(state[name].shape, device="meta")
+    else:
+        state[name] = state[name].to(torch.complex64)
+    path = tmp_path / "odd.pt"
+    try:
+        torch.save(state, path)
+    except (RuntimeError, NotImplementedError):  # torch cannot even write this kind: nothing to read back
+        pytest.skip(f"torch.save refuses a {kind} tensor")
+    with pytest.raises(ModelLoadError, match={"integer key": "names must be text", "sparse": "sparse tensor",
+                                              "meta": "meta tensor|cannot read", "complex": "complex one"}[kind]):
+        read_checkpoint(path)
+
+
+def test_a_compressed_checkpoint_that_inflates_past_its_network_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    from fvit_core.models.adm import check_checkpoint_size, resolve_flags
+
+    _, flags, _ = _small_adm(tmp_path)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MB of zeros in about 64 kB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ModelLoadError, match="inflates to 67,108,864 bytes"):
+        check_checkpoint_size(bomb, resolve_flags(flags))
+
+
+def test_a_failed_conversion_leaves_no_output_folder(tmp_path, monkeypatch):
+    from fvit_core.models import adm
+
+    state, flags, torch = _small_adm(tmp_path)
+    torch.save(state, tmp_path / "small.pt")
+
+    def broken(arch):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(adm, "scheduler_config", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        adm.convert_adm(tmp_path / "small.pt", tmp_path / "out", flags=flags)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt"]  # no out/, no staging folder

@@ -135,4 +135,5 @@ def _quiet_library_warnings() -> None:
     errors are one line); ``python -W`` or FVIT_DEBUG=1 shows them again."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(huggingface_hub|diffusers|timm|torchattacks)(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module=r"(huggingface_hub|diffusers|timm|torchattacks|torch|PIL)(\.|$)")

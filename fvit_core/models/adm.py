@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -110,25 +112,54 @@ def _as_bool(value: Any, name: str) -> bool:
     raise _flag_error(f"{name} must be true or false, got {value!r}")
 
 
+# Upper bounds of the flags (issue 26: 100,000 channels or res-blocks, 10^9 steps allocated GBs
+# before failing): generous for every published ADM model (ImageNet 512x512 has 256 channels,
+# 2 res-blocks, 1,000 steps; improved-diffusion 4,000 steps).
+FLAG_LIMITS: dict[str, int] = {
+    "image_size": 1024, "num_channels": 1024, "num_res_blocks": 8, "num_heads": 64, "num_heads_upsample": 64,
+    "num_head_channels": 1024, "diffusion_steps": 100_000, "channel_mult": 16, "attention_resolutions": 1024,
+}
+MAX_LEVELS = 8
+
+
 def _as_int(value: Any, name: str, low: int) -> int:
-    """A whole number >= low, from an int or its decimal text (flags come from JSON or a shell)."""
+    """A whole number in low..FLAG_LIMITS[name], from an int or its decimal text (flags come
+    from JSON or a shell)."""
+    high = FLAG_LIMITS.get(name, 1 << 30)
     text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, str) and text.lstrip("-").isdigit():
+    if isinstance(text, str) and text.lstrip("-").isdigit() and len(text) <= 12:
         text = int(text)
-    if isinstance(text, bool) or not isinstance(text, int) or text < low:
-        raise _flag_error(f"{name} must be a whole number >= {low}, got {value!r}")
+    if isinstance(text, bool) or not isinstance(text, int) or not low <= text <= high:
+        shown = repr(value) if len(repr(value)) <= 24 else f"a value of {len(repr(value))} characters"
+        raise _flag_error(f"{name} must be a whole number in {low}..{high:,}, got {shown}")
     return text
 
 
 def _int_list(value: Any, name: str) -> tuple[int, ...]:
     items = value.split(",") if isinstance(value, str) else value
     try:
+        if len(items) > MAX_LEVELS or any(len(str(v).strip()) > 12 for v in items):
+            raise ValueError
         numbers = tuple(int(str(v).strip()) for v in items)
     except (TypeError, ValueError):
-        raise _flag_error(f"{name} must be comma-separated whole numbers, got {value!r}") from None
-    if not numbers or min(numbers) < 1:
-        raise _flag_error(f"{name} must be positive whole numbers, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"a value of {len(repr(value))} characters"
+        raise _flag_error(f"{name} must be at most {MAX_LEVELS} comma-separated whole numbers, got {shown}") from None
+    high = FLAG_LIMITS.get(name, 1 << 30)
+    if not numbers or min(numbers) < 1 or max(numbers) > high:
+        raise _flag_error(f"{name} must be whole numbers in 1..{high:,}, got {value!r}")
     return numbers
+
+
+def _as_dropout(value: Any) -> float:
+    """A dropout probability in [0, 1): a number (or its text), finite (NaN would be written as
+    invalid JSON)."""
+    try:
+        number = float(value) if not isinstance(value, bool) and len(str(value)) <= 32 else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.0 <= number < 1.0:
+        raise _flag_error(f"dropout must be a number in [0, 1), got {value!r}"[:120])
+    return number
 
 
 def resolve_flags(flags: Mapping[str, Any]) -> ADMArchitecture:
@@ -183,7 +214,7 @@ def resolve_flags(flags: Mapping[str, Any]) -> ADMArchitecture:
         use_scale_shift_norm=_as_bool(f["use_scale_shift_norm"], "use_scale_shift_norm"),
         resblock_updown=_as_bool(f["resblock_updown"], "resblock_updown"),
         new_attention_order=_as_bool(f["use_new_attention_order"], "use_new_attention_order"),
-        dropout=float(f["dropout"]), diffusion_steps=_as_int(f["diffusion_steps"], "diffusion_steps", 2),
+        dropout=_as_dropout(f["dropout"]), diffusion_steps=_as_int(f["diffusion_steps"], "diffusion_steps", 2),
         noise_schedule=schedule,
     )
 
@@ -363,7 +394,36 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{path} is not a state dict of tensors (as guided-diffusion saves its models)")
+    for key, tensor in state.items():  # what a converter would otherwise mangle or trip over later
+        if not isinstance(key, str):
+            raise ModelLoadError(f"{path}: tensor names must be text, got {type(key).__name__} {key!r}"[:200])
+        if tensor.layout != torch.strided or tensor.is_meta:
+            raise ModelLoadError(f"{path}: {key} is a {'meta' if tensor.is_meta else 'sparse'} tensor; a checkpoint "
+                                 "holds dense weights")
+        if not tensor.is_floating_point():
+            raise ModelLoadError(f"{path}: {key} is {str(tensor.dtype).replace('torch.', '')}; a weight is a real "
+                                 "floating-point tensor (a complex one would lose its imaginary part)")
     return state
+
+
+def check_checkpoint_size(path: str | os.PathLike, arch: "ADMArchitecture") -> None:
+    """Before reading: a .pt file is a zip archive; its members' inflated sizes must not exceed
+    what the architecture's weights can take (float32, plus 10% and 1 MB for the pickle), so a
+    small compressed file cannot inflate to GBs (issue 26: 7.7 MB -> 6.8 GB)."""
+    import zipfile
+
+    path = Path(path).expanduser()
+    expected = 4 * count_parameters(arch)
+    limit = int(expected * 1.1) + (1 << 20)
+    if path.suffix != ".safetensors" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+        if inflated > limit:
+            raise ModelLoadError(f"{path} inflates to {inflated:,} bytes, but these flags' network has "
+                                 f"{expected:,} bytes of float32 weights; refused before reading (check --preset / --flags)")
+    elif path.stat().st_size > limit:
+        raise ModelLoadError(f"{path} is {path.stat().st_size:,} bytes, more than these flags' network can hold "
+                             f"({expected:,} bytes of float32 weights); check --preset / --flags")
 
 
 def convert_adm(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -383,16 +443,46 @@ def convert_adm(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
     preset = None if flags is not None else preset
     arch = resolve_flags(merged)
     out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ModelLoadError(f"{out} exists and is not empty; choose a new folder")
-    unet = build_unet(arch, read_checkpoint(checkpoint))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelLoadError(f"{out} exists and is not an empty folder; choose a new folder")
+    if not Path(checkpoint).expanduser().is_file():
+        raise ModelLoadError(f"checkpoint not found: {checkpoint}")
+    check_checkpoint_size(checkpoint, arch)
+    state = read_checkpoint(checkpoint)
+    _check_shapes(state, arch)  # on the meta device: a wrong checkpoint never builds the real network
+    unet = build_unet(arch, state)
     check_finite_weights(unet, f"converted {checkpoint}")
-    out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    DDPMScheduler(**scheduler_config(arch)).save_pretrained(out / "scheduler")
-    record = {"source": Path(checkpoint).name, "preset": preset, "flags": merged, "architecture": asdict(arch)}
-    (out / "adm_flags.json").write_text(json.dumps(record, indent=2) + "\n")
+    # Everything goes into a temporary folder beside OUT_DIR, renamed at the end: a failure or a
+    # kill never leaves a half-written model that --denoiser would try to load.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        unet.save_pretrained(staging / "unet", safe_serialization=True)
+        DDPMScheduler(**scheduler_config(arch)).save_pretrained(staging / "scheduler")
+        record = {"source": Path(checkpoint).name, "preset": preset, "flags": merged, "architecture": asdict(arch)}
+        (staging / "adm_flags.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
+
+
+def _check_shapes(state: Mapping[str, torch.Tensor], arch: "ADMArchitecture") -> None:
+    """The converted checkpoint's tensor names and shapes against the network built on the meta
+    device (no memory): the same refusals as build_unet, before 552M parameters are allocated."""
+    with torch.device("meta"):
+        expected = {key: tuple(t.shape) for key, t in build_unet(arch).state_dict().items()}
+    converted = convert_state_dict(state, arch)
+    missing = sorted(set(expected) - set(converted))
+    if missing:
+        raise ModelLoadError(f"conversion left {len(missing)} diffusers tensor(s) unset (e.g. {missing[0]})")
+    for key, tensor in converted.items():
+        if expected.get(key) != tuple(tensor.shape):
+            raise ModelLoadError(f"shape mismatch for {key}: checkpoint {tuple(tensor.shape)}, network "
+                                 f"{expected.get(key)}: the flags do not match the checkpoint")
 
 
 def count_parameters(arch: ADMArchitecture) -> int:
