@@ -1,0 +1,11 @@
+"""The FViT dashboard (streamlit run app/streamlit_app.py).
+
+The libraries its pages import lazily are imported here, once, when the first session imports
+the package: Streamlit runs each session's script in its own thread, and five first visits at
+once raised "partially initialized module 'pandas'" when they imported pandas together (issue
+26). Importing ``app`` is serialised by Python's import lock, so the others wait for this.
+"""
+
+import matplotlib  # noqa: F401  (figures and exports)
+import pandas  # noqa: F401  (st.dataframe, the metrics table)
+import plotly.graph_objects  # noqa: F401  (the interactive maps)

@@ -79,18 +79,26 @@ def figure_png(cur: session.Current, name: str, build: Callable[[], Figure]) -> 
 _KEPT_SIZE = 40
 
 
+def _analysis_tag(cur: session.Current) -> tuple:
+    """What exports depend on: the analysis and the file on screen (its name and, cheaply, its
+    bytes: the same pixels re-uploaded under another name or encoding export the new file)."""
+    data = cur.image.data
+    return cur.key, cur.image.name, len(data), data[:64], data[-64:]
+
+
 def kept(cur: session.Current, key: tuple):
     """What :func:`kept_bytes` built for this analysis under ``key``, or None."""
-    return st.session_state.get("_kept", {}).get((cur.key, key))
+    return st.session_state.get("_kept", {}).get((_analysis_tag(cur), key))
 
 
 def kept_bytes(cur: session.Current, key: tuple, build: Callable[[], Any]) -> Any:
     """``build()`` once per (analysis, key), kept in the session: download buttons get the same
     bytes on every rerun, and a new analysis drops the old ones."""
     memo: dict = st.session_state.setdefault("_kept", {})
-    full = (cur.key, key)
+    tag = _analysis_tag(cur)
+    full = (tag, key)
     if full not in memo:
-        for old in [k for k in memo if k[0] != cur.key]:
+        for old in [k for k in memo if k[0] != tag]:
             del memo[old]
         while len(memo) >= _KEPT_SIZE:
             memo.pop(next(iter(memo)))

@@ -139,6 +139,10 @@ def update(values) -> None:
     st.session_state["_wanted_key"] = key
     cur = current()
     if cur is not None and cur.key == key:
+        if cur.image is not values.image and (cur.image.name, cur.image.data) != (values.image.name, values.image.data):
+            # The same pixels from another file (a re-upload under a new name, another encoding):
+            # the result stands, but exports must name and carry the file now on screen (issue 26).
+            st.session_state["_current"] = Current(key=key, result=cur.result, image=values.image, models=cur.models)
         return
     reason = analysis_settings.expensive_reason(config)
     waiting = st.empty()  # the notice and the buttons go once the analysis is done

@@ -661,3 +661,20 @@ def test_a_bug_in_the_engine_is_an_internal_error_without_traceback(monkeypatch)
     at = run_app()  # asserts no uncaught exception (no traceback on the page)
     texts = [e.value for e in at.error]
     assert texts == ["The analysis failed: internal error, please report it (KeyError)."], texts
+
+
+def test_the_same_pixels_uploaded_under_a_new_name_export_the_new_file():
+    """Issue 26: a re-upload of identical pixels reuses the result but exports name and carry
+    the file now on screen (its name, its bytes), not the previous one."""
+    pixels = random_rgb(5)
+    at = run_app(page="views/export.py")
+    at.file_uploader(key="upload").set_value(("first.png", encode(pixels), "image/png")).run()
+    first = current(at)
+    assert any("first.png" in c.value for c in at.code)
+    second_bytes = encode(pixels, "BMP")  # the same pixels, another file
+    at.file_uploader(key="upload").set_value(("second.bmp", second_bytes, "image/bmp")).run()
+    assert not at.exception
+    now = current(at)
+    assert now.result is first.result  # nothing recomputed
+    assert now.image.name == "second.bmp" and now.image.data == second_bytes
+    assert any("second.bmp" in c.value for c in at.code) and not any("first.png" in c.value for c in at.code)

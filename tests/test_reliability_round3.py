@@ -324,3 +324,15 @@ def test_a_failed_conversion_leaves_no_output_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         adm.convert_adm(tmp_path / "small.pt", tmp_path / "out", flags=flags)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt"]  # no out/, no staging folder
+
+
+def test_the_dashboard_package_imports_its_lazy_libraries_once_up_front():
+    """Five first visits at once imported pandas in five script threads ("partially initialized
+    module 'pandas'"); importing the app package (serialised by Python's import lock) now does it."""
+    import subprocess
+    import sys
+
+    code = "import sys, app\nprint(all(m in sys.modules for m in ('pandas', 'plotly.graph_objects', 'matplotlib')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == "True", done.stderr[-1000:]
