@@ -6,6 +6,8 @@ once raised "partially initialized module 'pandas'" when they imported pandas to
 26). Importing ``app`` is serialised by Python's import lock, so the others wait for this.
 """
 
-import matplotlib  # noqa: F401  (figures and exports)
-import pandas  # noqa: F401  (st.dataframe, the metrics table)
-import plotly.graph_objects  # noqa: F401  (the interactive maps)
+import matplotlib  # figures and exports
+import pandas  # st.dataframe, the metrics table
+import plotly.graph_objects  # the interactive maps
+
+WARMED = (matplotlib, pandas, plotly.graph_objects)

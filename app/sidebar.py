@@ -17,7 +17,7 @@ from app import analysis_settings, attack_widgets, image_sources, model_sources
 from fvit_core.analysis.config import AnalysisConfig
 from fvit_core.analysis.noise_floor import NOISE_FLOOR_ESTIMATORS
 from fvit_core.attacks.specs import ATTACKS
-from fvit_core.data.images import PREPARE_MODES, fit_notice, prepare_image, to_uint8
+from fvit_core.data.images import PREPARE_MODES, ImageError, fit_notice, prepare_image, to_uint8
 from fvit_core.errors import ModelLoadError
 from fvit_core.explanations.settings import CLASS_METHODS, EXPLANATION_METHODS, HEAD_FUSIONS
 from fvit_core.method.settings import SAMPLING_SCHEMES, SMOOTHING_MODES
@@ -172,7 +172,11 @@ def show_model_view(image: image_sources.LoadedImage, input_size: tuple[int, int
     smoothing, and a notice when that changes the image a lot."""
     key = (image.digest, tuple(input_size), mode)
     if st.session_state.get("_preview", (None,))[0] != key:  # resizing a large photo on every rerun is slow
-        prepared = to_uint8(prepare_image(image.pixels, input_size, mode=mode))
+        try:
+            prepared = to_uint8(prepare_image(image.pixels, input_size, mode=mode))
+        except ImageError as exc:  # e.g. a letterbox canvas over the pixel limit: say it, no traceback
+            st.warning(str(exc), icon=":material/aspect_ratio:")
+            return
         repeat = max(1, PREVIEW_PX // max(prepared.shape[:2]))
         st.session_state["_preview"] = (key, np.repeat(np.repeat(prepared, repeat, axis=0), repeat, axis=1))
     shown = st.session_state["_preview"][1]

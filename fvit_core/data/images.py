@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
+import struct
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from fvit_core.data.pixels import check_pixels, resize_pixels
 from fvit_core.errors import InputError, SettingError
@@ -174,10 +176,16 @@ class _BudgetedBytes(io.BytesIO):
 def _decode_bytes(data: bytes, max_pixels: int, max_seconds: float | None) -> np.ndarray:
     stream = _BudgetedBytes(data, max_seconds)
     try:
+        if data[:4] in _TIFF_PREFIXES:
+            # Before Image.open: for an uncompressed TIFF Pillow builds one tile per strip while it
+            # opens the file, so millions of strips cost seconds and hundreds of MB already there.
+            _check_tiff_chunks(data, max_pixels, max_seconds)
         with Image.open(stream, formats=SUPPORTED_FORMATS) as image:
             _check_pixel_count(image.size, max_pixels)
-            if image.format == "JPEG":
-                _check_jpeg_scans(data)
+            # By decoder, not by format name: a JPEG with an APP2 "MPF" segment opens as an
+            # MpoImageFile (format "MPO", a JpegImageFile subclass) and is decoded by libjpeg too.
+            if isinstance(image, JpegImagePlugin.JpegImageFile):
+                _check_jpeg_scans(data, frames=getattr(image, "n_frames", 1))
             return _decode_opened(image, image.format or "image", owned=True, budget=stream)
     except DecodeTimeout as exc:
         raise ImageError(f"decoding took longer than {max_seconds:g} s and was stopped: the file is built to make "
@@ -204,18 +212,144 @@ def _decode_bytes(data: bytes, max_pixels: int, max_seconds: float | None) -> np
 MAX_JPEG_SCANS = 100
 
 
-def _check_jpeg_scans(data: bytes) -> None:
+def _check_jpeg_scans(data: bytes, *, frames: int = 1) -> None:
     """Refuse a JPEG with more than MAX_JPEG_SCANS start-of-scan markers, before decoding.
 
     Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
     every FF DA pair is a real start of scan, or one inside metadata (an EXIF thumbnail): the
     count is exact or an over-count, and costs one pass over the bytes.
+
+    The count covers the whole file, so an MPO (``frames`` > 1: a JPEG whose APP2 "MPF" segment
+    lists further JPEG images appended to it, as stereo cameras write) is refused when all its
+    images together have more than MAX_JPEG_SCANS scans, whichever of them is progressive: only
+    the first is decoded here, but any may be by the next reader, and a camera's MPO holds a few
+    baseline images of one scan each.
     """
     scans = data.count(b"\xff\xda")
     if scans > MAX_JPEG_SCANS:
-        raise ImageError(f"JPEG file has {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (a progressive JPEG from "
+        what = "JPEG file" if frames <= 1 else f"MPO file (a JPEG holding {frames:,} images)"
+        raise ImageError(f"{what} has {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (a progressive JPEG from "
                          "a camera or an editor has about 10): such a file makes the decoder work for minutes; "
                          "re-export it")
+
+
+# A TIFF is decoded strip by strip (or tile by tile), and each one costs a fixed setup in libtiff
+# (and, uncompressed, one Pillow tile object and decoder) whatever its size: 4.8 million 1-pixel
+# JPEG strips pointing at the same 300 bytes (a 19 MB file, 4.8 megapixels, under every other
+# limit) decoded for about 100 s in the issue's report (6.8 s on the 2-core development machine),
+# and libtiff is handed the whole file at once, so the per-read time budget cannot stop it. (A
+# progressive JPEG strip is libtiff's to bound: it stops at 100 scans per strip.) Ordinary
+# writers make far fewer: libtiff's ~8 kB strips give about 15,000 at 40 megapixels, Pillow's
+# ~64 kB strips under 2,000, one row per strip of a 6324x6324 image 6,324 (x3 planes: 19,000),
+# 256x256 tiles 610, even the smallest 16x16 tiles 156,000. So at most 2**18 = 262,144, the
+# "few hundred thousand" that the smallest tiles can reach: at the limit a 1-pixel-strip file
+# decodes in 0.4 s (JPEG) to 1.7 s (uncompressed) here, 6.6 s at the report's 21 us per strip.
+MAX_TIFF_CHUNKS = 1 << 18
+# Fixed decode cost of one strip or tile, rounded up from the slowest measured: 2-6 us here
+# (1-pixel JPEG, YCbCr, deflate, LZW, packbits and uncompressed strips), 21 us on the machine of
+# the bomb's report. A file whose strips alone would take longer than ``max_seconds`` at this
+# cost is refused (this binds only for budgets under 6.6 s; the default ones are 30 and 15 s).
+TIFF_CHUNK_SECONDS = 25e-6
+# Pillow's TIFF signatures (TiffImagePlugin.PREFIXES): classic and BigTIFF, both byte orders.
+_TIFF_PREFIXES = frozenset({b"MM\x00*", b"II*\x00", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00"})
+_TIFF_STRIP_TAGS = (273, 279)  # StripOffsets, StripByteCounts
+_TIFF_TILE_TAGS = (324, 325)  # TileOffsets, TileByteCounts
+_TIFF_SCALAR_TAGS = {256: "width", 257: "length", 277: "samples", 278: "rows_per_strip", 284: "planar",
+                     322: "tile_width", 323: "tile_length"}
+_TIFF_INLINE = {1: "B", 3: "H", 4: "L", 16: "Q"}  # BYTE, SHORT, LONG, LONG8: how a scalar is stored
+
+
+def _check_tiff_chunks(data: bytes, max_pixels: int, max_seconds: float | None) -> None:
+    """Refuse a TIFF whose first image has more strips or tiles than MAX_TIFF_CHUNKS, or more than
+    ``max_seconds`` allows at TIFF_CHUNK_SECONDS each, from its first IFD, before Pillow opens it.
+
+    Only the first image directory is read (Pillow and libtiff decode only the first frame here;
+    further pages are never opened), entry by entry (12 bytes, 20 for BigTIFF): the number of
+    strips is the count field of StripOffsets / StripByteCounts (TileOffsets / TileByteCounts),
+    not their arrays, so the check costs microseconds whatever the count. libtiff pads a short
+    StripOffsets array with zeros to the number the geometry implies (ImageLength / RowsPerStrip,
+    or the tile grid, times the planes when PlanarConfiguration is 2), so that number counts too,
+    when the image is within ``max_pixels`` (a larger one is refused by the pixel check, in its
+    own words). A directory that cannot be read is left to Pillow, which refuses it.
+    """
+    chunks, tiled = 0, False
+    for counts, values in _tiff_first_ifds(data):
+        found, is_tiled = _tiff_chunk_count(counts, values, max_pixels)
+        if found > chunks:
+            chunks, tiled = found, is_tiled
+    limit, why = MAX_TIFF_CHUNKS, "an ordinary TIFF has at most a few thousand"
+    if max_seconds is not None and max_seconds / TIFF_CHUNK_SECONDS < limit:
+        limit = int(max_seconds / TIFF_CHUNK_SECONDS)
+        why = f"the most that decode within the {max_seconds:g} s budget"
+    if chunks > limit:
+        kind = "tiles" if tiled else "strips"
+        raise ImageError(f"TIFF file has {chunks:,} {kind}, over the limit of {limit:,} ({why}): each is decoded on "
+                         f"its own, so such a file keeps the decoder busy for minutes; re-save it with fewer, larger "
+                         f"{kind}, or as PNG")
+
+
+def _tiff_chunk_count(counts: dict[int, int], values: dict[str, int], max_pixels: int) -> tuple[int, bool]:
+    """(strips or tiles a decoder would visit, whether they are tiles) of one image directory: the
+    largest array count, or the geometry's count when larger (and the image within max_pixels)."""
+    tiled = any(tag in counts for tag in _TIFF_TILE_TAGS) or "tile_width" in values
+    chunks = max(counts.values(), default=0)
+    width, length = values.get("width", 0), values.get("length", 0)
+    if 1 <= width and 1 <= length and width * length <= max_pixels:
+        planes = max(1, values.get("samples", 1)) if values.get("planar", 1) == 2 else 1
+        if tiled and values.get("tile_width", 0) >= 1 and values.get("tile_length", 0) >= 1:
+            grid = math.ceil(width / values["tile_width"]) * math.ceil(length / values["tile_length"])
+        else:
+            rows = values.get("rows_per_strip", 0)
+            grid = math.ceil(length / rows) if rows >= 1 else 1  # absent or 0: one strip (libtiff's default)
+        chunks = max(chunks, grid * planes)
+    return chunks, tiled
+
+
+def _tiff_first_ifds(data: bytes) -> list[tuple[dict[int, int], dict[str, int]]]:
+    """The first image directory of a TIFF as each reader of it finds it: (count field of each
+    strip/tile array tag, first value of each geometry tag); empty when none can be read.
+
+    Pillow takes a file for BigTIFF when its third byte is 43, libtiff when its version number
+    (in the file's byte order) is 43, and Pillow hands libtiff the directory offset it found: a
+    big-endian BigTIFF header (MM 00 2B) is read one way by Pillow and another by libtiff, so
+    every (offset, layout) a reader may use is checked (for any ordinary file they are one).
+    """
+    endian = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if endian is None or len(data) < 8:
+        return []
+    pillow_big = data[2] == 43
+    libtiff_big = struct.unpack_from(endian + "H", data, 2)[0] == 43
+    offsets = {}
+    for big in {pillow_big, libtiff_big}:
+        if len(data) >= (16 if big else 8):
+            offsets[big] = struct.unpack_from(endian + ("Q" if big else "L"), data, 8 if big else 4)[0]
+    layouts = {(offsets[big], big) for big in offsets}
+    if pillow_big in offsets:
+        layouts.add((offsets[pillow_big], libtiff_big))
+    return [ifd for offset, big in sorted(layouts) if (ifd := _tiff_ifd(data, endian, offset, big)) is not None]
+
+
+def _tiff_ifd(data: bytes, endian: str, offset: int, big: bool) -> tuple[dict[int, int], dict[str, int]] | None:
+    """The entries of the image directory at ``offset`` (see :func:`_tiff_first_ifds`); None when
+    it starts past the end. Like Pillow, the first entry of a repeated tag gives its value; every
+    entry of a strip or tile tag counts (the largest), so a repeated tag cannot hide a count."""
+    count_fmt, entry_fmt, inline = (endian + "Q", endian + "HHQ8s", 8) if big else (endian + "H", endian + "HHL4s", 4)
+    try:
+        (entries,) = struct.unpack_from(count_fmt, data, offset)
+    except struct.error:  # directory offset past the end: Pillow refuses the file
+        return None
+    start, size = offset + struct.calcsize(count_fmt), struct.calcsize(entry_fmt)
+    entries = min(entries, max(0, (len(data) - start) // size))  # a count past the end reads what is there
+    counts: dict[int, int] = {}
+    values: dict[str, int] = {}
+    for tag, kind, count, value in struct.iter_unpack(entry_fmt, data[start:start + entries * size]):
+        if tag in _TIFF_STRIP_TAGS or tag in _TIFF_TILE_TAGS:
+            counts[tag] = max(count, counts.get(tag, 0))
+        elif tag in _TIFF_SCALAR_TAGS and _TIFF_SCALAR_TAGS[tag] not in values and kind in _TIFF_INLINE and count >= 1:
+            code = endian + _TIFF_INLINE[kind]
+            if struct.calcsize(code) <= inline:  # stored in the entry itself (a LONG8 only in BigTIFF)
+                values[_TIFF_SCALAR_TAGS[tag]] = struct.unpack_from(code, value)[0]
+    return counts, values
 
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -410,13 +544,22 @@ def input_region(height: int, width: int, target: tuple[int, int], mode: str) ->
     return 0, 0, height, width
 
 
-def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = DEFAULT_PREPARE_MODE) -> np.ndarray:
+def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode = DEFAULT_PREPARE_MODE,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Fit pixels (3, H, W) in [0, 1] to ``size`` = (h, w): returns float32 (3, h, w) in [0, 1].
 
     ``resize`` keeps the whole image (aspect ratio not kept); ``center_crop`` first crops the
     largest centred region with the target aspect ratio; ``pad`` (letterbox) first centres the
     whole image on a black canvas with the target aspect ratio, so nothing is cut or distorted.
     Resizing is bicubic with antialiasing (data.pixels.resize_pixels), clamped to [0, 1].
+
+    The letterbox canvas is float32 (12 bytes per pixel) and can be far larger than the image
+    (a 16383x1 image pads to 16383x16383 for a square model: 3.2 GB): it is checked against
+    ``max_pixels`` (the decoder's pixel limit, so it never exceeds the largest image that
+    :func:`load_image` accepts) before it is allocated.
+
+    Raises:
+        ImageError: ``pad`` would need a canvas of more than ``max_pixels`` pixels.
     """
     check_pixels(image, batched=False, what="image")
     if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
@@ -429,13 +572,26 @@ def prepare_image(image: np.ndarray, size: tuple[int, int], *, mode: PrepareMode
         image = image[:, top:top + crop_h, left:left + crop_w]
     elif mode == "pad":
         top, left, padded_h, padded_w = pad_box(image.shape[1], image.shape[2], target)
+        _check_pad_canvas(image.shape[1:], (padded_h, padded_w), max_pixels)
         canvas = np.full((image.shape[0], padded_h, padded_w), PAD_VALUE, dtype=np.float32)
         canvas[:, top:top + image.shape[1], left:left + image.shape[2]] = image
-        image = canvas
+        # The canvas is ours: resized as it is (a second float32 copy would double the peak).
+        return resize_pixels(torch.from_numpy(canvas)[None], target)[0].numpy()
     elif mode != "resize":
         raise SettingError(f"mode must be one of {', '.join(PREPARE_MODES)}, got {mode!r}")
     pixels = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None]
     return resize_pixels(pixels, target)[0].numpy()
+
+
+def _check_pad_canvas(image_size: tuple[int, int], padded: tuple[int, int], max_pixels: int) -> None:
+    """Refuse a letterbox canvas (padded_h, padded_w) of more than ``max_pixels`` pixels, before
+    allocating it; ``image_size`` (H, W) is the image it would hold (for the message)."""
+    (height, width), (padded_h, padded_w) = image_size, padded
+    if padded_h * padded_w > max_pixels:
+        raise ImageError(
+            f"image mode pad would letterbox this {width}x{height} image on a {padded_w}x{padded_h} canvas = "
+            f"{padded_h * padded_w:,} pixels, over the limit of {max_pixels:,}; use image mode resize or "
+            "center_crop (--image-mode in the CLI), or crop the image to a less extreme shape first")
 
 
 def image_digest(image: np.ndarray) -> str:

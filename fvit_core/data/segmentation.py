@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fvit_core.data.images import DEFAULT_MAX_PIXELS, ImageError, center_crop_box, load_image, pad_box
+from fvit_core.data.images import (DEFAULT_MAX_PIXELS, ImageError, _check_pad_canvas, center_crop_box, load_image,
+                                   pad_box)
 from fvit_core.errors import InputError, SettingError
 
 GTSEGS_SUFFIX = ".mat"
@@ -186,6 +187,7 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int], *, mode: str) -> np.ndarra
         mask = mask[top:top + crop_h, left:left + crop_w]
     elif mode == "pad":
         top, left, padded_h, padded_w = pad_box(mask.shape[0], mask.shape[1], target)
+        _check_pad_canvas(mask.shape, (padded_h, padded_w), DEFAULT_MAX_PIXELS)  # as the photo's canvas
         canvas = np.zeros((padded_h, padded_w), dtype=bool)
         canvas[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
         mask = canvas

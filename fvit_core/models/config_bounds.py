@@ -59,14 +59,16 @@ def check_vit_config(config: dict, weights: Path, where: Path) -> None:
     args = config.get("model_args") or {}
     if not isinstance(args, dict):
         raise ModelLoadError(f"{where}: model_args must be a JSON object")
-    depth = _number(args, "depth", 12, VIT_BOUNDS, where)
-    width = _number(args, "embed_dim", 768, VIT_BOUNDS, where)
-    _number(args, "num_heads", 12, VIT_BOUNDS, where)
-    mlp = _number(args, "mlp_ratio", 4.0, VIT_BOUNDS, where)
-    patch = _number(args, "patch_size", 16, VIT_BOUNDS, where)
-    side = _number(args, "img_size", 224, VIT_BOUNDS, where)
-    classes = _number(args, "num_classes", config.get("num_classes", 1000), VIT_BOUNDS, where)
-    channels = _number(args, "in_chans", 3, VIT_BOUNDS, where)
+    # A field the config leaves out comes from the timm architecture's own defaults, unknown
+    # here: it counts at its smallest, so the parameter count stays a lower bound.
+    depth = _number(args, "depth", 1, VIT_BOUNDS, where)
+    width = _number(args, "embed_dim", 1, VIT_BOUNDS, where)
+    _number(args, "num_heads", 1, VIT_BOUNDS, where)
+    mlp = _number(args, "mlp_ratio", 0.0, VIT_BOUNDS, where)
+    patch = _number(args, "patch_size", 1, VIT_BOUNDS, where)
+    side = _number(args, "img_size", 1, VIT_BOUNDS, where)
+    classes = _number(args, "num_classes", config.get("num_classes", 1), VIT_BOUNDS, where)
+    channels = _number(args, "in_chans", 1, VIT_BOUNDS, where)
     # Attention (qkv 3d^2 + projection d^2) and the MLP (2 * ratio * d^2) per block, the patch
     # embedding, the position embedding (one per patch) and the head: all present in a timm ViT.
     parameters = depth * (4 + 2 * mlp) * width**2 + channels * patch**2 * width \
@@ -81,7 +83,7 @@ def check_unet_config(config: dict, scheduler: dict, weights: Path, where: Path)
         raise ModelLoadError(f"{where}: block_out_channels must be a non-empty list")
     _number({"blocks": len(channels)}, "blocks", 1, UNET_BOUNDS, where)
     _number(config, "block_out_channels", [64], UNET_BOUNDS, where)
-    layers = _number(config, "layers_per_block", 2, UNET_BOUNDS, where)
+    layers = _number(config, "layers_per_block", 1, UNET_BOUNDS, where)
     sample = config.get("sample_size", 32)
     _number({"sample_size": sample if not isinstance(sample, (list, tuple)) else list(sample)}, "sample_size", 32,
             UNET_BOUNDS, where)
