@@ -246,3 +246,23 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
+
+
+def killed_after_rows(command: list[str], rows: int) -> None:
+    """Run in a forked child: the command, SIGKILLed right after its ``rows``-th row reaches the file."""
+    import os
+    import signal
+
+    from fvit_core.batch import store
+    from fvit_core.cli.main import main
+
+    real, written = store.AppendLog.append, [0]
+
+    def append(self, line: str) -> None:
+        real(self, line)
+        written[0] += 1
+        if written[0] == rows:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store.AppendLog.append = append
+    os._exit(main(command))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import multiprocessing
 import signal
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from conftest import EVAL_TEST_ROWS, eval_command, read_rows
+from conftest import EVAL_TEST_ROWS, eval_command, killed_after_rows, read_rows
 
 from fvit_core.metrics import MAP_METRICS
 from fvit_core.batch import evaluate as ev
@@ -166,22 +165,6 @@ def test_a_folder_from_before_a_new_setting_resumes_with_its_default(eval_refere
 # --------------------------------------------------------------------------------------------
 
 
-def _killed_after_rows(command: list[str], rows: int) -> None:
-    """Run in a forked child: the command, SIGKILLed right after its ``rows``-th row reaches the file."""
-    from fvit_core.batch import store
-
-    real, written = store.AppendLog.append, [0]
-
-    def append(self, line: str) -> None:
-        real(self, line)
-        written[0] += 1
-        if written[0] == rows:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    store.AppendLog.append = append
-    os._exit(main(command))
-
-
 def test_killed_run_resumes_without_losing_or_repeating_rows(eval_reference, image_folder, tiny_pair_dir, tmp_path):
     _, reference = eval_reference
     out = tmp_path / "killed"
@@ -189,7 +172,7 @@ def test_killed_run_resumes_without_losing_or_repeating_rows(eval_reference, ima
     # A forked child runs the command (it inherits the imported modules: no start-up cost) and is
     # killed at a fixed point, whatever the machine's speed.
     command = eval_command(image_folder, tiny_pair_dir, out) + ["--no-figures"]
-    proc = multiprocessing.get_context("fork").Process(target=_killed_after_rows, args=(command, 10))
+    proc = multiprocessing.get_context("fork").Process(target=killed_after_rows, args=(command, 10))
     proc.start()
     proc.join(240)
     assert proc.exitcode == -signal.SIGKILL

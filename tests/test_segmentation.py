@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from conftest import killed_after_rows
 
 from fvit_core import metrics
 from fvit_core.batch.store import complete_lines
@@ -274,28 +275,13 @@ def test_a_missing_mask_skips_its_image_with_the_reason(image_folder, tiny_pair_
     assert "mask folder not found" in capsys.readouterr().err
 
 
-def _killed_after_rows(command: list[str], rows: int) -> None:
-    from fvit_core.batch import store
-
-    real, written = store.AppendLog.append, [0]
-
-    def append(self, line: str) -> None:
-        real(self, line)
-        written[0] += 1
-        if written[0] == rows:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    store.AppendLog.append = append
-    os._exit(main(command))
-
-
 def test_a_killed_segmentation_run_resumes_to_the_same_rows(gtsegs_file, tiny_pair_dir, tmp_path):
     path = gtsegs_file[0]
     reference = tmp_path / "reference"
     assert main(_seg_command(path, reference, tiny_pair_dir)) == 0
     out = tmp_path / "killed"
     command = _seg_command(path, out, tiny_pair_dir)
-    proc = multiprocessing.get_context("fork").Process(target=_killed_after_rows, args=(command, 3))
+    proc = multiprocessing.get_context("fork").Process(target=killed_after_rows, args=(command, 3))
     proc.start()
     proc.join(240)
     assert proc.exitcode == -signal.SIGKILL and len(complete_lines(out / "rows.jsonl")) == 3

@@ -32,6 +32,26 @@ UNET_BOUNDS: dict[str, tuple[float, float]] = {
     "in_channels": (1, 64), "out_channels": (1, 64), "num_train_timesteps": (2, 100_000),
 }
 BYTES_PER_PARAMETER = 2  # the smallest precision a checkpoint here holds
+MAX_CONFIG_BYTES = 1_000_000  # a timm or diffusers config.json is a few kB
+
+
+def read_config(path: Path) -> dict:
+    """A model config.json as a dict: at most MAX_CONFIG_BYTES, a JSON object; one-line errors
+    for anything else (bad JSON, an integer of 4,300+ digits, a list)."""
+    import json
+
+    from fvit_core.errors import one_line
+
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ModelLoadError(f"{path} is {size:,} bytes; a model config is a few kB")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
+        raise ModelLoadError(f"cannot read {path}: {one_line(exc, 200)}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return data
 
 
 def _number(config: dict, name: str, default: Any, bounds: dict, where: Path) -> float:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
-from fvit_core.models.config_bounds import check_unet_config
+from fvit_core.models.config_bounds import check_unet_config, read_config
 from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline, offline_reason
 
 
@@ -102,17 +101,7 @@ def load_denoiser(source: str | os.PathLike, *, allow_download: bool = False) ->
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    if path.stat().st_size > 1_000_000:  # a diffusers config is a few kB
-        raise ModelLoadError(f"{path} is {path.stat().st_size:,} bytes; a model config is a few kB")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
-        raise ModelLoadError(f"cannot read {path}: {one_line(exc, 200)}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return data
+    return read_config(path) if path.is_file() else {}  # diffusers then reports the missing file
 
 
 def _check_denoiser_config(unet_folder: Path, scheduler_folder: Path) -> None:

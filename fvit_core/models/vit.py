@@ -10,7 +10,6 @@ hub, only when the caller asks for it) or from a local folder saved with
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ from torch import nn
 
 from fvit_core.errors import ModelLoadError, one_line
 from fvit_core.data.pixels import resize_pixels
-from fvit_core.models.config_bounds import check_vit_config
+from fvit_core.models.config_bounds import check_vit_config, read_config
 from fvit_core.models.common import check_finite_weights, check_safetensors, hub_offline, offline_reason
 
 
@@ -283,12 +282,7 @@ def _load_classifier_folder(folder: Path, *, class_names: Sequence[str] | None) 
                 f"{folder} is not a classifier folder: {needed.name} is missing "
                 "(expected config.json + model.safetensors, as written by timm's save_for_hf)"
             )
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of 4,300+ digits
-        raise ModelLoadError(f"cannot read {config_file}: {one_line(exc, 200)}") from exc
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_file} must hold a JSON object")
+    config = read_config(config_file)
     check_safetensors(weights_file)
     check_vit_config(config, weights_file, config_file)  # before timm builds (allocates) the model
     try:
