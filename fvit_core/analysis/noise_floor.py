@@ -22,10 +22,10 @@ from fvit_core.protocol.settings import Settings, bounded, one_of, setting
 # - independent (the default since issue 25): V_k between the clean estimate and a second,
 #   independent clean estimate with the same settings (a second batch of N samples; its votes
 #   also give Cohen's CERTIFY the independent selection counts). The floor's definition, so
-#   without bias: +0.002 [-0.005, +0.009] against 8 fresh pairs per image on 120 held-out images;
+#   without bias: +0.001 [-0.004, +0.006] against 8 fresh pairs per image on 2 x 120 held-out images;
 # - bootstrap: the mean V_k between the means of two bootstrap resamples (size N each) of the
-#   clean estimate's own samples: no extra model passes, but it reads high, +0.0075 [+0.0016,
-#   +0.0138] on the same images (N = 32 antithetic; benchmarks/bench_floor_bias.py): both
+#   clean estimate's own samples: no extra model passes, but it reads high, +0.0061 [+0.0022,
+#   +0.0100] on the same images (N = 32 antithetic; benchmarks/bench_floor_bias.py): both
 #   resamples scatter around the one sample mean, whose patches are further apart than the true
 #   map's, so their top-k sets agree more often than two independent estimates' do.
 NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
