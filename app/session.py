@@ -170,6 +170,41 @@ def update(values) -> None:
 _FROZEN = {"done": False}  # once per server process (this module is imported once)
 
 
+_JANITOR = {"started": False}
+JANITOR_SECONDS = 30.0
+
+
+def start_memory_janitor() -> None:
+    """Once per server: a daemon thread that, every JANITOR_SECONDS, collects garbage and gives
+    freed heap back to the system (glibc's malloc_trim, where there is one).
+
+    Streamlit collects garbage after a script run, but a session's state is dropped only when it
+    expires (``server.disconnectedSessionTTL``, 120 s after its tab closed), when usually no run
+    follows: its figures and results, full of reference cycles, stayed in memory until the next
+    visitor (issue 26). With the long-lived objects frozen (freeze_long_lived_objects) a
+    collection walks only what sessions made: milliseconds.
+    """
+    if _JANITOR["started"]:
+        return
+    import ctypes
+    import ctypes.util
+    import threading
+    import time
+
+    libc_name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None) if libc_name else None
+
+    def loop() -> None:
+        while True:
+            time.sleep(JANITOR_SECONDS)
+            gc.collect()
+            if trim is not None:
+                trim(0)
+
+    threading.Thread(target=loop, name="fvit-memory-janitor", daemon=True).start()
+    _JANITOR["started"] = True
+
+
 def freeze_long_lived_objects() -> None:
     """Once per server, after the first run that put an analysis on screen: move every object
     alive now (torch, timm, diffusers, plotly, the cached models: about 620,000 objects) out of
