@@ -351,7 +351,7 @@ def advanced_section() -> None:
         st.selectbox("Noise floor estimator", NOISE_FLOOR_ESTIMATORS, key="noise_floor_estimator",
                      format_func=FLOOR_LABELS.get,
                      help="second estimate (the default): N more samples, the floor's definition; bootstrap: from the "
-                          "clean samples, no extra passes, but it reads about 0.008 high (docs/METRICS.md)")
+                          "clean samples, no extra passes, but it reads about 0.006 high (docs/METRICS.md)")
         st.selectbox("Precision of the DDS networks", PRECISION_CHOICES, key="precision",
                      format_func=PRECISION_LABELS.get,
                      help="bfloat16 is about 1.8x faster on CPUs with AVX512-BF16; its effect on labels and "

@@ -23,7 +23,9 @@ if not model_sources.downloads_allowed():  # nothing reaches a model hub unless 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 elif not model_sources.hub_checked():  # downloads allowed but no network: the cache only, no 50 s of retries
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["FVIT_HUB_UNREACHABLE"] = "the model hub"
+    from fvit_core.models.common import HUB_UNREACHABLE_ENV, hub_host
+
+    os.environ[HUB_UNREACHABLE_ENV] = hub_host()
 
 # The page icon is a local file: a Material icon name would make every page load fetch an SVG
 # from a font host (nothing may leave the machine).

@@ -434,11 +434,18 @@ def segmentation_scores(counts: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Pixel accuracy, mIoU and mAP over images, pooled as the reference code pools them:
     pixel accuracy = sum(correct) / sum(labeled); mIoU = the mean over the two classes of
     sum(intersection) / sum(union); mAP = the mean of the per-image AP."""
+    every_image = np.arange(len(counts))[None, :]
+    return {name: float(values[0]) for name, values in resampled_segmentation_scores(counts, every_image).items()}
+
+
+def resampled_segmentation_scores(counts: Sequence[dict[str, Any]], picks: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`segmentation_scores` of many selections of the images at once: ``picks`` (R, n)
+    holds indices into ``counts`` (a bootstrap's resamples); returns (R,) arrays."""
     if not counts:
         raise InputError("segmentation_scores needs at least one image's counts")
-    correct = sum(c["correct"] for c in counts)
-    labeled = sum(c["labeled"] for c in counts)
-    intersection = np.sum([c["intersection"] for c in counts], axis=0, dtype=np.float64)
-    union = np.sum([c["union"] for c in counts], axis=0, dtype=np.float64)
-    return {"pixel_accuracy": correct / labeled, "miou": float(np.mean(intersection / np.maximum(union, 1.0))),
-            "map": float(np.mean([c["ap"] for c in counts]))}
+    correct = np.array([c["correct"] for c in counts], dtype=np.float64)[picks].sum(axis=1)
+    labeled = np.array([c["labeled"] for c in counts], dtype=np.float64)[picks].sum(axis=1)
+    intersection = np.array([c["intersection"] for c in counts], dtype=np.float64)[picks].sum(axis=1)
+    union = np.array([c["union"] for c in counts], dtype=np.float64)[picks].sum(axis=1)
+    return {"pixel_accuracy": correct / labeled, "miou": (intersection / np.maximum(union, 1.0)).mean(axis=1),
+            "map": np.array([c["ap"] for c in counts], dtype=np.float64)[picks].mean(axis=1)}

@@ -32,7 +32,7 @@ NOISE_FLOOR_ESTIMATORS: tuple[str, ...] = ("independent", "bootstrap")
 # What each estimator compares, in words: every summary and caption names the one it used.
 FLOOR_DESCRIPTIONS: dict[str, str] = {
     "independent": "two independent clean estimates",
-    "bootstrap": "bootstrap resamples of the clean estimate's draws, which reads about 0.008 high",
+    "bootstrap": "bootstrap resamples of the clean estimate's draws, which reads about 0.006 high",
 }
 
 

@@ -31,6 +31,7 @@ the vanilla ViT and to the smoothed models; ``eot_dds`` is the adaptive attack o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -111,6 +112,7 @@ class ImageEvaluation:
         self.attacks = attacks if attacks is not None else {}
         # The object mask of the segmentation test: from a gtsegs file (``segmented``) or the mask folder.
         self.mask: np.ndarray | None = None
+        self.fitted_mask: np.ndarray | None = None  # the mask on the classifier's input, made on first use
         if segmented is not None:
             self.decoded, self.mask = segmented.pixels, segmented.mask
         else:
@@ -350,8 +352,9 @@ class ImageEvaluation:
         classifier's input (the region its patches cover); None without a mask."""
         if self.mask is None:
             return None
-        clf = self.pair.classifier
-        mask = fit_mask(self.mask, tuple(clf.img_size), mode=self.cfg.image_mode)
+        if self.fitted_mask is None:  # once per image: every setting compares with the same mask
+            self.fitted_mask = fit_mask(self.mask, tuple(self.pair.classifier.img_size), mode=self.cfg.image_mode)
+        mask = self.fitted_mask
         return {"clean": metrics.segmentation_counts(clean, mask, self.grid),
                 "attacked": metrics.segmentation_counts(attacked, mask, self.grid)}
 
@@ -481,13 +484,14 @@ def prepare_run(cfg: Any, ctx: distributed.DistContext, config_file: str, files:
     if ctx.is_main:
         try:
             data = Path(cfg.batch.data).expanduser()
-            segmentation_file = hasattr(cfg, "segmentation") and is_gtsegs(data)
-            if segmentation_file and not data.is_file():
-                raise InputError(f"segmentation file not found: {cfg.batch.data}")
-            if not segmentation_file and not data.is_dir():
+            segmentation = getattr(cfg, "segmentation", None)  # fvit eval's; fvit certify has none
+            if segmentation is not None and is_gtsegs(data):
+                if not data.is_file():
+                    raise InputError(f"segmentation file not found: {cfg.batch.data}")
+            elif not data.is_dir():
                 raise InputError(f"data folder not found: {cfg.batch.data} (expected DIR/<class>/<image files>"
-                                 + (", or a gtsegs .mat file" if hasattr(cfg, "segmentation") else "") + ")")
-            masks = getattr(getattr(cfg, "segmentation", None), "masks", None)
+                                 + (", or a gtsegs .mat file" if segmentation is not None else "") + ")")
+            masks = segmentation.masks if segmentation is not None else None
             if masks is not None and not Path(masks).expanduser().is_dir():
                 raise InputError(f"mask folder not found: {masks} (expected MASKS/<class>/<stem>.png)")
             check_output_folder(cfg, config_file, files)
@@ -540,7 +544,8 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
     root = Path(run.data).expanduser()
     skipped = SkippedImages(run.out, ctx, run.strict)
     gtsegs = GtSegs(root) if is_gtsegs(root) else None
-    with files.log(ctx.rank, ctx.world_size) as log, progress_bar(total, ctx, "eval", run.progress) as bar:
+    with (gtsegs if gtsegs is not None else contextlib.nullcontext()), files.log(ctx.rank, ctx.world_size) as log, \
+            progress_bar(total, ctx, "eval", run.progress) as bar:
         for item, settings in work:
             if not settings:
                 continue
@@ -558,8 +563,6 @@ def run_eval(cfg: EvalConfig, ctx: distributed.DistContext | None = None) -> Eva
                     bar.update(1)
             except FViTError as exc:  # say which image a user's problem is about; a bug stays a bug
                 raise type(exc)(f"{root / item.path}: {exc}") from exc
-    if gtsegs is not None:
-        gtsegs.close()
     skipped.save()
     distributed.barrier(ctx)
     report = EvalReport(out=Path(run.out), rows_written=written, rows_total=None, rows_missing=None,

@@ -100,7 +100,7 @@ def pooled_ci(counts: Iterable[Any], name: str, confidence: float = CONFIDENCE,
     and mIoU are ratios of sums, mAP a mean) with the percentile bootstrap interval over images
     (``resamples`` resamples of the images with replacement, a fixed seed so the summary is
     reproducible). Missing counts (None: no mask) are left out."""
-    from fvit_core.metrics import segmentation_scores
+    from fvit_core.metrics import resampled_segmentation_scores, segmentation_scores
 
     values = [c for c in counts if c is not None]
     if not values:
@@ -109,17 +109,7 @@ def pooled_ci(counts: Iterable[Any], name: str, confidence: float = CONFIDENCE,
     if len(values) == 1:
         return Estimate(point, point, point, 1)
     picks = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-    # The same pooling as segmentation_scores, for every resample at once.
-    if name == "pixel_accuracy":
-        correct = np.array([c["correct"] for c in values], dtype=np.float64)
-        labeled = np.array([c["labeled"] for c in values], dtype=np.float64)
-        draws = correct[picks].sum(axis=1) / labeled[picks].sum(axis=1)
-    elif name == "miou":
-        inter = np.array([c["intersection"] for c in values], dtype=np.float64)
-        union = np.array([c["union"] for c in values], dtype=np.float64)
-        draws = (inter[picks].sum(axis=1) / np.maximum(union[picks].sum(axis=1), 1.0)).mean(axis=1)
-    else:
-        draws = np.array([c["ap"] for c in values], dtype=np.float64)[picks].mean(axis=1)
+    draws = resampled_segmentation_scores(values, picks)[name]
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
     return Estimate(float(point), float(low), float(high), len(values))
 

@@ -56,18 +56,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _hub_reachable() -> bool:
-    from fvit_core.models.common import hub_reachable  # imports torch: only when downloads are allowed
-
-    return hub_reachable()
-
-
-def hub_host() -> str:
-    from fvit_core.models.common import hub_host as host
-
-    return host()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one ``fvit`` command; returns the exit status.
 
@@ -82,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     # huggingface_hub reads this once, at import, which has not happened yet here.
     if not getattr(ns, "allow_download", False):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    elif not _hub_reachable():
-        # Without a network huggingface_hub retries for about 50 s and prints a line per try
-        # (issue 26); offline it answers from its cache at once, and says so when a model is not there.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["FVIT_HUB_UNREACHABLE"] = hub_host()  # named in the error if a model is not in the cache
+    else:
+        from fvit_core.models.common import HUB_UNREACHABLE_ENV, hub_host, hub_reachable  # torch: models load next
+
+        if not hub_reachable():
+            # Without a network huggingface_hub retries for about 50 s and prints a line per try
+            # (issue 26); offline it answers from its cache at once, and says so when a model is not there.
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            os.environ[HUB_UNREACHABLE_ENV] = hub_host()  # named in the error if a model is not in the cache
     # diffusers' loading warnings would add lines to our one-line errors (we raise on what they warn about).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:

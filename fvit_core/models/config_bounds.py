@@ -28,7 +28,7 @@ VIT_BOUNDS: dict[str, tuple[float, float]] = {
 }
 # name -> (lowest, highest) for a diffusers UNet2DModel config and its DDPM scheduler.
 UNET_BOUNDS: dict[str, tuple[float, float]] = {
-    "layers_per_block": (1, 64), "channels": (1, 16_384), "blocks": (1, 16), "sample_size": (1, 8192),
+    "layers_per_block": (1, 64), "block_out_channels": (1, 16_384), "blocks": (1, 16), "sample_size": (1, 8192),
     "in_channels": (1, 64), "out_channels": (1, 64), "num_train_timesteps": (2, 100_000),
 }
 BYTES_PER_PARAMETER = 2  # the smallest precision a checkpoint here holds
@@ -57,7 +57,7 @@ def read_config(path: Path) -> dict:
 def _number(config: dict, name: str, default: Any, bounds: dict, where: Path) -> float:
     value = config.get(name, default)
     values = value if isinstance(value, (list, tuple)) else [value]
-    low, high = bounds[name if name in bounds else "channels"]
+    low, high = bounds[name]
     for item in values:
         if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) \
                 or not low <= item <= high:
@@ -104,15 +104,12 @@ def check_unet_config(config: dict, scheduler: dict, weights: Path, where: Path)
     _number({"blocks": len(channels)}, "blocks", 1, UNET_BOUNDS, where)
     _number(config, "block_out_channels", [64], UNET_BOUNDS, where)
     layers = _number(config, "layers_per_block", 1, UNET_BOUNDS, where)
-    sample = config.get("sample_size", 32)
-    _number({"sample_size": sample if not isinstance(sample, (list, tuple)) else list(sample)}, "sample_size", 32,
-            UNET_BOUNDS, where)
+    _number(config, "sample_size", 32, UNET_BOUNDS, where)  # an int or (height, width)
     _number(config, "in_channels", 3, UNET_BOUNDS, where)
     _number(config, "out_channels", 3, UNET_BOUNDS, where)
-    for name in ("num_train_timesteps",):
-        for source in (config, scheduler):
-            if source.get(name) is not None:
-                _number(source, name, 1000, UNET_BOUNDS, where)
+    for source in (config, scheduler):  # the UNet's config may carry it too (null there usually)
+        if source.get("num_train_timesteps") is not None:
+            _number(source, "num_train_timesteps", 1000, UNET_BOUNDS, where)
     # Each down block has layers_per_block res-blocks, each up block one more, and every
     # res-block ends in a 3x3 convolution from its width to its width: 9 c^2 weights.
     parameters = sum(9 * float(c) ** 2 * (2 * layers + 1) for c in channels)
